@@ -1,0 +1,110 @@
+"""Plain data shared by the gateway and the worker: no grpc, no I/O."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Stage(enum.IntEnum):
+    """Mirrors imagegw.v1.Stage."""
+
+    UNSPECIFIED = 0
+    QUEUED = 1
+    RESOLVING = 2
+    DOWNLOADING = 3
+    CONVERTING = 4
+    PUBLISHING = 5
+    DONE = 6
+
+
+class ImageState(enum.IntEnum):
+    """Mirrors imagegw.v1.ImageState: Shifter's lifecycle."""
+
+    UNSPECIFIED = 0
+    QUEUED = 1
+    PULLING = 2
+    CONVERTING = 3
+    TRANSFERRING = 4
+    READY = 5
+    FAILED = 6
+    EXPIRED = 7
+
+    @property
+    def in_flight(self) -> bool:
+        return self in (ImageState.QUEUED, ImageState.PULLING, ImageState.CONVERTING,
+                        ImageState.TRANSFERRING)
+
+
+STAGE_STATE = {
+    Stage.QUEUED: ImageState.QUEUED,
+    Stage.RESOLVING: ImageState.PULLING,
+    Stage.DOWNLOADING: ImageState.PULLING,
+    Stage.CONVERTING: ImageState.CONVERTING,
+    Stage.PUBLISHING: ImageState.TRANSFERRING,
+}
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    env: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    workdir: str = ""
+    user: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: Stage
+    layer_index: int = 0
+    layer_count: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed job: a gRPC status code number and a message a person can act on."""
+
+    code: int
+    message: str
+
+
+@dataclass(frozen=True)
+class RegistryCredentials:
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # never print the password
+        return f"RegistryCredentials(username={self.username!r}, password='***')"
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """What the gateway asks a worker to do."""
+
+    job_id: str
+    system: str
+    reference: str
+    format: str = ""
+    user_acl: tuple[int, ...] = ()
+    group_acl: tuple[int, ...] = ()
+    credentials: RegistryCredentials | None = None
+    known_manifest_digest: str = ""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image_id: str
+    manifest_digest: str
+    format: str
+    metadata: ImageMetadata
+    image_file: str
+    meta_file: str
+    size_bytes: int
+    reference: str = ""
+    reused: bool = False
+    unchanged: bool = False

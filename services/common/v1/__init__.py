@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for imagegw.v1 (scripts/gen-protos)."""

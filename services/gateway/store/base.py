@@ -1,0 +1,85 @@
+"""The ImageStore protocol: what every record backend (SQLite, MongoDB) provides.
+
+All methods are thread-safe and atomic on their own. Times are epoch seconds
+passed in by the caller (the store never reads the clock), so tests control time.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
+from imagegw.model import Failure, ImageState, Progress
+
+
+class ImageStore(Protocol):
+    def begin_pull(
+        self, key: PullKey, job_id: str, now: float, *, requester_uid: int = -1,
+        user_acl: tuple[int, ...] = (), group_acl: tuple[int, ...] = (),
+    ) -> tuple[PullRecord, bool]:
+        """Starts a pull unless one is in flight for `key`, atomically.
+
+        Returns (record, True) when this call created or restarted the pull (state
+        QUEUED, job_id set, attempts reset to 0, failure cleared, image_id kept),
+        or (the in-flight record, False) when a pull for `key` was already QUEUED,
+        PULLING, CONVERTING or TRANSFERRING. Of many concurrent callers exactly
+        one gets True."""
+        ...
+
+    def get_pull(self, key: PullKey) -> PullRecord | None: ...
+
+    def update_pull(
+        self, key: PullKey, job_id: str, state: ImageState, progress: Progress | None,
+        now: float,
+    ) -> bool:
+        """Moves an in-flight pull to `state` with `progress`; only if job_id matches
+        and the pull is still in flight. Returns whether it changed anything."""
+        ...
+
+    def note_attempt(self, key: PullKey, job_id: str, now: float) -> int:
+        """Counts one more start of the job (attempts += 1, started = now); returns
+        the new count. No-op returning 0 when job_id does not match."""
+        ...
+
+    def complete_pull(self, key: PullKey, job_id: str, image: ImageRecord, now: float) -> bool:
+        """Finishes a pull: upserts `image` (by system + image_id, keeping the
+        union of tags), moves the tag `key.reference` to it (removing the tag from
+        every other image of the system with the same acl_key), and sets the pull
+        READY with image_id, ready_time = now, failure cleared. Only if job_id
+        matches; returns whether it did."""
+        ...
+
+    def fail_pull(self, key: PullKey, job_id: str, failure: Failure, now: float) -> bool:
+        """Sets the pull FAILED with the cause (image_id kept). Only if job_id matches."""
+        ...
+
+    def refresh_pull(self, key: PullKey, job_id: str, now: float) -> bool:
+        """Ends a re-check that found the image unchanged: READY again,
+        ready_time = now, failure cleared. Only if job_id matches."""
+        ...
+
+    def in_flight_pulls(self) -> list[PullRecord]:
+        """Every pull in QUEUED..TRANSFERRING (for recovery after a restart)."""
+        ...
+
+    def list_pulls(self, system: str | None = None) -> list[PullRecord]:
+        """All pull records (optionally of one system), newest update first."""
+        ...
+
+    def get_image(self, system: str, image_id: str) -> ImageRecord | None: ...
+
+    def list_images(
+        self, system: str, state: ImageState | None, page_size: int, page_token: str
+    ) -> tuple[list[ImageRecord], str]:
+        """A page of a system's images ordered by last_pull descending, then id;
+        state None means every state but EXPIRED. Returns (images, next_token),
+        next_token "" on the last page. Tokens are opaque strings."""
+        ...
+
+    def touch_image(self, system: str, image_id: str, now: float) -> None:
+        """Records a use (lookup) of an image: last_used = now."""
+        ...
+
+    def set_image_state(self, system: str, image_id: str, state: ImageState) -> bool: ...
+
+    def close(self) -> None: ...
