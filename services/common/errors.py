@@ -17,6 +17,7 @@ lives in one table, `imagegw.grpc_status`; the core never imports grpc.
     ├── ConversionFailed          the image builder failed
     ├── TransferFailed            publishing to the image directory failed
     ├── Unauthenticated           the caller's credentials are missing/bad
+    ├── AuthServiceUnavailable    MUNGE cannot check credentials now: retryable
     ├── PermissionDenied          the caller may not do this
     ├── ResourceExhausted         a limit was hit (concurrent pulls, sizes)
     ├── WorkerUnavailable         no worker could take the job: retryable
@@ -102,6 +103,12 @@ class TransferFailed(ImageGatewayError):
 
 class Unauthenticated(ImageGatewayError):
     """The caller's credentials are missing, expired, replayed or invalid."""
+
+
+class AuthServiceUnavailable(ImageGatewayError):
+    """The MUNGE daemon (or libmunge) that checks credentials cannot be used right now."""
+
+    retryable = True
 
 
 class PermissionDenied(ImageGatewayError):

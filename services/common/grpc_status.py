@@ -21,6 +21,7 @@ ERROR_STATUS: dict[type[errors.ImageGatewayError], grpc.StatusCode] = {
     errors.ConversionFailed: grpc.StatusCode.INTERNAL,
     errors.TransferFailed: grpc.StatusCode.UNAVAILABLE,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.AuthServiceUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.WorkerUnavailable: grpc.StatusCode.UNAVAILABLE,

@@ -129,9 +129,9 @@ def parse_reference(text: str, config: Config) -> ImageReference:
         default = config.locations.get(location_name)
         url = default.url if default else f"https://{location_name}"
         path = parts
-    if location_name in DOCKER_HUB_HOSTS or url == "https://registry-1.docker.io":
-        if len(path) == 1:
-            path = ["library", *path]
+    docker_hub = location_name in DOCKER_HUB_HOSTS or url == "https://registry-1.docker.io"
+    if docker_hub and len(path) == 1:
+        path = ["library", *path]
     for component in path:
         if not _COMPONENT.match(component):
             raise InvalidReference(

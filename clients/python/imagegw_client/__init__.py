@@ -1,0 +1,36 @@
+"""The Image Gateway's Python SDK (`GatewayClient`) and its `shifterimg` command.
+
+    from imagegw.client import GatewayClient
+    with GatewayClient(["gw1:7777", "gw2:7777"]) as client:
+        image = client.pull_and_wait("perlmutter", "ubuntu:24.04")
+"""
+
+from imagegw.client.client import GatewayClient
+from imagegw.client.credentials import munge_credential_provider
+from imagegw.client.errors import (
+    GatewayError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PullFailed,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from imagegw.client.models import ImageInfo, JobInfo, PullUpdate
+
+__all__ = [
+    "GatewayClient",
+    "GatewayError",
+    "ImageInfo",
+    "InvalidArgument",
+    "JobInfo",
+    "NotFound",
+    "PermissionDenied",
+    "PullFailed",
+    "PullUpdate",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "munge_credential_provider",
+]

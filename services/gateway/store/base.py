@@ -8,11 +8,27 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from imagegw.errors import ImageGatewayError
 from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
 from imagegw.model import Failure, ImageState, Progress
 
 
+class StoreUnavailable(ImageGatewayError):
+    """The record store could not be reached or refused the operation.
+
+    Raised by every backend in place of its own driver errors (sqlite3, pymongo),
+    which are kept as `__cause__`. Trying again later may succeed."""
+
+    retryable = True
+
+
 class ImageStore(Protocol):
+    """Pull and image records of every system.
+
+    The job_id-guarded methods (update_pull, note_attempt, complete_pull,
+    fail_pull, refresh_pull) change nothing unless the pull is still in flight
+    under that job_id: a job that was superseded or already finished is stale."""
+
     def begin_pull(
         self, key: PullKey, job_id: str, now: float, *, requester_uid: int = -1,
         user_acl: tuple[int, ...] = (), group_acl: tuple[int, ...] = (),
@@ -26,7 +42,9 @@ class ImageStore(Protocol):
         one gets True."""
         ...
 
-    def get_pull(self, key: PullKey) -> PullRecord | None: ...
+    def get_pull(self, key: PullKey) -> PullRecord | None:
+        """The pull record for `key`, or None when it was never pulled."""
+        ...
 
     def update_pull(
         self, key: PullKey, job_id: str, state: ImageState, progress: Progress | None,
@@ -66,7 +84,9 @@ class ImageStore(Protocol):
         """All pull records (optionally of one system), newest update first."""
         ...
 
-    def get_image(self, system: str, image_id: str) -> ImageRecord | None: ...
+    def get_image(self, system: str, image_id: str) -> ImageRecord | None:
+        """The image with this id on `system` (old ids stay resolvable), or None."""
+        ...
 
     def list_images(
         self, system: str, state: ImageState | None, page_size: int, page_token: str
@@ -80,6 +100,14 @@ class ImageStore(Protocol):
         """Records a use (lookup) of an image: last_used = now."""
         ...
 
-    def set_image_state(self, system: str, image_id: str, state: ImageState) -> bool: ...
+    def set_image_state(self, system: str, image_id: str, state: ImageState) -> bool:
+        """Sets an image's state (e.g. EXPIRED); returns whether the image exists."""
+        ...
 
-    def close(self) -> None: ...
+    def ping(self) -> bool:
+        """Whether the store answers right now (for health checks); never raises."""
+        ...
+
+    def close(self) -> None:
+        """Releases connections; the store must not be used afterwards."""
+        ...

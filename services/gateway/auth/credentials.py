@@ -1,0 +1,56 @@
+"""Turns a request's metadata into an Identity for one system.
+
+Reads the `authentication` entry (a MUNGE credential), decodes it with the munged of the
+system named in the request and trusts the uid/gid only when decoding succeeded.
+Works on plain (key, value) tuples; the gRPC edge hands them over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+
+from imagegw.config import Platform
+from imagegw.errors import Unauthenticated
+from imagegw.gateway.auth.identity import ANONYMOUS, Identity
+from imagegw.gateway.auth.munge import MungeDecoder
+
+__all__ = ["METADATA_KEY", "authenticate"]
+
+METADATA_KEY = "authentication"
+
+
+def authenticate(
+    metadata: Sequence[tuple[str, str | bytes]],
+    platform: Platform,
+    decoders: MutableMapping[str, MungeDecoder],
+) -> Identity:
+    """The caller's identity on `platform`; ANONYMOUS when no credential was sent.
+
+    `decoders` caches one MungeDecoder per socket path and is filled as systems are used.
+    """
+    credential = _credential(metadata)
+    if credential is None:
+        return ANONYMOUS
+    if not platform.munge_socket:
+        raise Unauthenticated(
+            f"system {platform.name} has no mungeSocketPath configured, "
+            "so credentials cannot be checked",
+            hint=f"set Platforms.{platform.name}.mungeSocketPath in the gateway configuration",
+        )
+    decoder = decoders.get(platform.munge_socket)
+    if decoder is None:
+        decoder = decoders.setdefault(platform.munge_socket, MungeDecoder(platform.munge_socket))
+    verified = decoder.decode(credential)
+    return Identity.from_uid(verified.uid, verified.gid)
+
+
+def _credential(metadata: Sequence[tuple[str, str | bytes]]) -> str | bytes | None:
+    """The one `authentication` value, or None when absent."""
+    values = [value for key, value in metadata if key.lower() == METADATA_KEY]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Unauthenticated(
+            f"the request carries {len(values)} '{METADATA_KEY}' entries; send exactly one"
+        )
+    return values[0]

@@ -1,0 +1,69 @@
+"""The bounded, thread-safe event buffer behind every progress subscription.
+
+When a slow reader lets it fill up, the oldest events go first; the newest
+event (often the final state) always gets in. `dropped` counts what was lost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from imagegw.gateway.queue.base import QueueUnavailable
+
+DEFAULT_BUFFER_SIZE = 256
+
+
+class EventBuffer:
+    def __init__(self, size: int = DEFAULT_BUFFER_SIZE) -> None:
+        if size < 1:
+            raise ValueError(f"buffer size must be at least 1, got {size}")
+        self._events: deque[dict[str, Any]] = deque(maxlen=size)
+        self._cond = threading.Condition()
+        self._dropped = 0
+        self._closed = False
+        self._broken: QueueUnavailable | None = None
+
+    @property
+    def dropped(self) -> int:
+        """How many events were dropped because the reader was too slow."""
+        with self._cond:
+            return self._dropped
+
+    def put(self, event: dict[str, Any]) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            if len(self._events) == self._events.maxlen:
+                self._dropped += 1
+            self._events.append(event)
+            self._cond.notify_all()
+
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        """The oldest buffered event, or None after `timeout` seconds (or once closed).
+
+        Raises the error given to `break_with` once the buffered events are read."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._cond:
+            while not self._events:
+                if self._broken is not None:
+                    raise self._broken
+                remaining = deadline - time.monotonic()
+                if self._closed or remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            return self._events.popleft()
+
+    def break_with(self, error: QueueUnavailable) -> None:
+        """The source failed: readers get `error` after the events already buffered."""
+        with self._cond:
+            self._broken = error
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._events.clear()
+            self._cond.notify_all()

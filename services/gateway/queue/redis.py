@@ -1,0 +1,348 @@
+"""The Redis job queue and progress hub, shared by several gateways and workers.
+
+Jobs: one stream per system (`<stream>:<system>`) read through one consumer group;
+the set `<stream>` names the systems, the counter `<stream>#seq` orders jobs across
+them, and a lease is a pending entry's idle time.
+Progress: pub/sub channels `<prefix>:<channel>`, read by one thread per subscription.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Collection, Iterator
+from typing import Any
+
+import redis
+
+from imagegw.errors import ConfigError
+from imagegw.gateway.queue.base import Claim, QueuedJob, QueueUnavailable
+from imagegw.gateway.queue.buffer import DEFAULT_BUFFER_SIZE, EventBuffer
+
+log = logging.getLogger(__name__)
+
+#: The pseudo consumer that holds released jobs until someone claims them.
+RELEASED_CONSUMER = "imagegw:released"
+#: Idle time given to released jobs: far past any lease, so they are claimable at once
+#: (and below the epoch in milliseconds, which Redis would clamp to zero).
+_RELEASED_IDLE_MS = 10**11
+DEFAULT_POLL_SECONDS = 0.5
+#: Socket timeouts for clients made by `client_from_url` (blocking reads are shorter).
+SOCKET_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+SUBSCRIBE_TIMEOUT_SECONDS = 10.0
+
+# Adds a job with a queue-wide sequence number: FIFO order across the systems' streams.
+_SUBMIT = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+return redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[2], 'system', ARGV[1],
+                  'payload', ARGV[3], 'seq', seq)
+"""
+
+# Acts on a pending entry only if `consumer` still holds it at `attempt`:
+# a stale claim (the job was re-claimed since) changes nothing.
+_HELD_ACTION = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[3] or tonumber(p[1][4]) ~= tonumber(ARGV[4]) then
+  return 0
+end
+if ARGV[5] == 'extend' then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+elseif ARGV[5] == 'ack' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+else
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[6], 0, ARGV[2], 'IDLE', ARGV[7], 'JUSTID')
+end
+return 1
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _submit_order(fields: dict[Any, Any]) -> int:
+    """The queue-wide sequence number a job was submitted with."""
+    return int(fields.get(b"seq", fields.get("seq", 0)))
+
+
+def client_from_url(url: str) -> redis.Redis:
+    """A Redis client for the configured Broker URL, with timeouts; not yet connected."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"Broker: expected a redis:// URL, got {url.split('://')[0]}://...",
+            hint="other Celery brokers (amqp) are not supported; remove Broker to queue "
+            "in memory",
+        )
+    try:
+        return redis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"Broker: not a usable Redis URL: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _redis_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise QueueUnavailable(
+            f"the Redis broker failed to {action}: {exc}",
+            hint="check that Redis is running and Broker points at it",
+        ) from exc
+
+
+class RedisJobQueue:
+    """JobQueue on Redis Streams; safe to share between threads."""
+
+    def __init__(self, redis_client: redis.Redis, *, stream: str = "imagegw:jobs",
+                 group: str = "workers", lease_seconds: float = 30.0,
+                 poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        self._redis = redis_client
+        self.stream = stream
+        self.group = group
+        self.lease_seconds = lease_seconds
+        # Blocking reads wake this often to pick up expired and released jobs.
+        self._poll = min(poll_seconds, lease_seconds / 2)
+        self._groups: set[str] = set()
+        self._submit = redis_client.register_script(_SUBMIT)
+        self._held_action = redis_client.register_script(_HELD_ACTION)
+
+    @property
+    def _lease_ms(self) -> int:
+        return max(1, int(self.lease_seconds * 1000))
+
+    def _stream(self, system: str) -> str:
+        return f"{self.stream}:{system}"
+
+    def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            self._redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            with _redis_errors(action):
+                yield
+        except QueueUnavailable as exc:
+            if "NOGROUP" in str(exc.__cause__):
+                # The server lost its data (a restart without persistence): recreate lazily.
+                self._groups.clear()
+            raise
+
+    # -- producers --------------------------------------------------------------------
+
+    def submit(self, job: QueuedJob) -> None:
+        stream = self._stream(job.system)
+        with self._errors("queue a job"):
+            self._ensure_group(stream)
+            self._submit(keys=[f"{self.stream}#seq", self.stream, stream],
+                         args=[job.system, job.job_id, json.dumps(job.payload)])
+
+    # -- consumers --------------------------------------------------------------------
+
+    def claim(self, consumer: str, systems: Collection[str] | None,
+              timeout: float) -> Claim | None:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            remaining = deadline - time.monotonic()
+            with self._errors("hand out a job"):
+                streams = self._streams(systems)
+                found = self._claim_expired(consumer, streams) if streams else None
+                if found is None and streams:
+                    block = min(remaining, self._poll) if remaining > 0 else None
+                    found = self._read_new(consumer, streams, block)
+            if found is not None:
+                return found
+            if not streams and remaining > 0:
+                time.sleep(min(remaining, self._poll))
+            if time.monotonic() >= deadline:
+                return None
+
+    def _streams(self, systems: Collection[str] | None) -> list[str]:
+        names = (sorted(_text(s) for s in self._redis.smembers(self.stream))  # type: ignore[union-attr]
+                 if systems is None else sorted(systems))
+        streams = [self._stream(name) for name in names]
+        for stream in streams:
+            self._ensure_group(stream)
+        return streams
+
+    def _claim_expired(self, consumer: str, streams: list[str]) -> Claim | None:
+        for stream in streams:
+            start = "0-0"
+            while True:
+                # XAUTOCLAIM scans a bounded part of the pending list per call: page on.
+                reply = self._redis.xautoclaim(stream, self.group, consumer,
+                                               min_idle_time=self._lease_ms,
+                                               start_id=start, count=1)
+                next_start, entries = _text(reply[0]), reply[1]
+                entries = [e for e in entries if e and e[1]]
+                if entries:
+                    entry_id, fields = entries[0]
+                    return self._claim_of(stream, consumer, _text(entry_id), fields)
+                if next_start == "0-0":
+                    break
+                start = next_start
+        return None
+
+    def _read_new(self, consumer: str, streams: list[str], block: float | None) -> Claim | None:
+        block_ms = None if block is None else max(1, int(block * 1000))
+        reply = self._redis.xreadgroup(self.group, consumer, dict.fromkeys(streams, ">"),
+                                       count=1, block=block_ms)
+        items = list(reply.items()) if isinstance(reply, dict) else list(reply or [])
+        got = [(_text(stream), _text(e[0][0]), e[0][1]) for stream, e in items if e]
+        if not got:
+            return None
+        got.sort(key=lambda g: _submit_order(g[2]))
+        (_, entry_id, fields), extras = got[0], got[1:]
+        for extra_stream, extra_id, _ in extras:
+            # XREADGROUP over several streams returns one entry of each: hand the
+            # others back unused (delivery count reset, so nobody sees an attempt).
+            self._redis.xclaim(extra_stream, self.group, RELEASED_CONSUMER, 0, [extra_id],
+                               idle=_RELEASED_IDLE_MS, retrycount=0, justid=True)
+        return Claim(self._job(fields), consumer, 1, entry_id)
+
+    def _claim_of(self, stream: str, consumer: str, entry_id: str, fields: Any) -> Claim:
+        info = self._redis.xpending_range(stream, self.group, min=entry_id, max=entry_id,
+                                          count=1)
+        attempt = int(info[0]["times_delivered"]) if info else 1
+        return Claim(self._job(fields), consumer, attempt, entry_id)
+
+    @staticmethod
+    def _job(fields: dict[Any, Any]) -> QueuedJob:
+        text = {_text(k): _text(v) for k, v in fields.items()}
+        return QueuedJob(text["job_id"], text["system"], json.loads(text["payload"]))
+
+    def _act(self, claim: Claim, action: str) -> bool:
+        args = [self.group, claim.token, claim.consumer, claim.attempt, action,
+                RELEASED_CONSUMER, _RELEASED_IDLE_MS]
+        with self._errors(f"{action} a job"):
+            done = self._held_action(keys=[self._stream(claim.job.system)], args=args)
+        return bool(done)
+
+    def extend(self, claim: Claim) -> bool:
+        return self._act(claim, "extend")
+
+    def ack(self, claim: Claim) -> None:
+        self._act(claim, "ack")
+
+    def release(self, claim: Claim) -> None:
+        self._act(claim, "release")
+
+    # -- inspection and lifetime ------------------------------------------------------
+
+    def pending(self) -> list[tuple[QueuedJob, str | None, int]]:
+        rows: list[tuple[int, QueuedJob, str | None, int]] = []
+        with self._errors("list jobs"):
+            for stream in self._streams(None):
+                held = {
+                    _text(p["message_id"]): (_text(p["consumer"]), int(p["times_delivered"]))
+                    for p in self._redis.xpending_range(stream, self.group, "-", "+",
+                                                        count=1_000_000)
+                }
+                for entry_id, fields in self._redis.xrange(stream):
+                    entry_id = _text(entry_id)
+                    consumer, attempt = held.get(entry_id, (None, 0))
+                    if consumer == RELEASED_CONSUMER:
+                        consumer = None
+                    rows.append((_submit_order(fields), self._job(fields), consumer, attempt))
+        rows.sort(key=lambda r: r[0])
+        return [(job, consumer, attempt) for _, job, consumer, attempt in rows]
+
+    def close(self) -> None:
+        """Closes the client (the queue owns it); queued jobs stay in Redis."""
+        self._redis.close()
+
+
+class RedisSubscription:
+    """One channel's events, read by a background thread into a bounded buffer."""
+
+    def __init__(self, redis_client: redis.Redis, name: str, buffer_size: int) -> None:
+        self.name = name
+        self._buffer = EventBuffer(buffer_size)
+        self._stop = threading.Event()
+        self._pubsub = redis_client.pubsub()
+        with _redis_errors("subscribe to progress"):
+            self._pubsub.subscribe(name)
+            self._await_confirmation()
+        self._reader = threading.Thread(target=self._read, name=f"progress:{name}", daemon=True)
+        self._reader.start()
+
+    def _await_confirmation(self) -> None:
+        # Only once Redis confirmed are later publications sure to reach us.
+        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            message = self._pubsub.get_message(timeout=deadline - time.monotonic())
+            if message is not None and message["type"] in ("subscribe", b"subscribe"):
+                return
+        self._pubsub.close()
+        raise QueueUnavailable(f"Redis did not confirm the subscription to {self.name}")
+
+    @property
+    def dropped(self) -> int:
+        """Events lost because this subscriber read too slowly."""
+        return self._buffer.dropped
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self._pubsub.get_message(ignore_subscribe_messages=True,
+                                                   timeout=0.2)
+            except redis.RedisError as exc:
+                log.warning("progress subscription %s lost: %s", self.name, exc)
+                self._buffer.break_with(QueueUnavailable(
+                    f"lost the Redis progress subscription {self.name}: {exc}"))
+                return
+            if message is None or message["type"] not in ("message", b"message"):
+                continue
+            try:
+                self._buffer.put(json.loads(message["data"]))
+            except ValueError:
+                log.warning("ignored a progress event on %s that is not JSON", self.name)
+
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        return self._buffer.get(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._reader.is_alive() and self._reader is not threading.current_thread():
+            self._reader.join(timeout=5.0)
+        self._pubsub.close()
+        self._buffer.close()
+
+
+class RedisProgressHub:
+    """ProgressHub on Redis pub/sub; publishers and subscribers may be in other processes."""
+
+    def __init__(self, redis_client: redis.Redis, *, prefix: str = "imagegw:progress",
+                 buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+        self._redis = redis_client
+        self.prefix = prefix
+        self.buffer_size = buffer_size
+
+    def publish(self, channel: str, event: dict[str, Any]) -> None:
+        text = json.dumps(event)
+        with _redis_errors("publish progress"):
+            self._redis.publish(f"{self.prefix}:{channel}", text)
+
+    def subscribe(self, channel: str) -> RedisSubscription:
+        return RedisSubscription(self._redis, f"{self.prefix}:{channel}", self.buffer_size)
+
+    def close(self) -> None:
+        """Closes the client (the hub owns it)."""
+        self._redis.close()

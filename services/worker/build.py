@@ -1,0 +1,169 @@
+"""One build job, start to end: resolve -> fetch -> flatten -> publish.
+
+`Builder.build(job, report)` only orchestrates the pipeline stages (each its own
+module) and reports progress through `report`; it owns no format or protocol
+details itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagegw.config import Config
+from imagegw.model import BuildJob, BuildResult, Progress, Stage
+from imagegw.reference import parse_reference
+from imagegw.worker.paths import WorkerPaths
+from imagegw.worker.pipeline.meta import render_meta
+from imagegw.worker.pipeline.squashfs import flatten_to_squashfs
+from imagegw.worker.publish import publisher_for
+from imagegw.worker.registry.blobcache import BlobCache
+from imagegw.worker.registry.client import RegistryClient
+from imagegw.worker.registry.resolve import ResolvedImage, resolve_image
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[Progress], None]
+
+#: How many layer downloads run at once per job.
+DOWNLOAD_CONNECTIONS = 4
+
+
+@dataclass
+class _ByteCounter:
+    """Thread-safe running total for progress across parallel downloads."""
+
+    total: int
+    done: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> int:
+        with self._lock:
+            self.done += n
+            return self.done
+
+
+class Throttle:
+    """Passes progress on at most every `interval` seconds, stage changes always."""
+
+    def __init__(self, report: Report, interval: float = 0.25) -> None:
+        self._report = report
+        self._interval = interval
+        self._last = 0.0
+        self._stage: Stage | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, progress: Progress, *, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not force and progress.stage == self._stage and now - self._last < self._interval:
+                return
+            self._last = now
+            self._stage = progress.stage
+        self._report(progress)
+
+
+class Builder:
+    def __init__(self, config: Config, paths: WorkerPaths) -> None:
+        self.config = config
+        self.paths = paths
+        self.cache = BlobCache(paths.cache_root)
+
+    def build(self, job: BuildJob, report: Report) -> BuildResult:
+        emit = Throttle(report)
+        platform = self.config.platform(job.system)
+        reference = parse_reference(job.reference, self.config)
+        location = self.config.locations.get(reference.location)
+        client = RegistryClient(
+            reference.registry_url, reference.repository, credentials=job.credentials,
+            limits=self.config.limits, ca_bundle=location.sslcacert if location else None,
+        )
+        emit(Progress(Stage.RESOLVING, message=f"resolving {reference}"), force=True)
+        image = resolve_image(client, reference, platform, self.config.limits)
+        image_format = job.format or self.config.default_image_format
+        image_file = f"{image.image_id}.{image_format}"
+        meta_file = f"{image.image_id}.meta"
+        meta = render_meta(image_format, image.metadata, user_acl=job.user_acl,
+                           group_acl=job.group_acl)
+        publisher = publisher_for(platform)
+
+        def result(size: int, *, reused: bool = False, unchanged: bool = False) -> BuildResult:
+            return BuildResult(
+                image_id=image.image_id, manifest_digest=image.manifest_digest,
+                format=image_format, metadata=image.metadata, image_file=image_file,
+                meta_file=meta_file, size_bytes=size, reference=str(reference),
+                reused=reused, unchanged=unchanged,
+            )
+
+        if job.known_manifest_digest == image.manifest_digest and publisher.has_image(
+            image_file, meta_file
+        ):
+            log.info("job %s: %s unchanged (%s)", job.job_id, reference, image.manifest_digest)
+            return result(publisher.image_size(image_file), unchanged=True)
+
+        with self.paths.image_lock(image.image_id):
+            if publisher.has_image(image_file, meta_file):
+                log.info("job %s: image %s already published", job.job_id, image.image_id)
+                return result(publisher.image_size(image_file), reused=True)
+            layer_paths = self._download_layers(client, image, emit)
+            with self.paths.scratch(job.job_id) as scratch:
+                output = scratch / image_file
+                self._convert(image, layer_paths, output, emit)
+                size = output.stat().st_size
+                emit(Progress(Stage.PUBLISHING, bytes_total=size,
+                              message=f"publishing {image_file} to {job.system}"), force=True)
+                publisher.publish(
+                    output, image_file, meta, meta_file,
+                    on_bytes=lambda done, total: emit(Progress(
+                        Stage.PUBLISHING, bytes_done=done, bytes_total=total,
+                        message=f"publishing {image_file}")),
+                )
+        return result(size)
+
+    def _download_layers(self, client: RegistryClient, image: ResolvedImage,
+                         emit: Throttle) -> list[Path]:
+        layers = image.layers
+        counter = _ByteCounter(total=sum(layer.size for layer in layers))
+        count = len(layers)
+        emit(Progress(Stage.DOWNLOADING, layer_count=count, bytes_total=counter.total,
+                      message=f"downloading {count} layers"), force=True)
+
+        def fetch(index: int) -> Path:
+            layer = layers[index]
+
+            def on_bytes(n: int) -> None:
+                emit(Progress(Stage.DOWNLOADING, layer_index=index + 1, layer_count=count,
+                              bytes_done=counter.add(n), bytes_total=counter.total,
+                              message=f"downloading layer {index + 1} of {count}"))
+
+            path, downloaded = self.cache.ensure(
+                layer.digest, layer.size,
+                lambda out: client.fetch_blob(layer.digest, layer.size, out, on_bytes=on_bytes),
+            )
+            if not downloaded:
+                counter.add(layer.size)
+            return path
+
+        workers = max(1, min(DOWNLOAD_CONNECTIONS, count))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+            return list(pool.map(fetch, range(count)))
+
+    def _convert(self, image: ResolvedImage, layer_paths: list[Path], output: Path,
+                 emit: Throttle) -> None:
+        count = len(layer_paths)
+        emit(Progress(Stage.CONVERTING, layer_count=count,
+                      message=f"flattening {count} layers into {output.name}"), force=True)
+        flatten_to_squashfs(
+            layer_paths, output, options=self.config.converter, limits=self.config.limits,
+            layer_names=[layer.digest for layer in image.layers],
+            on_progress=lambda done, total: emit(Progress(
+                Stage.CONVERTING, layer_count=count, bytes_done=done, bytes_total=total,
+                message="converting")),
+        )

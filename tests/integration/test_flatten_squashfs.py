@@ -1,0 +1,260 @@
+"""Layers to squashfs with the real tar2sqfs, read back with sqfs2tar and compared whole."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+import zstandard
+from imagegw.config import ConverterOptions, Limits
+from imagegw.errors import ContentRejected, ConversionFailed
+from imagegw.worker.pipeline.squashfs import (
+    FlattenStats,
+    build_squashfs,
+    flatten_to_squashfs,
+    tar2sqfs_command,
+)
+from imagegw.worker.pipeline.tarstream import TarWriter
+
+from tests.support.layers import (
+    device,
+    digest,
+    dir,
+    fifo,
+    file,
+    hardlink,
+    layer,
+    opaque,
+    symlink,
+    whiteout,
+    write_blob,
+)
+from tests.support.squashfs_tree import read_squashfs, sha256, summary
+
+ROOT = Path(__file__).resolve().parents[2]
+OPTIONS = ConverterOptions(compressor="gzip", jobs=2)
+LIMITS = Limits()
+
+
+def build(tmp_path: Path, *blobs: bytes, options: ConverterOptions = OPTIONS,
+          limits: Limits = LIMITS) -> tuple[Path, FlattenStats]:
+    paths = [write_blob(tmp_path, blob) for blob in blobs]
+    output = tmp_path / "image.squashfs"
+    stats = flatten_to_squashfs(paths, output, options=options, limits=limits,
+                                layer_names=[digest(blob) for blob in blobs])
+    return output, stats
+
+
+def image_layers() -> list[bytes]:
+    base = layer(
+        dir("bin", 0o755, uid=1000),
+        file("bin/sh", b"#!shell", 0o755, uid=1000, gid=1000),
+        file("bin/su", b"setuid tool", 0o4755),
+        file("bin/wall", b"setgid tool", 0o2755),
+        hardlink("bin/sh-link", "bin/sh"),
+        dir("tmp", 0o1777),
+        dir("etc"),
+        file("etc/hosts", b"127.0.0.1 localhost\n"),
+        file("etc/old.conf", b"old"),
+        dir("var/cache/apt"),
+        file("var/cache/apt/pkgcache.bin", b"cache"),
+        symlink("lib", "usr/lib"),
+        dir("usr/lib"),
+        device("dev/null"),
+        fifo("run/initctl"),
+        compression="gzip",
+    )
+    update = layer(
+        whiteout("etc/old.conf"),
+        opaque("var/cache/apt"),
+        file("var/cache/apt/fresh", b"fresh"),
+        file("lib/libc.so.6", b"libc"),  # through the symlink, into usr/lib
+        hardlink("etc/hosts.orig", "etc/hosts"),
+        file("bin/sh", b"#!new shell", 0o755),  # the old bytes stay with bin/sh-link
+        compression="zstd",
+    )
+    top = layer(
+        dir("opt/app", 0o750),
+        file("opt/app/run", b"run", 0o700),
+        symlink("opt/app/current", "/opt/app"),
+        file("./etc/motd", "grüße\n".encode()),
+        compression="none",
+    )
+    return [base, update, top]
+
+
+def test_image_from_gzip_zstd_and_plain_layers_holds_the_flattened_tree(tmp_path: Path) -> None:
+    output, stats = build(tmp_path, *image_layers())
+    tree = read_squashfs(output)
+
+    def f(data: bytes, mode: int = 0o644) -> tuple[str, int, str]:
+        return ("file", mode, sha256(data))
+
+    d = ("dir", 0o755, "")
+    assert summary(tree) == {
+        "bin": d,
+        "bin/sh": f(b"#!new shell", 0o755),
+        "bin/sh-link": f(b"#!shell", 0o755),
+        "bin/su": f(b"setuid tool", 0o755),
+        "bin/wall": f(b"setgid tool", 0o755),
+        "tmp": ("dir", 0o1777, ""),
+        "etc": d,
+        "etc/hosts": f(b"127.0.0.1 localhost\n"),
+        "etc/hosts.orig": f(b"127.0.0.1 localhost\n"),
+        "etc/motd": f("grüße\n".encode()),
+        "var": d,
+        "var/cache": d,
+        "var/cache/apt": d,
+        "var/cache/apt/fresh": f(b"fresh"),
+        "lib": ("symlink", 0o777, "usr/lib"),
+        "usr": d,
+        "usr/lib": d,
+        "usr/lib/libc.so.6": f(b"libc"),
+        "opt": d,
+        "opt/app": ("dir", 0o750, ""),
+        "opt/app/run": f(b"run", 0o700),
+        "opt/app/current": ("symlink", 0o777, "/opt/app"),
+    }
+    assert {(node.uid, node.gid) for node in tree.values()} == {(0, 0)}
+    assert tree["etc/hosts"].inode == tree["etc/hosts.orig"].inode
+    assert tree["bin/sh"].inode != tree["bin/sh-link"].inode
+    assert stats == FlattenStats(files=9, dirs=10, symlinks=2, hardlinks=1, dropped=2,
+                                 data_bytes=stats.data_bytes)
+    assert stats.data_bytes == sum(
+        len(data) for data in (b"#!new shell", b"#!shell", b"setuid tool", b"setgid tool",
+                               b"127.0.0.1 localhost\n", "grüße\n".encode(), b"fresh",
+                               b"libc", b"run"))
+
+
+def test_image_root_is_root_owned_0755(tmp_path: Path) -> None:
+    output, _ = build(tmp_path, layer(dir("./", 0o700, uid=1000), file("a")))
+    listing = subprocess.run(["unsquashfs", "-lln", "-d", "", str(output)], check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+    root_line = listing.splitlines()[0].split()
+    assert root_line[0:2] == ["drwxr-xr-x", "0/0"]
+
+
+def test_setuid_bits_are_kept_when_the_site_asks(tmp_path: Path) -> None:
+    options = ConverterOptions(compressor="gzip", keep_setuid=True, jobs=2)
+    output, _ = build(tmp_path, layer(file("su", b"x", 0o4755)), options=options)
+    assert read_squashfs(output)["su"].mode == 0o4755
+
+
+def test_compressor_level_and_block_size_reach_the_image(tmp_path: Path) -> None:
+    options = ConverterOptions(compressor="zstd", level=5, block_size=65536, jobs=1)
+    output, _ = build(tmp_path, layer(file("a", b"a" * 100_000)), options=options)
+    info = subprocess.run(["unsquashfs", "-s", str(output)], check=True, capture_output=True,
+                          text=True, timeout=60).stdout
+    assert "Compression zstd" in info
+    assert "Block size 65536" in info
+
+
+def test_site_extra_arguments_are_appended_to_the_safe_defaults() -> None:
+    options = ConverterOptions(extra_args=("--exportable",))
+    command = tar2sqfs_command(Path("/out/image.squashfs"), options)
+    assert command[-2:] == ["--exportable", "/out/image.squashfs"]
+    assert {"--no-xattr", "--no-skip", "uid=0,gid=0,mode=0755"} <= set(command)
+
+
+def test_failing_tar2sqfs_raises_conversion_failed_with_its_message(tmp_path: Path) -> None:
+    options = ConverterOptions(compressor="gzip", extra_args=("--no-such-option",))
+    with pytest.raises(ConversionFailed, match="no-such-option"):
+        build(tmp_path, layer(file("a", os.urandom(300_000))), options=options)
+    assert not list(tmp_path.glob("*image.squashfs*"))
+
+
+def test_content_rejected_while_streaming_leaves_no_image(tmp_path: Path) -> None:
+    output = tmp_path / "image.squashfs"
+
+    def write_tar(out: BinaryIO) -> None:
+        TarWriter(out).file("big", mode=0o644, mtime=0, size=10 << 20,
+                            copy=lambda o: o.write(os.urandom(1 << 20)))
+        raise ContentRejected("layer sha256:x is hostile")
+
+    with pytest.raises(ContentRejected):
+        build_squashfs(write_tar, output, OPTIONS)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hostile_layer_is_refused_before_any_image_is_built(tmp_path: Path) -> None:
+    hostile = layer(file("a"), hardlink("b", "missing"))
+    with pytest.raises(ContentRejected, match=digest(hostile)):
+        build(tmp_path, hostile)
+    assert not (tmp_path / "image.squashfs").exists()
+
+
+def test_layer_decompressing_beyond_the_unpacked_limit_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ContentRejected, match="beyond the 4096-byte cap"):
+        build(tmp_path, layer(file("a", bytes(5000))), limits=Limits(max_unpacked_bytes=4096))
+
+
+def test_image_data_beyond_the_unpacked_limit_is_refused(tmp_path: Path) -> None:
+    blobs = layer(file("a", bytes(3500))), layer(file("b", bytes(3500)))
+    with pytest.raises(ContentRejected, match="7000 bytes of file data; the limit is 6000"):
+        build(tmp_path, *blobs, limits=Limits(max_unpacked_bytes=6000))
+
+
+def test_progress_goes_from_zero_to_the_total(tmp_path: Path) -> None:
+    blob = layer(file("a", os.urandom(3 << 20)), file("b", b"b"))
+    reports: list[tuple[int, int]] = []
+    flatten_to_squashfs([write_blob(tmp_path, blob)], tmp_path / "i.squashfs", options=OPTIONS,
+                        limits=Limits(), layer_names=[digest(blob)],
+                        on_progress=lambda done, total: reports.append((done, total)))
+    total = (3 << 20) + 1
+    assert reports[0] == (0, total)
+    assert reports[-1] == (total, total)
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+
+
+class _RandomIsh:
+    """A file-like source of `size` bytes of incompressible data, hashed as it goes."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.hash = hashlib.sha256()
+
+    def read(self, count: int = -1) -> bytes:
+        count = self.left if count < 0 else min(count, self.left)
+        data = os.urandom(count)
+        self.left -= count
+        self.hash.update(data)
+        return data
+
+
+def test_large_layer_streams_through_with_bounded_memory(tmp_path: Path) -> None:
+    size = 200 * 2**20
+    blob = tmp_path / "big.tar.zst"
+    source = _RandomIsh(size)
+    with open(blob, "wb") as raw, \
+            zstandard.ZstdCompressor(level=1).stream_writer(raw) as compressed, \
+            tarfile.open(fileobj=compressed, mode="w|") as archive:
+        info = tarfile.TarInfo("data/big.bin")
+        info.size = size
+        archive.addfile(info, source)
+    output = tmp_path / "big.squashfs"
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from imagegw.config import ConverterOptions, Limits\n"
+        "from imagegw.worker.pipeline.squashfs import flatten_to_squashfs\n"
+        "stats = flatten_to_squashfs([Path(sys.argv[1])], Path(sys.argv[2]),\n"
+        "    options=ConverterOptions(compressor='lz4', jobs=2), limits=Limits(),\n"
+        "    layer_names=['sha256:big'])\n"
+        # VmHWM: this process's peak resident set (ru_maxrss would include the parent's)
+        "peak = [line for line in open('/proc/self/status') if line.startswith('VmHWM')]\n"
+        "print(json.dumps({'peak_kib': int(peak[0].split()[1]), 'bytes': stats.data_bytes}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(blob), str(output)], cwd=ROOT,
+                            check=True, capture_output=True, text=True, timeout=240)
+    report = json.loads(result.stdout)
+    assert report["bytes"] == size
+    assert report["peak_kib"] < 100 * 1024  # the layer is 200 MiB; nothing holds it whole
+    node = read_squashfs(output)["data/big.bin"]
+    assert (node.size, node.sha256) == (size, source.hash.hexdigest())
