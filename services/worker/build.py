@@ -85,8 +85,13 @@ class Builder:
             reference.registry_url, reference.repository, credentials=job.credentials,
             limits=self.config.limits, ca_bundle=location.sslcacert if location else None,
         )
+        with client:
+            return self._build(job, reference, platform, client, emit)
+
+    def _build(self, job: BuildJob, reference, platform, client: RegistryClient,
+               emit: Throttle) -> BuildResult:
         emit(Progress(Stage.RESOLVING, message=f"resolving {reference}"), force=True)
-        image = resolve_image(client, reference, platform, self.config.limits)
+        image = resolve_image(client, reference, platform, self.config.limits, cache=self.cache)
         image_format = job.format or self.config.default_image_format
         image_file = f"{image.image_id}.{image_format}"
         meta_file = f"{image.image_id}.meta"

@@ -11,6 +11,9 @@ import time
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from imagegw.config import Config
 from imagegw.errors import ConfigError
 from imagegw.gateway.queue import (
@@ -23,9 +26,6 @@ from imagegw.gateway.queue import (
     RedisProgressHub,
     open_queue,
 )
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from tests.support.backends import (  # noqa: F401
     HubFactory,
     QueueFactory,

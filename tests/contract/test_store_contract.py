@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pymongo
 import pytest
+
 from imagegw.config import Config
 from imagegw.errors import ConfigError, InvalidRequest
 from imagegw.gateway.records import ImageRecord, PullKey
@@ -24,7 +25,6 @@ from imagegw.gateway.store import (
     open_store,
 )
 from imagegw.model import Failure, ImageMetadata, ImageState, Progress, Stage
-
 from tests.support.backends import image_store  # noqa: F401
 from tests.support.redis_server import free_port
 

@@ -15,6 +15,7 @@ from typing import Any
 import mongomock_ng
 import pymongo
 import pytest
+
 from imagegw.gateway.queue import (
     JobQueue,
     MemoryJobQueue,
@@ -24,7 +25,6 @@ from imagegw.gateway.queue import (
     RedisProgressHub,
 )
 from imagegw.gateway.store import ImageStore, MongoImageStore, SqliteImageStore
-
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401
 
 QueueFactory = Callable[..., JobQueue]

@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from imagegw.v1 import image_pb2 as imagegw_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n imagegw/v1/gateway_service.proto\x12\nimagegw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16imagegw/v1/image.proto\"\x88\x01\n\x10PullImageRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x0f\n\x07no_wait\x18\x04 \x01(\x08\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x12\x10\n\x08user_acl\x18\x06 \x03(\r\x12\x11\n\tgroup_acl\x18\x07 \x03(\r\"]\n\x11PullImageResponse\x12 \n\x05image\x18\x01 \x01(\x0b\x32\x11.imagegw.v1.Image\x12&\n\x08progress\x18\x02 \x01(\x0b\x32\x14.imagegw.v1.Progress\"E\n\x12LookupImageRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\"7\n\x13LookupImageResponse\x12 \n\x05image\x18\x01 \x01(\x0b\x32\x11.imagegw.v1.Image\"q\n\x11ListImagesRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.imagegw.v1.ImageState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"P\n\x12ListImagesResponse\x12!\n\x06images\x18\x01 \x03(\x0b\x32\x11.imagegw.v1.Image\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc8\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06system\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.imagegw.v1.JobState\x12&\n\x08progress\x18\x05 \x01(\x0b\x32\x14.imagegw.v1.Progress\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x07\x66\x61ilure\x18\t \x01(\x0b\x32\x13.imagegw.v1.Failure\x12\x10\n\x08\x61ttempts\x18\n \x01(\x05\"!\n\x0fListJobsRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\"1\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.imagegw.v1.Job*\x82\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_WAITING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x32\xc0\x02\n\x0eGatewayService\x12J\n\tPullImage\x12\x1c.imagegw.v1.PullImageRequest\x1a\x1d.imagegw.v1.PullImageResponse0\x01\x12N\n\x0bLookupImage\x12\x1e.imagegw.v1.LookupImageRequest\x1a\x1f.imagegw.v1.LookupImageResponse\x12K\n\nListImages\x12\x1d.imagegw.v1.ListImagesRequest\x1a\x1e.imagegw.v1.ListImagesResponse\x12\x45\n\x08ListJobs\x12\x1b.imagegw.v1.ListJobsRequest\x1a\x1c.imagegw.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n imagegw/v1/gateway_service.proto\x12\nimagegw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16imagegw/v1/image.proto\"\x88\x01\n\x10PullImageRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x0f\n\x07no_wait\x18\x04 \x01(\x08\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x12\x10\n\x08user_acl\x18\x06 \x03(\r\x12\x11\n\tgroup_acl\x18\x07 \x03(\r\"]\n\x11PullImageResponse\x12 \n\x05image\x18\x01 \x01(\x0b\x32\x11.imagegw.v1.Image\x12&\n\x08progress\x18\x02 \x01(\x0b\x32\x14.imagegw.v1.Progress\"E\n\x12LookupImageRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\"7\n\x13LookupImageResponse\x12 \n\x05image\x18\x01 \x01(\x0b\x32\x11.imagegw.v1.Image\"q\n\x11ListImagesRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.imagegw.v1.ImageState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"P\n\x12ListImagesResponse\x12!\n\x06images\x18\x01 \x03(\x0b\x32\x11.imagegw.v1.Image\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc8\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06system\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.imagegw.v1.JobState\x12&\n\x08progress\x18\x05 \x01(\x0b\x32\x14.imagegw.v1.Progress\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x07\x66\x61ilure\x18\t \x01(\x0b\x32\x13.imagegw.v1.Failure\x12\x10\n\x08\x61ttempts\x18\n \x01(\x05\"!\n\x0fListJobsRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\"1\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.imagegw.v1.Job\"E\n\x12\x45xpireImageRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\"7\n\x13\x45xpireImageResponse\x12 \n\x05image\x18\x01 \x01(\x0b\x32\x11.imagegw.v1.Image\"+\n\x19\x45xpireUnusedImagesRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\"/\n\x1a\x45xpireUnusedImagesResponse\x12\x11\n\timage_ids\x18\x01 \x03(\t\"\xb1\x01\n\x0cImportHeader\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12+\n\x08metadata\x18\x06 \x01(\x0b\x32\x19.imagegw.v1.ImageMetadata\x12\x10\n\x08user_acl\x18\x07 \x03(\r\x12\x11\n\tgroup_acl\x18\x08 \x03(\r\"Y\n\x12ImportImageRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.imagegw.v1.ImportHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"7\n\x13ImportImageResponse\x12 \n\x05image\x18\x01 \x01(\x0b\x32\x11.imagegw.v1.Image\"T\n\x0cLoginRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x10\n\x08registry\x18\x02 \x01(\t\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x10\n\x08password\x18\x04 \x01(\t\"D\n\rLoginResponse\x12\x10\n\x08registry\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"1\n\rLogoutRequest\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x10\n\x08registry\x18\x02 \x01(\t\"!\n\x0eLogoutResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08*\x82\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_WAITING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x32\xc6\x05\n\x0eGatewayService\x12J\n\tPullImage\x12\x1c.imagegw.v1.PullImageRequest\x1a\x1d.imagegw.v1.PullImageResponse0\x01\x12N\n\x0bLookupImage\x12\x1e.imagegw.v1.LookupImageRequest\x1a\x1f.imagegw.v1.LookupImageResponse\x12K\n\nListImages\x12\x1d.imagegw.v1.ListImagesRequest\x1a\x1e.imagegw.v1.ListImagesResponse\x12\x45\n\x08ListJobs\x12\x1b.imagegw.v1.ListJobsRequest\x1a\x1c.imagegw.v1.ListJobsResponse\x12N\n\x0b\x45xpireImage\x12\x1e.imagegw.v1.ExpireImageRequest\x1a\x1f.imagegw.v1.ExpireImageResponse\x12\x63\n\x12\x45xpireUnusedImages\x12%.imagegw.v1.ExpireUnusedImagesRequest\x1a&.imagegw.v1.ExpireUnusedImagesResponse\x12P\n\x0bImportImage\x12\x1e.imagegw.v1.ImportImageRequest\x1a\x1f.imagegw.v1.ImportImageResponse(\x01\x12<\n\x05Login\x12\x18.imagegw.v1.LoginRequest\x1a\x19.imagegw.v1.LoginResponse\x12?\n\x06Logout\x12\x19.imagegw.v1.LogoutRequest\x1a\x1a.imagegw.v1.LogoutResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagegw.v1.gateway_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1082
-  _globals['_JOBSTATE']._serialized_end=1212
+  _globals['_JOBSTATE']._serialized_start=1874
+  _globals['_JOBSTATE']._serialized_end=2004
   _globals['_PULLIMAGEREQUEST']._serialized_start=106
   _globals['_PULLIMAGEREQUEST']._serialized_end=242
   _globals['_PULLIMAGERESPONSE']._serialized_start=244
@@ -53,6 +53,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTJOBSREQUEST']._serialized_end=1028
   _globals['_LISTJOBSRESPONSE']._serialized_start=1030
   _globals['_LISTJOBSRESPONSE']._serialized_end=1079
-  _globals['_GATEWAYSERVICE']._serialized_start=1215
-  _globals['_GATEWAYSERVICE']._serialized_end=1535
+  _globals['_EXPIREIMAGEREQUEST']._serialized_start=1081
+  _globals['_EXPIREIMAGEREQUEST']._serialized_end=1150
+  _globals['_EXPIREIMAGERESPONSE']._serialized_start=1152
+  _globals['_EXPIREIMAGERESPONSE']._serialized_end=1207
+  _globals['_EXPIREUNUSEDIMAGESREQUEST']._serialized_start=1209
+  _globals['_EXPIREUNUSEDIMAGESREQUEST']._serialized_end=1252
+  _globals['_EXPIREUNUSEDIMAGESRESPONSE']._serialized_start=1254
+  _globals['_EXPIREUNUSEDIMAGESRESPONSE']._serialized_end=1301
+  _globals['_IMPORTHEADER']._serialized_start=1304
+  _globals['_IMPORTHEADER']._serialized_end=1481
+  _globals['_IMPORTIMAGEREQUEST']._serialized_start=1483
+  _globals['_IMPORTIMAGEREQUEST']._serialized_end=1572
+  _globals['_IMPORTIMAGERESPONSE']._serialized_start=1574
+  _globals['_IMPORTIMAGERESPONSE']._serialized_end=1629
+  _globals['_LOGINREQUEST']._serialized_start=1631
+  _globals['_LOGINREQUEST']._serialized_end=1715
+  _globals['_LOGINRESPONSE']._serialized_start=1717
+  _globals['_LOGINRESPONSE']._serialized_end=1785
+  _globals['_LOGOUTREQUEST']._serialized_start=1787
+  _globals['_LOGOUTREQUEST']._serialized_end=1836
+  _globals['_LOGOUTRESPONSE']._serialized_start=1838
+  _globals['_LOGOUTRESPONSE']._serialized_end=1871
+  _globals['_GATEWAYSERVICE']._serialized_start=2007
+  _globals['_GATEWAYSERVICE']._serialized_end=2717
 # @@protoc_insertion_point(module_scope)

@@ -58,6 +58,31 @@ class GatewayServiceStub:
                 request_serializer=imagegw_dot_v1_dot_gateway__service__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.ExpireImage = channel.unary_unary(
+                '/imagegw.v1.GatewayService/ExpireImage',
+                request_serializer=imagegw_dot_v1_dot_gateway__service__pb2.ExpireImageRequest.SerializeToString,
+                response_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.ExpireImageResponse.FromString,
+                _registered_method=True)
+        self.ExpireUnusedImages = channel.unary_unary(
+                '/imagegw.v1.GatewayService/ExpireUnusedImages',
+                request_serializer=imagegw_dot_v1_dot_gateway__service__pb2.ExpireUnusedImagesRequest.SerializeToString,
+                response_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.ExpireUnusedImagesResponse.FromString,
+                _registered_method=True)
+        self.ImportImage = channel.stream_unary(
+                '/imagegw.v1.GatewayService/ImportImage',
+                request_serializer=imagegw_dot_v1_dot_gateway__service__pb2.ImportImageRequest.SerializeToString,
+                response_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.ImportImageResponse.FromString,
+                _registered_method=True)
+        self.Login = channel.unary_unary(
+                '/imagegw.v1.GatewayService/Login',
+                request_serializer=imagegw_dot_v1_dot_gateway__service__pb2.LoginRequest.SerializeToString,
+                response_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.LoginResponse.FromString,
+                _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/imagegw.v1.GatewayService/Logout',
+                request_serializer=imagegw_dot_v1_dot_gateway__service__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.LogoutResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -97,6 +122,45 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExpireImage(self, request, context):
+        """Expires one image now: its files are removed from the system and the
+        record becomes EXPIRED. Admins of the system only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExpireUnusedImages(self, request, context):
+        """Runs auto-expiry for a system now (it also runs on a schedule): every
+        image unused for longer than ImageExpirationTimeout expires. Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportImage(self, request_iterator, context):
+        """Uploads a ready squashfs image: one header message, then data chunks.
+        Admins and ImportUsers only. The content is checked before publishing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Login(self, request, context):
+        """Checks registry credentials against the registry and keeps them, sealed,
+        for the caller's own later pulls from that registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Forgets the caller's credentials for a registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +183,31 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.ListJobsRequest.FromString,
                     response_serializer=imagegw_dot_v1_dot_gateway__service__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'ExpireImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExpireImage,
+                    request_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.ExpireImageRequest.FromString,
+                    response_serializer=imagegw_dot_v1_dot_gateway__service__pb2.ExpireImageResponse.SerializeToString,
+            ),
+            'ExpireUnusedImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExpireUnusedImages,
+                    request_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.ExpireUnusedImagesRequest.FromString,
+                    response_serializer=imagegw_dot_v1_dot_gateway__service__pb2.ExpireUnusedImagesResponse.SerializeToString,
+            ),
+            'ImportImage': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportImage,
+                    request_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.ImportImageRequest.FromString,
+                    response_serializer=imagegw_dot_v1_dot_gateway__service__pb2.ImportImageResponse.SerializeToString,
+            ),
+            'Login': grpc.unary_unary_rpc_method_handler(
+                    servicer.Login,
+                    request_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.LoginRequest.FromString,
+                    response_serializer=imagegw_dot_v1_dot_gateway__service__pb2.LoginResponse.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=imagegw_dot_v1_dot_gateway__service__pb2.LogoutRequest.FromString,
+                    response_serializer=imagegw_dot_v1_dot_gateway__service__pb2.LogoutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -233,6 +322,141 @@ class GatewayService:
             '/imagegw.v1.GatewayService/ListJobs',
             imagegw_dot_v1_dot_gateway__service__pb2.ListJobsRequest.SerializeToString,
             imagegw_dot_v1_dot_gateway__service__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExpireImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegw.v1.GatewayService/ExpireImage',
+            imagegw_dot_v1_dot_gateway__service__pb2.ExpireImageRequest.SerializeToString,
+            imagegw_dot_v1_dot_gateway__service__pb2.ExpireImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExpireUnusedImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegw.v1.GatewayService/ExpireUnusedImages',
+            imagegw_dot_v1_dot_gateway__service__pb2.ExpireUnusedImagesRequest.SerializeToString,
+            imagegw_dot_v1_dot_gateway__service__pb2.ExpireUnusedImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportImage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/imagegw.v1.GatewayService/ImportImage',
+            imagegw_dot_v1_dot_gateway__service__pb2.ImportImageRequest.SerializeToString,
+            imagegw_dot_v1_dot_gateway__service__pb2.ImportImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Login(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegw.v1.GatewayService/Login',
+            imagegw_dot_v1_dot_gateway__service__pb2.LoginRequest.SerializeToString,
+            imagegw_dot_v1_dot_gateway__service__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegw.v1.GatewayService/Logout',
+            imagegw_dot_v1_dot_gateway__service__pb2.LogoutRequest.SerializeToString,
+            imagegw_dot_v1_dot_gateway__service__pb2.LogoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,10 +13,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pymongo
-from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
-from imagegw.gateway.store import codec, paging
-from imagegw.gateway.store.base import StoreUnavailable
-from imagegw.model import Failure, ImageState, Progress
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import (
@@ -26,6 +22,11 @@ from pymongo.errors import (
     PyMongoError,
     ServerSelectionTimeoutError,
 )
+
+from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
+from imagegw.gateway.store import codec, paging
+from imagegw.gateway.store.base import StoreUnavailable
+from imagegw.model import Failure, ImageState, Progress
 
 log = logging.getLogger(__name__)
 

@@ -83,6 +83,7 @@ class Client {
   // Tries each gateway address in turn when one is UNAVAILABLE. Every call gets a
   // deadline of timeout_seconds. With munge_socket set, each call carries a fresh
   // MUNGE credential (metadata key "authentication") made through that socket.
+  // Not thread-safe: use one Client per thread.
   Client(std::vector<std::string> addresses, double timeout_seconds,
          std::string munge_socket = "");
   ~Client();
