@@ -11,7 +11,7 @@ from imagegw.gateway.core.dispatch import Dispatcher
 from imagegw.gateway.core.pulls import PullManager
 from imagegw.gateway.queue import open_queue
 from imagegw.gateway.store import open_store
-from imagegw.gateway.workers import WorkerPool
+from imagegw.gateway.workers import open_worker_pool
 from imagegw.grpcserver import add_health_and_reflection, bind, create_server
 from imagegw.v1 import gateway_service_pb2_grpc
 
@@ -26,10 +26,10 @@ class GatewayApp:
         self.store = open_store(config)
         self.queue, self.hub = open_queue(config)
         self.pulls = PullManager(config, self.store, self.queue, self.hub)
-        self.workers = WorkerPool(worker_addresses)
+        self.workers = open_worker_pool(config, worker_addresses)
         self.dispatcher = Dispatcher(
             self.store, self.queue, self.hub, self.workers,
-            consumers=max(1, config.worker_slots) * len(worker_addresses),
+            consumers=self.workers.consumers(config.worker_slots),
         )
         self.server = create_server()
         gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(

@@ -90,6 +90,19 @@ class WorkerPool:
             return
         raise WorkerLost(f"worker {address} ended the job stream without a result")
 
+    def consumers(self, slots_per_worker: int) -> int:
+        """How many dispatcher threads keep these workers busy."""
+        return max(1, slots_per_worker) * len(self._addresses)
+
+    def systems(self) -> set[str] | None:
+        """The systems these workers serve (None: every system)."""
+        return None
+
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
+
+
+def open_worker_pool(config, static_addresses: Sequence[str]) -> WorkerPool:
+    """The workers the gateway dispatches to: the given addresses."""
+    return WorkerPool(static_addresses)
