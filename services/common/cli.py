@@ -72,9 +72,10 @@ def _gateway(args: argparse.Namespace) -> int:
     from imagegw.gateway.app import GatewayApp
 
     config = _config(args)
-    if not config.worker_addresses:
-        raise ImageGatewayError("WorkerAddresses is empty: `imagegw gateway` needs workers",
-                                hint="list them in the config, or run `imagegw serve`")
+    if not config.worker_addresses and not config.broker:
+        raise ImageGatewayError("`imagegw gateway` needs workers: set WorkerAddresses, or a Broker "
+                                "(Redis) that `imagegw worker` processes register with",
+                                hint="or run `imagegw serve` for a gateway with a local worker")
     gateway = GatewayApp(config, config.listen, list(config.worker_addresses))
     gateway.start()
     _announce(args, gateway.address)
@@ -88,7 +89,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     config = _config(args)
     worker = WorkerApp(config, args.listen or os.environ.get("IMAGEGW_WORKER_LISTEN")
-                       or "127.0.0.1:7778")
+                       or "127.0.0.1:7778", advertise=args.advertise, worker_id=args.worker_id)
     worker.start()
     _announce(args, worker.address)
     _wait_for_signal()
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "worker":
             cmd.add_argument("--drain-timeout", type=float, default=300.0,
                              help="seconds to let running jobs finish on SIGTERM")
+            cmd.add_argument("--advertise", help="HOST:PORT gateways use to reach this worker "
+                             "(default: the listen address)")
+            cmd.add_argument("--worker-id", help="name in the worker directory (default: host-pid)")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
     return parser

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,6 +69,9 @@ class Platform:
     os: str = "linux"
     architecture: str = "amd64"
     variant: str = ""
+    #: Whether callers without a credential may pull (public images only). Defaults to
+    #: true only for a system without mungeSocketPath, where nobody can authenticate.
+    allow_anonymous_pull: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SharedConversions:
+    """`SharedConversions`: a registry where converted images are shared as OCI artifacts."""
+
+    #: The `Locations` key of the registry; pushes go only to a location the config names.
+    registry: str
+    repository: str = "imagegw/conversions"
+    #: Publish our conversions there.
+    push: bool = True
+    #: Look there for a conversion before converting.
+    pull: bool = True
+    #: A Docker-style auth file (`{"auths": {"host:port": {"auth": base64}}}`) for the registry.
+    auth_file: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     default_image_location: str = "registry-1.docker.io"
     default_image_format: str = "squashfs"
@@ -123,6 +142,24 @@ class Config:
     worker_addresses: tuple[str, ...] = ()
     #: How many jobs one worker runs at once.
     worker_slots: int = 2
+    #: Pulls of distinct images one user may have in flight at once.
+    max_concurrent_pulls_per_user: int = 10
+    #: Seconds between auto-expiry runs; 0 means min(ImageExpirationTimeout / 10, 300).
+    expiration_check_interval: float = 0.0
+    #: Fernet key for registry credentials at rest ("" = <data dir>/credentials.key).
+    credential_key_file: str = ""
+    #: PEM server certificate chain and key for the gateway's gRPC port (TLS when both set).
+    tls_certificate: str = ""
+    tls_key: str = ""
+    #: PEM CA bundle: when set, the gateway requires client certificates signed by it.
+    tls_client_ca: str = ""
+    #: Allow a non-loopback listen address without TLS and MUNGE on every system.
+    allow_insecure_listen: bool = False
+    #: Converted images shared through a registry (None: not shared).
+    shared_conversions: SharedConversions | None = None
+    #: HOST:PORT of the gateway's and the worker's Prometheus endpoints (None: off).
+    metrics_listen: str | None = None
+    worker_metrics_listen: str | None = None
     #: Problems that did not stop loading (unknown keys, ignored settings).
     warnings: tuple[str, ...] = ()
 
@@ -267,16 +304,18 @@ def _platform(name: str, reader: _Reader) -> Platform:
         if not hosts:
             raise ConfigError(f"{reader.key('host')}: at least one host is required for remote")
     reader.ignore("usergroupService")
+    munge_socket = reader.get("mungeSocketPath", str)
     platform = Platform(
         name=name,
         access_type=access,
-        munge_socket=reader.get("mungeSocketPath", str),
+        munge_socket=munge_socket,
         admins=admins,
         image_dir=image_dir,
         ssh=ssh,
         os=reader.get("os", str, "linux"),
         architecture=reader.get("architecture", str, "amd64"),
         variant=reader.get("variant", str, ""),
+        allow_anonymous_pull=reader.get("allowAnonymousPull", bool, not munge_socket),
     )
     reader.finish()
     return platform
@@ -317,6 +356,73 @@ def _limits(reader: _Reader | None) -> Limits:
     )
     reader.finish()
     return limits
+
+
+_REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+
+
+def _shared_conversions(
+    reader: _Reader | None, locations: Mapping[str, Location]
+) -> SharedConversions | None:
+    if reader is None:
+        return None
+    registry = reader.get("registry", str)
+    if not registry:
+        raise ConfigError(f"{reader.key('registry')}: required (a key of Locations)")
+    if registry not in locations:
+        known = ", ".join(sorted(locations)) or "none"
+        raise ConfigError(f"{reader.key('registry')}: {registry!r} is not a key of Locations "
+                          f"(known: {known})")
+    repository = reader.get("repository", str, "imagegw/conversions")
+    if not _REPOSITORY.match(repository) or len(repository) > 255:
+        raise ConfigError(f"{reader.key('repository')}: not a valid repository name "
+                          f"{repository!r} (lowercase path like 'imagegw/conversions')")
+    shared = SharedConversions(
+        registry=registry,
+        repository=repository,
+        push=reader.get("push", bool, True),
+        pull=reader.get("pull", bool, True),
+        auth_file=reader.get("authFile", str),
+    )
+    reader.finish()
+    return shared
+
+
+def parse_host_port(address: str, key: str) -> tuple[str, int]:
+    """"HOST:PORT" (IPv6 as "[::1]:PORT", port 0 for any free port) -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT like 127.0.0.1:9464, got {address!r}")
+    return host, int(port)
+
+
+def _host_port(address: str | None, key: str) -> str | None:
+    if address:
+        parse_host_port(address, key)
+    return address or None
+
+
+def _trust_settings(top: _Reader) -> dict[str, Any]:
+    """Users-and-trust keys: per-user limits, expiry schedule, credential key, TLS."""
+    settings: dict[str, Any] = {
+        "max_concurrent_pulls_per_user": top.get("MaxConcurrentPullsPerUser", int, 10),
+        "expiration_check_interval": float(top.get("ExpirationCheckInterval", (int, float), 0)),
+        "credential_key_file": top.get("CredentialKeyFile", str, ""),
+        "tls_certificate": top.get("TLSCertificate", str, ""),
+        "tls_key": top.get("TLSKey", str, ""),
+        "tls_client_ca": top.get("TLSClientCA", str, ""),
+        "allow_insecure_listen": top.get("AllowInsecureListen", bool, False),
+    }
+    if settings["max_concurrent_pulls_per_user"] < 1:
+        raise ConfigError("MaxConcurrentPullsPerUser: must be at least 1")
+    if settings["expiration_check_interval"] < 0:
+        raise ConfigError("ExpirationCheckInterval: must not be negative")
+    if bool(settings["tls_certificate"]) != bool(settings["tls_key"]):
+        raise ConfigError("TLSCertificate, TLSKey: set both or neither")
+    if settings["tls_client_ca"] and not settings["tls_certificate"]:
+        raise ConfigError("TLSClientCA: needs TLSCertificate and TLSKey too")
+    return settings
 
 
 def parse_config(
@@ -373,6 +479,10 @@ def parse_config(
         listen=listen or top.get("ListenAddress", str, DEFAULT_LISTEN),
         worker_addresses=top.strings("WorkerAddresses"),
         worker_slots=top.get("WorkerSlots", int, 2),
+        **_trust_settings(top),
+        shared_conversions=_shared_conversions(top.sub("SharedConversions"), locations),
+        metrics_listen=_host_port(top.get("MetricsListen", str), "MetricsListen"),
+        worker_metrics_listen=_host_port(top.get("WorkerMetricsListen", str), "WorkerMetricsListen"),
     )
     top.ignore(*_IGNORED_TOP_KEYS, "DataDirectory")
     top.finish()

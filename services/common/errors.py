@@ -21,6 +21,7 @@ lives in one table, `imagegw.grpc_status`; the core never imports grpc.
     ├── PermissionDenied          the caller may not do this
     ├── ResourceExhausted         a limit was hit (concurrent pulls, sizes)
     ├── WorkerUnavailable         no worker could take the job: retryable
+    ├── BackendUnavailable        records (SQLite/MongoDB) or queue (Redis) down: retryable
     ├── ConfigError               the configuration is invalid (start-up)
     └── Cancelled                 the job was cancelled or shut down
 """
@@ -123,6 +124,12 @@ class ResourceExhausted(ImageGatewayError):
 
 class WorkerUnavailable(ImageGatewayError):
     """No worker could run the job right now."""
+
+    retryable = True
+
+
+class BackendUnavailable(ImageGatewayError):
+    """The record store or the job queue cannot be reached; the gateway retries."""
 
     retryable = True
 

@@ -25,6 +25,7 @@ ERROR_STATUS: dict[type[errors.ImageGatewayError], grpc.StatusCode] = {
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.WorkerUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
 }

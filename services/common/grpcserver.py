@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from imagegw import metrics
 from imagegw.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def create_server(max_workers: int = 64) -> grpc.Server:
             ("grpc.so_reuseport", 0),
         ],
         maximum_concurrent_rpcs=max_workers * 4,
+        interceptors=[metrics.server_interceptor()],
     )
 
 

@@ -4,6 +4,8 @@
 naming the location (a key of `Locations`, or a registry host), the registry's base
 URL, the repository, and the tag and/or digest. Shifter's rule applies first: a
 first path component that is a key of `Locations` selects that location.
+An `oras:` prefix marks a ready-made image stored as an OCI artifact (as does a
+location with `remotetype: oras`); `docker:` is the default and is dropped.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class ImageReference:
     repository: str
     tag: str | None
     digest: str | None
+    #: Written `oras:...`: a ready-made image stored as an OCI artifact.
+    artifact: bool = False
 
     @property
     def name(self) -> str:
@@ -48,7 +52,7 @@ class ImageReference:
         return self.digest or self.tag or "latest"
 
     def __str__(self) -> str:
-        text = self.name
+        text = ("oras:" if self.artifact else "") + self.name
         if self.tag:
             text += f":{self.tag}"
         if self.digest:
@@ -99,8 +103,9 @@ def parse_reference(text: str, config: Config) -> ImageReference:
         raise InvalidReference(f"image reference longer than {MAX_REFERENCE_LENGTH} characters")
     if any(ch.isspace() or ord(ch) < 0x20 for ch in text):
         raise InvalidReference(f"image reference {original!r} contains whitespace or control characters")
-    if text.startswith("docker:"):
-        text = text[len("docker:"):]
+    artifact = text.startswith("oras:")
+    if text.startswith(("docker:", "oras:")):
+        text = text.partition(":")[2]
     name, digest = _split_digest(text)
     name, tag = _split_tag(name)
     if not name:
@@ -144,5 +149,6 @@ def parse_reference(text: str, config: Config) -> ImageReference:
     if tag is None and digest is None:
         tag = "latest"
     return ImageReference(
-        location=location_name, registry_url=url, repository=repository, tag=tag, digest=digest
+        location=location_name, registry_url=url, repository=repository, tag=tag, digest=digest,
+        artifact=artifact,
     )

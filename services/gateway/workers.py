@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import grpc
 
 from imagegw import convert
+from imagegw.config import Config
+from imagegw.directory import WorkerDirectory, redis_from_url
 from imagegw.errors import WorkerUnavailable
 from imagegw.model import BuildJob, BuildResult, Failure, Progress
 from imagegw.v1 import worker_service_pb2_grpc
@@ -35,33 +37,52 @@ class WorkerLost(WorkerUnavailable):
 
 
 class WorkerPool:
-    def __init__(self, addresses: Sequence[str]) -> None:
-        if not addresses:
+    """Workers from a fixed address list, or from the Redis worker directory."""
+
+    def __init__(self, addresses: Sequence[str] = (), *,
+                 directory: WorkerDirectory | None = None) -> None:
+        if not addresses and directory is None:
             raise WorkerUnavailable("no worker addresses configured")
         self._addresses = list(addresses)
-        self._channels = {a: grpc.insecure_channel(a) for a in self._addresses}
-        self._stubs = {a: worker_service_pb2_grpc.WorkerServiceStub(c)
-                       for a, c in self._channels.items()}
-        self._next = itertools.cycle(range(len(self._addresses)))
+        self._directory = directory
+        self._channels: dict[str, grpc.Channel] = {}
+        self._counter = itertools.count()
         self._lock = threading.Lock()
+
+    def _stub(self, address: str) -> tuple[grpc.Channel, worker_service_pb2_grpc.WorkerServiceStub]:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = grpc.insecure_channel(address)
+        return channel, worker_service_pb2_grpc.WorkerServiceStub(channel)
+
+    def _candidates(self, system: str) -> list[str]:
+        if self._directory is not None:
+            addresses = [worker.address for worker in self._directory.serving(system)]
+            if not addresses:
+                raise WorkerUnavailable(f"no live worker serves system {system!r}",
+                                        hint="start `imagegw worker` with that system in its config")
+        else:
+            addresses = list(self._addresses)
+        start = next(self._counter) % len(addresses)
+        return addresses[start:] + addresses[:start]
 
     def build(self, job: BuildJob, *, prefer: str | None = None
               ) -> tuple[str, Iterator[WorkerEvent]]:
         """Starts (or attaches to) `job` on a worker; returns its address and events."""
-        with self._lock:
-            start = next(self._next)
-        order = self._addresses[start:] + self._addresses[:start]
-        if prefer in self._stubs:
+        order = self._candidates(job.system)
+        if prefer in order:
             order.remove(prefer)
             order.insert(0, prefer)
         errors = []
         for address in order:
+            channel, stub = self._stub(address)
             try:
-                grpc.channel_ready_future(self._channels[address]).result(timeout=5)
+                grpc.channel_ready_future(channel).result(timeout=5)
             except grpc.FutureTimeoutError:
                 errors.append(f"{address}: not reachable")
                 continue
-            stream = self._stubs[address].BuildImage(convert.job_to_proto(job))
+            stream = stub.BuildImage(convert.job_to_proto(job))
             return address, self._events(address, stream)
         raise WorkerUnavailable("no worker reachable: " + "; ".join(errors),
                                 hint="check that `imagegw worker` runs and WorkerAddresses")
@@ -92,17 +113,27 @@ class WorkerPool:
 
     def consumers(self, slots_per_worker: int) -> int:
         """How many dispatcher threads keep these workers busy."""
+        if self._directory is not None:
+            return max(4, 4 * max(1, slots_per_worker))
         return max(1, slots_per_worker) * len(self._addresses)
 
     def systems(self) -> set[str] | None:
-        """The systems these workers serve (None: every system)."""
-        return None
+        """The systems some live worker serves (None: every system)."""
+        if self._directory is None:
+            return None
+        return {system for worker in self._directory.live() for system in worker.systems}
 
     def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
 
 
-def open_worker_pool(config, static_addresses: Sequence[str]) -> WorkerPool:
-    """The workers the gateway dispatches to: the given addresses."""
-    return WorkerPool(static_addresses)
+def open_worker_pool(config: Config, static_addresses: Sequence[str]) -> WorkerPool:
+    """The workers the gateway dispatches to: the given addresses, else (with a
+    Broker) the workers registered in Redis."""
+    if static_addresses:
+        return WorkerPool(static_addresses)
+    if config.broker:
+        return WorkerPool(directory=WorkerDirectory(redis_from_url(config.broker)))
+    raise WorkerUnavailable("no workers: set WorkerAddresses, or a Broker that workers register with")

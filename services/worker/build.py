@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagegw import metrics
+from imagegw.acl import acl_file_suffix
 from imagegw.config import Config
 from imagegw.model import BuildJob, BuildResult, Progress, Stage
 from imagegw.reference import parse_reference
@@ -93,8 +95,8 @@ class Builder:
         emit(Progress(Stage.RESOLVING, message=f"resolving {reference}"), force=True)
         image = resolve_image(client, reference, platform, self.config.limits, cache=self.cache)
         image_format = job.format or self.config.default_image_format
-        image_file = f"{image.image_id}.{image_format}"
-        meta_file = f"{image.image_id}.meta"
+        image_file = f"{image.image_id}{acl_file_suffix(job.user_acl, job.group_acl)}.{image_format}"
+        meta_file = f"{image.image_id}{acl_file_suffix(job.user_acl, job.group_acl)}.meta"
         meta = render_meta(image_format, image.metadata, user_acl=job.user_acl,
                            group_acl=job.group_acl)
         publisher = publisher_for(platform)
@@ -152,6 +154,7 @@ class Builder:
                 layer.digest, layer.size,
                 lambda out: client.fetch_blob(layer.digest, layer.size, out, on_bytes=on_bytes),
             )
+            metrics.layer_cache(hit=not downloaded, size=layer.size)
             if not downloaded:
                 counter.add(layer.size)
             return path

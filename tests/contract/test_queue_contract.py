@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -156,12 +157,12 @@ def test_an_expired_lease_hands_the_job_to_another_consumer_as_attempt_two(
 
 
 def test_extending_the_lease_keeps_the_job(job_queue_factory: QueueFactory) -> None:
-    queue = job_queue_factory(lease_seconds=LEASE)
+    queue = job_queue_factory(lease_seconds=1.0)
     queue.submit(job("job-1"))
     claim = queue.claim("w1", None, 1.0)
     assert claim is not None
-    for _ in range(3):
-        time.sleep(LEASE * 0.6)
+    for _ in range(2):  # 1.2 s in all: past the first lease
+        time.sleep(0.6)
         assert queue.extend(claim)
     assert claim_now(queue, "w2") is None
     assert queue.pending() == [(claim.job, "w1", 1)]
@@ -241,6 +242,31 @@ def test_no_job_is_lost_when_the_redis_queue_object_is_recreated(
             ("job-0", 2), ("job-1", 1), ("job-2", 1)]
     finally:
         again.close()
+
+
+def test_redis_queue_and_hub_work_again_after_the_server_restarts(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    queue = RedisJobQueue(server.client())
+    hub = RedisProgressHub(server.client())
+    try:
+        queue.submit(job("before"))
+        subscription = hub.subscribe("job-1")
+        server.restart()  # no persistence: the queued job and the groups are gone
+        queue.submit(job("after"))
+        claim = queue.claim("w1", None, 2.0)
+        assert claim is not None and claim.job.job_id == "after"
+        deadline = time.monotonic() + 5.0
+        event = None
+        while event is None and time.monotonic() < deadline:
+            hub.publish("job-1", {"n": 1})  # lost until the subscriber has reconnected
+            event = subscription.get(0.1)
+        assert event == {"n": 1}
+        subscription.close()
+    finally:
+        queue.close()
+        hub.close()
+        server.stop()
 
 
 def test_redis_queue_reports_an_unreachable_server_as_retryable() -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+
 from imagegw.config import Limits, Platform
 from imagegw.errors import DigestMismatch
 from imagegw.reference import ImageReference
 from imagegw.worker.registry import BlobCache, RegistryClient, resolve_image
-
 from tests.support.images import push_image
 from tests.support.proxy import CorruptBody, RegistryProxy
 from tests.support.registry import registry  # noqa: F401

@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import pytest
 import zstandard
+
 from imagegw.config import ConverterOptions, Limits
 from imagegw.errors import ContentRejected, ConversionFailed
 from imagegw.worker.pipeline.squashfs import (
@@ -22,7 +23,6 @@ from imagegw.worker.pipeline.squashfs import (
     tar2sqfs_command,
 )
 from imagegw.worker.pipeline.tarstream import TarWriter
-
 from tests.support.layers import (
     device,
     digest,

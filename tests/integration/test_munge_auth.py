@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from imagegw.config import Platform
 from imagegw.errors import Unauthenticated
 from imagegw.gateway.auth import (
@@ -15,7 +16,6 @@ from imagegw.gateway.auth import (
     authenticate,
     encode,
 )
-
 from tests.support.munge import (  # noqa: F401
     MungeDaemon,
     make_credential,

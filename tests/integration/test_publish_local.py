@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from imagegw.config import Platform, SshTarget
 from imagegw.errors import InvalidRequest, TransferFailed
 from imagegw.worker.publish import LocalPublisher, SshPublisher, publisher_for

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import paramiko
 import pytest
+
 from imagegw.errors import TransferFailed
 from imagegw.worker.publish import SshPublisher
-
 from tests.support.sshd import SshdServer, sshd_target  # noqa: F401
 
 MIB = 1024 * 1024

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import zstandard
+
 from imagegw.config import Limits, Platform
 from imagegw.errors import (
     ContentRejected,
@@ -25,7 +26,6 @@ from imagegw.model import RegistryCredentials
 from imagegw.reference import ImageReference
 from imagegw.worker.registry import RegistryClient, resolve_image
 from imagegw.worker.registry.manifest import DOCKER_MANIFEST_LIST, OCI_INDEX
-
 from tests.support.images import index_entry, push_image, push_index
 from tests.support.proxy import (
     CorruptBody,

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from imagegw.client import GatewayClient, NotFound, PullFailed, munge_credential_provider
 
+from imagegw.client import GatewayClient, NotFound, PullFailed, munge_credential_provider
 from tests.support.images import PushedImage, push_image
 from tests.support.munge import munge_socket_fixture  # noqa: F401
 from tests.support.registry import RegistryServer, free_port, registry  # noqa: F401

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from imagegw.config import SshTarget
 
 SSHD = "/usr/sbin/sshd"

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+
 from imagegw.errors import ContentRejected
 from imagegw.worker.pipeline.decompress import open_layer
 from imagegw.worker.pipeline.flatten import FlatTree, index_layer, merge_layers, write_flat_tar
 from imagegw.worker.pipeline.members import MemberPolicy
-
 from tests.support.layers import (
     compress,
     device,

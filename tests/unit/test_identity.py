@@ -5,6 +5,7 @@ from __future__ import annotations
 import pwd
 
 import pytest
+
 from imagegw.config import Platform
 from imagegw.errors import Unauthenticated
 from imagegw.gateway.auth import ANONYMOUS, Identity, authenticate, is_admin

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from imagegw.config import Limits, Platform
 from imagegw.errors import (
     ContentRejected,

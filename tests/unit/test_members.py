@@ -6,10 +6,10 @@ import io
 import logging
 
 import pytest
+
 from imagegw.errors import ContentRejected
 from imagegw.worker.pipeline.flatten import LayerIndex, index_layer
 from imagegw.worker.pipeline.members import Kind, MarkerKind, MemberPolicy, sanitize_mode
-
 from tests.support.layers import (
     device,
     dir,

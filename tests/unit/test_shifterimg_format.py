@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from imagegw.client import ImageInfo, JobInfo, PullFailed, PullUpdate
 from imagegw.client.client import ready_image
 from imagegw.client.models import image_from_proto, update_from_proto

@@ -6,13 +6,13 @@ import io
 import tarfile
 
 import pytest
+
 from imagegw.errors import ContentRejected
 from imagegw.worker.pipeline.tarstream import (
     MAX_EXTENSION_BYTES,
     TarReader,
     TarWriter,
 )
-
 from tests.support.layers import dir, file, hardlink, raw_member, symlink, tar_bytes
 
 FORMATS = {"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from imagegw.client.credentials import DEFAULT_MUNGE_SOCKET, munge_credential_provider
 from imagegw.client.settings import resolve_settings
 from imagegw.client.udiroot import gateway_address, gateway_addresses, parse_udiroot, read_udiroot

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+
 from imagegw.client.errors import GatewayError, PullFailed, Unavailable, error_from_rpc
 from imagegw.client.models import (
     ImageInfo,

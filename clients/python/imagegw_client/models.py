@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from imagegw.v1 import gateway_service_pb2 as gw_pb2
 from imagegw.v1 import image_pb2
 

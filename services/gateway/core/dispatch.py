@@ -7,10 +7,13 @@ Leases are renewed while a job runs; a worker lost mid-job hands the job back
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 
+from imagegw import metrics
 from imagegw.errors import ImageGatewayError
 from imagegw.gateway.core.pulls import image_record_for, progress_event
 from imagegw.gateway.queue.base import Claim, JobQueue, ProgressHub
@@ -29,7 +32,7 @@ UNAVAILABLE = 14
 
 class Dispatcher:
     def __init__(self, store: ImageStore, queue: JobQueue, hub: ProgressHub, workers: WorkerPool,
-                 *, consumers: int = 2, name: str = "gateway",
+                 *, consumers: int = 2, name: str | None = None,
                  credentials: Callable[[str], RegistryCredentials | None] = lambda _job: None,
                  lease_seconds: float = 30.0, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -37,7 +40,8 @@ class Dispatcher:
         self.hub = hub
         self.workers = workers
         self.consumers = consumers
-        self.name = name
+        # Consumer names must be unique among every gateway sharing one queue.
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.credentials = credentials
         self.lease_seconds = lease_seconds
         self.clock = clock
@@ -59,7 +63,11 @@ class Dispatcher:
     def _loop(self, consumer: str) -> None:
         while not self._stop.is_set():
             try:
-                claim = self.queue.claim(consumer, None, timeout=1.0)
+                systems = self.workers.systems()
+                if systems is not None and not systems:
+                    self._stop.wait(1.0)  # no live worker: leave the jobs queued
+                    continue
+                claim = self.queue.claim(consumer, systems, timeout=1.0)
             except ImageGatewayError as exc:
                 log.warning("queue unavailable: %s", exc)
                 self._stop.wait(1.0)
@@ -98,7 +106,8 @@ class Dispatcher:
         keeper = _LeaseKeeper(self.queue, claim, self.lease_seconds / 3)
         keeper.start()
         try:
-            self._follow(claim, key, build)
+            with metrics.job_in_flight():
+                self._follow(claim, key, build)
         except WorkerLost as exc:
             log.warning("job %s: %s (attempt %d)", job.job_id, exc, attempts)
             if attempts >= MAX_ATTEMPTS:

@@ -7,6 +7,7 @@ else in-process memory.
 from __future__ import annotations
 
 from imagegw.config import Config
+from imagegw.directory import redis_from_url
 from imagegw.gateway.queue.base import (
     Claim,
     JobQueue,
@@ -16,7 +17,7 @@ from imagegw.gateway.queue.base import (
     Subscription,
 )
 from imagegw.gateway.queue.memory import MemoryJobQueue, MemoryProgressHub
-from imagegw.gateway.queue.redis import RedisJobQueue, RedisProgressHub, client_from_url
+from imagegw.gateway.queue.redis import RedisJobQueue, RedisProgressHub
 
 __all__ = [
     "Claim", "JobQueue", "MemoryJobQueue", "MemoryProgressHub", "ProgressHub", "QueuedJob",
@@ -26,6 +27,6 @@ __all__ = [
 def open_queue(config: Config) -> tuple[JobQueue, ProgressHub]:
     """The configured job queue and progress hub (Redis is not contacted yet)."""
     if config.broker:
-        return (RedisJobQueue(client_from_url(config.broker)),
-                RedisProgressHub(client_from_url(config.broker)))
+        return (RedisJobQueue(redis_from_url(config.broker)),
+                RedisProgressHub(redis_from_url(config.broker)))
     return MemoryJobQueue(), MemoryProgressHub()

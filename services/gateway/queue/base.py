@@ -10,10 +10,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from imagegw.errors import ImageGatewayError
+from imagegw.errors import BackendUnavailable
 
 
-class QueueUnavailable(ImageGatewayError):
+class QueueUnavailable(BackendUnavailable):
     """The queue or progress broker could not be reached; trying again may succeed.
 
     Backends raise it in place of their own errors (redis), kept as `__cause__`."""

@@ -9,20 +9,22 @@ Progress: pub/sub channels `<prefix>:<channel>`, read by one thread per subscrip
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import Collection, Iterator
-from typing import Any
+from collections.abc import Callable, Collection, Iterator
+from typing import Any, TypeVar
 
 import redis
 
-from imagegw.errors import ConfigError
 from imagegw.gateway.queue.base import Claim, QueuedJob, QueueUnavailable
 from imagegw.gateway.queue.buffer import DEFAULT_BUFFER_SIZE, EventBuffer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: The pseudo consumer that holds released jobs until someone claims them.
 RELEASED_CONSUMER = "imagegw:released"
@@ -30,9 +32,6 @@ RELEASED_CONSUMER = "imagegw:released"
 #: (and below the epoch in milliseconds, which Redis would clamp to zero).
 _RELEASED_IDLE_MS = 10**11
 DEFAULT_POLL_SECONDS = 0.5
-#: Socket timeouts for clients made by `client_from_url` (blocking reads are shorter).
-SOCKET_TIMEOUT_SECONDS = 10.0
-CONNECT_TIMEOUT_SECONDS = 5.0
 SUBSCRIBE_TIMEOUT_SECONDS = 10.0
 
 # Adds a job with a queue-wide sequence number: FIFO order across the systems' streams.
@@ -69,23 +68,6 @@ def _text(value: Any) -> str:
 def _submit_order(fields: dict[Any, Any]) -> int:
     """The queue-wide sequence number a job was submitted with."""
     return int(fields.get(b"seq", fields.get("seq", 0)))
-
-
-def client_from_url(url: str) -> redis.Redis:
-    """A Redis client for the configured Broker URL, with timeouts; not yet connected."""
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(
-            f"Broker: expected a redis:// URL, got {url.split('://')[0]}://...",
-            hint="other Celery brokers (amqp) are not supported; remove Broker to queue "
-            "in memory",
-        )
-    try:
-        return redis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, health_check_interval=30,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"Broker: not a usable Redis URL: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -134,25 +116,31 @@ class RedisJobQueue:
                 raise
         self._groups.add(stream)
 
-    @contextlib.contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        try:
-            with _redis_errors(action):
-                yield
-        except QueueUnavailable as exc:
-            if "NOGROUP" in str(exc.__cause__):
-                # The server lost its data (a restart without persistence): recreate lazily.
+    def _run(self, action: str, operation: Callable[[], T]) -> T:
+        """Runs `operation` with redis errors translated. When the server lost the
+        consumer groups (a restart without persistence), recreates them and runs it again."""
+        with _redis_errors(action):
+            try:
+                return operation()
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("Redis lost the job queue's consumer groups (restarted?): "
+                            "recreating them")
                 self._groups.clear()
-            raise
+                return operation()
 
     # -- producers --------------------------------------------------------------------
 
     def submit(self, job: QueuedJob) -> None:
         stream = self._stream(job.system)
-        with self._errors("queue a job"):
+
+        def add() -> None:
             self._ensure_group(stream)
             self._submit(keys=[f"{self.stream}#seq", self.stream, stream],
                          args=[job.system, job.job_id, json.dumps(job.payload)])
+
+        self._run("queue a job", add)
 
     # -- consumers --------------------------------------------------------------------
 
@@ -161,26 +149,30 @@ class RedisJobQueue:
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             remaining = deadline - time.monotonic()
-            with self._errors("hand out a job"):
-                streams = self._streams(systems)
-                found = self._claim_expired(consumer, streams) if streams else None
-                if found is None and streams:
-                    block = min(remaining, self._poll) if remaining > 0 else None
-                    found = self._read_new(consumer, streams, block)
-            if found is not None:
-                return found
-            if not streams and remaining > 0:
-                time.sleep(min(remaining, self._poll))
+            block = min(remaining, self._poll) if remaining > 0 else None
+            streams = self._run("list the job streams", lambda: self._streams(systems))
+            if streams:
+                found = self._run("hand out a job",
+                                  functools.partial(self._claim_from, consumer, streams, block))
+                if found is not None:
+                    return found
+            elif block is not None:
+                time.sleep(block)
             if time.monotonic() >= deadline:
                 return None
+
+    def _claim_from(self, consumer: str, streams: list[str],
+                    block: float | None) -> Claim | None:
+        """An expired or released job first (they are older), else a new one."""
+        for stream in streams:
+            self._ensure_group(stream)
+        found = self._claim_expired(consumer, streams)
+        return found if found is not None else self._read_new(consumer, streams, block)
 
     def _streams(self, systems: Collection[str] | None) -> list[str]:
         names = (sorted(_text(s) for s in self._redis.smembers(self.stream))  # type: ignore[union-attr]
                  if systems is None else sorted(systems))
-        streams = [self._stream(name) for name in names]
-        for stream in streams:
-            self._ensure_group(stream)
-        return streams
+        return [self._stream(name) for name in names]
 
     def _claim_expired(self, consumer: str, streams: list[str]) -> Claim | None:
         for stream in streams:
@@ -231,8 +223,8 @@ class RedisJobQueue:
     def _act(self, claim: Claim, action: str) -> bool:
         args = [self.group, claim.token, claim.consumer, claim.attempt, action,
                 RELEASED_CONSUMER, _RELEASED_IDLE_MS]
-        with self._errors(f"{action} a job"):
-            done = self._held_action(keys=[self._stream(claim.job.system)], args=args)
+        done = self._run(f"{action} a job", lambda: self._held_action(
+            keys=[self._stream(claim.job.system)], args=args))
         return bool(done)
 
     def extend(self, claim: Claim) -> bool:
@@ -247,22 +239,25 @@ class RedisJobQueue:
     # -- inspection and lifetime ------------------------------------------------------
 
     def pending(self) -> list[tuple[QueuedJob, str | None, int]]:
-        rows: list[tuple[int, QueuedJob, str | None, int]] = []
-        with self._errors("list jobs"):
-            for stream in self._streams(None):
-                held = {
-                    _text(p["message_id"]): (_text(p["consumer"]), int(p["times_delivered"]))
-                    for p in self._redis.xpending_range(stream, self.group, "-", "+",
-                                                        count=1_000_000)
-                }
-                for entry_id, fields in self._redis.xrange(stream):
-                    entry_id = _text(entry_id)
-                    consumer, attempt = held.get(entry_id, (None, 0))
-                    if consumer == RELEASED_CONSUMER:
-                        consumer = None
-                    rows.append((_submit_order(fields), self._job(fields), consumer, attempt))
+        rows = self._run("list jobs", self._pending_rows)
         rows.sort(key=lambda r: r[0])
         return [(job, consumer, attempt) for _, job, consumer, attempt in rows]
+
+    def _pending_rows(self) -> list[tuple[int, QueuedJob, str | None, int]]:
+        rows: list[tuple[int, QueuedJob, str | None, int]] = []
+        for stream in self._streams(None):
+            self._ensure_group(stream)
+            held = {
+                _text(p["message_id"]): (_text(p["consumer"]), int(p["times_delivered"]))
+                for p in self._redis.xpending_range(stream, self.group, "-", "+",
+                                                    count=1_000_000)
+            }
+            for entry_id, fields in self._redis.xrange(stream):
+                consumer, attempt = held.get(_text(entry_id), (None, 0))
+                if consumer == RELEASED_CONSUMER:
+                    consumer = None
+                rows.append((_submit_order(fields), self._job(fields), consumer, attempt))
+        return rows
 
     def close(self) -> None:
         """Closes the client (the queue owns it); queued jobs stay in Redis."""

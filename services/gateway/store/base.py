@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from imagegw.errors import ImageGatewayError
+from imagegw.errors import BackendUnavailable
 from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
 from imagegw.model import Failure, ImageState, Progress
 
+#: Who is listing: (uid, gids). Sees public images and private ones whose ACL names
+#: the uid or one of the gids. None (in list_images) means everything (admins).
+Viewer = tuple[int, tuple[int, ...]]
 
-class StoreUnavailable(ImageGatewayError):
+
+class StoreUnavailable(BackendUnavailable):
     """The record store could not be reached or refused the operation.
 
     Raised by every backend in place of its own driver errors (sqlite3, pymongo),
@@ -60,7 +64,7 @@ class ImageStore(Protocol):
         ...
 
     def complete_pull(self, key: PullKey, job_id: str, image: ImageRecord, now: float) -> bool:
-        """Finishes a pull: upserts `image` (by system + image_id, keeping the
+        """Finishes a pull: upserts `image` (by system + image_id + acl_key, keeping the
         union of tags), moves the tag `key.reference` to it (removing the tag from
         every other image of the system with the same acl_key), and sets the pull
         READY with image_id, ready_time = now, failure cleared. Only if job_id
@@ -84,24 +88,49 @@ class ImageStore(Protocol):
         """All pull records (optionally of one system), newest update first."""
         ...
 
-    def get_image(self, system: str, image_id: str) -> ImageRecord | None:
-        """The image with this id on `system` (old ids stay resolvable), or None."""
+    def pulls_of(self, system: str, reference: str) -> list[PullRecord]:
+        """Every pull record of `reference` on `system`, public and private (any acl_key)."""
+        ...
+
+    def get_image(self, system: str, image_id: str, acl_key: str = "") -> ImageRecord | None:
+        """The image (system, image_id, acl_key) (old ids stay resolvable), or None.
+
+        An image's identity includes its acl_key: the public and each private copy of
+        one image id are separate records."""
+        ...
+
+    def find_images(self, system: str, image_id: str) -> list[ImageRecord]:
+        """Every record (public and private) of an image id on `system`."""
         ...
 
     def list_images(
-        self, system: str, state: ImageState | None, page_size: int, page_token: str
+        self, system: str, state: ImageState | None, page_size: int, page_token: str,
+        viewer: Viewer | None = None,
     ) -> tuple[list[ImageRecord], str]:
-        """A page of a system's images ordered by last_pull descending, then id;
-        state None means every state but EXPIRED. Returns (images, next_token),
-        next_token "" on the last page. Tokens are opaque strings."""
+        """A page of a system's images ordered by last_pull descending, then id and
+        acl_key; state None means every state but EXPIRED; with `viewer`, only the
+        images that viewer may see. Returns (images, next_token), next_token "" on the
+        last page. Tokens are opaque strings."""
         ...
 
-    def touch_image(self, system: str, image_id: str, now: float) -> None:
+    def touch_image(self, system: str, image_id: str, now: float, acl_key: str = "") -> None:
         """Records a use (lookup) of an image: last_used = now."""
         ...
 
-    def set_image_state(self, system: str, image_id: str, state: ImageState) -> bool:
-        """Sets an image's state (e.g. EXPIRED); returns whether the image exists."""
+    def set_image_state(self, system: str, image_id: str, state: ImageState,
+                        acl_key: str = "") -> bool:
+        """Sets an image's state; returns whether the image exists."""
+        ...
+
+    def expire_image(self, system: str, image_id: str, acl_key: str,
+                     used_before: float | None = None) -> ImageRecord | None:
+        """Moves a READY image to EXPIRED, atomically, only if it is READY and (when
+        `used_before` is given) last used before then. Returns the image as it was,
+        or None when nothing changed."""
+        ...
+
+    def expirable_images(self, system: str, used_before: float) -> list[ImageRecord]:
+        """The READY images of `system` last used before `used_before`, oldest first."""
         ...
 
     def ping(self) -> bool:

@@ -1,6 +1,6 @@
 """Page tokens and page sizes for list_images, shared by every store backend.
 
-A token is the position after the last image of a page (its last_pull and id),
+A token is the position after the last image of a page (its last_pull, id, acl_key),
 so pages stay stable when images are inserted meanwhile (keyset paging).
 """
 
@@ -19,11 +19,12 @@ MAX_PAGE_SIZE = 1000
 
 @dataclass(frozen=True)
 class Cursor:
-    """Images sort by last_pull descending, then image_id ascending; a page
-    continues strictly after (last_pull, image_id)."""
+    """Images sort by last_pull descending, then image_id and acl_key ascending; a
+    page continues strictly after (last_pull, image_id, acl_key)."""
 
     last_pull: float
     image_id: str
+    acl_key: str = ""
 
 
 def page_limit(page_size: int) -> int:
@@ -36,7 +37,7 @@ def page_limit(page_size: int) -> int:
 
 
 def encode_token(cursor: Cursor) -> str:
-    raw = json.dumps([cursor.last_pull, cursor.image_id]).encode()
+    raw = json.dumps([cursor.last_pull, cursor.image_id, cursor.acl_key]).encode()
     return base64.urlsafe_b64encode(raw).decode("ascii")
 
 
@@ -45,11 +46,14 @@ def decode_token(token: str) -> Cursor | None:
     if not token:
         return None
     try:
-        last_pull, image_id = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-        if not isinstance(image_id, str) or not isinstance(last_pull, int | float):
+        # Tokens from before acl_key was part of an image's identity have two fields.
+        last_pull, image_id, *rest = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        acl_key = rest[0] if rest else ""
+        if (not isinstance(image_id, str) or not isinstance(acl_key, str) or len(rest) > 1
+                or not isinstance(last_pull, int | float)):
             raise ValueError("unexpected token contents")
     except (ValueError, TypeError, binascii.Error, UnicodeError) as exc:
         raise InvalidRequest(
             "invalid page_token", hint="pass the next_page_token of the previous page unchanged"
         ) from exc
-    return Cursor(float(last_pull), image_id)
+    return Cursor(float(last_pull), image_id, acl_key)

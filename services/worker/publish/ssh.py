@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import paramiko
+
 from imagegw.config import SshTarget
 from imagegw.errors import TransferFailed
 from imagegw.worker.publish.base import (

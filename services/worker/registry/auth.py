@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
 import urllib3
+
 from imagegw.errors import RegistryAuthFailed, RegistryProtocolError, RegistryUnavailable
 from imagegw.model import RegistryCredentials
 

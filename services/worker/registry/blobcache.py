@@ -3,6 +3,10 @@
 `BlobCache.ensure` downloads a blob at most once across threads and processes
 (an fcntl.flock on `root/locks/<hex>.lock`), writes it to a temporary file next
 to its final place and renames it there only after its size and sha256 check.
+`ensure_verified` is the same for a fetcher that verifies while it streams
+(`RegistryClient.fetch_blob`): the blob is not read a second time.
+Derived files (a layer's index) live in `root/sidecars/<hex>.<name>`.
+Every hit refreshes the blob's mtime: the eviction in `imagegw.worker.cache` is LRU by it.
 """
 
 from __future__ import annotations
@@ -33,8 +37,23 @@ class BlobCache:
         self.root = Path(root)
         self._blobs = self.root / "blobs" / "sha256"
         self._locks = self.root / "locks"
+        self._sidecars = self.root / "sidecars"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._locks.mkdir(parents=True, exist_ok=True)
+        self._sidecars.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def blob_dir(self) -> Path:
+        """The directory of the blobs (for the eviction's listing)."""
+        return self._blobs
+
+    def sidecar_path(self, digest: str, name: str) -> Path:
+        """Where a file derived from blob `digest` lives (evicted with the blob)."""
+        return self._sidecars / f"{self.path(digest).name}.{name}"
+
+    def sidecars(self, digest: str) -> list[Path]:
+        """Every derived file of blob `digest`."""
+        return sorted(self._sidecars.glob(self.path(digest).name + ".*"))
 
     def path(self, digest: str) -> Path:
         """Where blob `digest` lives (whether or not it is there yet)."""
@@ -50,22 +69,41 @@ class BlobCache:
         """The path of verified blob `digest`, and whether this call downloaded it.
 
         `fetch(out)` writes the blob's bytes to `out`; it runs at most once per
-        digest at a time, and only when no file of the right size is cached.
+        digest at a time, and only when no file of the right size is cached. The
+        cache trusts no such fetcher: what it wrote is read back and hashed.
         """
+        return self._ensure(digest, size, fetch, _verify)
+
+    def ensure_verified(
+        self, digest: str, size: int, fetch: Callable[[BinaryIO], None]
+    ) -> tuple[Path, bool]:
+        """As `ensure`, for a `fetch` that itself checks size and sha256 while it writes
+        and raises on a mismatch (as `RegistryClient.fetch_blob` does).
+
+        Only the size is checked again here; the bytes are not read back.
+        """
+        return self._ensure(digest, size, fetch, _check_size)
+
+    def _ensure(
+        self, digest: str, size: int, fetch: Callable[[BinaryIO], None], check: _Check
+    ) -> tuple[Path, bool]:
         final = self.path(digest)
         if _has_size(final, size):
+            _touch(final)
             return final, False
         with self._locked(digest):
             if _has_size(final, size):
+                _touch(final)
                 return final, False
             if final.exists():
                 logger.warning("cached blob %s has the wrong size; fetching it again", digest)
                 final.unlink()
-            self._download(digest, size, final, fetch)
+            self._download(digest, size, final, fetch, check)
         return final, True
 
     def _download(
-        self, digest: str, size: int, final: Path, fetch: Callable[[BinaryIO], None]
+        self, digest: str, size: int, final: Path, fetch: Callable[[BinaryIO], None],
+        check: _Check,
     ) -> None:
         fd, temp_name = tempfile.mkstemp(dir=self._blobs, prefix=".partial-")
         temp = Path(temp_name)
@@ -73,7 +111,7 @@ class BlobCache:
             with os.fdopen(fd, "w+b") as out:
                 fetch(out)
                 out.flush()
-                _verify(out, digest, size)
+                check(out, digest, size)
                 os.fsync(out.fileno())
             os.chmod(temp, 0o644)
             os.replace(temp, final)
@@ -91,11 +129,26 @@ class BlobCache:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
+_Check = Callable[[BinaryIO, str, int], None]
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
 def _has_size(path: Path, size: int) -> bool:
     try:
         return path.stat().st_size == size
     except FileNotFoundError:
         return False
+
+
+def _check_size(out: BinaryIO, digest: str, size: int) -> None:
+    """The fetcher verified the bytes; a wrong size here means it broke its promise."""
+    written = out.seek(0, os.SEEK_END)
+    if written != size:
+        raise DigestMismatch(f"blob {digest} is {written} bytes; expected {size}")
 
 
 def _verify(out: BinaryIO, digest: str, size: int) -> None:

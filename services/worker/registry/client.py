@@ -15,6 +15,8 @@ from typing import BinaryIO, TypeVar
 from urllib.parse import quote
 
 import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
 from imagegw.config import Limits
 from imagegw.errors import (
     ContentRejected,
@@ -24,7 +26,6 @@ from imagegw.errors import (
     RegistryUnavailable,
 )
 from imagegw.model import RegistryCredentials
-from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .auth import Authenticator
 from .manifest import (

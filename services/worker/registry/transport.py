@@ -19,10 +19,11 @@ from collections.abc import Mapping
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
-from imagegw.config import Limits
-from imagegw.errors import RegistryProtocolError, RegistryUnavailable
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError
+
+from imagegw.config import Limits
+from imagegw.errors import RegistryProtocolError, RegistryUnavailable
 
 logger = logging.getLogger(__name__)
 
