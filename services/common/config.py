@@ -130,6 +130,9 @@ class Config:
     broker: str | None = None
     cache_dir: str = ""
     expand_dir: str = ""
+    #: Bytes the worker's caches (layers and converted images) may hold before the least
+    #: recently used entries not in use are evicted (None: no limit).
+    cache_max_bytes: int | None = None
     locations: Mapping[str, Location] = field(default_factory=dict)
     platforms: Mapping[str, Platform] = field(default_factory=dict)
     import_users: tuple[str, ...] = ()
@@ -358,7 +361,8 @@ def _limits(reader: _Reader | None) -> Limits:
     return limits
 
 
-_REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
 
 
 def _shared_conversions(
@@ -470,6 +474,7 @@ def parse_config(
         broker=top.get("Broker", str),
         cache_dir=top.get("CacheDirectory", str, ""),
         expand_dir=top.get("ExpandDirectory", str, ""),
+        cache_max_bytes=_cache_max_bytes(top.get("CacheMaxBytes", int)),
         locations=locations,
         platforms=platforms,
         import_users=top.strings("ImportUsers"),
@@ -488,6 +493,12 @@ def parse_config(
     top.finish()
     config = _with_directories(config)
     return replace(config, warnings=tuple(warnings))
+
+
+def _cache_max_bytes(value: int | None) -> int | None:
+    if value is not None and value < 0:
+        raise ConfigError("CacheMaxBytes: must not be negative (leave it out for no limit)")
+    return value
 
 
 def _with_directories(config: Config) -> Config:

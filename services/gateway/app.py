@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "imagegw.v1.GatewayService"
 #: Seconds between attempts to reach the records and queue after a failed start.
 RECOVER_INTERVAL = 5.0
+#: Seconds between checks that every in-flight pull still has a queued job.
+RECONCILE_INTERVAL = 10.0
 
 
 class GatewayApp:
@@ -53,6 +55,7 @@ class GatewayApp:
                  ", ".join(sorted(self.config.platforms)))
         if self._recover():
             self.dispatcher.start()
+            threading.Thread(target=self._reconcile, name="reconcile", daemon=True).start()
             return
         # The records or the queue are down: serve (with UNAVAILABLE answers and a
         # NOT_SERVING health status) and keep retrying instead of crashing.
@@ -75,7 +78,19 @@ class GatewayApp:
                 self.dispatcher.start()
                 self._set_health(health_pb2.HealthCheckResponse.SERVING)
                 log.info("records and queue reachable again: serving")
+                self._reconcile()
                 return
+
+    def _reconcile(self) -> None:
+        """Re-queues in-flight pulls a lost queue forgot (a Redis restart)."""
+        while not self._stopping.wait(RECONCILE_INTERVAL):
+            try:
+                resumed = self.pulls.recover(min_age=RECONCILE_INTERVAL)
+            except BackendUnavailable as exc:
+                log.warning("reconcile skipped: %s", exc)
+                continue
+            if resumed:
+                log.warning("re-queued %d pulls whose jobs the queue had lost", resumed)
 
     def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):

@@ -20,6 +20,7 @@ from imagegw.acl import acl_file_suffix
 from imagegw.config import Config
 from imagegw.model import BuildJob, BuildResult, Progress, Stage
 from imagegw.reference import parse_reference
+from imagegw.worker.artifacts import ConversionKey, build_ready_made, shared_conversions_for
 from imagegw.worker.paths import WorkerPaths
 from imagegw.worker.pipeline.meta import render_meta
 from imagegw.worker.pipeline.squashfs import flatten_to_squashfs
@@ -77,6 +78,7 @@ class Builder:
         self.config = config
         self.paths = paths
         self.cache = BlobCache(paths.cache_root)
+        self.shared = shared_conversions_for(config)
 
     def build(self, job: BuildJob, report: Report) -> BuildResult:
         emit = Throttle(report)
@@ -88,6 +90,9 @@ class Builder:
             limits=self.config.limits, ca_bundle=location.sslcacert if location else None,
         )
         with client:
+            if reference.artifact or (location is not None and location.remotetype == "oras"):
+                return build_ready_made(job, reference, client, config=self.config,
+                                        paths=self.paths, emit=emit)
             return self._build(job, reference, platform, client, emit)
 
     def _build(self, job: BuildJob, reference, platform, client: RegistryClient,
@@ -119,10 +124,12 @@ class Builder:
             if publisher.has_image(image_file, meta_file):
                 log.info("job %s: image %s already published", job.job_id, image.image_id)
                 return result(publisher.image_size(image_file), reused=True)
-            layer_paths = self._download_layers(client, image, emit)
             with self.paths.scratch(job.job_id) as scratch:
                 output = scratch / image_file
-                self._convert(image, layer_paths, output, emit)
+                shared = self._fetch_shared_conversion(image, image_format, output, emit)
+                if not shared:
+                    layer_paths = self._download_layers(client, image, emit)
+                    self._convert(image, layer_paths, output, emit)
                 size = output.stat().st_size
                 emit(Progress(Stage.PUBLISHING, bytes_total=size,
                               message=f"publishing {image_file} to {job.system}"), force=True)
@@ -132,7 +139,25 @@ class Builder:
                         Stage.PUBLISHING, bytes_done=done, bytes_total=total,
                         message=f"publishing {image_file}")),
                 )
+                if not shared:
+                    self._share_conversion(image, image_format, output)
         return result(size)
+
+    def _fetch_shared_conversion(self, image: ResolvedImage, image_format: str, output: Path,
+                                 emit: Throttle) -> bool:
+        """Downloads a conversion another gateway shared, when configured and present."""
+        if self.shared is None or image_format != "squashfs":
+            return False
+        emit(Progress(Stage.DOWNLOADING, message="looking for a shared conversion"), force=True)
+        key = ConversionKey(image.manifest_digest, image_format, self.config.converter)
+        return self.shared.fetch(key, image.image_id, output)
+
+    def _share_conversion(self, image: ResolvedImage, image_format: str, output: Path) -> None:
+        """Pushes our conversion to the shared registry, when configured (best effort)."""
+        if self.shared is None or image_format != "squashfs":
+            return
+        key = ConversionKey(image.manifest_digest, image_format, self.config.converter)
+        self.shared.publish(key, image.image_id, image.reference, image.metadata, output)
 
     def _download_layers(self, client: RegistryClient, image: ResolvedImage,
                          emit: Throttle) -> list[Path]:

@@ -246,7 +246,7 @@ def test_tag_move_leaves_images_of_other_acl_keys_and_systems_alone(
     pull_to_ready(image_store, private, "job-p", "img-private", 5.0)
     pull_to_ready(image_store, elsewhere, "job-o", "img-old", 6.0)
     pull_to_ready(image_store, KEY, "job-1", "img-public", 10.0)
-    assert image_store.get_image("cluster", "img-private").tags == (KEY.reference,)  # type: ignore[union-attr]
+    assert image_store.get_image("cluster", "img-private", "u1000").tags == (KEY.reference,)  # type: ignore[union-attr]
     assert image_store.get_image("other", "img-old").tags == (KEY.reference,)  # type: ignore[union-attr]
 
 
@@ -262,6 +262,108 @@ def test_set_image_state_changes_only_existing_images(image_store: ImageStore) -
     assert image_store.set_image_state("cluster", "img-a", ImageState.EXPIRED)
     assert image_store.get_image("cluster", "img-a").state == ImageState.EXPIRED  # type: ignore[union-attr]
     assert not image_store.set_image_state("cluster", "img-missing", ImageState.EXPIRED)
+
+
+# -- public and private copies --------------------------------------------------------
+
+PRIVATE = PullKey("cluster", KEY.reference, acl_key="u:1000;g:")
+
+
+def make_private(image_id: str, *, users: tuple[int, ...] = (1000,), groups: tuple[int, ...] = (),
+                 last_pull: float = 100.0) -> ImageRecord:
+    return replace(make_image(image_id, last_pull=last_pull), user_acl=users, group_acl=groups,
+                   acl_key=f"u:{','.join(map(str, users))};g:{','.join(map(str, groups))}",
+                   image_file=f"/images/{image_id}-p.squashfs", meta_file=f"/images/{image_id}-p.meta")
+
+
+def test_public_and_private_copies_of_one_image_are_separate_records(
+    image_store: ImageStore,
+) -> None:
+    public = pull_to_ready(image_store, KEY, "job-pub", "img-a", 10.0)
+    image_store.begin_pull(PRIVATE, "job-priv", 11.0)
+    private = make_private("img-a", last_pull=11.0)
+    assert image_store.complete_pull(PRIVATE, "job-priv", private, 11.0)
+
+    assert image_store.get_image("cluster", "img-a") == replace(public, tags=(KEY.reference,))
+    assert image_store.get_image("cluster", "img-a", PRIVATE.acl_key) == replace(
+        private, tags=(KEY.reference,))
+    assert {i.acl_key for i in image_store.find_images("cluster", "img-a")} == {"", PRIVATE.acl_key}
+    image_store.touch_image("cluster", "img-a", 50.0, PRIVATE.acl_key)
+    assert image_store.get_image("cluster", "img-a").last_used == 10.0  # type: ignore[union-attr]
+    assert {p.key for p in image_store.pulls_of("cluster", KEY.reference)} == {KEY, PRIVATE}
+
+
+def test_list_images_shows_a_viewer_public_images_and_private_ones_naming_them(
+    image_store: ImageStore,
+) -> None:
+    pull_to_ready(image_store, KEY, "job-pub", "img-public", 10.0)
+    for n, (users, groups) in enumerate([((1000,), ()), ((2000,), (300,)), ((2000,), ())]):
+        key = PullKey("cluster", f"private:{n}", acl_key=f"k{n}")
+        image_store.begin_pull(key, f"job-{n}", 20.0 + n)
+        image = replace(make_private(f"img-p{n}", users=users, groups=groups,
+                                     last_pull=20.0 + n), acl_key=f"k{n}")
+        image_store.complete_pull(key, f"job-{n}", image, 20.0 + n)
+
+    def ids(viewer: tuple[int, tuple[int, ...]] | None) -> list[str]:
+        images, _ = image_store.list_images("cluster", None, 100, "", viewer)
+        return [image.image_id for image in images]
+
+    assert ids((1000, (100,))) == ["img-p0", "img-public"]
+    assert ids((1001, (300, 5))) == ["img-p1", "img-public"]
+    assert ids((-1, ())) == ["img-public"]
+    assert ids(None) == ["img-p2", "img-p1", "img-p0", "img-public"]
+
+
+def test_paging_separates_public_and_private_copies_pulled_at_the_same_time(
+    image_store: ImageStore,
+) -> None:
+    pull_to_ready(image_store, KEY, "job-pub", "img-a", 10.0)
+    image_store.begin_pull(PRIVATE, "job-priv", 10.0)
+    image_store.complete_pull(PRIVATE, "job-priv", make_private("img-a", last_pull=10.0), 10.0)
+    first, token = image_store.list_images("cluster", None, 1, "")
+    second, last = image_store.list_images("cluster", None, 1, token)
+    assert [(i.image_id, i.acl_key) for i in first + second] == [("img-a", ""),
+                                                                   ("img-a", PRIVATE.acl_key)]
+    assert last == ""
+
+
+def test_page_tokens_without_an_acl_key_are_still_accepted(image_store: ImageStore) -> None:
+    import base64
+    import json
+
+    from imagegw.gateway.store import paging
+
+    expected = add_images(image_store, 3)
+    old = base64.urlsafe_b64encode(json.dumps([3.0, expected[0]]).encode()).decode()
+    images, _ = image_store.list_images("cluster", None, 10, old)
+    assert [i.image_id for i in images] == expected[1:]
+    assert paging.decode_token(old) == paging.Cursor(3.0, expected[0], "")
+
+
+# -- expiry ----------------------------------------------------------------------------
+
+
+def test_expire_image_expires_only_ready_images_unused_since_the_cutoff(
+    image_store: ImageStore,
+) -> None:
+    pull_to_ready(image_store, KEY, "job-1", "img-a", 10.0)
+    image_store.touch_image("cluster", "img-a", 50.0)
+    assert image_store.expire_image("cluster", "img-a", "", used_before=50.0) is None
+    expired = image_store.expire_image("cluster", "img-a", "", used_before=51.0)
+    assert expired is not None and expired.state == ImageState.READY  # as it was
+    assert image_store.get_image("cluster", "img-a").state == ImageState.EXPIRED  # type: ignore[union-attr]
+    assert image_store.expire_image("cluster", "img-a", "") is None
+    assert image_store.expire_image("cluster", "img-missing", "") is None
+
+
+def test_expirable_images_lists_ready_images_unused_since_the_cutoff_oldest_first(
+    image_store: ImageStore,
+) -> None:
+    add_images(image_store, 4)  # last used 1.0 .. 4.0
+    image_store.set_image_state("cluster", "img-00", ImageState.EXPIRED)
+    assert [i.image_id for i in image_store.expirable_images("cluster", 3.5)] == ["img-01",
+                                                                                  "img-02"]
+    assert image_store.expirable_images("other", 100.0) == []
 
 
 # -- listing ---------------------------------------------------------------------------
@@ -384,6 +486,42 @@ def test_sqlite_records_survive_closing_and_reopening(tmp_path: Path) -> None:
         assert reopened.get_pull(KEY).state == ImageState.READY  # type: ignore[union-attr]
     finally:
         reopened.close()
+
+
+def test_sqlite_schema_version_1_is_upgraded_keeping_its_images(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "imagegw.sqlite3"
+    store = SqliteImageStore(str(path))
+    image = pull_to_ready(store, KEY, "job-1", "img-a", 10.0)
+    store.close()
+    # Turn the file back into version 1: images keyed by (system, image_id) only.
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE images RENAME TO new_images")
+        conn.execute(
+            "CREATE TABLE images (system TEXT NOT NULL, image_id TEXT NOT NULL, format TEXT NOT"
+            " NULL, manifest_digest TEXT NOT NULL, metadata TEXT NOT NULL, image_file TEXT NOT"
+            " NULL, meta_file TEXT NOT NULL, size_bytes INTEGER NOT NULL, tags TEXT NOT NULL"
+            " DEFAULT '[]', state INTEGER NOT NULL, user_acl TEXT NOT NULL DEFAULT '[]',"
+            " group_acl TEXT NOT NULL DEFAULT '[]', acl_key TEXT NOT NULL DEFAULT '',"
+            " last_pull REAL NOT NULL DEFAULT 0, last_used REAL NOT NULL DEFAULT 0,"
+            " extra TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (system, image_id))")
+        conn.execute("INSERT INTO images SELECT * FROM new_images")
+        conn.execute("DROP TABLE new_images")
+        conn.execute("UPDATE schema_version SET version = 1")
+    conn.close()
+
+    upgraded = SqliteImageStore(str(path))
+    try:
+        assert upgraded.get_image("cluster", "img-a") == replace(image, tags=(KEY.reference,))
+        upgraded.begin_pull(PRIVATE, "job-p", 20.0)
+        assert upgraded.complete_pull(PRIVATE, "job-p", make_private("img-a"), 20.0)
+        assert len(upgraded.find_images("cluster", "img-a")) == 2
+    finally:
+        upgraded.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (2,)
+    conn.close()
 
 
 def test_sqlite_store_in_an_unwritable_place_raises_store_unavailable(tmp_path: Path) -> None:

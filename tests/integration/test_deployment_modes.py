@@ -262,3 +262,40 @@ def test_seed_configs_start_unchanged_and_report_mongodb_unreachable(tmp_path, n
         assert gateway.process.poll() is None, "the gateway keeps running and retrying"
     finally:
         gateway.stop()
+
+
+def test_redis_restart_loses_no_pull(tmp_path, registry, fresh_redis):  # noqa: F811
+    proxy = RegistryProxy(registry.url)
+    push_image(registry.url, "modes/redis", "1",
+               [L.layer(L.file("big", os.urandom(2 * 1024 * 1024)), compression="none")])
+    push_image(registry.url, "modes/redis", "2", [L.layer(L.file("small", b"s"))])
+    config = seed("local_mode_local_worker", tmp_path, fresh_redis.url, proxy.url)
+    gateway, (worker,) = start_pair(config, tmp_path)
+    try:
+        proxy.faults.append(Trickle(chunk_size=32 * 1024, delay=0.03))
+        pull(gateway.address, "testreg/modes/redis:1", no_wait=True)
+        while proxy.blob_gets() == 0:
+            time.sleep(0.05)
+        fresh_redis.restart()  # mid-pull: stream, consumer group and leases are gone
+        first = pull(gateway.address, "testreg/modes/redis:1")[-1].image
+        assert first.state == image_pb2.IMAGE_STATE_READY, first.failure.message
+
+        fresh_redis.stop()  # a pull arrives while Redis is down
+        with pytest.raises(grpc.RpcError) as info:
+            pull(gateway.address, "testreg/modes/redis:2")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        fresh_redis.start()
+        deadline = time.monotonic() + 60
+        state = None
+        with grpc.insecure_channel(gateway.address) as channel:
+            while time.monotonic() < deadline and state != image_pb2.IMAGE_STATE_READY:
+                try:
+                    state = pb_stub(channel).LookupImage(pb.LookupImageRequest(
+                        system="mycluster", reference="testreg/modes/redis:2"), timeout=5).image.state
+                except grpc.RpcError:
+                    state = None
+                time.sleep(0.5)
+        assert state == image_pb2.IMAGE_STATE_READY, "the pull accepted before the outage completed"
+    finally:
+        stop_all(gateway, worker)
+        proxy.stop()

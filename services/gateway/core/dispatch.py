@@ -76,10 +76,22 @@ class Dispatcher:
                 continue
             try:
                 self._run(claim)
+            except ImageGatewayError as exc:
+                # Records or queue went away mid-job (e.g. Redis restarted): hand the
+                # job back if we still can; the periodic reconcile re-queues it if not.
+                log.warning("dispatching job %s interrupted: %s", claim.job.job_id, exc)
+                self._release_quietly(claim)
+                self._stop.wait(1.0)
             except Exception:
                 log.exception("dispatching job %s failed", claim.job.job_id)
-                self.queue.release(claim)
+                self._release_quietly(claim)
                 self._stop.wait(1.0)
+
+    def _release_quietly(self, claim: Claim) -> None:
+        try:
+            self.queue.release(claim)
+        except ImageGatewayError as exc:
+            log.warning("could not hand job %s back: %s", claim.job.job_id, exc)
 
     def _run(self, claim: Claim) -> None:
         job = claim.job

@@ -216,12 +216,15 @@ class PullManager:
 
     # -- recovery ------------------------------------------------------------------
 
-    def recover(self) -> int:
-        """Re-queues in-flight pulls whose job is not in the queue (after a restart)."""
+    def recover(self, *, min_age: float = 0.0) -> int:
+        """Re-queues in-flight pulls whose job is in no queue: after a gateway restart
+        (min_age 0), and periodically for jobs a restarted Redis lost (min_age > 0
+        skips pulls that are just being submitted)."""
         queued = {job.job_id for job, _consumer, _attempt in self.queue.pending()}
         resumed = 0
+        now = self.clock()
         for pull in self.store.in_flight_pulls():
-            if pull.job_id in queued:
+            if pull.job_id in queued or now - pull.updated < min_age:
                 continue
             self.queue.submit(QueuedJob(pull.job_id, pull.key.system, job_payload(pull.key, pull)))
             resumed += 1

@@ -25,7 +25,7 @@ from pymongo.errors import (
 
 from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
 from imagegw.gateway.store import codec, paging
-from imagegw.gateway.store.base import StoreUnavailable
+from imagegw.gateway.store.base import StoreUnavailable, Viewer
 from imagegw.model import Failure, ImageState, Progress
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,15 @@ _NOT_IN_FLIGHT = {"$nin": list(codec.IN_FLIGHT_STATES)}
 
 def _key_filter(key: PullKey) -> dict[str, Any]:
     return {"system": key.system, "reference": key.reference, "acl_key": key.acl_key}
+
+
+def _image_filter(system: str, image_id: str, acl_key: str) -> dict[str, Any]:
+    return {"system": system, "image_id": image_id, "acl_key": acl_key}
+
+
+def _visible_to(viewer: Viewer) -> dict[str, Any]:
+    uid, groups = viewer
+    return {"$or": [{"acl_key": ""}, {"user_acl": uid}, {"group_acl": {"$in": list(groups)}}]}
 
 
 def _guard(key: PullKey, job_id: str) -> dict[str, Any]:
@@ -111,8 +120,11 @@ class MongoImageStore:
                 [("system", 1), ("reference", 1), ("acl_key", 1)], unique=True,
                 name="pull_key")
             self._pulls.create_index([("state", 1)], name="pull_state")
-            self._images.create_index([("system", 1), ("image_id", 1)], unique=True,
-                                      name="image_key")
+            if "image_key" in self._images.index_information():
+                # Before acl_key was part of an image's identity, (system, image_id) was unique.
+                self._images.drop_index("image_key")
+            self._images.create_index([("system", 1), ("image_id", 1), ("acl_key", 1)],
+                                      unique=True, name="image_acl_key")
             self._images.create_index([("system", 1), ("last_pull", -1), ("image_id", 1)],
                                       name="image_order")
             self._indexes_ready = True
@@ -188,7 +200,7 @@ class MongoImageStore:
             return False
         doc = codec.image_to_doc(image)
         tags = codec.merged_tags(doc.pop("tags"), key.reference)
-        image_key = {"system": doc.pop("system"), "image_id": doc.pop("image_id")}
+        image_key = _image_filter(doc.pop("system"), doc.pop("image_id"), doc.pop("acl_key"))
         self._call("record an image", lambda: self._images.update_one(
             image_key, {"$set": doc, "$addToSet": {"tags": {"$each": tags}}}, upsert=True))
         self._call("move a tag", lambda: self._images.update_many(
@@ -221,15 +233,26 @@ class MongoImageStore:
             [("updated", -1), ("system", 1), ("reference", 1), ("acl_key", 1)])))
         return [codec.pull_from_doc(d) for d in docs]
 
+    def pulls_of(self, system: str, reference: str) -> list[PullRecord]:
+        docs = self._call("read the pulls of a reference", lambda: list(self._pulls.find(
+            {"system": system, "reference": reference}).sort([("acl_key", 1)])))
+        return [codec.pull_from_doc(d) for d in docs]
+
     # -- images -----------------------------------------------------------------------
 
-    def get_image(self, system: str, image_id: str) -> ImageRecord | None:
+    def get_image(self, system: str, image_id: str, acl_key: str = "") -> ImageRecord | None:
         doc = self._call("read an image", lambda: self._images.find_one(
-            {"system": system, "image_id": image_id}))
+            _image_filter(system, image_id, acl_key)))
         return None if doc is None else codec.image_from_doc(doc)
 
+    def find_images(self, system: str, image_id: str) -> list[ImageRecord]:
+        docs = self._call("find an image", lambda: list(self._images.find(
+            {"system": system, "image_id": image_id}).sort([("acl_key", 1)])))
+        return [codec.image_from_doc(d) for d in docs]
+
     def list_images(
-        self, system: str, state: ImageState | None, page_size: int, page_token: str
+        self, system: str, state: ImageState | None, page_size: int, page_token: str,
+        viewer: Viewer | None = None,
     ) -> tuple[list[ImageRecord], str]:
         limit = paging.page_limit(page_size)
         cursor = paging.decode_token(page_token)
@@ -237,28 +260,54 @@ class MongoImageStore:
             "system": system,
             "state": {"$ne": int(ImageState.EXPIRED)} if state is None else int(state),
         }
+        conditions: list[dict[str, Any]] = []
+        if viewer is not None:
+            conditions.append(_visible_to(viewer))
         if cursor is not None:
-            query["$or"] = [
+            conditions.append({"$or": [
                 {"last_pull": {"$lt": cursor.last_pull}},
                 {"last_pull": cursor.last_pull, "image_id": {"$gt": cursor.image_id}},
-            ]
+                {"last_pull": cursor.last_pull, "image_id": cursor.image_id,
+                 "acl_key": {"$gt": cursor.acl_key}},
+            ]})
+        if conditions:
+            query["$and"] = conditions
         docs = self._call("list images", lambda: list(
-            self._images.find(query).sort([("last_pull", -1), ("image_id", 1)])
+            self._images.find(query).sort([("last_pull", -1), ("image_id", 1), ("acl_key", 1)])
             .limit(limit + 1)))
         images = [codec.image_from_doc(d) for d in docs[:limit]]
         if len(docs) <= limit:
             return images, ""
         last = images[-1]
-        return images, paging.encode_token(paging.Cursor(last.last_pull, last.image_id))
+        return images, paging.encode_token(
+            paging.Cursor(last.last_pull, last.image_id, last.acl_key))
 
-    def touch_image(self, system: str, image_id: str, now: float) -> None:
+    def touch_image(self, system: str, image_id: str, now: float, acl_key: str = "") -> None:
         self._call("record an image use", lambda: self._images.update_one(
-            {"system": system, "image_id": image_id}, {"$set": {"last_used": now}}))
+            _image_filter(system, image_id, acl_key), {"$set": {"last_used": now}}))
 
-    def set_image_state(self, system: str, image_id: str, state: ImageState) -> bool:
+    def set_image_state(self, system: str, image_id: str, state: ImageState,
+                        acl_key: str = "") -> bool:
         result = self._call("change an image's state", lambda: self._images.update_one(
-            {"system": system, "image_id": image_id}, {"$set": {"state": int(state)}}))
+            _image_filter(system, image_id, acl_key), {"$set": {"state": int(state)}}))
         return result.matched_count == 1
+
+    def expire_image(self, system: str, image_id: str, acl_key: str,
+                     used_before: float | None = None) -> ImageRecord | None:
+        query: dict[str, Any] = {**_image_filter(system, image_id, acl_key),
+                                 "state": int(ImageState.READY)}
+        if used_before is not None:
+            query["last_used"] = {"$lt": used_before}
+        doc = self._call("expire an image", lambda: self._images.find_one_and_update(
+            query, {"$set": {"state": int(ImageState.EXPIRED)}},
+            return_document=ReturnDocument.BEFORE))
+        return None if doc is None else codec.image_from_doc(doc)
+
+    def expirable_images(self, system: str, used_before: float) -> list[ImageRecord]:
+        docs = self._call("list expirable images", lambda: list(self._images.find(
+            {"system": system, "state": int(ImageState.READY), "last_used": {"$lt": used_before}})
+            .sort([("last_used", 1), ("image_id", 1), ("acl_key", 1)])))
+        return [codec.image_from_doc(d) for d in docs]
 
     # -- health and lifetime ----------------------------------------------------------
 

@@ -17,15 +17,27 @@ from typing import Any
 
 from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
 from imagegw.gateway.store import codec, paging
-from imagegw.gateway.store.base import StoreUnavailable
+from imagegw.gateway.store.base import StoreUnavailable, Viewer
 from imagegw.model import Failure, ImageState, Progress
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: 2: an image's identity is (system, image_id, acl_key), not (system, image_id).
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 10.0
 
-_SCHEMA = """
+_IMAGES_TABLE = """(
+    system TEXT NOT NULL, image_id TEXT NOT NULL, format TEXT NOT NULL,
+    manifest_digest TEXT NOT NULL, metadata TEXT NOT NULL,
+    image_file TEXT NOT NULL, meta_file TEXT NOT NULL, size_bytes INTEGER NOT NULL,
+    tags TEXT NOT NULL DEFAULT '[]', state INTEGER NOT NULL,
+    user_acl TEXT NOT NULL DEFAULT '[]', group_acl TEXT NOT NULL DEFAULT '[]',
+    acl_key TEXT NOT NULL DEFAULT '', last_pull REAL NOT NULL DEFAULT 0,
+    last_used REAL NOT NULL DEFAULT 0, extra TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (system, image_id, acl_key)
+)"""
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pulls (
     system TEXT NOT NULL, reference TEXT NOT NULL, acl_key TEXT NOT NULL,
@@ -38,18 +50,27 @@ CREATE TABLE IF NOT EXISTS pulls (
     PRIMARY KEY (system, reference, acl_key)
 );
 CREATE INDEX IF NOT EXISTS pulls_by_state ON pulls (state);
-CREATE TABLE IF NOT EXISTS images (
-    system TEXT NOT NULL, image_id TEXT NOT NULL, format TEXT NOT NULL,
-    manifest_digest TEXT NOT NULL, metadata TEXT NOT NULL,
-    image_file TEXT NOT NULL, meta_file TEXT NOT NULL, size_bytes INTEGER NOT NULL,
-    tags TEXT NOT NULL DEFAULT '[]', state INTEGER NOT NULL,
-    user_acl TEXT NOT NULL DEFAULT '[]', group_acl TEXT NOT NULL DEFAULT '[]',
-    acl_key TEXT NOT NULL DEFAULT '', last_pull REAL NOT NULL DEFAULT 0,
-    last_used REAL NOT NULL DEFAULT 0, extra TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (system, image_id)
-);
+CREATE TABLE IF NOT EXISTS images {_IMAGES_TABLE};
 CREATE INDEX IF NOT EXISTS images_by_last_pull ON images (system, last_pull DESC, image_id);
 """
+
+# Version 1 keyed images by (system, image_id): rebuild the table with the new key.
+_MIGRATE_1_TO_2 = (
+    "DROP INDEX IF EXISTS images_by_last_pull",
+    "ALTER TABLE images RENAME TO images_v1",
+    f"CREATE TABLE images {_IMAGES_TABLE}",
+    "INSERT INTO images SELECT * FROM images_v1",
+    "DROP TABLE images_v1",
+    "CREATE INDEX images_by_last_pull ON images (system, last_pull DESC, image_id)",
+    "UPDATE schema_version SET version = 2",
+)
+
+# Who may see an image: public, or the viewer's uid or one of its gids in the ACL.
+_VISIBLE_SQL = (
+    "(acl_key = '' OR EXISTS (SELECT 1 FROM json_each(images.user_acl) WHERE value = ?)"
+    " OR EXISTS (SELECT 1 FROM json_each(images.group_acl) WHERE value IN ({groups})))"
+)
+_IMAGE_WHERE = "system = ? AND image_id = ? AND acl_key = ?"
 
 _IN_FLIGHT_SQL = "(" + ",".join(str(s) for s in codec.IN_FLIGHT_STATES) + ")"
 _PULL_JSON_COLUMNS = ("failure", "progress", "user_acl", "group_acl")
@@ -158,6 +179,10 @@ class SqliteImageStore:
             row = tx.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 tx.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row["version"] == 1:
+                log.info("upgrading the record store %s to schema version 2", self.path)
+                for statement in _MIGRATE_1_TO_2:
+                    tx.execute(statement)
             elif row["version"] > SCHEMA_VERSION:
                 raise StoreUnavailable(
                     f"the record store {self.path} has schema version {row['version']}, "
@@ -247,8 +272,8 @@ class SqliteImageStore:
 
     @staticmethod
     def _upsert_image(tx: sqlite3.Connection, image: ImageRecord, reference: str) -> None:
-        row = tx.execute("SELECT tags FROM images WHERE system = ? AND image_id = ?",
-                         (image.system, image.image_id)).fetchone()
+        row = tx.execute(f"SELECT tags FROM images WHERE {_IMAGE_WHERE}",
+                         (image.system, image.image_id, image.acl_key)).fetchone()
         doc = codec.image_to_doc(image)
         old_tags = json.loads(row["tags"]) if row is not None else []
         doc["tags"] = codec.merged_tags(old_tags, *image.tags, reference)
@@ -270,8 +295,8 @@ class SqliteImageStore:
         ).fetchall()
         for row in rows:
             tags = [t for t in json.loads(row["tags"]) if t != key.reference]
-            tx.execute("UPDATE images SET tags = ? WHERE system = ? AND image_id = ?",
-                       (_dump(tags), key.system, row["image_id"]))
+            tx.execute(f"UPDATE images SET tags = ? WHERE {_IMAGE_WHERE}",
+                       (_dump(tags), key.system, row["image_id"], key.acl_key))
 
     def fail_pull(self, key: PullKey, job_id: str, failure: Failure, now: float) -> bool:
         return self._guarded_update(
@@ -301,16 +326,28 @@ class SqliteImageStore:
         )
         return [_pull(r) for r in rows]
 
+    def pulls_of(self, system: str, reference: str) -> list[PullRecord]:
+        rows = self._read("read the pulls of a reference",
+                          "SELECT * FROM pulls WHERE system = ? AND reference = ? ORDER BY acl_key",
+                          (system, reference))
+        return [_pull(r) for r in rows]
+
     # -- images -----------------------------------------------------------------------
 
-    def get_image(self, system: str, image_id: str) -> ImageRecord | None:
-        rows = self._read("read an image",
-                          "SELECT * FROM images WHERE system = ? AND image_id = ?",
-                          (system, image_id))
+    def get_image(self, system: str, image_id: str, acl_key: str = "") -> ImageRecord | None:
+        rows = self._read("read an image", f"SELECT * FROM images WHERE {_IMAGE_WHERE}",
+                          (system, image_id, acl_key))
         return _image(rows[0]) if rows else None
 
+    def find_images(self, system: str, image_id: str) -> list[ImageRecord]:
+        rows = self._read("find an image",
+                          "SELECT * FROM images WHERE system = ? AND image_id = ? ORDER BY acl_key",
+                          (system, image_id))
+        return [_image(r) for r in rows]
+
     def list_images(
-        self, system: str, state: ImageState | None, page_size: int, page_token: str
+        self, system: str, state: ImageState | None, page_size: int, page_token: str,
+        viewer: Viewer | None = None,
     ) -> tuple[list[ImageRecord], str]:
         limit = paging.page_limit(page_size)
         cursor = paging.decode_token(page_token)
@@ -322,31 +359,58 @@ class SqliteImageStore:
         else:
             clauses.append("state = ?")
             args.append(int(state))
+        if viewer is not None:
+            uid, groups = viewer
+            clauses.append(_VISIBLE_SQL.format(groups=",".join("?" for _ in groups) or "NULL"))
+            args += [uid, *groups]
         if cursor is not None:
-            clauses.append("(last_pull < ? OR (last_pull = ? AND image_id > ?))")
-            args += [cursor.last_pull, cursor.last_pull, cursor.image_id]
+            clauses.append("(last_pull < ? OR (last_pull = ? AND (image_id > ?"
+                           " OR (image_id = ? AND acl_key > ?))))")
+            args += [cursor.last_pull, cursor.last_pull, cursor.image_id, cursor.image_id,
+                     cursor.acl_key]
         rows = self._read(
             "list images",
             f"SELECT * FROM images WHERE {' AND '.join(clauses)}"
-            " ORDER BY last_pull DESC, image_id LIMIT ?",
+            " ORDER BY last_pull DESC, image_id, acl_key LIMIT ?",
             (*args, limit + 1),
         )
         images = [_image(r) for r in rows[:limit]]
         if len(rows) <= limit:
             return images, ""
         last = images[-1]
-        return images, paging.encode_token(paging.Cursor(last.last_pull, last.image_id))
+        return images, paging.encode_token(
+            paging.Cursor(last.last_pull, last.image_id, last.acl_key))
 
-    def touch_image(self, system: str, image_id: str, now: float) -> None:
+    def touch_image(self, system: str, image_id: str, now: float, acl_key: str = "") -> None:
         with self._write("record an image use") as tx:
-            tx.execute("UPDATE images SET last_used = ? WHERE system = ? AND image_id = ?",
-                       (now, system, image_id))
+            tx.execute(f"UPDATE images SET last_used = ? WHERE {_IMAGE_WHERE}",
+                       (now, system, image_id, acl_key))
 
-    def set_image_state(self, system: str, image_id: str, state: ImageState) -> bool:
+    def set_image_state(self, system: str, image_id: str, state: ImageState,
+                        acl_key: str = "") -> bool:
         with self._write("change an image's state") as tx:
-            cursor = tx.execute("UPDATE images SET state = ? WHERE system = ? AND image_id = ?",
-                                (int(state), system, image_id))
+            cursor = tx.execute(f"UPDATE images SET state = ? WHERE {_IMAGE_WHERE}",
+                                (int(state), system, image_id, acl_key))
             return cursor.rowcount == 1
+
+    def expire_image(self, system: str, image_id: str, acl_key: str,
+                     used_before: float | None = None) -> ImageRecord | None:
+        with self._write("expire an image") as tx:
+            row = tx.execute(f"SELECT * FROM images WHERE {_IMAGE_WHERE} AND state = ?",
+                             (system, image_id, acl_key, int(ImageState.READY))).fetchone()
+            if row is None or (used_before is not None and row["last_used"] >= used_before):
+                return None
+            tx.execute(f"UPDATE images SET state = ? WHERE {_IMAGE_WHERE}",
+                       (int(ImageState.EXPIRED), system, image_id, acl_key))
+            return _image(row)
+
+    def expirable_images(self, system: str, used_before: float) -> list[ImageRecord]:
+        rows = self._read(
+            "list expirable images",
+            "SELECT * FROM images WHERE system = ? AND state = ? AND last_used < ?"
+            " ORDER BY last_used, image_id, acl_key",
+            (system, int(ImageState.READY), used_before))
+        return [_image(r) for r in rows]
 
     # -- health and lifetime ----------------------------------------------------------
 

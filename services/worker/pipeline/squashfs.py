@@ -30,7 +30,7 @@ from imagegw.config import ConverterOptions, Limits
 from imagegw.errors import ContentRejected, ConversionFailed
 
 from .decompress import open_layer
-from .flatten import index_layer, merge_layers, write_flat_tar
+from .flatten import LayerIndex, index_layer, merge_layers, write_flat_tar
 from .members import MemberPolicy
 
 log = logging.getLogger(__name__)
@@ -139,9 +139,12 @@ def flatten_to_squashfs(
     limits: Limits,
     layer_names: Sequence[str],
     on_progress: Callable[[int, int], None] | None = None,
+    indexes: Sequence[LayerIndex] | None = None,
 ) -> FlattenStats:
     """Indexes every layer (oldest first), merges them and builds the squashfs image.
 
+    `indexes`, when given, are the layers' indexes made earlier (while downloading,
+    or cached): then each layer is decompressed once, here, for its file data.
     `on_progress(bytes_done, bytes_total)` follows the file data written.
     """
     if len(layer_paths) != len(layer_names):
@@ -151,10 +154,11 @@ def flatten_to_squashfs(
                               f"{limits.max_layers}")
     policy = MemberPolicy(keep_setuid=options.keep_setuid)
     cap = limits.max_unpacked_bytes
-    indexes = []
-    for path, name in zip(layer_paths, layer_names, strict=True):
-        with open_layer(path, max_uncompressed=cap, layer=name) as stream:
-            indexes.append(index_layer(stream, layer=name, policy=policy))
+    if indexes is None:
+        indexes = [_index(path, name, cap, policy)
+                   for path, name in zip(layer_paths, layer_names, strict=True)]
+    elif [index.layer for index in indexes] != list(layer_names):
+        raise ValueError("indexes do not match layer_names")
     tree = merge_layers(indexes)
     total = tree.data_bytes
     if total > cap:
@@ -176,6 +180,11 @@ def flatten_to_squashfs(
     )
     log.info("built %s: %s", output, stats)
     return stats
+
+
+def _index(path: Path, name: str, cap: int, policy: MemberPolicy) -> LayerIndex:
+    with open_layer(path, max_uncompressed=cap, layer=name) as stream:
+        return index_layer(stream, layer=name, policy=policy)
 
 
 class _Progress:
