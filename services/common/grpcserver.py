@@ -1,18 +1,21 @@
 """gRPC server plumbing shared by the gateway and the worker: thread pool,
-health checking (grpc.health.v1), server reflection, binding and shutdown."""
+health checking (grpc.health.v1), server reflection, binding (plain or TLS, with
+client certificates when asked) and shutdown."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterable
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from imagegw import metrics
 from imagegw.errors import ConfigError
+from imagegw.grpcmetrics import server_interceptor
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ def create_server(max_workers: int = 64) -> grpc.Server:
             ("grpc.so_reuseport", 0),
         ],
         maximum_concurrent_rpcs=max_workers * 4,
-        interceptors=[metrics.server_interceptor()],
+        interceptors=[server_interceptor()],
     )
 
 
@@ -45,10 +48,44 @@ def add_health_and_reflection(server: grpc.Server, service_names: Iterable[str]
     return health_servicer
 
 
-def bind(server: grpc.Server, address: str) -> str:
-    """Binds an insecure port; returns the address with the real port (for port 0)."""
+def server_credentials(certificate: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:
+    """TLS credentials from PEM files (config keys TLSCertificate, TLSKey, TLSClientCA);
+    with a client CA, clients must present a certificate it signed (mutual TLS)."""
+    def read(path: str, name: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from exc
+
+    chain = read(certificate, "TLSCertificate")
+    private_key = read(key, "TLSKey")
+    roots = read(client_ca, "TLSClientCA") if client_ca else None
+    return grpc.ssl_server_credentials([(private_key, chain)], root_certificates=roots,
+                                       require_client_auth=roots is not None)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether HOST:PORT (or unix:PATH) can only be reached from this host."""
+    if address.startswith("unix:"):
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
     try:
-        port = server.add_insecure_port(address)
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to anything
+
+
+def bind(server: grpc.Server, address: str,
+         credentials: grpc.ServerCredentials | None = None) -> str:
+    """Binds a port, TLS when `credentials` are given; returns the address with the
+    real port (for port 0)."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise ConfigError(f"cannot listen on {address}: {exc}") from exc
     if address.startswith("unix:"):

@@ -5,19 +5,30 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from grpc_health.v1 import health_pb2
 
 from imagegw import metrics
 from imagegw.config import Config
-from imagegw.errors import BackendUnavailable
-from imagegw.gateway.api.servicer import GatewayServicer
+from imagegw.errors import BackendUnavailable, ConfigError
+from imagegw.gateway.api.servicer import GatewayServicer, Services
 from imagegw.gateway.core.dispatch import Dispatcher
+from imagegw.gateway.core.expiry import Expirer, ExpiryLoop, check_interval
+from imagegw.gateway.core.imports import Importer
+from imagegw.gateway.core.logins import Logins
 from imagegw.gateway.core.pulls import PullManager
+from imagegw.gateway.core.vault import CredentialVault
 from imagegw.gateway.queue import open_queue
 from imagegw.gateway.store import open_store
 from imagegw.gateway.workers import open_worker_pool
-from imagegw.grpcserver import add_health_and_reflection, bind, create_server
+from imagegw.grpcserver import (
+    add_health_and_reflection,
+    bind,
+    create_server,
+    is_loopback,
+    server_credentials,
+)
 from imagegw.v1 import gateway_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -29,28 +40,65 @@ RECOVER_INTERVAL = 5.0
 RECONCILE_INTERVAL = 10.0
 
 
+def check_listen_security(config: Config, listen: str) -> None:
+    """Refuses a non-loopback listen address without TLS and MUNGE on every system,
+    unless AllowInsecureListen says so."""
+    if is_loopback(listen) or config.allow_insecure_listen:
+        return
+    missing = []
+    if not config.tls_certificate:
+        missing.append("TLS (TLSCertificate and TLSKey)")
+    unauthenticated = sorted(n for n, p in config.platforms.items() if not p.munge_socket)
+    if unauthenticated:
+        missing.append("authentication (mungeSocketPath on " + ", ".join(unauthenticated) + ")")
+    if missing:
+        raise ConfigError(
+            f"ListenAddress {listen} is reachable from other hosts, but the gateway has no "
+            + " and no ".join(missing),
+            hint="configure them, listen on 127.0.0.1, or set AllowInsecureListen: true")
+
+
+def _data_path(config: Config, name: str) -> Path:
+    return Path(config.data_dir or ".") / name
+
+
 class GatewayApp:
     def __init__(self, config: Config, listen: str, worker_addresses: Sequence[str]) -> None:
+        check_listen_security(config, listen)
         self.config = config
         self.store = open_store(config)
         self.queue, self.hub = open_queue(config)
         self.pulls = PullManager(config, self.store, self.queue, self.hub)
+        vault = CredentialVault(
+            _data_path(config, "credentials"),
+            config.credential_key_file or _data_path(config, "credentials.key"))
+        self.logins = Logins(config, vault)
+        self.expirer = Expirer(config, self.store, self.pulls)
+        self.expiry = ExpiryLoop(self.expirer, check_interval(config))
         self.workers = open_worker_pool(config, worker_addresses)
         self.dispatcher = Dispatcher(
             self.store, self.queue, self.hub, self.workers,
             consumers=self.workers.consumers(config.worker_slots),
+            credentials=self.logins.credentials_for,
         )
         self.server = create_server()
+        services = Services(
+            config=config, pulls=self.pulls, expirer=self.expirer, logins=self.logins,
+            importer=Importer(config, self.store, self.pulls, str(_data_path(config, "imports"))))
         gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(self.pulls), self.server)
+            GatewayServicer(services), self.server)
         self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
-        self.address = bind(self.server, listen)
+        credentials = (server_credentials(config.tls_certificate, config.tls_key,
+                                          config.tls_client_ca)
+                       if config.tls_certificate else None)
+        self.address = bind(self.server, listen, credentials)
         metrics.watch_queue(self.queue.pending)
         self.metrics = metrics.serve(config.metrics_listen, "MetricsListen")
         self._stopping = threading.Event()
 
     def start(self) -> None:
         self.server.start()
+        self.expiry.start()
         log.info("gateway listening on %s (systems: %s)", self.address,
                  ", ".join(sorted(self.config.platforms)))
         if self._recover():
@@ -98,6 +146,7 @@ class GatewayApp:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.expiry.stop()
         self.server.stop(grace=2.0).wait()
         metrics.watch_queue(None)
         if self.metrics is not None:

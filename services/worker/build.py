@@ -21,11 +21,13 @@ from imagegw.config import Config
 from imagegw.model import BuildJob, BuildResult, Progress, Stage
 from imagegw.reference import parse_reference
 from imagegw.worker.artifacts import ConversionKey, build_ready_made, shared_conversions_for
+from imagegw.worker.cache import WorkerCaches
 from imagegw.worker.paths import WorkerPaths
+from imagegw.worker.pipeline.members import MemberPolicy
 from imagegw.worker.pipeline.meta import render_meta
+from imagegw.worker.pipeline.prepare import PreparedLayer, prepare_layer
 from imagegw.worker.pipeline.squashfs import flatten_to_squashfs
 from imagegw.worker.publish import publisher_for
-from imagegw.worker.registry.blobcache import BlobCache
 from imagegw.worker.registry.client import RegistryClient
 from imagegw.worker.registry.resolve import ResolvedImage, resolve_image
 
@@ -77,7 +79,8 @@ class Builder:
     def __init__(self, config: Config, paths: WorkerPaths) -> None:
         self.config = config
         self.paths = paths
-        self.cache = BlobCache(paths.cache_root)
+        self.caches = WorkerCaches(paths.cache_root, max_bytes=config.cache_max_bytes)
+        self.cache = self.caches.blobs
         self.shared = shared_conversions_for(config)
 
     def build(self, job: BuildJob, report: Report) -> BuildResult:
@@ -124,12 +127,22 @@ class Builder:
             if publisher.has_image(image_file, meta_file):
                 log.info("job %s: image %s already published", job.job_id, image.image_id)
                 return result(publisher.image_size(image_file), reused=True)
-            with self.paths.scratch(job.job_id) as scratch:
-                output = scratch / image_file
-                shared = self._fetch_shared_conversion(image, image_format, output, emit)
-                if not shared:
-                    layer_paths = self._download_layers(client, image, emit)
-                    self._convert(image, layer_paths, output, emit)
+            key = ConversionKey(image.manifest_digest, image_format, self.config.converter)
+            with self.caches.lease(digests=[layer.digest for layer in image.layers],
+                                   conversions=[key.digest]), \
+                    self.paths.scratch(job.job_id) as scratch:
+                output = self.caches.conversions.lookup(key.digest, image_format)
+                shared = output is not None
+                if output is not None:
+                    log.info("job %s: %s converted before (%s); publishing that image",
+                             job.job_id, reference, image.manifest_digest)
+                else:
+                    output = scratch / image_file
+                    shared = self._fetch_shared_conversion(image, image_format, output, emit)
+                    if not shared:
+                        prepared = self._download_layers(client, image, emit)
+                        self._convert(image, prepared, output, emit)
+                    output = self.caches.conversions.store(key.digest, image_format, output)
                 size = output.stat().st_size
                 emit(Progress(Stage.PUBLISHING, bytes_total=size,
                               message=f"publishing {image_file} to {job.system}"), force=True)
@@ -141,6 +154,7 @@ class Builder:
                 )
                 if not shared:
                     self._share_conversion(image, image_format, output)
+        self.caches.evict()
         return result(size)
 
     def _fetch_shared_conversion(self, image: ResolvedImage, image_format: str, output: Path,
@@ -160,14 +174,17 @@ class Builder:
         self.shared.publish(key, image.image_id, image.reference, image.metadata, output)
 
     def _download_layers(self, client: RegistryClient, image: ResolvedImage,
-                         emit: Throttle) -> list[Path]:
+                         emit: Throttle) -> list[PreparedLayer]:
+        """Downloads (or finds cached) every layer, indexing each while it streams."""
         layers = image.layers
         counter = _ByteCounter(total=sum(layer.size for layer in layers))
         count = len(layers)
         emit(Progress(Stage.DOWNLOADING, layer_count=count, bytes_total=counter.total,
                       message=f"downloading {count} layers"), force=True)
 
-        def fetch(index: int) -> Path:
+        policy = MemberPolicy(keep_setuid=self.config.converter.keep_setuid)
+
+        def fetch(index: int) -> PreparedLayer:
             layer = layers[index]
 
             def on_bytes(n: int) -> None:
@@ -175,27 +192,29 @@ class Builder:
                               bytes_done=counter.add(n), bytes_total=counter.total,
                               message=f"downloading layer {index + 1} of {count}"))
 
-            path, downloaded = self.cache.ensure(
-                layer.digest, layer.size,
+            prepared = prepare_layer(
+                self.cache, layer.digest, layer.size,
                 lambda out: client.fetch_blob(layer.digest, layer.size, out, on_bytes=on_bytes),
+                policy=policy, max_uncompressed=self.config.limits.max_unpacked_bytes,
             )
-            metrics.layer_cache(hit=not downloaded, size=layer.size)
-            if not downloaded:
+            metrics.layer_cache(hit=not prepared.downloaded, size=layer.size)
+            if not prepared.downloaded:
                 counter.add(layer.size)
-            return path
+            return prepared
 
         workers = max(1, min(DOWNLOAD_CONNECTIONS, count))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
             return list(pool.map(fetch, range(count)))
 
-    def _convert(self, image: ResolvedImage, layer_paths: list[Path], output: Path,
+    def _convert(self, image: ResolvedImage, layers: list[PreparedLayer], output: Path,
                  emit: Throttle) -> None:
-        count = len(layer_paths)
+        count = len(layers)
         emit(Progress(Stage.CONVERTING, layer_count=count,
                       message=f"flattening {count} layers into {output.name}"), force=True)
         flatten_to_squashfs(
-            layer_paths, output, options=self.config.converter, limits=self.config.limits,
-            layer_names=[layer.digest for layer in image.layers],
+            [layer.path for layer in layers], output, options=self.config.converter,
+            limits=self.config.limits, layer_names=[layer.digest for layer in image.layers],
+            indexes=[layer.index for layer in layers],
             on_progress=lambda done, total: emit(Progress(
                 Stage.CONVERTING, layer_count=count, bytes_done=done, bytes_total=total,
                 message="converting")),

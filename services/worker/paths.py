@@ -4,12 +4,15 @@ for jobs and the locks on them. Nothing else builds paths under these roots."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from imagegw.errors import ConversionFailed
 
 
 class WorkerPaths:
@@ -24,14 +27,31 @@ class WorkerPaths:
     def scratch(self, job_id: str) -> Iterator[Path]:
         """A private scratch directory for one job, removed on success and failure."""
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in job_id)[:64]
-        path = Path(tempfile.mkdtemp(prefix=f"job-{safe}-", dir=self.expand_root))
+        try:
+            path = Path(tempfile.mkdtemp(prefix=f"job-{safe}-", dir=self.expand_root))
+        except OSError as exc:
+            raise self._scratch_failed(exc) from exc
         # The lock tells clean_stale_scratch that a live process owns this directory.
-        with open(path / ".owner.lock", "a+b") as owner:
+        try:
+            owner = open(path / ".owner.lock", "a+b")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            shutil.rmtree(path, ignore_errors=True)
+            raise self._scratch_failed(exc) from exc
+        with owner:
             fcntl.flock(owner, fcntl.LOCK_EX)
             try:
                 yield path
             finally:
                 shutil.rmtree(path, ignore_errors=True)
+
+    def _scratch_failed(self, exc: OSError) -> ConversionFailed:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = f"free space on the file system holding {self.expand_root}"
+        else:
+            hint = f"the worker needs write access to {self.expand_root} (ExpandDirectory)"
+        return ConversionFailed(
+            f"cannot create scratch space in {self.expand_root}: {exc.strerror or exc}",
+            hint=hint)
 
     @contextlib.contextmanager
     def image_lock(self, image_id: str) -> Iterator[None]:

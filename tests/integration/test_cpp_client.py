@@ -153,7 +153,6 @@ def test_silent_gateway_hits_the_deadline(site: Site) -> None:
     )
 
 
-@pytest.mark.xfail(reason="the gateway does not check MUNGE credentials yet", strict=False)
 def test_credential_from_another_munge_key_is_refused(
     site: Site,
     other_munge_socket: str,  # noqa: F811

@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+
 from imagegw import errors
 from imagegw.config import parse_config
 from imagegw.model import BuildJob, BuildResult
 from imagegw.worker.build import Builder
 from imagegw.worker.paths import WorkerPaths
 from imagegw.worker.pipeline.meta import parse_meta
-
 from tests.support.hostile_corpus import (
     CANARY,
     CANARY_DIR,
@@ -42,6 +42,22 @@ from tests.support.registry import registry  # noqa: F401
 from tests.support.squashfs_tree import read_squashfs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hostile"
+
+#: Cases that expose bugs in modules being reworked by someone else (see the report).
+KNOWN_BUGS = {
+    "truncated-zstd-layer": (
+        "pipeline/prepare.py indexes a downloading layer through decompress.open_layer_stream, "
+        "which does not walk zstd framing; zstandard's reader ends silently at a cut frame, so "
+        "the layer indexes as an empty tar, is never re-read by open_layer (it holds no "
+        "surviving file data) and an empty image is published"),
+}
+
+
+def params(expect: str) -> list:
+    return [pytest.param(c, id=c.name, marks=pytest.mark.xfail(
+                strict=True, reason=KNOWN_BUGS[c.name])) if c.name in KNOWN_BUGS
+            else pytest.param(c, id=c.name)
+            for c in cases() if c.expect == expect]
 
 
 def builder_for(root: Path, registry_url: str, limits: dict) -> Builder:
@@ -137,8 +153,7 @@ def describe(result: BuildResult | None, error: Exception | None) -> str:
     return f"built {result.image_id[:12]} ({result.size_bytes} bytes)"
 
 
-@pytest.mark.parametrize("case", [c for c in cases() if c.expect == REJECTED],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize("case", params(REJECTED))
 def test_hostile_input_is_refused_with_an_actionable_cause_and_nothing_escapes(
         case: Case, registry, tmp_path: Path, record_property) -> None:  # noqa: F811
     surroundings = Surroundings(tmp_path)
@@ -154,8 +169,7 @@ def test_hostile_input_is_refused_with_an_actionable_cause_and_nothing_escapes(
     surroundings.check_untouched()
 
 
-@pytest.mark.parametrize("case", [c for c in cases() if c.expect == NEUTRALISED],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize("case", params(NEUTRALISED))
 def test_hostile_member_is_neutralised_inside_the_image_and_nothing_escapes(
         case: Case, registry, tmp_path: Path, record_property) -> None:  # noqa: F811
     surroundings = Surroundings(tmp_path)
@@ -177,6 +191,10 @@ def test_hostile_member_is_neutralised_inside_the_image_and_nothing_escapes(
             assert node.mode & 0o7777 == expected.mode
     for path in case.absent:
         assert path not in tree
+    landed = [f"{x.path} is a {tree[x.path].type} {oct(tree[x.path].mode & 0o7777)}"
+              for x in case.lands]
+    record_property("outcome", f"built {result.image_id[:12]}; " + "; ".join(
+        landed + [f"{path} dropped" for path in case.absent]))
     assert all(node.uid == 0 and node.gid == 0 for node in tree.values())
     assert all(node.type in ("file", "dir", "symlink") for node in tree.values())
     assert not [p for p, n in tree.items() if n.mode & 0o6000], "setuid/setgid must be cleared"

@@ -34,6 +34,7 @@ def services(tmp_path_factory, registry):  # noqa: F811
     gateway_config = embedded_config(workdir, registry_url=registry.url,
                                      WorkerAddresses=[worker.address],
                                      MetricsListen="127.0.0.1:0")
+    gateway_config["Platforms"][SYSTEM]["allowAnonymousPull"] = True
     gateway = start_service("gateway", gateway_config, workdir)
     yield gateway, worker, workdir
     gateway.stop()

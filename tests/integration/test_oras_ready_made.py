@@ -68,6 +68,7 @@ def oras_push(registry_url: str, target: str, files: list[tuple[Path, str]], *,
 def gateway(tmp_path_factory, registry):  # noqa: F811
     workdir = tmp_path_factory.mktemp("oras-gateway")
     config = embedded_config(workdir, registry_url=registry.url)
+    config["Platforms"][SYSTEM]["allowAnonymousPull"] = True
     config["Locations"]["readymade"] = {"remotetype": "oras", "url": registry.url}
     service = start_service("serve", config, workdir)
     yield service, workdir

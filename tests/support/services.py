@@ -40,6 +40,8 @@ def embedded_config(workdir: Path, *, registry_url: str | None = None, systems=(
                                                "authentication": "http"}},
         "Platforms": {
             name: {"mungeSocketPath": "/nonexistent/munge.socket", "accesstype": "local",
+                   # Tests that check authentication turn anonymous pulls off again.
+                   "allowAnonymousPull": True,
                    "admins": ["root"], "local": {"imageDir": str(workdir / "images" / name)}}
             for name in systems
         },

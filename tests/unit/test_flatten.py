@@ -138,6 +138,42 @@ def test_hardlink_keeps_the_old_bytes_when_its_target_is_replaced_in_the_same_la
     assert summary(tree) == {"a": F(b"new"), "b": F(b"old")}
 
 
+def test_cross_layer_hardlink_keeps_lower_bytes_when_a_third_layer_replaces_its_target(
+) -> None:
+    tree = flatten(tar_bytes(file("a", b"base")), tar_bytes(hardlink("b", "a")),
+                   tar_bytes(file("a", b"newest")))
+    assert summary(tree) == {"a": F(b"newest"), "b": F(b"base")}
+
+
+def test_cross_layer_hardlink_survives_a_later_whiteout_of_its_target() -> None:
+    # Newest-first merges lose this one: the data must still come from layer 0.
+    tree = flatten(tar_bytes(file("lib/real", b"payload", 0o755)),
+                   tar_bytes(dir("bin"), hardlink("bin/alias", "lib/real")),
+                   tar_bytes(whiteout("lib")))
+    assert summary(tree) == {"bin": D(), "bin/alias": F(b"payload", 0o755)}
+
+
+def test_cross_layer_hardlink_survives_a_later_opaque_directory_over_its_target() -> None:
+    tree = flatten(tar_bytes(dir("d"), file("d/a", b"keep")),
+                   tar_bytes(hardlink("b", "d/a")),
+                   tar_bytes(dir("d"), opaque("d"), file("d/new", b"n")))
+    assert summary(tree) == {"d": D(), "d/new": F(b"n"), "b": F(b"keep")}
+
+
+def test_links_from_several_layers_to_one_lower_file_share_one_inode() -> None:
+    tree = flatten(tar_bytes(file("a", b"shared")), tar_bytes(hardlink("b", "a")),
+                   tar_bytes(hardlink("c", "b")))
+    assert summary(tree) == {"a": F(b"shared"), "b": F(b"shared"), "c": F(b"shared")}
+    assert tree["a"].inode == tree["b"].inode == tree["c"].inode
+
+
+def test_hardlink_to_a_target_replaced_earlier_in_its_own_layer_gets_the_new_bytes() -> None:
+    tree = flatten(tar_bytes(file("a", b"old")),
+                   tar_bytes(file("a", b"new"), hardlink("b", "a")))
+    assert summary(tree) == {"a": F(b"new"), "b": F(b"new")}
+    assert tree["a"].inode == tree["b"].inode
+
+
 def test_hardlink_to_a_symlink_becomes_a_copy_of_the_symlink() -> None:
     tree = flatten(tar_bytes(symlink("s", "/etc/hosts"), hardlink("t", "s")))
     assert summary(tree) == {"s": S("/etc/hosts"), "t": S("/etc/hosts")}

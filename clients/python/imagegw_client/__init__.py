@@ -5,8 +5,8 @@
         image = client.pull_and_wait("perlmutter", "ubuntu:24.04")
 """
 
-from imagegw.client.client import GatewayClient
-from imagegw.client.credentials import munge_credential_provider
+from imagegw.client.client import GatewayClient, LoginResult
+from imagegw.client.credentials import munge_credential_provider, munge_sealer
 from imagegw.client.errors import (
     GatewayError,
     InvalidArgument,
@@ -25,6 +25,7 @@ __all__ = [
     "ImageInfo",
     "InvalidArgument",
     "JobInfo",
+    "LoginResult",
     "NotFound",
     "PermissionDenied",
     "PullFailed",
@@ -33,4 +34,5 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "munge_credential_provider",
+    "munge_sealer",
 ]

@@ -1,14 +1,19 @@
 """`GatewayClient`: the blocking SDK over imagegw.v1.GatewayService.
 
-It owns one channel per gateway address, tries the addresses in turn when one is
-UNAVAILABLE (starting with the last one that answered), attaches a fresh
-credential to every attempt, and turns protos and gRPC errors into plain data.
+It owns one channel per gateway address (TLS when given a CA certificate), tries
+the addresses in turn when one is UNAVAILABLE (starting with the last one that
+answered), attaches a fresh credential to every attempt, and turns protos and gRPC
+errors into plain data.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -35,6 +40,18 @@ DEFAULT_TIMEOUT = 30.0
 #: How long a waiting pull may stream before the client gives up.
 DEFAULT_PULL_TIMEOUT = 3600.0
 _LIST_PAGE_SIZE = 100
+#: Bytes per ImportImage chunk message (the gateway takes up to 4 MiB).
+IMPORT_CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    registry: str
+    username: str
+    #: What the gateway says, e.g. "credentials accepted by registry.example.org:443".
+    message: str
+    #: Whether the password travelled sealed in a MUNGE credential.
+    sealed: bool
 
 
 class GatewayClient:
@@ -47,7 +64,11 @@ class GatewayClient:
         timeout: float = DEFAULT_TIMEOUT,
         credential_provider: Callable[[], str | None] | None = None,
         pull_timeout: float = DEFAULT_PULL_TIMEOUT,
+        ca_cert: str | bytes | None = None,
+        sealer: Callable[[bytes], str | None] | None = None,
     ) -> None:
+        """`ca_cert` (a PEM file path or PEM bytes) makes every channel TLS, verified
+        against it; `sealer` makes a MUNGE credential carrying a payload (for login)."""
         if isinstance(addresses, str):
             addresses = [addresses]
         self._addresses = [a.strip() for a in addresses if a.strip()]
@@ -56,6 +77,11 @@ class GatewayClient:
         self._timeout = timeout
         self._pull_timeout = pull_timeout
         self._credential_provider = credential_provider
+        self._sealer = sealer
+        self._tls: grpc.ChannelCredentials | None = None
+        if ca_cert is not None:
+            roots = ca_cert if isinstance(ca_cert, bytes) else _read_file(ca_cert)
+            self._tls = grpc.ssl_channel_credentials(root_certificates=roots)
         self._channels: dict[str, grpc.Channel] = {}
         self._preferred = 0
 
@@ -131,6 +157,69 @@ class GatewayClient:
         response = self._unary("ListJobs", gw_pb2.ListJobsRequest(system=system or ""))
         return [job_from_proto(job) for job in response.jobs]
 
+    def login(self, system: str, registry: str, username: str, password: str) -> LoginResult:
+        """Checks registry credentials through the gateway, which keeps them for this
+        user's pulls. The password travels sealed in a MUNGE credential when a sealer
+        is configured, else in the request (the gateway accepts that only over TLS or
+        loopback)."""
+        payload = json.dumps({"username": username, "password": password}).encode()
+        first = self._sealer(payload) if self._sealer is not None else None
+        if first:
+            unused = [first]  # one credential per attempt: MUNGE refuses replays
+
+            def sealed_metadata() -> tuple[tuple[str, str], ...]:
+                return self._sealed_metadata(payload, unused.pop() if unused else None)
+
+            request = gw_pb2.LoginRequest(system=system, registry=registry)
+            response = self._unary("Login", request, metadata=sealed_metadata)
+            sealed = True
+        else:
+            request = gw_pb2.LoginRequest(system=system, registry=registry, username=username,
+                                          password=password)
+            response = self._unary("Login", request)
+            sealed = False
+        return LoginResult(response.registry, response.username, response.message, sealed)
+
+    def logout(self, system: str, registry: str) -> bool:
+        """Makes the gateway forget this user's credentials; False when there were none."""
+        request = gw_pb2.LogoutRequest(system=system, registry=registry)
+        return bool(self._unary("Logout", request).removed)
+
+    def expire_image(self, system: str, reference: str, *, type: str = "docker") -> ImageInfo:
+        """Expires an image now (admins only)."""
+        request = gw_pb2.ExpireImageRequest(system=system, type=type, reference=reference)
+        return image_from_proto(self._unary("ExpireImage", request).image)
+
+    def expire_unused(self, system: str) -> list[str]:
+        """Runs auto-expiry on a system now (admins only); returns the expired ids."""
+        request = gw_pb2.ExpireUnusedImagesRequest(system=system)
+        return list(self._unary("ExpireUnusedImages", request).image_ids)
+
+    def import_image(
+        self,
+        system: str,
+        tag: str,
+        path: str | os.PathLike[str],
+        *,
+        user_acl: Iterable[int] = (),
+        group_acl: Iterable[int] = (),
+        chunk_size: int = IMPORT_CHUNK_SIZE,
+    ) -> ImageInfo:
+        """Uploads a squashfs image (admins and ImportUsers); it becomes "import/<tag>"."""
+        size, digest = _size_and_sha256(path)
+        header = gw_pb2.ImportHeader(system=system, tag=tag, format="squashfs",
+                                     size_bytes=size, sha256=digest, user_acl=list(user_acl),
+                                     group_acl=list(group_acl))
+
+        def requests() -> Iterator[gw_pb2.ImportImageRequest]:
+            yield gw_pb2.ImportImageRequest(header=header)
+            with open(path, "rb") as image:
+                while chunk := image.read(chunk_size):
+                    yield gw_pb2.ImportImageRequest(chunk=chunk)
+
+        response = self._unary("ImportImage", requests, timeout=self._pull_timeout)
+        return image_from_proto(response.image)
+
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
@@ -157,7 +246,10 @@ class GatewayClient:
     def _stub(self, address: str) -> gw_grpc.GatewayServiceStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.insecure_channel(address)
+            if self._tls is not None:
+                channel = grpc.secure_channel(address, self._tls)
+            else:
+                channel = grpc.insecure_channel(address)
             self._channels[address] = channel
         return gw_grpc.GatewayServiceStub(channel)
 
@@ -167,12 +259,26 @@ class GatewayClient:
         credential = self._credential_provider()
         return ((AUTH_METADATA_KEY, credential),) if credential else ()
 
-    def _unary(self, method: str, request: Any) -> Any:
+    def _sealed_metadata(self, payload: bytes, credential: str | None
+                         ) -> tuple[tuple[str, str], ...]:
+        assert self._sealer is not None
+        credential = credential or self._sealer(payload)
+        if not credential:
+            raise GatewayError("could not seal the credentials with MUNGE", code="UNKNOWN")
+        return ((AUTH_METADATA_KEY, credential),)
+
+    def _unary(self, method: str, request: Any, *,
+               metadata: Callable[[], tuple[tuple[str, str], ...]] | None = None,
+               timeout: float | None = None) -> Any:
+        """Calls `method` on each gateway in turn until one answers; `request` may be a
+        callable making a fresh request iterator (client streaming) per attempt."""
         last_error: GatewayError | None = None
         for index, address in self._in_turn():
             call = getattr(self._stub(address), method)
+            message = request() if callable(request) else request
             try:
-                response = call(request, timeout=self._timeout, metadata=self._metadata())
+                response = call(message, timeout=timeout or self._timeout,
+                                metadata=(metadata or self._metadata)())
             except grpc.RpcError as exc:
                 error = error_from_rpc(exc, address=address)
                 if not isinstance(error, Unavailable):
@@ -212,6 +318,24 @@ class GatewayClient:
             return
         assert last_error is not None
         raise last_error
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise GatewayError(f"cannot read the CA certificate {path}: {exc.strerror}") from exc
+
+
+def _size_and_sha256(path: str | os.PathLike[str]) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as image:
+        while chunk := image.read(IMPORT_CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def ready_image(last: PullUpdate | None) -> ImageInfo:

@@ -1,7 +1,7 @@
 """Where shifterimg finds its gateway, system and MUNGE socket.
 
 Order: command-line option, then the environment (IMAGEGW_GATEWAY, IMAGEGW_SYSTEM,
-MUNGE_SOCKET), then udiRoot.conf (`imageGateway`, `system`; path from UDIROOT_CONF),
+MUNGE_SOCKET, IMAGEGW_CA_CERT), then udiRoot.conf (`imageGateway`, `system`; path from UDIROOT_CONF),
 then the defaults 127.0.0.1:7777 and "default". The environment is passed in.
 """
 
@@ -24,6 +24,8 @@ class CliSettings:
     system: str
     #: The munged socket to make credentials with; None for anonymous calls.
     munge_socket: str | None
+    #: A PEM CA certificate: talk TLS to the gateway, verified against it.
+    ca_cert: str | None = None
 
 
 def resolve_settings(
@@ -32,6 +34,7 @@ def resolve_settings(
     system: str | None,
     munge_socket: str | None,
     environ: Mapping[str, str],
+    ca_cert: str | None = None,
     exists: Callable[[str], bool] = os.path.exists,
 ) -> CliSettings:
     """Combines options, environment and udiRoot.conf into the settings to use."""
@@ -49,4 +52,5 @@ def resolve_settings(
     socket = munge_socket or environ.get("MUNGE_SOCKET") or None
     if socket is None and exists(DEFAULT_MUNGE_SOCKET):
         socket = DEFAULT_MUNGE_SOCKET
-    return CliSettings(addresses=tuple(addresses), system=chosen_system, munge_socket=socket)
+    return CliSettings(addresses=tuple(addresses), system=chosen_system, munge_socket=socket,
+                       ca_cert=ca_cert or environ.get("IMAGEGW_CA_CERT") or None)

@@ -1,4 +1,5 @@
-"""The `shifterimg` command: pull, lookup, images and queue against the gateway.
+"""The `shifterimg` command: pull, lookup, images and queue against the gateway; login
+and logout for registry credentials; expire and import for admins.
 
 Argument parsing and exit codes live here (0 ok, 1 gateway or pull error, 2 usage);
 the calls go through `GatewayClient` and the printing through `output`/`progress`.
@@ -7,6 +8,7 @@ the calls go through `GatewayClient` and the printing through `output`/`progress
 from __future__ import annotations
 
 import argparse
+import getpass
 import grp
 import logging
 import os
@@ -18,7 +20,7 @@ from datetime import datetime
 from typing import TextIO
 
 from imagegw.client.client import GatewayClient, ready_image
-from imagegw.client.credentials import munge_credential_provider
+from imagegw.client.credentials import munge_credential_provider, munge_sealer
 from imagegw.client.errors import GatewayError, PullFailed
 from imagegw.client.models import ImageInfo
 from imagegw.client.output import images_table, queue_table, to_json
@@ -77,6 +79,9 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
     parser.add_argument("--munge-socket", default=default(None), metavar="PATH",
                         help="the munged socket for credentials (default MUNGE_SOCKET or "
                              "/run/munge/munge.socket.2 when present)")
+    parser.add_argument("--ca-cert", default=default(None), metavar="PEM",
+                        help="talk TLS to the gateway, trusting this CA certificate "
+                             "(default IMAGEGW_CA_CERT)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +112,34 @@ def build_parser() -> argparse.ArgumentParser:
     queue = commands.add_parser("queue", help="list waiting, running and failed jobs")
     _add_global_options(queue, defaults=False)
     queue.add_argument("--all", action="store_true", help="jobs of every system")
+
+    login = commands.add_parser("login", help="store your credentials for a registry")
+    _add_global_options(login, defaults=False)
+    login.add_argument("registry", nargs="?", default="registry-1.docker.io",
+                       help="a location name or registry host (default Docker Hub)")
+    login.add_argument("--username", "-u", help="registry user (asked for when not given)")
+    login.add_argument("--password-stdin", action="store_true",
+                       help="read the password from standard input instead of asking")
+
+    logout = commands.add_parser("logout", help="forget your credentials for a registry")
+    _add_global_options(logout, defaults=False)
+    logout.add_argument("registry", nargs="?", default="registry-1.docker.io")
+
+    expire = commands.add_parser("expire", help="expire an image now (admins)")
+    _add_global_options(expire, defaults=False)
+    expire.add_argument("image", nargs="?", help="docker:REPO[:TAG], REPO[:TAG] or id:<hex>")
+    expire.add_argument("--unused", action="store_true",
+                        help="expire every image unused for ImageExpirationTimeout instead")
+
+    imported = commands.add_parser("import", help="upload a squashfs image (admins, ImportUsers)")
+    _add_global_options(imported, defaults=False)
+    imported.add_argument("file", help="the squashfs image file")
+    imported.add_argument("tag", help="the name to look it up by, e.g. mytools:1.0 "
+                          "(it becomes import/mytools:1.0)")
+    imported.add_argument("--user", action="append", default=[], metavar="USERS",
+                          help="make the image private to these users")
+    imported.add_argument("--group", action="append", default=[], metavar="GROUPS",
+                          help="make the image private to these groups")
     return parser
 
 
@@ -178,18 +211,75 @@ def _queue(client: GatewayClient, args: argparse.Namespace, system: str, out: Te
     return EXIT_OK
 
 
-_COMMANDS = {"pull": _pull, "lookup": _lookup, "images": _images, "queue": _queue}
+def _login(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+           err: TextIO) -> int:
+    username = args.username
+    if args.password_stdin:
+        if not username:
+            raise UsageError("--password-stdin needs --username")
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not username:
+            username = input(f"Username for {args.registry}: ").strip()
+        password = getpass.getpass(f"Password for {username}@{args.registry}: ")
+    if not username or not password:
+        raise UsageError("a username and a password are needed")
+    result = client.login(system, args.registry, username, password)
+    print(f"Login succeeded: {result.message}", file=out)
+    return EXIT_OK
+
+
+def _logout(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+            err: TextIO) -> int:
+    removed = client.logout(system, args.registry)
+    print(f"Removed your credentials for {args.registry}" if removed
+          else f"No credentials stored for {args.registry}", file=out)
+    return EXIT_OK
+
+
+def _expire(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+            err: TextIO) -> int:
+    if args.unused:
+        if args.image:
+            raise UsageError("give an image or --unused, not both")
+        for image_id in client.expire_unused(system):
+            print(image_id, file=out)
+        return EXIT_OK
+    if not args.image:
+        raise UsageError("expire needs an image (or --unused)")
+    kind, reference = parse_image_argument(args.image)
+    image = client.expire_image(system, reference, type=kind)
+    print(to_json(image) if args.verbose else f"Image expired: {image.id}", file=out)
+    return EXIT_OK
+
+
+def _import(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+            err: TextIO) -> int:
+    users = resolve_ids(args.user, lambda name: pwd.getpwnam(name).pw_uid, "user")
+    groups = resolve_ids(args.group, lambda name: grp.getgrnam(name).gr_gid, "group")
+    image = client.import_image(system, args.tag, args.file, user_acl=users, group_acl=groups)
+    _print_image(image, args.verbose, out)
+    return EXIT_OK
+
+
+_COMMANDS = {"pull": _pull, "lookup": _lookup, "images": _images, "queue": _queue,
+             "login": _login, "logout": _logout, "expire": _expire, "import": _import}
 
 
 def _make_client(settings: CliSettings, timeout: float) -> GatewayClient:
-    provider = munge_credential_provider(settings.munge_socket) if settings.munge_socket else None
-    return GatewayClient(settings.addresses, timeout=timeout, credential_provider=provider)
+    socket = settings.munge_socket
+    return GatewayClient(
+        settings.addresses, timeout=timeout,
+        credential_provider=munge_credential_provider(socket) if socket else None,
+        sealer=munge_sealer(socket) if socket else None,
+        ca_cert=settings.ca_cert)
 
 
 def _settings(args: argparse.Namespace) -> CliSettings:
     try:
         settings = resolve_settings(gateways=args.gateway, system=args.system,
-                                    munge_socket=args.munge_socket, environ=os.environ)
+                                    munge_socket=args.munge_socket, environ=os.environ,
+                                    ca_cert=args.ca_cert)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if not settings.addresses:

@@ -4,7 +4,11 @@
 `MungeDecoder` and `encode` wrap libmunge; `Identity` and `is_admin` describe the caller.
 """
 
-from imagegw.gateway.auth.credentials import METADATA_KEY, authenticate
+from imagegw.gateway.auth.credentials import (
+    METADATA_KEY,
+    authenticate,
+    authenticate_with_payload,
+)
 from imagegw.gateway.auth.identity import ANONYMOUS, Identity, is_admin
 from imagegw.gateway.auth.munge import (
     AuthServiceUnavailable,
@@ -21,6 +25,7 @@ __all__ = [
     "MungeDecoder",
     "MungeIdentity",
     "authenticate",
+    "authenticate_with_payload",
     "encode",
     "is_admin",
 ]

@@ -14,7 +14,7 @@ from imagegw.errors import Unauthenticated
 from imagegw.gateway.auth.identity import ANONYMOUS, Identity
 from imagegw.gateway.auth.munge import MungeDecoder
 
-__all__ = ["METADATA_KEY", "authenticate"]
+__all__ = ["METADATA_KEY", "authenticate", "authenticate_with_payload"]
 
 METADATA_KEY = "authentication"
 
@@ -28,9 +28,19 @@ def authenticate(
 
     `decoders` caches one MungeDecoder per socket path and is filled as systems are used.
     """
+    return authenticate_with_payload(metadata, platform, decoders)[0]
+
+
+def authenticate_with_payload(
+    metadata: Sequence[tuple[str, str | bytes]],
+    platform: Platform,
+    decoders: MutableMapping[str, MungeDecoder],
+) -> tuple[Identity, bytes]:
+    """Like `authenticate`, also returning the payload sealed in the credential
+    (b"" for none, or for an anonymous call)."""
     credential = _credential(metadata)
     if credential is None:
-        return ANONYMOUS
+        return ANONYMOUS, b""
     if not platform.munge_socket:
         raise Unauthenticated(
             f"system {platform.name} has no mungeSocketPath configured, "
@@ -41,7 +51,7 @@ def authenticate(
     if decoder is None:
         decoder = decoders.setdefault(platform.munge_socket, MungeDecoder(platform.munge_socket))
     verified = decoder.decode(credential)
-    return Identity.from_uid(verified.uid, verified.gid)
+    return Identity.from_uid(verified.uid, verified.gid), verified.payload
 
 
 def _credential(metadata: Sequence[tuple[str, str | bytes]]) -> str | bytes | None:

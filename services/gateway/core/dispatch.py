@@ -33,7 +33,8 @@ UNAVAILABLE = 14
 class Dispatcher:
     def __init__(self, store: ImageStore, queue: JobQueue, hub: ProgressHub, workers: WorkerPool,
                  *, consumers: int = 2, name: str | None = None,
-                 credentials: Callable[[str], RegistryCredentials | None] = lambda _job: None,
+                 credentials: Callable[[int, str], RegistryCredentials | None] = (
+                     lambda _uid, _reference: None),
                  lease_seconds: float = 30.0, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.queue = queue
@@ -112,7 +113,9 @@ class Dispatcher:
             job_id=job.job_id, system=job.system, reference=payload["reference"],
             user_acl=tuple(payload.get("user_acl", ())),
             group_acl=tuple(payload.get("group_acl", ())),
-            credentials=self.credentials(job.job_id),
+            # Looked up now, for the puller only: secrets never enter the queue payload.
+            credentials=self.credentials(int(payload.get("requester_uid", -1)),
+                                         payload["reference"]),
             known_manifest_digest=payload.get("known_manifest_digest", ""),
         )
         keeper = _LeaseKeeper(self.queue, claim, self.lease_seconds / 3)

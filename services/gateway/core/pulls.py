@@ -1,5 +1,6 @@
-"""Pull semantics: one job per (system, reference) at a time, PullUpdateTimeout,
-cheap re-checks of old images, progress watching, lookups and listings.
+"""Pull semantics: one job per (system, reference, ACL) at a time, PullUpdateTimeout,
+cheap re-checks of old images, progress watching, lookups and listings, each
+decided for one `Caller` (anonymous pulls, private images, per-user limits).
 
 No grpc here: the servicer calls these methods with plain values."""
 
@@ -11,13 +12,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from imagegw.acl import acl_key, normalized_acl
 from imagegw.config import Config
-from imagegw.errors import ImageNotFound, InvalidRequest
+from imagegw.errors import ImageNotFound, InvalidRequest, PermissionDenied, Unauthenticated
+from imagegw.gateway.core.access import ANONYMOUS_CALLER, Caller
+from imagegw.gateway.core.limits import PullLimiter
 from imagegw.gateway.core.views import ImageStatus, lookup_status, pull_status
 from imagegw.gateway.queue.base import JobQueue, ProgressHub, QueuedJob
 from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
 from imagegw.gateway.store.base import ImageStore
-from imagegw.model import ImageState, Progress, Stage
+from imagegw.model import Failure, ImageState, Progress, Stage
 from imagegw.reference import parse_reference
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,9 @@ log = logging.getLogger(__name__)
 WATCH_POLL_SECONDS = 2.0
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+#: References of imported images ("import/<tag>"); they never come from a registry.
+IMPORT_PREFIX = "import/"
+FAILED_PRECONDITION = 9
 
 
 @dataclass(frozen=True)
@@ -49,12 +56,14 @@ class PullTicket:
     fresh: bool
 
 
-def acl_key(user_acl: tuple[int, ...], group_acl: tuple[int, ...]) -> str:
-    if not user_acl and not group_acl:
-        return ""
-    users = ",".join(str(u) for u in sorted(set(user_acl)))
-    groups = ",".join(str(g) for g in sorted(set(group_acl)))
-    return f"u:{users};g:{groups}"
+def _visible_pull(caller: Caller, pull: PullRecord) -> bool:
+    return caller.can_use(pull.key.acl_key, pull.user_acl, pull.group_acl)
+
+
+def _lookup_rank(pull: PullRecord) -> tuple[bool, bool, float]:
+    """Lookups prefer a READY image, then the caller's private copy, then the newest."""
+    return (pull.state == ImageState.READY, bool(pull.key.acl_key),
+            pull.ready_time or pull.updated)
 
 
 def job_payload(key: PullKey, record: PullRecord, known_manifest_digest: str = "") -> dict:
@@ -76,6 +85,7 @@ class PullManager:
         self.queue = queue
         self.hub = hub
         self.clock = clock
+        self.limiter = PullLimiter(store, config.max_concurrent_pulls_per_user)
 
     # -- pulls -----------------------------------------------------------------
 
@@ -84,16 +94,32 @@ class PullManager:
         if image_type not in ("", "docker"):
             raise InvalidRequest(f"unsupported image type {image_type!r}",
                                  hint="pull supports type 'docker'")
+        if reference.strip().startswith(IMPORT_PREFIX):
+            return import_reference(reference.strip().removeprefix(IMPORT_PREFIX))
         return str(parse_reference(reference, self.config))
 
-    def request_pull(self, request: PullRequest) -> PullTicket:
+    def request_pull(self, request: PullRequest, caller: Caller = ANONYMOUS_CALLER) -> PullTicket:
+        platform = self.config.platform(request.system)
+        private = bool(request.user_acl or request.group_acl)
+        if caller.anonymous and (private or not platform.allow_anonymous_pull):
+            what = "private pulls" if private else f"pulls on system {platform.name}"
+            raise Unauthenticated(
+                f"{what} need a MUNGE credential; this request carried none",
+                hint="run shifterimg on a node of the system (munge must work there)")
         reference = self.normalize(request.system, request.image_type, request.reference)
-        key = PullKey(request.system, reference, acl_key(request.user_acl, request.group_acl))
+        if reference.startswith(IMPORT_PREFIX):
+            raise InvalidRequest(f"{reference} is an imported image and cannot be pulled",
+                                 hint="look it up, or import it again (shifterimg import)")
+        users = normalized_acl((*request.user_acl, caller.uid)) if private else ()
+        groups = normalized_acl(request.group_acl)
+        key = PullKey(request.system, reference, acl_key(users, groups))
+        if private and not caller.is_admin(request.system):
+            self._check_acl_change(key, caller)
         now = self.clock()
         current = self.store.get_pull(key)
         known_digest = ""
         if current is not None and current.state == ImageState.READY and current.image_id:
-            image = self.store.get_image(key.system, current.image_id)
+            image = self.store.get_image(key.system, current.image_id, key.acl_key)
             if image is not None and image.state == ImageState.READY:
                 age = now - current.ready_time
                 if not request.force and age < self.config.pull_update_timeout:
@@ -101,22 +127,33 @@ class PullManager:
                 if not request.force:
                     known_digest = image.manifest_digest
         job_id = uuid.uuid4().hex
-        record, started = self.store.begin_pull(
-            key, job_id, now, requester_uid=request.requester_uid,
-            user_acl=tuple(sorted(set(request.user_acl))),
-            group_acl=tuple(sorted(set(request.group_acl))),
-        )
+        with self.limiter.admit(caller, key):
+            record, started = self.store.begin_pull(
+                key, job_id, now, requester_uid=caller.uid, user_acl=users, group_acl=groups)
         if started:
             self.queue.submit(QueuedJob(job_id, key.system, job_payload(key, record, known_digest)))
             log.info("pull %s on %s: job %s queued%s", reference, key.system, job_id,
                      " (re-check)" if known_digest else "")
         return PullTicket(key, record.job_id, started=started, fresh=False)
 
+    def _check_acl_change(self, key: PullKey, caller: Caller) -> None:
+        """A private image of this reference that names the caller but was pulled by
+        someone else keeps its ACLs: only its puller (or an admin) may set new ones."""
+        for pull in self.store.pulls_of(key.system, key.reference):
+            if (pull.key.acl_key and pull.key.acl_key != key.acl_key
+                    and pull.requester_uid != caller.uid
+                    and caller.named_in(pull.user_acl, pull.group_acl)):
+                raise PermissionDenied(
+                    f"{key.reference} on {key.system} is private to an ACL set by uid "
+                    f"{pull.requester_uid}; only that user or an admin can change its ACLs",
+                    hint="use the image as it is (shifterimg lookup), or ask its owner")
+
     def status(self, key: PullKey, progress: Progress | None = None) -> ImageStatus:
         pull = self.store.get_pull(key)
         if pull is None:
             raise ImageNotFound(f"no pull of {key.reference} on {key.system}")
-        image = self.store.get_image(key.system, pull.image_id) if pull.image_id else None
+        image = (self.store.get_image(key.system, pull.image_id, key.acl_key)
+                 if pull.image_id else None)
         return pull_status(pull, image, expiration=self.config.image_expiration_timeout,
                            progress=progress)
 
@@ -158,46 +195,55 @@ class PullManager:
     # -- lookups -----------------------------------------------------------------
 
     def lookup(self, system: str, image_type: str, reference: str,
-               acl: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())) -> ImageStatus:
+               caller: Caller = ANONYMOUS_CALLER) -> ImageStatus:
+        """The image a reference points at for this caller: public, or a private copy
+        naming them (never one they may not use, not even for admins)."""
         if image_type == "id":
-            return self.lookup_id(system, reference)
+            return self.lookup_id(system, reference, caller)
         normalized = self.normalize(system, image_type, reference)
-        key = PullKey(system, normalized, acl_key(*acl))
-        pull = self.store.get_pull(key)
+        visible = [p for p in self.store.pulls_of(system, normalized) if _visible_pull(caller, p)]
+        pull = max(visible, key=_lookup_rank) if visible else None
         image = None
         if pull is not None and pull.image_id:
-            image = self.store.get_image(system, pull.image_id)
+            image = self.store.get_image(system, pull.image_id, pull.key.acl_key)
         if pull is None or (image is None and pull.state != ImageState.FAILED
                             and not pull.state.in_flight):
             raise ImageNotFound(
                 f"image {normalized} is not on system {system}",
                 hint=f"pull it first: shifterimg -s {system} pull {reference}")
         if image is not None and image.state == ImageState.READY:
-            self.store.touch_image(system, image.image_id, self.clock())
+            self.store.touch_image(system, image.image_id, self.clock(), image.acl_key)
         return lookup_status(pull, image, reference=normalized, system=system,
                              expiration=self.config.image_expiration_timeout)
 
-    def lookup_id(self, system: str, image_id: str) -> ImageStatus:
+    def lookup_id(self, system: str, image_id: str,
+                  caller: Caller = ANONYMOUS_CALLER) -> ImageStatus:
         self.config.platform(system)
         image_id = image_id.removeprefix("sha256:").lower()
         if not image_id or len(image_id) > 64 or any(c not in "0123456789abcdef" for c in image_id):
             raise InvalidRequest(f"invalid image id {image_id!r}", hint="64 hex digits")
-        image = self.store.get_image(system, image_id)
-        if image is None:
+        usable = [i for i in self.store.find_images(system, image_id)
+                  if caller.can_use(i.acl_key, i.user_acl, i.group_acl)]
+        if not usable:
             raise ImageNotFound(f"no image with id {image_id} on system {system}")
+        image = max(usable, key=lambda i: (i.state == ImageState.READY, bool(i.acl_key),
+                                           i.last_pull))
         if image.state == ImageState.READY:
-            self.store.touch_image(system, image.image_id, self.clock())
+            self.store.touch_image(system, image.image_id, self.clock(), image.acl_key)
         return lookup_status(None, image, reference=image.tags[0] if image.tags else "",
                              system=system, expiration=self.config.image_expiration_timeout)
 
     def list_images(self, system: str, state: ImageState | None, page_size: int,
-                    page_token: str) -> tuple[list[ImageStatus], str]:
+                    page_token: str, caller: Caller = ANONYMOUS_CALLER
+                    ) -> tuple[list[ImageStatus], str]:
+        """A page of the images the caller may see (admins: every image of the system)."""
         self.config.platform(system)
         if page_size < 0:
             raise InvalidRequest("page_size must not be negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        viewer = None if caller.is_admin(system) else caller.viewer
         try:
-            images, token = self.store.list_images(system, state, size, page_token)
+            images, token = self.store.list_images(system, state, size, page_token, viewer)
         except ValueError as exc:
             raise InvalidRequest("invalid page_token", hint="pass a token from a previous "
                                  "response, or none for the first page") from exc
@@ -208,11 +254,14 @@ class PullManager:
         ]
         return statuses, token
 
-    def list_jobs(self, system: str | None) -> list[PullRecord]:
+    def list_jobs(self, system: str | None, caller: Caller = ANONYMOUS_CALLER) -> list[PullRecord]:
+        """Jobs in flight or failed, of public pulls and private ones the caller may see."""
         if system:
             self.config.platform(system)
         return [pull for pull in self.store.list_pulls(system)
-                if pull.state.in_flight or pull.state == ImageState.FAILED]
+                if (pull.state.in_flight or pull.state == ImageState.FAILED)
+                and caller.can_see(pull.key.system, pull.key.acl_key, pull.user_acl,
+                                   pull.group_acl)]
 
     # -- recovery ------------------------------------------------------------------
 
@@ -226,11 +275,27 @@ class PullManager:
         for pull in self.store.in_flight_pulls():
             if pull.job_id in queued or now - pull.updated < min_age:
                 continue
+            if pull.key.reference.startswith(IMPORT_PREFIX):
+                # An upload cannot resume: its bytes went with the connection.
+                self.store.fail_pull(pull.key, pull.job_id, Failure(
+                    FAILED_PRECONDITION, "the import was interrupted by a gateway restart; "
+                    "import the image again"), now)
+                continue
             self.queue.submit(QueuedJob(pull.job_id, pull.key.system, job_payload(pull.key, pull)))
             resumed += 1
             log.info("resuming pull %s on %s (job %s) after restart", pull.key.reference,
                      pull.key.system, pull.job_id)
         return resumed
+
+
+def import_reference(tag: str) -> str:
+    """"import/<name>:<tag>" for an import tag ("mytools:1.0"; the tag defaults to latest)."""
+    name, _, version = tag.strip().partition(":")
+    parsed = parse_reference(f"{name}:{version or 'latest'}",
+                             Config(default_image_location="import"))
+    if parsed.digest or parsed.location != "import":
+        raise InvalidRequest(f"invalid import tag {tag!r}", hint="a name and tag like mytools:1.0")
+    return f"{IMPORT_PREFIX}{parsed.repository}:{parsed.tag}"
 
 
 def progress_event(state: ImageState, progress: Progress) -> dict:

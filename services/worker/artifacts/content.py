@@ -44,6 +44,8 @@ IMAGE_LAYER_TYPES = (SQUASHFS_MEDIA_TYPE, SIF_MEDIA_TYPE)
 ANNOTATION_RUNTIME_CONFIG = "io.imagegw.image.config"
 
 SQUASHFS_MAGIC = b"hsqs"
+#: The squashfs superblock up to `bytes_used`: magic, ..., version major, ..., bytes_used.
+_SUPERBLOCK = struct.Struct("<4s24xH10xQ")
 SIF_MAGIC = b"SIF_MAGIC\0"
 #: Seconds `unsquashfs -s` may take to read a superblock.
 UNSQUASHFS_TIMEOUT = 60.0
@@ -61,12 +63,19 @@ _SIF_MAX_DESCRIPTORS = 4096
 def check_squashfs(path: Path) -> None:
     """Raises ContentRejected unless `path` is a squashfs file `unsquashfs` can read."""
     with open(path, "rb") as handle:
-        magic = handle.read(len(SQUASHFS_MAGIC))
-    if magic != SQUASHFS_MAGIC:
+        superblock = handle.read(_SUPERBLOCK.size)
+    magic = superblock[:len(SQUASHFS_MAGIC)]
+    if magic != SQUASHFS_MAGIC or len(superblock) < _SUPERBLOCK.size:
         raise ContentRejected(
             f"the artifact's image layer is not a squashfs file (starts with {magic!r})",
             hint=f"push a squashfs file with media type {SQUASHFS_MEDIA_TYPE}",
         )
+    major, bytes_used = _SUPERBLOCK.unpack(superblock)[1:]
+    if major != 4:
+        raise ContentRejected(f"the artifact's squashfs file has version {major}, expected 4")
+    if bytes_used > path.stat().st_size:
+        raise ContentRejected(f"the artifact's squashfs file is damaged: it says it uses "
+                              f"{bytes_used} bytes but has {path.stat().st_size}")
     unsquashfs = shutil.which("unsquashfs")
     if unsquashfs is None:
         raise ConversionFailed("unsquashfs is not installed", hint="install squashfs-tools")

@@ -9,8 +9,11 @@ come only from our configuration, never from ~/.docker/config.json.
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ from imagegw.model import RegistryCredentials
 
 log = logging.getLogger(__name__)
 
+#: The layer annotation oras reads as the file's name.
+TITLE_ANNOTATION = "org.opencontainers.image.title"
 #: Upload chunk for blobs (PATCH requests), bounding the memory one push uses.
 UPLOAD_CHUNK = 16 * 1024 * 1024
 
@@ -52,7 +57,12 @@ class _ConfiguredAuth:
 
 
 class _TokenAuth(_ConfiguredAuth, oras.auth.TokenAuth):
-    pass
+    def authenticate_request(self, original: requests.Response, headers: dict[str, str],
+                             refresh: bool = False) -> tuple[dict[str, str], bool]:
+        # A 401 while holding a token means the token lacks this request's scope (a pull
+        # token from the first HEAD, then a POST that needs push); oras would resend the
+        # same token, so always ask the realm for the scope the new challenge names.
+        return super().authenticate_request(original, headers, refresh=True)
 
 
 class _BasicAuth(_ConfiguredAuth, oras.auth.BasicAuth):
@@ -97,34 +107,48 @@ def _challenge_scheme(session: requests.Session, url: str, tls_verify: bool | st
     return header.strip().split(" ", 1)[0].lower()
 
 
+@dataclass(frozen=True)
+class ArtifactFile:
+    """A layer to push: the file, its media type and the name it carries (its title)."""
+
+    path: Path
+    media_type: str
+    title: str
+
+
 def push_artifact(
     location: Location,
     repository: str,
     tag: str,
-    files: Sequence[tuple[Path, str]],
+    files: Sequence[ArtifactFile],
     config: tuple[Path, str],
     annotations: Mapping[str, str],
     *,
     credentials: RegistryCredentials | None,
     limits: Limits,
 ) -> str:
-    """Pushes `files` ((path, media type), named by their file names) as `repository:tag`.
+    """Pushes `files` as the layers of `repository:tag`; the files are only read.
 
     Returns the manifest digest. Raises RegistryUnavailable or RegistryAuthFailed.
     """
     registry, host = _registry(location, credentials, limits)
     target = f"{host}/{repository}:{tag}"
+    titles = {str(item.path): {TITLE_ANNOTATION: item.title} for item in files}
     try:
-        response = registry.push(
-            target,
-            files=[f"{path}:{media_type}" for path, media_type in files],
-            manifest_config=f"{config[0]}:{config[1]}",
-            manifest_annotations=dict(annotations),
-            disable_path_validation=True,
-            do_chunked=True,
-            chunk_size=UPLOAD_CHUNK,
-            quiet=True,
-        )
+        with tempfile.TemporaryDirectory(prefix="imagegw-push-") as workdir:
+            annotation_file = Path(workdir) / "annotations.json"
+            annotation_file.write_text(json.dumps(titles))
+            response = registry.push(
+                target,
+                files=[f"{item.path}:{item.media_type}" for item in files],
+                manifest_config=f"{config[0]}:{config[1]}",
+                annotation_file=str(annotation_file),
+                manifest_annotations=dict(annotations),
+                disable_path_validation=True,
+                do_chunked=True,
+                chunk_size=UPLOAD_CHUNK,
+                quiet=True,
+            )
     except (requests.RequestException, OSError) as exc:
         raise RegistryUnavailable(f"pushing {target} failed: {exc}") from exc
     except (ValueError, jsonschema.ValidationError) as exc:

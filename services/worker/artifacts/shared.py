@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from .content import (
     check_squashfs,
     metadata_config,
 )
-from .oras_push import push_artifact
+from .oras_push import ArtifactFile, push_artifact
 from .ready_made import get_artifact
 
 log = logging.getLogger(__name__)
@@ -154,30 +155,26 @@ class SharedConversionRegistry:
         """Pushes a conversion; returns the manifest digest, or None when it failed."""
         if not self.settings.push:
             return None
-        staging = squashfs.parent / f"shared-{key.digest[:16]}"
-        staging.mkdir(exist_ok=True)
-        image_file = staging / f"{image_id}.{key.image_format}"
-        meta_file = staging / f"{image_id}.meta"
-        config_file = staging / "config.json"
+        image_name = f"{image_id}.{key.image_format}"
         try:
-            image_file.hardlink_to(squashfs)
-            meta_file.write_bytes(render_meta(key.image_format, metadata))
-            config_file.write_bytes(metadata_config(metadata))
-            annotations = {**key.annotations(), ANNOTATION_IMAGE_ID: image_id,
-                           ANNOTATION_SOURCE_REFERENCE: reference}
-            return push_artifact(
-                self.location, self.settings.repository, key.tag,
-                [(image_file, SQUASHFS_MEDIA_TYPE), (meta_file, META_MEDIA_TYPE)],
-                (config_file, CONFIG_MEDIA_TYPE), annotations,
-                credentials=self.credentials, limits=self.config.limits)
+            # Only the small files are written; the squashfs is pushed from where it is.
+            with tempfile.TemporaryDirectory(prefix="imagegw-share-") as staging:
+                meta_file = Path(staging) / f"{image_id}.meta"
+                config_file = Path(staging) / "config.json"
+                meta_file.write_bytes(render_meta(key.image_format, metadata))
+                config_file.write_bytes(metadata_config(metadata))
+                annotations = {**key.annotations(), ANNOTATION_IMAGE_ID: image_id,
+                               ANNOTATION_SOURCE_REFERENCE: reference}
+                return push_artifact(
+                    self.location, self.settings.repository, key.tag,
+                    [ArtifactFile(squashfs, SQUASHFS_MEDIA_TYPE, image_name),
+                     ArtifactFile(meta_file, META_MEDIA_TYPE, meta_file.name)],
+                    (config_file, CONFIG_MEDIA_TYPE), annotations,
+                    credentials=self.credentials, limits=self.config.limits)
         except (ImageGatewayError, OSError) as exc:
             log.warning("publishing the conversion of %s to %s/%s failed: %s", reference,
                         self.location.name, self.settings.repository, exc)
             return None
-        finally:
-            for path in (image_file, meta_file, config_file):
-                path.unlink(missing_ok=True)
-            staging.rmdir()
 
 
 def _matches(annotations: dict[str, str], key: ConversionKey, image_id: str) -> bool:

@@ -7,8 +7,10 @@ downloads, and verification of every size and sha256 while streaming.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import BinaryIO, TypeVar
@@ -20,6 +22,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from imagegw.config import Limits
 from imagegw.errors import (
     ContentRejected,
+    ConversionFailed,
     DigestMismatch,
     ImageNotFound,
     RegistryProtocolError,
@@ -304,7 +307,11 @@ class _Download:
                 f"layer larger than its manifest says: blob {self.digest} sent more than "
                 f"the {self.size} bytes the manifest says"
             )
-        self.out.write(chunk)
+        try:
+            self.out.write(chunk)
+        except OSError as exc:
+            # Our own disk failed, not the registry: retrying the download cannot help.
+            raise _local_write_failed(self.digest, self.out, exc) from exc
         self._hash.update(chunk)
         self.written += len(chunk)
         if self.on_bytes is not None:
@@ -340,3 +347,25 @@ def _content_range_start(value: str) -> int:
     unit, _, spec = value.strip().partition(" ")
     first = spec.split("-", 1)[0]
     return int(first) if unit == "bytes" and first.isdigit() else -1
+
+
+def _local_write_failed(digest: str, out: BinaryIO, exc: OSError) -> ConversionFailed:
+    """The error for a blob that cannot be stored: it names the directory written to."""
+    where = _directory_of(out)
+    hint = None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = f"free space on the file system holding {where}"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = f"the worker needs write access to {where}"
+    return ConversionFailed(
+        f"storing blob {digest} in {where} failed: {exc.strerror or exc}", hint=hint)
+
+
+def _directory_of(out: BinaryIO) -> str:
+    """The directory of the file behind `out`, or a description when it has none."""
+    name = getattr(out, "name", None)
+    try:
+        path = name if isinstance(name, str) else os.readlink(f"/proc/self/fd/{out.fileno()}")
+    except (AttributeError, OSError, ValueError):
+        return "the worker's local storage"
+    return os.path.dirname(path) or "."

@@ -118,11 +118,17 @@ class Transport:
         default the first URL's): a redirect elsewhere never carries it.
         """
         trusted = auth_origin or origin(url)
-        for _ in range(MAX_REDIRECTS + 1):
+        first_host = _host(url)
+        for hop in range(MAX_REDIRECTS + 1):
             request_headers = dict(headers)
             if authorization and origin(url) == trusted:
                 request_headers["Authorization"] = authorization
-            response = self._send_once(method, url, request_headers)
+            try:
+                response = self._send_once(method, url, request_headers)
+            except RegistryUnavailable as exc:
+                if hop:  # say where the address came from: it is not in the configuration
+                    exc.message += f" (the registry {first_host} redirected there)"
+                raise
             if response.status not in REDIRECT_STATUS:
                 return response
             location = response.headers.get("Location")

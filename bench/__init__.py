@@ -1,0 +1,1 @@
+"""The fast-path benchmark: `bench/run` or `python -m bench` (see docs/performance.md)."""

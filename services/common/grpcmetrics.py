@@ -1,0 +1,87 @@
+"""gRPC request metrics (edge code): a server interceptor counting every request
+by service, method and final status code into `imagegw.metrics`' registry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from imagegw.metrics import GRPC_REQUESTS, GRPC_SECONDS
+
+
+def _code_name(context: grpc.ServicerContext, default: grpc.StatusCode) -> str:
+    code = context.code() if hasattr(context, "code") else None
+    return (code if isinstance(code, grpc.StatusCode) else default).name
+
+
+class _RequestMetrics(grpc.ServerInterceptor):
+    """Counts every handled request by service, method and final status code."""
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                          handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
+            return None
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        labels = (service, method)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _single(handler.unary_unary, labels), handler.request_deserializer,
+                handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _single(handler.stream_unary, labels), handler.request_deserializer,
+                handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _streamed(handler.unary_stream, labels), handler.request_deserializer,
+                handler.response_serializer)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _streamed(handler.stream_stream, labels), handler.request_deserializer,
+                handler.response_serializer)
+        return handler
+
+
+def _record(labels: tuple[str, str], code: str, started: float) -> None:
+    GRPC_REQUESTS.labels(*labels, code).inc()
+    GRPC_SECONDS.labels(*labels).observe(time.monotonic() - started)
+
+
+def _single(behavior: Callable[..., Any], labels: tuple[str, str]) -> Callable[..., Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.monotonic()
+        try:
+            response = behavior(request, context)
+        except BaseException:
+            _record(labels, _code_name(context, grpc.StatusCode.UNKNOWN), started)
+            raise
+        _record(labels, _code_name(context, grpc.StatusCode.OK), started)
+        return response
+    return handle
+
+
+def _streamed(behavior: Callable[..., Any], labels: tuple[str, str]) -> Callable[..., Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        started = time.monotonic()
+        try:
+            yield from behavior(request, context)
+        except GeneratorExit:  # the client went away mid-stream
+            _record(labels, grpc.StatusCode.CANCELLED.name, started)
+            raise
+        except BaseException:
+            _record(labels, _code_name(context, grpc.StatusCode.UNKNOWN), started)
+            raise
+        _record(labels, _code_name(context, grpc.StatusCode.OK), started)
+    return handle
+
+
+_INTERCEPTOR = _RequestMetrics()
+
+
+def server_interceptor() -> grpc.ServerInterceptor:
+    """The interceptor every server of the process shares (see grpcserver.create_server)."""
+    return _INTERCEPTOR

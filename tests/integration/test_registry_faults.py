@@ -1,0 +1,280 @@
+"""Issue 4, registry faults end to end: a fault-injecting proxy (tests/support/proxy.py)
+in front of a real docker-registry, pulled through the worker's Builder.
+
+Retryable faults (resets, 5xx, 429, trickles) end in a correct image; the rest fail with
+a clear cause within a bound set by the configured timeouts, and never hold a worker
+slot beyond them. Elapsed times are recorded for docs/hostile-input-report.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from imagegw import errors
+from imagegw.config import parse_config
+from imagegw.model import BuildJob, BuildResult
+from imagegw.worker.build import Builder
+from imagegw.worker.jobs import JobRegistry
+from imagegw.worker.paths import WorkerPaths
+from tests.support import layers as L
+from tests.support.images import push_image
+from tests.support.proxy import (
+    MANIFEST_PATH,
+    Fault,
+    RateLimited,
+    RegistryProxy,
+    Reply,
+    Request,
+    ResetMidBody,
+    ServerErrors,
+    Trickle,
+)
+from tests.support.registry import free_port, registry  # noqa: F401
+from tests.support.squashfs_tree import read_squashfs, sha256
+
+PAYLOAD = random.Random(9).randbytes(3 * 1024 * 1024)
+LAYER = L.layer(L.file("payload.bin", PAYLOAD), compression="none")
+
+
+def builder_for(root: Path, locations: dict[str, str], **limits) -> Builder:
+    config = parse_config({
+        "CacheDirectory": str(root / "cache"), "ExpandDirectory": str(root / "expand"),
+        "Locations": {name: {"url": url} for name, url in locations.items()},
+        "Platforms": {"cluster": {"accesstype": "local",
+                                  "local": {"imageDir": str(root / "images")}}},
+        "Limits": {"httpTimeout": 5, "httpRetries": 4, **limits},
+    })
+    return Builder(config, WorkerPaths(config.cache_dir, config.expand_dir))
+
+
+def build(builder: Builder, reference: str = "testreg/faults/app:1") -> BuildResult:
+    return builder.build(BuildJob(job_id="faults", system="cluster", reference=reference),
+                         lambda progress: None)
+
+
+@pytest.fixture(scope="module")
+def pushed(registry):  # noqa: F811
+    return push_image(registry.url, "faults/app", "1", [LAYER])
+
+
+@pytest.fixture
+def proxy(registry):  # noqa: F811
+    with RegistryProxy(registry.url) as running:
+        yield running
+
+
+def layer_path(pushed) -> str:
+    return rf"/blobs/{pushed.layer_digests[0]}$"
+
+
+def assert_image_is_complete(root: Path, result: BuildResult) -> None:
+    tree = read_squashfs(root / "images" / result.image_file)
+    assert tree["payload.bin"].sha256 == sha256(PAYLOAD)
+    assert sorted(p.name for p in (root / "images").iterdir()) == sorted(
+        [result.image_file, result.meta_file])
+    assert list((root / "expand").iterdir()) == []
+
+
+def assert_nothing_published(root: Path) -> None:
+    images = root / "images"
+    assert not images.exists() or list(images.iterdir()) == []
+    assert list((root / "expand").iterdir()) == []
+    assert list((root / "cache" / "blobs").rglob(".*")) == []
+
+
+class RedirectTo(Fault):
+    """Answers matching requests with 307 to `url`."""
+
+    canned = True
+
+    def __init__(self, url: str, path: str):
+        super().__init__(path, times=None)
+        self.url = url
+
+    def apply(self, request: Request, reply: Reply | None) -> Reply:
+        return Reply(307, [("Location", self.url)])
+
+
+class SilentServer:
+    """A loopback socket that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self._sock.accept()
+                self.accepted.append(connection)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
+        self._sock.close()
+        for connection in self.accepted:
+            connection.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def silent():
+    server = SilentServer()
+    yield server
+    server.stop()
+
+
+def test_connection_reset_mid_blob_resumes_with_a_range_request(
+        tmp_path, proxy, pushed, record_property):
+    proxy.faults.append(ResetMidBody(layer_path(pushed), after_bytes=1_500_000))
+    started = time.monotonic()
+    result = build(builder_for(tmp_path, {"testreg": proxy.url}))
+    record_property("seconds", f"{time.monotonic() - started:.2f}")
+    requests = [r for r in proxy.requests if r.path.endswith(pushed.layer_digests[0])]
+    assert len(requests) == 2
+    assert "range" not in requests[0].headers
+    resumed_from = int(requests[1].headers["range"].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_from <= 1_500_000
+    record_property("outcome", f"built; resumed with Range: bytes={resumed_from}-")
+    assert_image_is_complete(tmp_path, result)
+
+
+def test_5xx_burst_on_manifest_and_blob_is_retried_to_success(
+        tmp_path, proxy, pushed, record_property):
+    proxy.faults.append(ServerErrors(MANIFEST_PATH, status=502, times=2))
+    proxy.faults.append(ServerErrors(layer_path(pushed), status=503, times=3))
+    started = time.monotonic()
+    result = build(builder_for(tmp_path, {"testreg": proxy.url}))
+    record_property("seconds", f"{time.monotonic() - started:.2f}")
+    assert proxy.count("GET", MANIFEST_PATH) == 3
+    assert proxy.count("GET", layer_path(pushed)) == 4
+    record_property("outcome", "built after 2 manifest 502s and 3 blob 503s")
+    assert_image_is_complete(tmp_path, result)
+
+
+def test_persistent_5xx_fails_as_unavailable_after_the_configured_attempts(
+        tmp_path, proxy, pushed, record_property):
+    proxy.faults.append(ServerErrors(layer_path(pushed), status=503, times=None))
+    started = time.monotonic()
+    with pytest.raises(errors.RegistryUnavailable, match="answered 503") as caught:
+        build(builder_for(tmp_path, {"testreg": proxy.url}, httpRetries=3))
+    elapsed = time.monotonic() - started
+    record_property("outcome", f"{type(caught.value).__name__}: {caught.value}")
+    record_property("seconds", f"{elapsed:.2f}")
+    assert caught.value.retryable
+    assert proxy.count("GET", layer_path(pushed)) == 3
+    record_property("bound", "< 10 s (3 attempts, backoffs <= 0.5 s and 1 s)")
+    assert elapsed < 10, "two backoffs of at most 1 s and 2 s"
+    assert_nothing_published(tmp_path)
+
+
+def test_429_waits_for_retry_after_then_succeeds(tmp_path, proxy, pushed, record_property):
+    limited = RateLimited(layer_path(pushed), retry_after=2)
+    proxy.faults.append(limited)
+    started = time.monotonic()
+    result = build(builder_for(tmp_path, {"testreg": proxy.url}))
+    elapsed = time.monotonic() - started
+    record_property("seconds", f"{elapsed:.2f}")
+    record_property("outcome", "built after one 429 with Retry-After: 2")
+    assert limited.hits == 1
+    assert proxy.count("GET", layer_path(pushed)) == 2
+    record_property("bound", ">= 2 s (Retry-After: 2)")
+    assert elapsed >= 2.0, "Retry-After was not honoured"
+    assert_image_is_complete(tmp_path, result)
+
+
+def test_slow_trickle_within_the_timeout_completes(tmp_path, proxy, pushed, record_property):
+    slow = Trickle(layer_path(pushed), chunk_size=256 * 1024, delay=0.1)
+    proxy.faults.append(slow)
+    started = time.monotonic()
+    result = build(builder_for(tmp_path, {"testreg": proxy.url}, httpTimeout=2))
+    elapsed = time.monotonic() - started
+    record_property("seconds", f"{elapsed:.2f}")
+    record_property("outcome", "built from 256 KiB chunks every 0.1 s (timeout 2 s)")
+    assert slow.hits == 1
+    assert proxy.count("GET", layer_path(pushed)) == 1, "a trickle is not a failure"
+    assert_image_is_complete(tmp_path, result)
+
+
+def test_blob_that_stalls_longer_than_the_timeout_fails_within_the_bound(
+        tmp_path, proxy, pushed, record_property):
+    proxy.faults.append(Trickle(layer_path(pushed), chunk_size=64 * 1024, delay=5, times=None))
+    started = time.monotonic()
+    with pytest.raises(errors.RegistryUnavailable) as caught:
+        build(builder_for(tmp_path, {"testreg": proxy.url}, httpTimeout=1, httpRetries=2))
+    elapsed = time.monotonic() - started
+    record_property("outcome", f"{type(caught.value).__name__}: {caught.value}"[:300])
+    record_property("seconds", f"{elapsed:.2f}")
+    assert "broke off" in str(caught.value)
+    record_property("bound", "< 8 s (2 attempts x 1 s timeout + backoff, generously)")
+    assert elapsed < 2 * 1 + 1 + 5, "2 attempts x 1 s timeout + one backoff, generously"
+    assert_nothing_published(tmp_path)
+
+
+def test_redirect_to_a_dead_host_fails_naming_it(tmp_path, proxy, pushed, record_property):
+    dead = f"127.0.0.1:{free_port()}"
+    proxy.faults.append(RedirectTo(f"http://{dead}/blob", layer_path(pushed)))
+    started = time.monotonic()
+    with pytest.raises(errors.RegistryUnavailable) as caught:
+        build(builder_for(tmp_path, {"testreg": proxy.url}, httpRetries=2))
+    elapsed = time.monotonic() - started
+    record_property("outcome", f"{type(caught.value).__name__}: {caught.value}"[:300])
+    record_property("seconds", f"{elapsed:.2f}")
+    message = str(caught.value)
+    assert f"cannot reach registry {dead}" in message
+    assert f"the registry {proxy.host} redirected there" in message
+    record_property("bound", "< 10 s (2 attempts, connection refused)")
+    assert elapsed < 10
+    assert_nothing_published(tmp_path)
+
+
+def test_registry_that_never_answers_fails_within_the_timeout(
+        tmp_path, silent, record_property):
+    started = time.monotonic()
+    with pytest.raises(errors.RegistryUnavailable) as caught:
+        build(builder_for(tmp_path, {"testreg": silent.url}, httpTimeout=1, httpRetries=2))
+    elapsed = time.monotonic() - started
+    record_property("outcome", f"{type(caught.value).__name__}: {caught.value}"[:300])
+    record_property("seconds", f"{elapsed:.2f}")
+    assert silent.url.removeprefix("http://") in str(caught.value)
+    assert "timed out" in str(caught.value).lower()
+    assert len(silent.accepted) == 2, "one connection per attempt"
+    record_property("bound", "1 s .. 8 s (2 attempts x 1 s timeout + backoff)")
+    assert 1.0 <= elapsed < 2 * 1 + 1 + 5, "2 attempts x 1 s timeout + one backoff"
+    assert_nothing_published(tmp_path)
+
+
+def test_worker_slot_is_freed_when_a_silent_registry_times_out(
+        tmp_path, silent, proxy, pushed, record_property):
+    builder = builder_for(tmp_path, {"testreg": proxy.url, "silent": silent.url},
+                          httpTimeout=1, httpRetries=2)
+    jobs = JobRegistry(builder.build, slots=1)
+    started = time.monotonic()
+    stuck, _ = jobs.start_or_attach(BuildJob(job_id="stuck", system="cluster",
+                                             reference="silent/faults/app:1"))
+    waiting, _ = jobs.start_or_attach(BuildJob(job_id="waiting", system="cluster",
+                                               reference="testreg/faults/app:1"))
+    stuck_final = [event for event in stuck.watch(poll=0.2) if event.final][-1]
+    stuck_seconds = time.monotonic() - started
+    waiting_final = [event for event in waiting.watch(poll=0.2) if event.final][-1]
+    total = time.monotonic() - started
+    record_property("outcome", f"stuck job failed after {stuck_seconds:.1f}s; the queued job "
+                    f"then built in {total - stuck_seconds:.1f}s")
+    record_property("seconds", f"{total:.2f}")
+    assert stuck_final.failure is not None
+    assert "timed out" in stuck_final.failure.message.lower()
+    record_property("bound", "stuck job < 8 s, then the slot is free")
+    assert stuck_seconds < 2 * 1 + 1 + 5
+    assert waiting_final.result is not None, waiting_final.failure
+    assert jobs.active() == []
+    assert_image_is_complete(tmp_path, waiting_final.result)
