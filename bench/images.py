@@ -187,7 +187,7 @@ def build_small_files(out: Path, scale: float) -> BenchImage:
                 writer.link(f"{name}.sym", name.rsplit("/", 1)[1])
         if number >= 2:
             # Whiteouts of files from lower layers, and one opaque directory.
-            # (Not hardlink targets: Charliecloud 0.31 fails on those, see docs/performance.md.)
+            # (Not hardlink targets, so that Charliecloud's extraction is not tested on them.)
             candidates = [name for name in written[: len(written) // 2] if name not in linked]
             for victim in rng.sample(candidates, min(200, len(candidates) // 4)):
                 writer.whiteout(victim)
@@ -216,7 +216,7 @@ def build_large_files(out: Path, scale: float) -> BenchImage:
             writer.file(name, content.make(per_file, noise_share=0.5))
             written.append(name)
             files += 1
-        # No hardlink here: Charliecloud 0.31 fails to extract one to a big file.
+        # No hardlink here: Charliecloud 0.31 fails to extract one (docs/performance.md).
         writer.link("data/latest", f"part{number}")
         if number >= 1:
             writer.whiteout(written[-count - 1])  # the last file of the layer below

@@ -59,6 +59,7 @@ def seed(name: str, tmp: Path, broker: str, registry_url: str) -> dict:
     config["Locations"]["testreg"] = {"remotetype": "dockerv2", "url": registry_url}
     cluster = config["Platforms"]["mycluster"]
     cluster["mungeSocketPath"] = str(tmp / "no-munge.socket")
+    cluster["allowAnonymousPull"] = True  # these tests pull without credentials
     if "local" in cluster:
         cluster["local"]["imageDir"] = str(tmp / "images")
     return config

@@ -181,7 +181,7 @@ def test_unwritable_image_directory_fails_naming_it_and_leaves_nothing(
 
 
 def test_blob_download_onto_a_full_disk_names_the_directory_and_is_not_retried(
-        tmp_path, registry, big_image):  # noqa: F811
+        tmp_path, registry, big_image, record_property):  # noqa: F811
     """The registry client blames the local disk, not the registry, and does not retry."""
     with tmpfs(tmp_path / "cache") as cache, RegistryProxy(registry.url) as proxy, \
             RegistryClient(proxy.url, "disk/big") as client:
@@ -191,14 +191,17 @@ def test_blob_download_onto_a_full_disk_names_the_directory_and_is_not_retried(
                 pytest.raises(errors.ConversionFailed) as caught:
             client.fetch_blob(digest, size, out)
         assert proxy.blob_gets() == 1
+    record_property("outcome", f"ConversionFailed: {caught.value}"[:300])
     assert f"in {cache} failed: No space left on device" in str(caught.value)
     assert f"free space on the file system holding {cache}" in str(caught.value)
 
 
-def test_unwritable_scratch_directory_fails_naming_it(tmp_path, registry, big_image):  # noqa: F811
+def test_unwritable_scratch_directory_fails_naming_it(
+        tmp_path, registry, big_image, record_property):  # noqa: F811
     builder = builder_for(tmp_path, registry.url)
     with read_only(tmp_path / "expand") as expand:
         error = build(builder, "scratch-read-only")
+    record_property("outcome", f"{type(error).__name__}: {error}"[:300])
     assert isinstance(error, errors.ConversionFailed)
     assert f"cannot create scratch space in {expand}: Read-only file system" in str(error)
     assert leftovers(tmp_path, big_image.config_digest[7:]) == []

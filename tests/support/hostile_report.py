@@ -163,7 +163,7 @@ def _fault_table(title: str, results: list[Result]) -> list[str]:
         status = r.status if r.status != "xfail" else "known bug (xfail)"
         lines.append(f"| `{r.name}{'[' + r.param + ']' if r.param else ''}` | {status} | "
                      f"{_cell(outcome, 300)} | {seconds} s | "
-                     f"{_cell(r.properties.get('bound', ''))} |")
+                     f"{_cell(r.properties.get('bound', '-'))} |")
     lines += [""]
     known = [r for r in results if r.status == "xfail"]
     if known:

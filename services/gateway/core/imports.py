@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from imagegw.acl import acl_file_suffix, acl_key, normalized_acl
 from imagegw.config import Config, Platform
@@ -136,7 +137,7 @@ class Importer:
         return self.pulls.status(key)
 
 
-def _receive(out, chunks: Iterable[bytes], header: ImportHeader) -> None:
+def _receive(out: BinaryIO, chunks: Iterable[bytes], header: ImportHeader) -> None:
     digest = hashlib.sha256()
     size = 0
     for chunk in chunks:
