@@ -137,9 +137,6 @@ def test_full_scratch_file_system_fails_naming_it_and_leaves_nothing(
         assert leftovers(tmp_path, big_image.config_digest[7:]) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline/squashfs.py passes on tar2sqfs's own words, which for ENOSPC are "
-    "'finishing data blocks: I/O error.'; it does not say the file system is full"))
 def test_full_scratch_file_system_failure_says_the_disk_is_full(
         tmp_path, registry, big_image):  # noqa: F811
     with tmpfs(tmp_path / "expand"):
@@ -147,11 +144,6 @@ def test_full_scratch_file_system_failure_says_the_disk_is_full(
         assert "No space left on device" in str(error) or "is full" in str(error)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "registry/blobcache.py writes through `with os.fdopen(fd, 'w+b')`: when the download "
-    "fails with ENOSPC, closing the buffered file flushes the partial buffer, fails again "
-    "and replaces the client's ConversionFailed (which names the directory) with a bare "
-    "OSError; the job then fails as 'internal error in the worker: OSError'"))
 def test_full_layer_cache_fails_naming_it_and_leaves_nothing(
         tmp_path, registry, big_image, record_property):  # noqa: F811
     with tmpfs(tmp_path / "cache") as cache:

@@ -44,13 +44,7 @@ from tests.support.squashfs_tree import read_squashfs
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hostile"
 
 #: Cases that expose bugs in modules being reworked by someone else (see the report).
-KNOWN_BUGS = {
-    "truncated-zstd-layer": (
-        "pipeline/prepare.py indexes a downloading layer through decompress.open_layer_stream, "
-        "which does not walk zstd framing; zstandard's reader ends silently at a cut frame, so "
-        "the layer indexes as an empty tar, is never re-read by open_layer (it holds no "
-        "surviving file data) and an empty image is published"),
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def params(expect: str) -> list:

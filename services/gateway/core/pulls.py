@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 #: How often a watcher re-reads the store when no event arrived.
 WATCH_POLL_SECONDS = 2.0
 MAX_PAGE_SIZE = 1000
+#: Seconds within which repeated lookups of an image record only one use (at most
+#: 1% of ImageExpirationTimeout, so expiry stays accurate).
+TOUCH_INTERVAL = 60.0
 DEFAULT_PAGE_SIZE = 100
 #: References of imported images ("import/<tag>"); they never come from a registry.
 IMPORT_PREFIX = "import/"
@@ -211,10 +214,18 @@ class PullManager:
             raise ImageNotFound(
                 f"image {normalized} is not on system {system}",
                 hint=f"pull it first: shifterimg -s {system} pull {reference}")
-        if image is not None and image.state == ImageState.READY:
-            self.store.touch_image(system, image.image_id, self.clock(), image.acl_key)
+        if image is not None:
+            self._note_use(image)
         return lookup_status(pull, image, reference=normalized, system=system,
                              expiration=self.config.image_expiration_timeout)
+
+    def _note_use(self, image: ImageRecord) -> None:
+        """Records a lookup for expiry; at most once per TOUCH_INTERVAL per image, so
+        the lookups of every job submission do not each cost a database write."""
+        now = self.clock()
+        interval = min(TOUCH_INTERVAL, self.config.image_expiration_timeout / 100)
+        if image.state == ImageState.READY and now - image.last_used >= interval:
+            self.store.touch_image(image.system, image.image_id, now, image.acl_key)
 
     def lookup_id(self, system: str, image_id: str,
                   caller: Caller = ANONYMOUS_CALLER) -> ImageStatus:
@@ -228,8 +239,7 @@ class PullManager:
             raise ImageNotFound(f"no image with id {image_id} on system {system}")
         image = max(usable, key=lambda i: (i.state == ImageState.READY, bool(i.acl_key),
                                            i.last_pull))
-        if image.state == ImageState.READY:
-            self.store.touch_image(system, image.image_id, self.clock(), image.acl_key)
+        self._note_use(image)
         return lookup_status(None, image, reference=image.tags[0] if image.tags else "",
                              system=system, expiration=self.config.image_expiration_timeout)
 

@@ -62,9 +62,6 @@ def open_layer(
     try:
         kind = detect_format(raw.read(4))
         raw.seek(0)
-        if kind == "zstd":
-            _check_zstd_framing(raw, name)
-            raw.seek(0)
         stream = LayerStream(raw, kind, layer=name, max_uncompressed=max_uncompressed)
     except BaseException:
         raw.close()
@@ -77,9 +74,7 @@ def open_layer_stream(
 ) -> BinaryIO:
     """Like open_layer, over a stream that cannot seek (a download in progress).
 
-    zstd framing is not walked here (it needs the whole file): a truncated zstd
-    frame reads as a shorter layer, which the caller must catch by other means
-    (the blob's digest, and open_layer's check when the layer is read again).
+    A truncated zstd frame is caught while streaming (see _ZstdFraming).
     """
     head = _read_head(raw, 4)
     kind = detect_format(head)
@@ -242,68 +237,116 @@ class _GzipSource(_Source):
 class _ZstdSource(_Source):
     def __init__(self, raw: BinaryIO, layer: str) -> None:
         self._layer = layer
+        self._framing = _ZstdFraming(raw, layer)
         self._reader = zstandard.ZstdDecompressor().stream_reader(
-            raw, read_size=READ_SIZE, read_across_frames=True, closefd=False
+            self._framing, read_size=READ_SIZE, read_across_frames=True, closefd=False
         )
 
     def read(self, size: int) -> bytes:
         try:
-            return self._reader.read(size)
+            data = self._reader.read(size)
         except zstandard.ZstdError as exc:
             raise ContentRejected(
                 f"layer {self._layer} is not valid zstd: {exc}",
                 hint="the blob is corrupt; pull the image again",
             ) from exc
+        if not data:
+            # zstandard's reader ends silently inside a cut frame: the framing
+            # watcher knows whether the compressed bytes ended on a frame boundary.
+            self._framing.check_complete()
+        return data
 
     def close(self) -> None:
         self._reader.close()
 
 
-def _check_zstd_framing(raw: BinaryIO, layer: str) -> None:
-    """Walks frame and block headers to the end: zstandard's reader ends silently on
-    a truncated frame, so completeness is checked here (cheap: headers only)."""
-    size = os.fstat(raw.fileno()).st_size
-    pos = 0
-    while pos < size:
-        raw.seek(pos)
-        magic = int.from_bytes(_read_exact(raw, 4, layer), "little")
+class _ZstdFraming:
+    """Watches the compressed bytes as they are read and follows zstd's frame and
+    block headers, so a truncated layer is caught while streaming (headers only)."""
+
+    def __init__(self, raw: BinaryIO, layer: str) -> None:
+        self._raw = raw
+        self._layer = layer
+        self._pending = bytearray()  # bytes of the header being collected
+        self._need = 4               # bytes the current step still wants
+        self._skip = 0               # payload bytes to pass over
+        self._step = self._magic
+        self._at_boundary = True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        view = memoryview(data)
+        while view:
+            if self._skip:
+                taken = min(self._skip, len(view))
+                self._skip -= taken
+                view = view[taken:]
+                continue
+            taken = min(self._need - len(self._pending), len(view))
+            self._pending += view[:taken]
+            view = view[taken:]
+            if len(self._pending) == self._need:
+                header, self._pending = bytes(self._pending), bytearray()
+                self._step(header)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def check_complete(self) -> None:
+        if self._raw.read(1):
+            raise ContentRejected(f"layer {self._layer} has data after its last zstd frame",
+                                  hint="the blob is corrupt; pull the image again")
+        if not self._at_boundary or self._skip or self._pending:
+            _truncated(self._layer)
+
+    def _expect(self, count: int, step) -> None:
+        self._need, self._step = count, step
+
+    def _magic(self, header: bytes) -> None:
+        magic = int.from_bytes(header, "little")
+        self._at_boundary = False
         if magic & 0xFFFFFFF0 == _ZSTD_SKIPPABLE_LOW:
-            pos += 8 + int.from_bytes(_read_exact(raw, 4, layer), "little")
+            self._expect(4, self._skippable_size)
         elif magic == int.from_bytes(ZSTD_MAGIC, "little"):
-            pos = _skip_zstd_frame(raw, pos + 4, layer)
+            self._expect(1, self._descriptor)
         else:
-            raise ContentRejected(
-                f"layer {layer} has data that is not a zstd frame at byte {pos}",
-                hint="the blob is corrupt; pull the image again",
-            )
-    if pos != size:
-        _truncated(layer)
+            raise ContentRejected(f"layer {self._layer} has data that is not a zstd frame",
+                                  hint="the blob is corrupt; pull the image again")
 
+    def _skippable_size(self, header: bytes) -> None:
+        self._skip = int.from_bytes(header, "little")
+        self._frame_done()
 
-def _skip_zstd_frame(raw: BinaryIO, pos: int, layer: str) -> int:
-    descriptor = _read_exact(raw, 1, layer)[0]
-    fcs_flag = descriptor >> 6
-    single_segment = descriptor >> 5 & 1
-    checksum = descriptor >> 2 & 1
-    dict_size = (0, 1, 2, 4)[descriptor & 3]
-    fcs_size = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
-    pos += 1 + (0 if single_segment else 1) + dict_size + fcs_size
-    while True:
-        raw.seek(pos)
-        header = int.from_bytes(_read_exact(raw, 3, layer), "little")
-        last, block_type, block_size = header & 1, header >> 1 & 3, header >> 3
+    def _descriptor(self, header: bytes) -> None:
+        descriptor = header[0]
+        single_segment = descriptor >> 5 & 1
+        self._checksum = descriptor >> 2 & 1
+        rest = ((0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
+                + (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6])
+        if rest:
+            self._expect(rest, lambda _header: self._expect(3, self._block))
+        else:
+            self._expect(3, self._block)
+
+    def _block(self, header: bytes) -> None:
+        value = int.from_bytes(header, "little")
+        last, block_type, block_size = value & 1, value >> 1 & 3, value >> 3
         if block_type == 3:
-            raise ContentRejected(f"layer {layer} has a corrupt zstd block at byte {pos}")
-        pos += 3 + (1 if block_type == 1 else block_size)
-        if last:
-            return pos + 4 * checksum
+            raise ContentRejected(f"layer {self._layer} has a corrupt zstd block")
+        self._skip = 1 if block_type == 1 else block_size
+        if not last:
+            self._expect(3, self._block)
+        elif self._checksum:
+            self._expect(4, lambda _header: self._frame_done())
+        else:
+            self._frame_done()
 
-
-def _read_exact(raw: BinaryIO, count: int, layer: str) -> bytes:
-    data = raw.read(count)
-    if len(data) != count:
-        _truncated(layer)
-    return data
+    def _frame_done(self) -> None:
+        self._at_boundary = True
+        self._expect(4, self._magic)
 
 
 def _truncated(layer: str) -> None:

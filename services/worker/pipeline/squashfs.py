@@ -78,11 +78,16 @@ def tar2sqfs_command(output: Path, options: ConverterOptions) -> list[str]:
 
 
 def build_squashfs(
-    write_tar: Callable[[BinaryIO], None], output: Path, options: ConverterOptions
+    write_tar: Callable[[BinaryIO], None], output: Path, options: ConverterOptions,
+    *, expected_bytes: int = 0,
 ) -> None:
-    """Runs tar2sqfs with `write_tar` feeding its stdin; `output` appears only when done."""
+    """Runs tar2sqfs with `write_tar` feeding its stdin; `output` appears only when done.
+
+    `expected_bytes` (the file data going in) lets a failure name a file system that
+    was too small: tar2sqfs removes its output and only says "I/O error"."""
     output = Path(output)
     partial = output.with_name(f".{output.name}.partial")
+    free_before = _free_bytes(output.parent)
     command = tar2sqfs_command(partial, options)
     log.debug("running %s", command)
     with tempfile.TemporaryFile() as stderr:
@@ -97,7 +102,7 @@ def build_squashfs(
                 process.wait(timeout=FINISH_TIMEOUT)
                 raise ConversionFailed(
                     f"tar2sqfs stopped reading its input (exit code {process.returncode}): "
-                    f"{_tail(stderr)}"
+                    f"{_tail(stderr)}", hint=_space_hint(output.parent, free_before, expected_bytes)
                 ) from None
             try:
                 code = process.wait(timeout=FINISH_TIMEOUT)
@@ -106,7 +111,9 @@ def build_squashfs(
                     f"tar2sqfs did not finish within {FINISH_TIMEOUT:.0f}s after its input"
                 ) from exc
             if code != 0:
-                raise ConversionFailed(f"tar2sqfs failed (exit code {code}): {_tail(stderr)}")
+                raise ConversionFailed(
+                    f"tar2sqfs failed (exit code {code}): {_tail(stderr)}",
+                    hint=_space_hint(output.parent, free_before, expected_bytes))
             os.replace(partial, output)
         except BaseException:
             _stop(process)
@@ -121,6 +128,26 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.stdin is not None:
         with contextlib.suppress(BrokenPipeError):
             process.stdin.close()
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def _space_hint(directory: Path, free_before: int | None, expected_bytes: int) -> str | None:
+    """Names a file system that was too small for the image, or is full now."""
+    free_now = _free_bytes(directory)
+    if free_before is None or free_now is None:
+        return None
+    if free_now < (1 << 20) or free_before < expected_bytes:
+        return (f"No space left on device? {directory} had {free_before} bytes free for "
+                f"{expected_bytes} bytes of file data; free space in ExpandDirectory or "
+                "make it larger")
+    return None
 
 
 def _tail(stderr: BinaryIO) -> str:
@@ -173,7 +200,7 @@ def flatten_to_squashfs(
         write_flat_tar(tree, open_for_write, out, on_bytes=progress.add)
         progress.finish()
 
-    build_squashfs(write_tar, output, options)
+    build_squashfs(write_tar, output, options, expected_bytes=total)
     stats = FlattenStats(
         files=len(tree.files), dirs=len(tree.directories), symlinks=len(tree.symlinks),
         hardlinks=tree.hardlinks, dropped=tree.dropped, data_bytes=total,

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from imagegw.errors import DigestMismatch
+from imagegw.errors import ConversionFailed, DigestMismatch
 
 from .manifest import check_digest_syntax
 
@@ -105,18 +105,33 @@ class BlobCache:
         self, digest: str, size: int, final: Path, fetch: Callable[[BinaryIO], None],
         check: _Check,
     ) -> None:
-        fd, temp_name = tempfile.mkstemp(dir=self._blobs, prefix=".partial-")
+        try:
+            fd, temp_name = tempfile.mkstemp(dir=self._blobs, prefix=".partial-")
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
         temp = Path(temp_name)
         try:
-            with os.fdopen(fd, "w+b") as out:
-                fetch(out)
-                out.flush()
+            # Unbuffered: the fetcher writes large chunks, and a failed write (disk
+            # full) must surface there, not again from a flush when the file closes.
+            with os.fdopen(fd, "w+b", buffering=0) as out:
+                fetch(out)  # raises its own errors (the client names the directory)
                 check(out, digest, size)
-                os.fsync(out.fileno())
-            os.chmod(temp, 0o644)
-            os.replace(temp, final)
+                self._finish(out, temp, final)
         finally:
             temp.unlink(missing_ok=True)
+
+    def _finish(self, out: BinaryIO, temp: Path, final: Path) -> None:
+        try:
+            os.fsync(out.fileno())
+            os.chmod(temp, 0o644)
+            os.replace(temp, final)
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+
+    def _unwritable(self, exc: OSError) -> ConversionFailed:
+        return ConversionFailed(
+            f"cannot write to the layer cache {self._blobs}: {exc.strerror or exc}",
+            hint="free space in CacheDirectory (or lower CacheMaxBytes), or fix its permissions")
 
     @contextlib.contextmanager
     def _locked(self, digest: str) -> Iterator[None]:
