@@ -146,12 +146,8 @@ class Builder:
                 size = output.stat().st_size
                 emit(Progress(Stage.PUBLISHING, bytes_total=size,
                               message=f"publishing {image_file} to {job.system}"), force=True)
-                publisher.publish(
-                    output, image_file, meta, meta_file,
-                    on_bytes=lambda done, total: emit(Progress(
-                        Stage.PUBLISHING, bytes_done=done, bytes_total=total,
-                        message=f"publishing {image_file}")),
-                )
+                publisher.publish(output, image_file, meta, meta_file,
+                                  on_bytes=_publish_progress(emit, image_file))
                 if not shared:
                     self._share_conversion(image, image_format, output)
         self.caches.evict()
@@ -219,3 +215,16 @@ class Builder:
                 Stage.CONVERTING, layer_count=count, bytes_done=done, bytes_total=total,
                 message="converting")),
         )
+
+
+def _publish_progress(emit: Throttle, image_file: str) -> Callable[[int, int], None]:
+    """Progress of a publish with its throughput (what an SSH copy runs at matters)."""
+    started = time.monotonic()
+
+    def on_bytes(done: int, total: int) -> None:
+        seconds = max(time.monotonic() - started, 1e-6)
+        emit(Progress(Stage.PUBLISHING, bytes_done=done, bytes_total=total,
+                      message=f"publishing {image_file} at {done / seconds / 1e6:.1f} MB/s"),
+             force=done == total)
+
+    return on_bytes

@@ -126,8 +126,11 @@ def test_remote_mode_publishes_over_ssh(tmp_path, registry, redis_url, sshd_targ
                           sshd_target)
     gateway, (worker,) = start_pair(config, tmp_path)
     try:
-        final = pull(gateway.address, "testreg/modes/remote:1")[-1].image
+        responses = pull(gateway.address, "testreg/modes/remote:1")
+        final = responses[-1].image
         assert final.state == image_pb2.IMAGE_STATE_READY, final.failure.message
+        assert any(r.progress.stage == image_pb2.STAGE_PUBLISHING and "MB/s" in r.progress.message
+                   for r in responses), "the stream reports the copy's throughput"
         remote = Path(sshd_target.image_dir)
         assert f"{final.id}.squashfs" in image_files(remote)
         assert (remote / f"{final.id}.meta").read_text().startswith("FORMAT: squashfs")
