@@ -7,6 +7,7 @@ No grpc here: the servicer calls these methods with plain values."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 #: How often a watcher re-reads the store when no event arrived.
 WATCH_POLL_SECONDS = 2.0
 MAX_PAGE_SIZE = 1000
+#: A READY lookup answer is reused for this long (lookups are what every job
+#: submission does); a pull, expiry or ACL change shows after at most this delay.
+LOOKUP_CACHE_SECONDS = 1.0
+LOOKUP_CACHE_ENTRIES = 10000
 #: Seconds within which repeated lookups of an image record only one use (at most
 #: 1% of ImageExpirationTimeout, so expiry stays accurate).
 TOUCH_INTERVAL = 60.0
@@ -88,11 +93,24 @@ class PullManager:
         self.queue = queue
         self.hub = hub
         self.clock = clock
+        self._normalized: dict[tuple[str, str, str], str] = {}
+        self._ready_lookups: dict[tuple, tuple[float, ImageStatus]] = {}
+        self._cache_lock = threading.Lock()
         self.limiter = PullLimiter(store, config.max_concurrent_pulls_per_user)
 
     # -- pulls -----------------------------------------------------------------
 
     def normalize(self, system: str, image_type: str, reference: str) -> str:
+        key = (system, image_type, reference)
+        normalized = self._normalized.get(key)
+        if normalized is None:
+            normalized = self._normalize(system, image_type, reference)
+            if len(self._normalized) >= LOOKUP_CACHE_ENTRIES:
+                self._normalized.clear()
+            self._normalized[key] = normalized
+        return normalized
+
+    def _normalize(self, system: str, image_type: str, reference: str) -> str:
         self.config.platform(system)  # UnknownSystem names the known ones
         if image_type not in ("", "docker"):
             raise InvalidRequest(f"unsupported image type {image_type!r}",
@@ -110,6 +128,7 @@ class PullManager:
                 f"{what} need a MUNGE credential; this request carried none",
                 hint="run shifterimg on a node of the system (munge must work there)")
         reference = self.normalize(request.system, request.image_type, request.reference)
+        self._forget(request.system, reference)
         if reference.startswith(IMPORT_PREFIX):
             raise InvalidRequest(f"{reference} is an imported image and cannot be pulled",
                                  hint="look it up, or import it again (shifterimg import)")
@@ -180,6 +199,7 @@ class PullManager:
                 status = self.status(ticket.key)
                 last_read = time.monotonic()
                 if not status.state.in_flight or (status.pull and status.pull.job_id != ticket.job_id):
+                    self._forget(ticket.key.system, ticket.key.reference)
                     yield status
                     return
                 if event is not None and not event.get("final"):
@@ -204,6 +224,29 @@ class PullManager:
         if image_type == "id":
             return self.lookup_id(system, reference, caller)
         normalized = self.normalize(system, image_type, reference)
+        cache_key = (system, normalized, caller.viewer)
+        cached = self._ready_lookups.get(cache_key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        status = self._lookup(system, normalized, reference, caller)
+        if status.state == ImageState.READY:
+            self._remember(cache_key, status)
+        return status
+
+    def _forget(self, system: str, reference: str) -> None:
+        """Drops cached lookups of a reference this gateway is pulling again."""
+        with self._cache_lock:
+            for key in [k for k in self._ready_lookups if k[0] == system and k[1] == reference]:
+                del self._ready_lookups[key]
+
+    def _remember(self, key: tuple, status: ImageStatus) -> None:
+        with self._cache_lock:
+            if len(self._ready_lookups) >= LOOKUP_CACHE_ENTRIES:
+                self._ready_lookups.clear()
+            self._ready_lookups[key] = (time.monotonic() + LOOKUP_CACHE_SECONDS, status)
+
+    def _lookup(self, system: str, normalized: str, reference: str, caller: Caller
+                ) -> ImageStatus:
         visible = [p for p in self.store.pulls_of(system, normalized) if _visible_pull(caller, p)]
         pull = max(visible, key=_lookup_rank) if visible else None
         image = None
