@@ -108,3 +108,16 @@ class BuildResult:
     reference: str = ""
     reused: bool = False
     unchanged: bool = False
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """One thing a build job reports: progress, or its final result or failure."""
+
+    progress: Progress | None = None
+    result: BuildResult | None = None
+    failure: Failure | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.result is not None or self.failure is not None

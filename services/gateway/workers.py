@@ -8,7 +8,6 @@ import itertools
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import grpc
 
@@ -16,20 +15,13 @@ from imagegw import convert
 from imagegw.config import Config
 from imagegw.directory import WorkerDirectory, redis_from_url
 from imagegw.errors import WorkerUnavailable
-from imagegw.model import BuildJob, BuildResult, Failure, Progress
+from imagegw.model import BuildEvent, BuildJob, Failure
 from imagegw.v1 import worker_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 #: A build that says nothing for this long is considered lost.
 STREAM_IDLE_TIMEOUT = 600.0
-
-
-@dataclass(frozen=True)
-class WorkerEvent:
-    progress: Progress | None = None
-    result: BuildResult | None = None
-    failure: Failure | None = None
 
 
 class WorkerLost(WorkerUnavailable):
@@ -68,7 +60,7 @@ class WorkerPool:
         return addresses[start:] + addresses[:start]
 
     def build(self, job: BuildJob, *, prefer: str | None = None
-              ) -> tuple[str, Iterator[WorkerEvent]]:
+              ) -> tuple[str, Iterator[BuildEvent]]:
         """Starts (or attaches to) `job` on a worker; returns its address and events."""
         order = self._candidates(job.system)
         if prefer in order:
@@ -88,17 +80,17 @@ class WorkerPool:
                                 hint="check that `imagegw worker` runs and WorkerAddresses")
 
     @staticmethod
-    def _events(address: str, stream) -> Iterator[WorkerEvent]:
+    def _events(address: str, stream) -> Iterator[BuildEvent]:
         try:
             for message in stream:
                 kind = message.WhichOneof("event")
                 if kind == "progress":
-                    yield WorkerEvent(progress=convert.progress_from_proto(message.progress))
+                    yield BuildEvent(progress=convert.progress_from_proto(message.progress))
                 elif kind == "result":
-                    yield WorkerEvent(result=convert.result_from_proto(message.result))
+                    yield BuildEvent(result=convert.result_from_proto(message.result))
                     return
                 elif kind == "failure":
-                    yield WorkerEvent(failure=convert.failure_from_proto(message.failure))
+                    yield BuildEvent(failure=convert.failure_from_proto(message.failure))
                     return
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
@@ -106,7 +98,7 @@ class WorkerPool:
                         grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
                         grpc.StatusCode.UNKNOWN):
                 raise WorkerLost(f"lost worker {address}: {exc.details()}") from exc
-            yield WorkerEvent(failure=Failure(code.value[0] if code else 2,
+            yield BuildEvent(failure=Failure(code.value[0] if code else 2,
                                               exc.details() or "worker refused the job"))
             return
         raise WorkerLost(f"worker {address} ended the job stream without a result")

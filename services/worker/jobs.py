@@ -12,10 +12,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from imagegw.errors import ImageGatewayError
-from imagegw.model import BuildJob, BuildResult, Failure, Progress, Stage
+from imagegw.model import BuildEvent, BuildJob, BuildResult, Failure, Progress, Stage
 
 log = logging.getLogger(__name__)
 
@@ -23,28 +22,15 @@ log = logging.getLogger(__name__)
 FINISHED_RETENTION = 600.0
 
 
-@dataclass(frozen=True)
-class JobEvent:
-    """One thing a watcher sees: progress, or the final result or failure."""
-
-    progress: Progress | None = None
-    result: BuildResult | None = None
-    failure: Failure | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.result is not None or self.failure is not None
-
-
 class RunningJob:
     def __init__(self, job: BuildJob) -> None:
         self.job = job
         self._cond = threading.Condition()
         self._seq = 0
-        self._latest = JobEvent(progress=Progress(Stage.QUEUED, message="waiting for a slot"))
+        self._latest = BuildEvent(progress=Progress(Stage.QUEUED, message="waiting for a slot"))
         self.finished_at: float | None = None
 
-    def publish(self, event: JobEvent) -> None:
+    def publish(self, event: BuildEvent) -> None:
         with self._cond:
             if self._latest.final:
                 return
@@ -60,7 +46,7 @@ class RunningJob:
             return self._latest.final
 
     def watch(self, *, poll: float = 1.0, alive: Callable[[], bool] = lambda: True
-              ) -> Iterator[JobEvent]:
+              ) -> Iterator[BuildEvent]:
         """Yields the current event, then each newer one, until the final event."""
         seen = -1
         while True:
@@ -132,17 +118,17 @@ class JobRegistry:
         with self._slots:
             started = time.monotonic()
             try:
-                result = self._run(job, lambda p: running.publish(JobEvent(progress=p)))
+                result = self._run(job, lambda p: running.publish(BuildEvent(progress=p)))
             except ImageGatewayError as exc:
                 log.warning("job %s (%s on %s) failed: %s", job.job_id, job.reference,
                             job.system, exc)
-                running.publish(JobEvent(failure=Failure(code_number(exc), str(exc))))
+                running.publish(BuildEvent(failure=Failure(code_number(exc), str(exc))))
             except Exception as exc:  # the cause still reaches the user
                 log.exception("job %s crashed", job.job_id)
-                running.publish(JobEvent(failure=Failure(
+                running.publish(BuildEvent(failure=Failure(
                     code_number(exc), f"internal error in the worker: {type(exc).__name__}: {exc}")))
             else:
                 log.info("job %s: %s -> %s in %.1fs%s", job.job_id, job.reference,
                          result.image_id[:12], time.monotonic() - started,
                          " (reused)" if result.reused else "")
-                running.publish(JobEvent(result=result))
+                running.publish(BuildEvent(result=result))

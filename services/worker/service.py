@@ -13,13 +13,14 @@ import grpc
 from imagegw import convert
 from imagegw.errors import ImageGatewayError, InvalidRequest
 from imagegw.grpc_status import status_for
+from imagegw.model import BuildEvent
 from imagegw.v1 import worker_service_pb2, worker_service_pb2_grpc
-from imagegw.worker.jobs import JobEvent, JobRegistry
+from imagegw.worker.jobs import JobRegistry
 
 log = logging.getLogger(__name__)
 
 
-def event_to_proto(event: JobEvent) -> worker_service_pb2.BuildImageResponse:
+def event_to_proto(event: BuildEvent) -> worker_service_pb2.BuildImageResponse:
     if event.result is not None:
         return worker_service_pb2.BuildImageResponse(result=convert.result_to_proto(event.result))
     if event.failure is not None:
