@@ -118,6 +118,16 @@ class SharedConversions:
 
 
 @dataclass(frozen=True)
+class WorkerTls:
+    """`WorkerTLS`: mutual TLS on the gateway-worker link. Each process's own
+    certificate and key, and the CA both sides' certificates must be signed by."""
+
+    ca: str
+    certificate: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Config:
     default_image_location: str = "registry-1.docker.io"
     default_image_format: str = "squashfs"
@@ -158,6 +168,8 @@ class Config:
     tls_client_ca: str = ""
     #: Allow a non-loopback listen address without TLS and MUNGE on every system.
     allow_insecure_listen: bool = False
+    #: Mutual TLS between gateways and workers (None: plaintext, for loopback/trusted nets).
+    worker_tls: WorkerTls | None = None
     #: Converted images shared through a registry (None: not shared).
     shared_conversions: SharedConversions | None = None
     #: HOST:PORT of the gateway's and the worker's Prometheus endpoints (None: off).
@@ -407,6 +419,18 @@ def _host_port(address: str | None, key: str) -> str | None:
     return address or None
 
 
+def _worker_tls(reader: _Reader | None) -> WorkerTls | None:
+    if reader is None:
+        return None
+    values = {name: reader.get(name, str, "") for name in ("ca", "certificate", "key")}
+    reader.finish()
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        raise ConfigError(f"WorkerTLS: {', '.join(missing)} missing",
+                          hint="set ca, certificate and key (PEM files), or remove WorkerTLS")
+    return WorkerTls(**values)
+
+
 def _trust_settings(top: _Reader) -> dict[str, Any]:
     """Users-and-trust keys: per-user limits, expiry schedule, credential key, TLS."""
     settings: dict[str, Any] = {
@@ -486,6 +510,7 @@ def parse_config(
         worker_slots=top.get("WorkerSlots", int, 2),
         **_trust_settings(top),
         shared_conversions=_shared_conversions(top.sub("SharedConversions"), locations),
+        worker_tls=_worker_tls(top.sub("WorkerTLS")),
         metrics_listen=_host_port(top.get("MetricsListen", str), "MetricsListen"),
         worker_metrics_listen=_host_port(top.get("WorkerMetricsListen", str), "WorkerMetricsListen"),
     )

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from imagegw.config import WorkerTls
 from imagegw.errors import ConfigError
 from imagegw.grpcmetrics import server_interceptor
 
@@ -62,6 +63,28 @@ def server_credentials(certificate: str, key: str, client_ca: str = "") -> grpc.
     roots = read(client_ca, "TLSClientCA") if client_ca else None
     return grpc.ssl_server_credentials([(private_key, chain)], root_certificates=roots,
                                        require_client_auth=roots is not None)
+
+
+def _read_pem(path: str, name: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from exc
+
+
+def worker_server_credentials(tls: WorkerTls) -> grpc.ServerCredentials:
+    """A worker's side of WorkerTLS: its certificate, and gateways must present one."""
+    return grpc.ssl_server_credentials(
+        [(_read_pem(tls.key, "WorkerTLS.key"), _read_pem(tls.certificate, "WorkerTLS.certificate"))],
+        root_certificates=_read_pem(tls.ca, "WorkerTLS.ca"), require_client_auth=True)
+
+
+def worker_channel_credentials(tls: WorkerTls) -> grpc.ChannelCredentials:
+    """A gateway's side of WorkerTLS: trusts workers signed by the CA, shows its certificate."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(tls.ca, "WorkerTLS.ca"),
+        private_key=_read_pem(tls.key, "WorkerTLS.key"),
+        certificate_chain=_read_pem(tls.certificate, "WorkerTLS.certificate"))
 
 
 def is_loopback(address: str) -> bool:

@@ -15,6 +15,7 @@ from imagegw import convert
 from imagegw.config import Config
 from imagegw.directory import WorkerDirectory, redis_from_url
 from imagegw.errors import WorkerUnavailable
+from imagegw.grpcserver import worker_channel_credentials
 from imagegw.model import BuildEvent, BuildJob, Failure
 from imagegw.v1 import worker_service_pb2_grpc
 
@@ -32,11 +33,13 @@ class WorkerPool:
     """Workers from a fixed address list, or from the Redis worker directory."""
 
     def __init__(self, addresses: Sequence[str] = (), *,
-                 directory: WorkerDirectory | None = None) -> None:
+                 directory: WorkerDirectory | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         if not addresses and directory is None:
             raise WorkerUnavailable("no worker addresses configured")
         self._addresses = list(addresses)
         self._directory = directory
+        self._credentials = credentials
         self._channels: dict[str, grpc.Channel] = {}
         self._counter = itertools.count()
         self._lock = threading.Lock()
@@ -45,7 +48,9 @@ class WorkerPool:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = self._channels[address] = grpc.insecure_channel(address)
+                channel = self._channels[address] = (
+                    grpc.secure_channel(address, self._credentials) if self._credentials
+                    else grpc.insecure_channel(address))
         return channel, worker_service_pb2_grpc.WorkerServiceStub(channel)
 
     def _candidates(self, system: str) -> list[str]:
@@ -124,8 +129,10 @@ class WorkerPool:
 def open_worker_pool(config: Config, static_addresses: Sequence[str]) -> WorkerPool:
     """The workers the gateway dispatches to: the given addresses, else (with a
     Broker) the workers registered in Redis."""
+    credentials = worker_channel_credentials(config.worker_tls) if config.worker_tls else None
     if static_addresses:
-        return WorkerPool(static_addresses)
+        return WorkerPool(static_addresses, credentials=credentials)
     if config.broker:
-        return WorkerPool(directory=WorkerDirectory(redis_from_url(config.broker)))
+        return WorkerPool(directory=WorkerDirectory(redis_from_url(config.broker)),
+                          credentials=credentials)
     raise WorkerUnavailable("no workers: set WorkerAddresses, or a Broker that workers register with")

@@ -10,7 +10,12 @@ from imagegw import metrics
 from imagegw.config import Config
 from imagegw.directory import Registration, WorkerDirectory, redis_from_url
 from imagegw.errors import ConfigError
-from imagegw.grpcserver import add_health_and_reflection, bind, create_server
+from imagegw.grpcserver import (
+    add_health_and_reflection,
+    bind,
+    create_server,
+    worker_server_credentials,
+)
 from imagegw.v1 import worker_service_pb2_grpc
 from imagegw.worker.build import Builder
 from imagegw.worker.jobs import JobRegistry
@@ -38,7 +43,8 @@ class WorkerApp:
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(self.jobs), self.server)
         self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
-        self.address = bind(self.server, listen)
+        credentials = worker_server_credentials(config.worker_tls) if config.worker_tls else None
+        self.address = bind(self.server, listen, credentials)
         self.metrics = metrics.serve(config.worker_metrics_listen, "WorkerMetricsListen")
         self.registration: Registration | None = None
         if config.broker:
