@@ -42,7 +42,7 @@ def read_only_directory(path: Path) -> Iterator[None]:
     if os.geteuid() == 0:
         result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, timeout=10)
         if result.returncode != 0:
-            pytest.skip(f"cannot make a directory immutable here: {result.stderr!r}")
+            pytest.fail(f"cannot make a directory immutable here (chattr +i): {result.stderr!r}")
         try:
             yield
         finally:
@@ -65,7 +65,7 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
         capture_output=True, timeout=10,
     )
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr!r}")
+        pytest.fail(f"cannot mount a tmpfs here (run the tests as root): {result.stderr!r}")
     try:
         yield mountpoint
     finally:
