@@ -7,12 +7,15 @@ Works on plain (key, value) tuples; the gRPC edge hands them over.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import MutableMapping, Sequence
 
 from imagegw.config import Platform
 from imagegw.errors import Unauthenticated
 from imagegw.gateway.auth.identity import ANONYMOUS, Identity
 from imagegw.gateway.auth.munge import MungeDecoder
+
+log = logging.getLogger(__name__)
 
 __all__ = ["METADATA_KEY", "authenticate", "authenticate_with_payload"]
 
@@ -42,11 +45,10 @@ def authenticate_with_payload(
     if credential is None:
         return ANONYMOUS, b""
     if not platform.munge_socket:
-        raise Unauthenticated(
-            f"system {platform.name} has no mungeSocketPath configured, "
-            "so credentials cannot be checked",
-            hint=f"set Platforms.{platform.name}.mungeSocketPath in the gateway configuration",
-        )
+        # Nothing can check it, so it grants nothing: the caller is anonymous (clients on
+        # hosts that run munged send credentials to every gateway, the embedded one too).
+        log.debug("system %s has no mungeSocketPath: credential ignored", platform.name)
+        return ANONYMOUS, b""
     decoder = decoders.get(platform.munge_socket)
     if decoder is None:
         decoder = decoders.setdefault(platform.munge_socket, MungeDecoder(platform.munge_socket))
