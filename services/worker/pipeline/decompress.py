@@ -33,6 +33,9 @@ _INFLATE_ERRORS: tuple[type[BaseException], ...] = tuple(
 )
 
 READ_SIZE = 1 << 20
+#: Compressed bytes handed to the inflater per call: a slice that stays in the CPU cache
+#: inflates ~18% faster than 1 MiB (ISA-L, the benchmark's large-files layers).
+GZIP_READ_SIZE = 256 << 10
 MAX_READ = 4 * READ_SIZE
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -215,12 +218,12 @@ class _GzipSource(_Source):
         if self._pending:
             data, self._pending = self._pending, b""
             return data
-        return self._raw.read(READ_SIZE)
+        return self._raw.read(GZIP_READ_SIZE)
 
     def _start_next_member(self) -> None:
         rest = self._inflate.unused_data.lstrip(b"\0")
         while not rest:
-            more = self._raw.read(READ_SIZE)
+            more = self._raw.read(GZIP_READ_SIZE)
             if not more:
                 self._done = True
                 return

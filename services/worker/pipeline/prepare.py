@@ -67,7 +67,7 @@ def prepare_layer(
     `fetch(out)` must verify size and sha256 while it writes (RegistryClient.fetch_blob).
     """
     sidecar = cache.sidecar_path(digest, index_name(policy))
-    streamed: list[bool] = []
+    streamed: list[LayerIndex] = []
 
     def fetch_and_index(out: BinaryIO) -> None:
         tee = IndexingTee(out, layer=digest, policy=policy, max_uncompressed=max_uncompressed)
@@ -79,10 +79,11 @@ def prepare_layer(
         index = tee.finish()
         if index is not None:
             _write_index(sidecar, index)
-            streamed.append(True)
+            streamed.append(index)
 
     path, downloaded = cache.ensure_verified(digest, size, fetch_and_index)
-    index = _read_index(sidecar, digest)
+    # The index made from this (verified) download is used as is, not read back.
+    index = streamed[0] if streamed else _read_index(sidecar, digest)
     if index is None:
         with open_layer(path, max_uncompressed=max_uncompressed, layer=digest) as stream:
             index = index_layer(stream, layer=digest, policy=policy)
@@ -253,7 +254,7 @@ def _write_index(path: Path, index: LayerIndex) -> None:
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(index.to_json(), out, separators=(",", ":"))
+            out.write(json.dumps(index.to_json(), separators=(",", ":")))
         os.replace(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

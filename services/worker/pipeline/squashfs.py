@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds tar2sqfs may take to finish once its input has ended.
 FINISH_TIMEOUT = 3600.0
+#: Buffer between the tar writer and tar2sqfs's stdin: small members are gathered
+#: into large pipe writes instead of two or three system calls each.
+PIPE_BUFFER = 1 << 20
 #: Progress is reported at most once per this many bytes of file data.
 PROGRESS_STEP = 1 << 20
 _STDERR_TAIL = 2000
@@ -91,7 +94,7 @@ def build_squashfs(
     command = tar2sqfs_command(partial, options)
     log.debug("running %s", command)
     with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, stdin=subprocess.PIPE,
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, bufsize=PIPE_BUFFER,
                                    stdout=subprocess.DEVNULL, stderr=stderr)
         assert process.stdin is not None
         try:
