@@ -6,11 +6,8 @@ the exit status: ids on stdout, "imagegw: <CODE>: <message>" and exit 1 on error
 
 from __future__ import annotations
 
-import gzip
-import io
 import socket
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import PushedImage, push_image
+from tests.support.layers import executables
 from tests.support.munge import munge_socket_fixture, other_munge_socket_fixture  # noqa: F401
 from tests.support.registry import RegistryServer, free_port, registry  # noqa: F401
 from tests.support.services import ServiceProcess, embedded_config, start_service
@@ -25,16 +23,6 @@ from tests.support.slurm import build_cpp_client
 
 RUN_TIMEOUT = 60.0
 REPOSITORY = "team/cpp"
-
-
-def _layer(files: dict[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0)
 
 
 @dataclass
@@ -63,7 +51,7 @@ def site(
 ) -> Iterator[Site]:
     cli = build_cpp_client()
     workdir = tmp_path_factory.mktemp("cpp-client")
-    image = push_image(registry.url, REPOSITORY, "1", [_layer({"bin/hi": b"#!/bin/sh\necho hi\n"})])
+    image = push_image(registry.url, REPOSITORY, "1", [executables({"bin/hi": b"#!/bin/sh\necho hi\n"})])
     config = embedded_config(workdir, registry_url=registry.url)
     config["Platforms"]["default"]["mungeSocketPath"] = munge_socket
     gateway = start_service("serve", config, workdir / "gateway")

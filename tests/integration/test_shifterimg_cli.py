@@ -6,13 +6,10 @@ person or a script sees: stdout, stderr and the exit status.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 import pty
 import subprocess
-import tarfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +19,7 @@ import pytest
 
 from imagegw.client import GatewayClient, NotFound, PullFailed, munge_credential_provider
 from tests.support.images import PushedImage, push_image
+from tests.support.layers import executables
 from tests.support.munge import munge_socket_fixture  # noqa: F401
 from tests.support.registry import RegistryServer, free_port, registry  # noqa: F401
 from tests.support.services import SHIFTERIMG, ServiceProcess, embedded_config, start_service
@@ -53,16 +51,6 @@ class Site:
         return env
 
 
-def _layer(files: dict[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0)
-
-
 @pytest.fixture(scope="module")
 def site(
     registry: RegistryServer,  # noqa: F811
@@ -71,10 +59,10 @@ def site(
 ) -> Iterator[Site]:
     workdir = tmp_path_factory.mktemp("shifterimg")
     image = push_image(registry.url, REPOSITORY, "1", [
-        _layer({"bin/hello": b"#!/bin/sh\necho hello\n"}),
-        _layer({"etc/motd": b"welcome\n" * 4096}),
+        executables({"bin/hello": b"#!/bin/sh\necho hello\n"}),
+        executables({"etc/motd": b"welcome\n" * 4096}),
     ])
-    other = push_image(registry.url, REPOSITORY, "2", [_layer({"etc/two": b"2\n"})])
+    other = push_image(registry.url, REPOSITORY, "2", [executables({"etc/two": b"2\n"})])
     config = embedded_config(workdir, registry_url=registry.url, systems=SYSTEMS)
     for platform in config["Platforms"].values():
         platform["mungeSocketPath"] = munge_socket

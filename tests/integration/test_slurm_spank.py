@@ -6,10 +6,7 @@ environment) and what the user sees when the gateway refuses (the gateway's mess
 
 from __future__ import annotations
 
-import gzip
-import io
 import re
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +16,7 @@ import pytest
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import gateway_service_pb2_grpc, image_pb2
 from tests.support.images import PushedImage, push_image
+from tests.support.layers import executables
 from tests.support.munge import munge_socket_fixture  # noqa: F401
 from tests.support.registry import RegistryServer, free_port, registry  # noqa: F401
 from tests.support.services import ServiceProcess, embedded_config, start_service
@@ -26,16 +24,6 @@ from tests.support.slurm import SlurmCluster, build_spank_plugin, running_slurm
 
 REPOSITORY = "team/spank"
 PULL_TIMEOUT = 60.0
-
-
-def _layer(files: dict[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0)
 
 
 def _image_id(image: PushedImage) -> str:
@@ -60,8 +48,8 @@ def site(
 ) -> Iterator[Site]:
     plugin = build_spank_plugin()
     workdir = tmp_path_factory.mktemp("slurm-spank")
-    pulled = push_image(registry.url, REPOSITORY, "1", [_layer({"bin/one": b"1\n"})])
-    unpulled = push_image(registry.url, REPOSITORY, "2", [_layer({"bin/two": b"2\n"})])
+    pulled = push_image(registry.url, REPOSITORY, "1", [executables({"bin/one": b"1\n"})])
+    unpulled = push_image(registry.url, REPOSITORY, "2", [executables({"bin/two": b"2\n"})])
     config = embedded_config(workdir, registry_url=registry.url)
     config["Platforms"]["default"]["mungeSocketPath"] = munge_socket
     gateway = start_service("serve", config, workdir / "gateway")

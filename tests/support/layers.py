@@ -19,7 +19,7 @@ BLOCK = 512
 
 __all__ = [
     "Member", "file", "dir", "symlink", "hardlink", "whiteout", "opaque", "device", "fifo",
-    "raw_member", "tar_bytes", "compress", "layer", "digest", "write_blob",
+    "raw_member", "tar_bytes", "compress", "layer", "executables", "digest", "write_blob",
 ]
 
 
@@ -172,6 +172,12 @@ def layer(*entries: Member | bytes, compression: str = "gzip",
           tar_format: int = tarfile.PAX_FORMAT) -> bytes:
     """A layer blob holding the entries in order."""
     return compress(tar_bytes(*entries, tar_format=tar_format), compression)
+
+
+def executables(files: dict[str, bytes], compression: str = "gzip") -> bytes:
+    """A layer of executable files (mode 0755), `path -> bytes`."""
+    return layer(*(file(path, data, 0o755) for path, data in files.items()),
+                 compression=compression)
 
 
 def digest(blob: bytes) -> str:

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 #: How often a watcher re-reads the store when no event arrived.
 WATCH_POLL_SECONDS = 2.0
-MAX_PAGE_SIZE = 1000
 #: A READY lookup answer is reused for this long (lookups are what every job
 #: submission does); a pull, expiry or ACL change shows after at most this delay.
 LOOKUP_CACHE_SECONDS = 1.0
@@ -37,7 +36,6 @@ LOOKUP_CACHE_ENTRIES = 10000
 #: Seconds within which repeated lookups of an image record only one use (at most
 #: 1% of ImageExpirationTimeout, so expiry stays accurate).
 TOUCH_INTERVAL = 60.0
-DEFAULT_PAGE_SIZE = 100
 #: References of imported images ("import/<tag>"); they never come from a registry.
 IMPORT_PREFIX = "import/"
 FAILED_PRECONDITION = 9
@@ -291,15 +289,9 @@ class PullManager:
                     ) -> tuple[list[ImageStatus], str]:
         """A page of the images the caller may see (admins: every image of the system)."""
         self.config.platform(system)
-        if page_size < 0:
-            raise InvalidRequest("page_size must not be negative")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         viewer = None if caller.is_admin(system) else caller.viewer
-        try:
-            images, token = self.store.list_images(system, state, size, page_token, viewer)
-        except ValueError as exc:
-            raise InvalidRequest("invalid page_token", hint="pass a token from a previous "
-                                 "response, or none for the first page") from exc
+        # The store checks page_size and page_token (InvalidRequest) and caps the size.
+        images, token = self.store.list_images(system, state, page_size, page_token, viewer)
         statuses = [
             lookup_status(None, image, reference=image.tags[0] if image.tags else "",
                           system=system, expiration=self.config.image_expiration_timeout)

@@ -275,12 +275,7 @@ class MongoImageStore:
         docs = self._call("list images", lambda: list(
             self._images.find(query).sort([("last_pull", -1), ("image_id", 1), ("acl_key", 1)])
             .limit(limit + 1)))
-        images = [codec.image_from_doc(d) for d in docs[:limit]]
-        if len(docs) <= limit:
-            return images, ""
-        last = images[-1]
-        return images, paging.encode_token(
-            paging.Cursor(last.last_pull, last.image_id, last.acl_key))
+        return paging.page([codec.image_from_doc(d) for d in docs], limit, paging.cursor_of)
 
     def touch_image(self, system: str, image_id: str, now: float, acl_key: str = "") -> None:
         self._call("record an image use", lambda: self._images.update_one(

@@ -9,9 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from imagegw.errors import InvalidRequest
+from imagegw.gateway.records import ImageRecord
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -57,3 +62,17 @@ def decode_token(token: str) -> Cursor | None:
             "invalid page_token", hint="pass the next_page_token of the previous page unchanged"
         ) from exc
     return Cursor(float(last_pull), image_id, acl_key)
+
+
+def cursor_of(image: ImageRecord) -> Cursor:
+    """Where the page after `image` starts."""
+    return Cursor(image.last_pull, image.image_id, image.acl_key)
+
+
+def page(items: list[T], limit: int, cursor_of: Callable[[T], Cursor]) -> tuple[list[T], str]:
+    """The first `limit` of `items` (fetched with limit + 1 to see whether more follow)
+    and the token of the next page ("" on the last one)."""
+    if len(items) <= limit:
+        return items, ""
+    kept = items[:limit]
+    return kept, encode_token(cursor_of(kept[-1]))

@@ -374,12 +374,7 @@ class SqliteImageStore:
             " ORDER BY last_pull DESC, image_id, acl_key LIMIT ?",
             (*args, limit + 1),
         )
-        images = [_image(r) for r in rows[:limit]]
-        if len(rows) <= limit:
-            return images, ""
-        last = images[-1]
-        return images, paging.encode_token(
-            paging.Cursor(last.last_pull, last.image_id, last.acl_key))
+        return paging.page([_image(r) for r in rows], limit, paging.cursor_of)
 
     def touch_image(self, system: str, image_id: str, now: float, acl_key: str = "") -> None:
         with self._write("record an image use") as tx:
