@@ -1,4 +1,4 @@
-"""The one table between our error tree and gRPC status codes (both ways)."""
+"""The one table between our error tree and gRPC status codes."""
 
 from __future__ import annotations
 
@@ -30,22 +30,6 @@ ERROR_STATUS: dict[type[errors.ImageGatewayError], grpc.StatusCode] = {
     errors.Cancelled: grpc.StatusCode.CANCELLED,
 }
 
-_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
-# For failures that cross a process boundary as (code, message).
-_CODE_ERROR: dict[grpc.StatusCode, type[errors.ImageGatewayError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidRequest,
-    grpc.StatusCode.NOT_FOUND: errors.ImageNotFound,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-    grpc.StatusCode.UNAVAILABLE: errors.RegistryUnavailable,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.ContentRejected,
-    grpc.StatusCode.DATA_LOSS: errors.DigestMismatch,
-    grpc.StatusCode.INTERNAL: errors.ConversionFailed,
-    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
-    grpc.StatusCode.CANCELLED: errors.Cancelled,
-}
-
 
 def status_for(error: BaseException) -> grpc.StatusCode:
     """The gRPC status for an error; UNKNOWN for anything outside our tree."""
@@ -57,13 +41,3 @@ def status_for(error: BaseException) -> grpc.StatusCode:
 
 def code_number(error: BaseException) -> int:
     return int(status_for(error).value[0])
-
-
-def code_from_number(number: int) -> grpc.StatusCode:
-    return _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
-
-
-def error_from_status(number: int, message: str) -> errors.ImageGatewayError:
-    """Rebuilds an error from a (code, message) pair sent by another process."""
-    cls = _CODE_ERROR.get(code_from_number(number), errors.ImageGatewayError)
-    return cls(message)

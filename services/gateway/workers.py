@@ -64,13 +64,9 @@ class WorkerPool:
         start = next(self._counter) % len(addresses)
         return addresses[start:] + addresses[:start]
 
-    def build(self, job: BuildJob, *, prefer: str | None = None
-              ) -> tuple[str, Iterator[BuildEvent]]:
+    def build(self, job: BuildJob) -> tuple[str, Iterator[BuildEvent]]:
         """Starts (or attaches to) `job` on a worker; returns its address and events."""
         order = self._candidates(job.system)
-        if prefer in order:
-            order.remove(prefer)
-            order.insert(0, prefer)
         errors = []
         for address in order:
             channel, stub = self._stub(address)

@@ -38,7 +38,7 @@ def pull_status(pull: PullRecord, image: ImageRecord | None, *, expiration: floa
     """The status a pull stream reports: the pull's own state."""
     return ImageStatus(
         system=pull.key.system, reference=pull.key.reference, state=pull.state, pull=pull,
-        image=image if pull.state == ImageState.READY or image is not None else None,
+        image=image,
         progress=progress or pull.progress, expiration_timeout=expiration,
     )
 
