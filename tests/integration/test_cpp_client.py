@@ -18,7 +18,7 @@ from tests.support.images import PushedImage, push_image
 from tests.support.layers import executables
 from tests.support.munge import munge_socket_fixture, other_munge_socket_fixture  # noqa: F401
 from tests.support.registry import RegistryServer, free_port, registry  # noqa: F401
-from tests.support.services import ServiceProcess, embedded_config, start_service
+from tests.support.services import ServiceProcess, embedded_config, refused_address, start_service
 from tests.support.slurm import build_cpp_client
 
 RUN_TIMEOUT = 60.0
@@ -115,13 +115,13 @@ def test_pull_of_image_missing_from_registry_exits_1_with_the_failure(site: Site
 def test_unreachable_first_gateway_falls_over_to_the_next(
     site: Site, pulled: subprocess.CompletedProcess[str]
 ) -> None:
-    gateways = f"127.0.0.1:{free_port()},{site.gateway.address}"
+    gateways = f"{refused_address()},{site.gateway.address}"
     found = site.run("lookup", f"testreg/{REPOSITORY}:1", gateway=gateways)
     assert (found.returncode, found.stdout) == (0, site.image_id + "\n"), found.stderr
 
 
 def test_no_reachable_gateway_reports_unavailable_naming_each_address(site: Site) -> None:
-    closed = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    closed = [refused_address(), refused_address()]
     failed = site.run("lookup", "ubuntu:24.04", gateway=",".join(closed))
     assert failed.returncode == 1
     assert failed.stderr.startswith("imagegw: UNAVAILABLE: "), failed.stderr

@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import stat
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from imagegw.errors import TransferFailed
 from imagegw.worker.publish import SshPublisher
+from tests.support.services import refused_address
 from tests.support.sshd import SshdServer, sshd_target  # noqa: F401
 
 MIB = 1024 * 1024
@@ -46,9 +46,7 @@ def leftovers(directory: Path) -> list[str]:
 
 
 def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return int(refused_address().rsplit(":", 1)[1])
 
 
 @pytest.mark.parametrize("key_kind", ["ed25519", "rsa"])

@@ -438,9 +438,9 @@ def test_read_timeout_on_a_stalled_blob_is_retryable(registry):  # noqa: F811
 
 
 def test_unreachable_registry_is_unavailable_naming_the_host():
-    from tests.support.registry import free_port
+    from tests.support.services import refused_address
 
-    port = free_port()
+    port = int(refused_address().rsplit(":", 1)[1])
     limits = Limits(http_timeout=2.0, http_retries=1)
     with RegistryClient(f"http://127.0.0.1:{port}", "x/y", limits=limits) as client, \
             pytest.raises(RegistryUnavailable, match=f"127.0.0.1:{port}"):

@@ -36,7 +36,8 @@ from tests.support.proxy import (
     ServerErrors,
     Trickle,
 )
-from tests.support.registry import free_port, registry  # noqa: F401
+from tests.support.registry import registry  # noqa: F401
+from tests.support.services import refused_address
 from tests.support.squashfs_tree import read_squashfs, sha256
 
 PAYLOAD = random.Random(9).randbytes(3 * 1024 * 1024)
@@ -222,7 +223,7 @@ def test_blob_that_stalls_longer_than_the_timeout_fails_within_the_bound(
 
 
 def test_redirect_to_a_dead_host_fails_naming_it(tmp_path, proxy, pushed, record_property):
-    dead = f"127.0.0.1:{free_port()}"
+    dead = refused_address()
     proxy.faults.append(RedirectTo(f"http://{dead}/blob", layer_path(pushed)))
     started = time.monotonic()
     with pytest.raises(errors.RegistryUnavailable) as caught:

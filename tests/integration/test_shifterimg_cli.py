@@ -22,7 +22,7 @@ from tests.support.images import PushedImage, push_image
 from tests.support.layers import executables
 from tests.support.munge import munge_socket_fixture  # noqa: F401
 from tests.support.registry import RegistryServer, free_port, registry  # noqa: F401
-from tests.support.services import SHIFTERIMG, ServiceProcess, embedded_config, start_service
+from tests.support.services import SHIFTERIMG, ServiceProcess, embedded_config, refused_address, start_service
 
 RUN_TIMEOUT = 120.0
 SYSTEMS = ("default", "dev")
@@ -194,13 +194,13 @@ def test_unknown_user_for_a_private_image_is_a_usage_error(site: Site) -> None:
 def test_an_unavailable_gateway_is_skipped_for_the_next(
     site: Site, pulled: subprocess.CompletedProcess[str]
 ) -> None:
-    down = f"127.0.0.1:{free_port()}"
+    down = refused_address()
     found = shifterimg(site, "-g", f"{down},{site.gateway.address}", "lookup", _ref("1"))
     assert (found.returncode, found.stdout) == (0, site.image_id + "\n"), found.stderr
 
 
 def test_no_gateway_answering_exits_1_naming_the_address(site: Site) -> None:
-    down = f"127.0.0.1:{free_port()}"
+    down = refused_address()
     result = shifterimg(site, "--gateway", down, "images")
     assert result.returncode == 1
     assert result.stderr.startswith(f"shifterimg: gateway {down}: ")

@@ -19,7 +19,7 @@ from tests.support.images import PushedImage, push_image
 from tests.support.layers import executables
 from tests.support.munge import munge_socket_fixture  # noqa: F401
 from tests.support.registry import RegistryServer, free_port, registry  # noqa: F401
-from tests.support.services import ServiceProcess, embedded_config, start_service
+from tests.support.services import ServiceProcess, embedded_config, refused_address, start_service
 from tests.support.slurm import SlurmCluster, build_spank_plugin, running_slurm
 
 REPOSITORY = "team/spank"
@@ -114,7 +114,7 @@ def test_srun_with_unknown_image_fails_with_the_gateways_message(slurm: SlurmClu
 
 
 def test_srun_with_unreachable_gateway_fails_naming_it(slurm: SlurmCluster) -> None:
-    closed = f"127.0.0.1:{free_port()}"
+    closed = refused_address()
     slurm.set_plugin_args({"gateway": closed, "system": "default", "timeout": "5"})
     ran = slurm.run(["srun", f"--image=testreg/{REPOSITORY}:1", "echo", "ran"])
     assert ran.returncode != 0
@@ -123,7 +123,7 @@ def test_srun_with_unreachable_gateway_fails_naming_it(slurm: SlurmCluster) -> N
 
 
 def test_srun_without_image_never_calls_the_gateway(slurm: SlurmCluster) -> None:
-    slurm.set_plugin_args({"gateway": f"127.0.0.1:{free_port()}", "system": "default"})
+    slurm.set_plugin_args({"gateway": refused_address(), "system": "default"})
     ran = slurm.run(["srun", "env"])
     assert ran.returncode == 0, ran.stderr
     assert "SHIFTER_IMAGE" not in _environment(ran.stdout)
@@ -192,7 +192,7 @@ def test_srun_inside_a_batch_job_uses_the_id_without_calling_the_gateway(
                            f"--output={output}", str(script)])
     assert submitted.returncode == 0, submitted.stderr
     # From here on the gateway is unreachable for everything the job runs.
-    slurm.set_plugin_args({"gateway": f"127.0.0.1:{free_port()}", "system": "default"})
+    slurm.set_plugin_args({"gateway": refused_address(), "system": "default"})
     go.touch()
     slurm.wait_for_job(submitted.stdout.strip().split(";")[0])
     assert output.read_text() == _image_id(site.pulled) + "\n"

@@ -6,9 +6,11 @@ and raises with the log tail when it does not come up."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +25,20 @@ from imagegw.v1 import gateway_service_pb2_grpc
 ROOT = Path(__file__).resolve().parents[2]
 IMAGEGW = str(Path(sys.executable).parent / "imagegw")
 SHIFTERIMG = str(Path(sys.executable).parent / "shifterimg")
+
+
+_RESERVED: list[socket.socket] = []
+atexit.register(lambda: [reserved.close() for reserved in _RESERVED])
+
+
+def refused_address() -> str:
+    """127.0.0.1:PORT where connections are refused for the whole test session. The port
+    stays bound (not listening), so nothing can take it, not even as a client's ephemeral
+    source port (which can make a connection to a closed port connect to itself)."""
+    reserved = socket.socket()
+    reserved.bind(("127.0.0.1", 0))
+    _RESERVED.append(reserved)
+    return f"127.0.0.1:{reserved.getsockname()[1]}"
 
 
 def embedded_config(workdir: Path, *, registry_url: str | None = None, systems=("default",),
