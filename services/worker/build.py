@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import overload
 
 from imagegw import metrics
 from imagegw.acl import acl_file_suffix
@@ -25,7 +25,7 @@ from imagegw.worker.cache import WorkerCaches
 from imagegw.worker.paths import WorkerPaths
 from imagegw.worker.pipeline.members import MemberPolicy
 from imagegw.worker.pipeline.meta import render_meta
-from imagegw.worker.pipeline.prepare import PreparedLayer, prepare_layer
+from imagegw.worker.pipeline.prepare import load_index, prepare_layer, store_index
 from imagegw.worker.pipeline.squashfs import flatten_to_squashfs
 from imagegw.worker.publish import publisher_for
 from imagegw.worker.registry.client import RegistryClient
@@ -37,22 +37,6 @@ Report = Callable[[Progress], None]
 
 #: How many layer downloads run at once per job.
 DOWNLOAD_CONNECTIONS = 4
-
-
-@dataclass
-class _ByteCounter:
-    """Thread-safe running total for progress across parallel downloads."""
-
-    total: int
-    done: int = 0
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def add(self, n: int) -> int:
-        with self._lock:
-            self.done += n
-            return self.done
 
 
 class Throttle:
@@ -140,8 +124,7 @@ class Builder:
                     output = scratch / image_file
                     shared = self._fetch_shared_conversion(image, image_format, output, emit)
                     if not shared:
-                        prepared = self._download_layers(client, image, emit)
-                        self._convert(image, prepared, output, emit)
+                        self._download_and_convert(client, image, output, emit)
                     output = self.caches.conversions.store(key.digest, image_format, output)
                 size = output.stat().st_size
                 emit(Progress(Stage.PUBLISHING, bytes_total=size,
@@ -169,52 +152,110 @@ class Builder:
         key = ConversionKey(image.manifest_digest, image_format, self.config.converter)
         self.shared.publish(key, image.image_id, image.reference, image.metadata, output)
 
-    def _download_layers(self, client: RegistryClient, image: ResolvedImage,
-                         emit: Throttle) -> list[PreparedLayer]:
-        """Downloads (or finds cached) every layer, indexing each while it streams."""
+    def _download_and_convert(self, client: RegistryClient, image: ResolvedImage,
+                              output: Path, emit: Throttle) -> None:
+        """Downloads the layers (newest first, in parallel) while converting them.
+
+        The conversion reads layer i as soon as it is in the cache; layers converted
+        before have their indexes kept, and when every layer has one the conversion
+        merges first and waits for all downloads (see squashfs.flatten_to_squashfs).
+        """
         layers = image.layers
-        counter = _ByteCounter(total=sum(layer.size for layer in layers))
         count = len(layers)
-        emit(Progress(Stage.DOWNLOADING, layer_count=count, bytes_total=counter.total,
-                      message=f"downloading {count} layers"), force=True)
-
         policy = MemberPolicy(keep_setuid=self.config.converter.keep_setuid)
+        indexes = [load_index(self.cache, layer.digest, policy) for layer in layers]
+        progress = _PullProgress(emit, count, sum(layer.size for layer in layers))
+        progress.start(output.name)
 
-        def fetch(index: int) -> PreparedLayer:
+        def fetch(index: int) -> Path:
             layer = layers[index]
-
-            def on_bytes(n: int) -> None:
-                emit(Progress(Stage.DOWNLOADING, layer_index=index + 1, layer_count=count,
-                              bytes_done=counter.add(n), bytes_total=counter.total,
-                              message=f"downloading layer {index + 1} of {count}"))
-
             prepared = prepare_layer(
                 self.cache, layer.digest, layer.size,
-                lambda out: client.fetch_blob(layer.digest, layer.size, out, on_bytes=on_bytes),
-                policy=policy, max_uncompressed=self.config.limits.max_unpacked_bytes,
+                lambda out: client.fetch_blob(layer.digest, layer.size, out,
+                                              on_bytes=lambda n: progress.downloaded(index, n)),
             )
             metrics.layer_cache(hit=not prepared.downloaded, size=layer.size)
-            if not prepared.downloaded:
-                counter.add(layer.size)
-            return prepared
+            progress.layer_done(index, layer.size, downloaded=prepared.downloaded)
+            return prepared.path
 
         workers = max(1, min(DOWNLOAD_CONNECTIONS, count))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-            return list(pool.map(fetch, range(count)))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        try:
+            # Newest first: the conversion starts with the newest layer.
+            futures = {index: pool.submit(fetch, index) for index in reversed(range(count))}
+            stats = flatten_to_squashfs(
+                _Downloads([futures[index] for index in range(count)]), output,
+                options=self.config.converter, limits=self.config.limits,
+                layer_names=[layer.digest for layer in layers], indexes=indexes,
+                layer_sizes=[layer.size for layer in layers], on_progress=progress.converted,
+            )
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for known, index in zip(indexes, stats.indexes, strict=True):
+            if known is None:
+                store_index(self.cache, index, policy)
 
-    def _convert(self, image: ResolvedImage, layers: list[PreparedLayer], output: Path,
-                 emit: Throttle) -> None:
-        count = len(layers)
-        emit(Progress(Stage.CONVERTING, layer_count=count,
-                      message=f"flattening {count} layers into {output.name}"), force=True)
-        flatten_to_squashfs(
-            [layer.path for layer in layers], output, options=self.config.converter,
-            limits=self.config.limits, layer_names=[layer.digest for layer in image.layers],
-            indexes=[layer.index for layer in layers],
-            on_progress=lambda done, total: emit(Progress(
-                Stage.CONVERTING, layer_count=count, bytes_done=done, bytes_total=total,
-                message="converting")),
-        )
+
+class _Downloads(Sequence[Path]):
+    """Layer paths that become available as their downloads finish (item access waits)."""
+
+    def __init__(self, futures: list[Future[Path]]) -> None:
+        self._futures = futures
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    @overload
+    def __getitem__(self, index: int) -> Path: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Path]: ...
+    def __getitem__(self, index: int | slice) -> Path | Sequence[Path]:
+        if isinstance(index, slice):
+            return [future.result() for future in self._futures[index]]
+        return self._futures[index].result()
+
+
+class _PullProgress:
+    """One progress line for downloads and the conversion that overlaps them:
+    DOWNLOADING (bytes downloaded) while a layer is still coming, then CONVERTING."""
+
+    def __init__(self, emit: Throttle, count: int, total: int) -> None:
+        self._emit = emit
+        self._count = count
+        self._total = total
+        self._done = 0
+        self._pending = count
+        self._lock = threading.Lock()
+
+    def start(self, image_file: str) -> None:
+        self._emit(Progress(Stage.DOWNLOADING, layer_count=self._count, bytes_total=self._total,
+                            message=f"downloading {self._count} layers, converting them into "
+                            f"{image_file} as they arrive"), force=True)
+
+    def downloaded(self, index: int, count: int) -> None:
+        with self._lock:
+            self._done += count
+            done = self._done
+        self._emit(Progress(Stage.DOWNLOADING, layer_index=index + 1, layer_count=self._count,
+                            bytes_done=done, bytes_total=self._total,
+                            message=f"downloading layer {index + 1} of {self._count}"))
+
+    def layer_done(self, index: int, size: int, *, downloaded: bool) -> None:
+        with self._lock:
+            if not downloaded:
+                self._done += size
+            self._pending -= 1
+            last = self._pending == 0
+        if last:
+            self._emit(Progress(Stage.CONVERTING, layer_count=self._count,
+                                message=f"all {self._count} layers here; converting"), force=True)
+
+    def converted(self, done: int, total: int) -> None:
+        with self._lock:
+            if self._pending:
+                return  # the download progress speaks until the last layer is here
+        self._emit(Progress(Stage.CONVERTING, layer_count=self._count, bytes_done=done,
+                            bytes_total=total, message="converting"))
 
 
 def _publish_progress(emit: Throttle, image_file: str) -> Callable[[int, int], None]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -160,7 +162,7 @@ def test_site_extra_arguments_are_appended_to_the_safe_defaults() -> None:
     options = ConverterOptions(extra_args=("--exportable",))
     command = tar2sqfs_command(Path("/out/image.squashfs"), options)
     assert command[-2:] == ["--exportable", "/out/image.squashfs"]
-    assert {"--no-xattr", "--no-skip", "uid=0,gid=0,mode=0755"} <= set(command)
+    assert {"--no-xattr", "--no-skip", "uid=0,gid=0,mode=0755,mtime=0"} <= set(command)
 
 
 def test_failing_tar2sqfs_raises_conversion_failed_with_its_message(tmp_path: Path) -> None:
@@ -203,13 +205,23 @@ def test_image_data_beyond_the_unpacked_limit_is_refused(tmp_path: Path) -> None
 
 def test_progress_goes_from_zero_to_the_total(tmp_path: Path) -> None:
     blob = layer(file("a", os.urandom(3 << 20)), file("b", b"b"))
+    path = write_blob(tmp_path, blob)
     reports: list[tuple[int, int]] = []
-    flatten_to_squashfs([write_blob(tmp_path, blob)], tmp_path / "i.squashfs", options=OPTIONS,
-                        limits=Limits(), layer_names=[digest(blob)],
-                        on_progress=lambda done, total: reports.append((done, total)))
+    stats = flatten_to_squashfs(
+        [path], tmp_path / "i.squashfs", options=OPTIONS, limits=Limits(),
+        layer_names=[digest(blob)], on_progress=lambda done, total: reports.append((done, total)))
+    # One pass: the compressed bytes read (the file data is known only at the end).
+    assert stats.one_pass
+    assert reports[0] == (0, len(blob)) and reports[-1] == (len(blob), len(blob))
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+    # Two passes (the index known): the file data written.
+    reports.clear()
+    flatten_to_squashfs(
+        [path], tmp_path / "j.squashfs", options=OPTIONS, limits=Limits(),
+        layer_names=[digest(blob)], indexes=stats.indexes,
+        on_progress=lambda done, total: reports.append((done, total)))
     total = (3 << 20) + 1
-    assert reports[0] == (0, total)
-    assert reports[-1] == (total, total)
+    assert reports[0] == (0, total) and reports[-1] == (total, total)
     assert [done for done, _ in reports] == sorted(done for done, _ in reports)
 
 
@@ -258,3 +270,58 @@ def test_large_layer_streams_through_with_bounded_memory(tmp_path: Path) -> None
     assert report["peak_kib"] < 100 * 1024  # the layer is 200 MiB; nothing holds it whole
     node = read_squashfs(output)["data/big.bin"]
     assert (node.size, node.sha256) == (size, source.hash.hexdigest())
+
+
+def mtimes(image: Path) -> dict[str, int]:
+    """path -> mtime of every entry of a squashfs image (through sqfs2tar)."""
+    listing = subprocess.run(["sqfs2tar", "--no-xattr", str(image)], capture_output=True,
+                             check=True, timeout=120).stdout
+    with tarfile.open(fileobj=io.BytesIO(listing), mode="r:") as archive:
+        return {info.name.strip("./"): info.mtime for info in archive if info.name.strip("./")}
+
+
+def common_layers() -> list[bytes]:
+    """What most images look like: no member below a symlink, links within a layer."""
+    base = layer(
+        dir("usr", mtime=100), dir("usr/bin", mtime=101), symlink("bin", "usr/bin", mtime=102),
+        file("usr/bin/sh", b"#!shell", 0o755, mtime=103), hardlink("usr/bin/dash", "usr/bin/sh"),
+        dir("etc", mtime=104), file("etc/hosts", b"127.0.0.1 localhost\n", mtime=105),
+        dir("var/cache/apt", mtime=106), file("var/cache/apt/pkgcache.bin", b"cache"),
+        compression="gzip",
+    )
+    update = layer(
+        dir("etc", 0o750, mtime=200), whiteout("etc/hosts"), opaque("var/cache/apt"),
+        file("var/cache/apt/fresh", b"fresh", mtime=201), hardlink("usr/bin/sh2", "usr/bin/sh"),
+        compression="zstd",
+    )
+    top = layer(dir("opt/app", 0o700, mtime=300), file("opt/app/run", b"run", 0o755, mtime=301),
+                symlink("opt/app/current", "/opt/app", mtime=302), compression="none")
+    return [base, update, top]
+
+
+def test_one_pass_image_equals_the_two_pass_image_of_the_same_layers(tmp_path: Path) -> None:
+    blobs = common_layers()
+    paths = [write_blob(tmp_path, blob) for blob in blobs]
+    names = [digest(blob) for blob in blobs]
+    one = flatten_to_squashfs(paths, tmp_path / "one.squashfs", options=OPTIONS, limits=LIMITS,
+                              layer_names=names)
+    two = flatten_to_squashfs(paths, tmp_path / "two.squashfs", options=OPTIONS, limits=LIMITS,
+                              layer_names=names, indexes=one.indexes)
+    assert one.one_pass and not two.one_pass
+    assert dataclasses.replace(one, one_pass=False) == two
+    tree = read_squashfs(tmp_path / "one.squashfs")
+    assert tree == read_squashfs(tmp_path / "two.squashfs")
+    assert mtimes(tmp_path / "one.squashfs") == mtimes(tmp_path / "two.squashfs")
+    # Directories written after their files keep their own mode and mtime.
+    assert tree["etc"].mode == 0o750 and mtimes(tmp_path / "one.squashfs")["etc"] == 200
+    assert "etc/hosts" not in tree and "var/cache/apt/pkgcache.bin" not in tree
+    assert tree["usr/bin/sh"].inode == tree["usr/bin/dash"].inode == tree["usr/bin/sh2"].inode
+
+
+def test_layers_one_pass_cannot_vouch_for_are_flattened_in_two_passes(tmp_path: Path) -> None:
+    # image_layers() writes below the symlink lib -> usr/lib: the one pass is dropped,
+    # and the image is the exact one (see the first test for its whole tree).
+    output, stats = build(tmp_path, *image_layers())
+    assert not stats.one_pass
+    assert summary(read_squashfs(output))["usr/lib/libc.so.6"] == ("file", 0o644, sha256(b"libc"))
+    assert [path.name for path in tmp_path.iterdir() if "partial" in path.name] == []

@@ -226,3 +226,26 @@ def test_corrupted_blob_fails_and_publishes_nothing(tmp_path, registry):  # noqa
     assert not images.exists() or not os.listdir(images)
     assert not [p for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
     assert not list((tmp_path / "expand").iterdir())
+
+
+def test_a_second_conversion_of_the_layers_uses_their_kept_indexes(tmp_path, registry, pushed,  # noqa: F811
+                                                                     caplog):
+    caplog.set_level("INFO", logger="imagegw.worker.pipeline.squashfs")
+    first, _ = run(builder_for(tmp_path, registry.url), "testreg/cases/flatten:1")
+    # The first conversion reads each layer once, newest first, and keeps their indexes.
+    builds = [r.getMessage() for r in caplog.records if "built an image" in r.getMessage()]
+    assert len(builds) == 1 and "one_pass=" in builds[0]
+    blobs = sorted((tmp_path / "cache").rglob("*.index-v*.json"))
+    assert len(blobs) == 3
+    # Other converter options: a new conversion, which merges the kept indexes first.
+    caplog.clear()
+    config = make_config(tmp_path, registry.url)
+    config["ConverterOptions"] = {"level": 1}
+    parsed = parse_config(config)
+    builder = Builder(parsed, WorkerPaths(parsed.cache_dir, parsed.expand_dir))
+    again, _ = run(builder, "testreg/cases/flatten:1", system="other")
+    builds = [r.getMessage() for r in caplog.records if "built an image" in r.getMessage()]
+    assert len(builds) == 1 and "one_pass=False" in builds[0]
+    tree = read_squashfs(tmp_path / "other" / f"{again.image_id}.squashfs")
+    assert {path: (node.type, node.link or node.sha256) for path, node in tree.items()} == \
+        expected_tree()

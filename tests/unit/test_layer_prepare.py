@@ -1,18 +1,19 @@
-"""Layers indexed while they download (IndexingTee), and indexes cached beside their blob."""
+"""Layers fetched into the blob cache, and layer indexes kept beside their blob."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 
-from imagegw.errors import ContentRejected, DigestMismatch
+from imagegw.errors import DigestMismatch
 from imagegw.worker.pipeline.decompress import open_layer
-from imagegw.worker.pipeline.flatten import index_layer
+from imagegw.worker.pipeline.flatten import LayerIndex, index_layer
 from imagegw.worker.pipeline.members import MemberPolicy
-from imagegw.worker.pipeline.prepare import index_name, prepare_layer
+from imagegw.worker.pipeline.prepare import index_name, load_index, prepare_layer, store_index
 from imagegw.worker.registry.blobcache import BlobCache
 from tests.support import layers as L
 
@@ -53,56 +54,53 @@ MEMBERS = (L.dir("etc"), L.file("etc/hosts", b"127.0.0.1 localhost\n" * 500),
            L.hardlink("bin/tool2", "bin/tool"), L.whiteout("old"))
 
 
-@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
-def test_index_made_while_downloading_equals_the_index_of_the_finished_file(
-        tmp_path: Path, compression: str) -> None:
-    data, digest = blob_of(*MEMBERS, compression=compression)
-    cache = BlobCache(tmp_path)
-    prepared = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, []),
-                             policy=POLICY, max_uncompressed=CAP)
-    assert prepared.downloaded and prepared.indexed_while_downloading
-    with open_layer(prepared.path, max_uncompressed=CAP, layer=digest) as stream:
-        assert prepared.index == index_layer(stream, layer=digest, policy=POLICY)
+def index_of(path: Path, digest: str, policy: MemberPolicy = POLICY) -> LayerIndex:
+    with open_layer(path, max_uncompressed=CAP, layer=digest) as stream:
+        return index_layer(stream, layer=digest, policy=policy)
 
 
-def test_a_cached_layer_is_neither_downloaded_nor_indexed_again(tmp_path: Path) -> None:
+def test_a_cached_layer_is_not_downloaded_again(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
     cache = BlobCache(tmp_path)
     calls: list[int] = []
-    first = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, calls),
-                          policy=POLICY, max_uncompressed=CAP)
-    sidecar = cache.sidecar_path(digest, index_name(POLICY))
-    assert sidecar.is_file()
-    stamp = sidecar.stat().st_mtime_ns
-    second = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, calls),
-                           policy=POLICY, max_uncompressed=CAP)
+    first = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, calls))
+    second = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, calls))
     assert calls == [1]
-    assert not second.downloaded and not second.indexed_while_downloading
-    assert second.index == first.index
-    assert sidecar.stat().st_mtime_ns == stamp
+    assert first.downloaded and not second.downloaded
+    assert second.path == first.path and first.path.read_bytes() == data
 
 
-def test_indexes_differ_by_member_policy(tmp_path: Path) -> None:
+def test_the_index_kept_by_one_conversion_is_found_by_the_next(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
     cache = BlobCache(tmp_path)
-    fetch = verifying_fetch(data, digest, [])
-    cleared = prepare_layer(cache, digest, len(data), fetch, policy=POLICY, max_uncompressed=CAP)
-    kept = prepare_layer(cache, digest, len(data), fetch,
-                         policy=MemberPolicy(keep_setuid=True), max_uncompressed=CAP)
-    modes = {entry.path: entry.mode for entry in kept.index.entries}
-    assert modes["bin/tool"] & 0o4000
-    assert not {e.path: e.mode for e in cleared.index.entries}["bin/tool"] & 0o4000
+    path = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, [])).path
+    assert load_index(cache, digest, POLICY) is None
+    index = index_of(path, digest)
+    store_index(cache, index, POLICY)
+    assert cache.sidecar_path(digest, index_name(POLICY)).is_file()
+    assert load_index(cache, digest, POLICY) == index
 
 
-def test_a_restarted_download_still_gets_the_right_index(tmp_path: Path) -> None:
+def test_indexes_are_kept_per_member_policy(tmp_path: Path) -> None:
+    data, digest = blob_of(*MEMBERS)
+    cache = BlobCache(tmp_path)
+    path = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, [])).path
+    keep = MemberPolicy(keep_setuid=True)
+    store_index(cache, index_of(path, digest), POLICY)
+    # The setuid bit differs between the two policies' indexes: one is not the other's.
+    assert load_index(cache, digest, keep) is None
+    store_index(cache, index_of(path, digest, keep), keep)
+    modes = {entry.path: entry.mode for entry in load_index(cache, digest, keep).entries}
+    cleared = {entry.path: entry.mode for entry in load_index(cache, digest, POLICY).entries}
+    assert modes["bin/tool"] & 0o4000 and not cleared["bin/tool"] & 0o4000
+
+
+def test_a_restarted_download_keeps_exactly_the_blob(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
     cache = BlobCache(tmp_path)
     prepared = prepare_layer(cache, digest, len(data),
-                             verifying_fetch(data, digest, [], restart_after=len(data) // 2),
-                             policy=POLICY, max_uncompressed=CAP)
-    assert not prepared.indexed_while_downloading
-    with open_layer(prepared.path, max_uncompressed=CAP, layer=digest) as stream:
-        assert prepared.index == index_layer(stream, layer=digest, policy=POLICY)
+                             verifying_fetch(data, digest, [], restart_after=len(data) // 2))
+    assert prepared.path.read_bytes() == data
 
 
 def test_a_failed_download_leaves_neither_blob_nor_index(tmp_path: Path) -> None:
@@ -110,34 +108,25 @@ def test_a_failed_download_leaves_neither_blob_nor_index(tmp_path: Path) -> None
     cache = BlobCache(tmp_path)
     wrong = "sha256:" + "0" * 64
     with pytest.raises(DigestMismatch):
-        prepare_layer(cache, wrong, len(data), verifying_fetch(data, wrong, []),
-                      policy=POLICY, max_uncompressed=CAP)
+        prepare_layer(cache, wrong, len(data), verifying_fetch(data, wrong, []))
     assert not cache.has(wrong)
     assert cache.sidecars(wrong) == []
+    assert load_index(cache, wrong, POLICY) is None
 
 
-def test_a_hostile_layer_is_refused_whether_indexed_streaming_or_not(tmp_path: Path) -> None:
-    data, digest = blob_of(L.file("a", b"1" * 5000))
-    cache = BlobCache(tmp_path)
-    data2, digest2 = blob_of(L.raw_member("corrupt", data=b"x", checksum_delta=5))
-    with pytest.raises(ContentRejected, match="bad checksum"):
-        prepare_layer(cache, digest2, len(data2), verifying_fetch(data2, digest2, []),
-                      policy=POLICY, max_uncompressed=CAP)
-    # A bomb over the cap is refused while streaming as well as from the file.
-    with pytest.raises(ContentRejected, match="cap"):
-        prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, []),
-                      policy=POLICY, max_uncompressed=100)
-
-
-def test_an_unreadable_cached_index_is_made_again(tmp_path: Path) -> None:
+def test_an_unreadable_or_foreign_index_is_not_used(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
+    other, other_digest = blob_of(L.file("x", b"y"))
     cache = BlobCache(tmp_path)
-    first = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, []),
-                          policy=POLICY, max_uncompressed=CAP)
-    cache.sidecar_path(digest, index_name(POLICY)).write_text("{not json")
-    again = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, []),
-                          policy=POLICY, max_uncompressed=CAP)
-    assert again.index == first.index
+    path = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, [])).path
+    sidecar = cache.sidecar_path(digest, index_name(POLICY))
+    sidecar.write_text("{not json")
+    assert load_index(cache, digest, POLICY) is None
+    store_index(cache, index_of(path, digest), POLICY)
+    # An index claiming another layer (a copied or mixed-up file) is not trusted either.
+    foreign = index_of(path, other_digest)
+    sidecar.write_text(json.dumps(foreign.to_json()))
+    assert load_index(cache, digest, POLICY) is None
 
 
 def test_ensure_verified_trusts_the_fetchers_hash_but_still_checks_the_size(tmp_path: Path

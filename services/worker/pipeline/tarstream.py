@@ -222,6 +222,12 @@ def _cstring(data: bytes) -> str:
 
 
 def _number(field: bytes, layer: str, offset: int) -> int:
+    if field[-1] in _NUMBER_ENDS and 0x30 <= field[0] <= 0x37:
+        # The usual form: zero-padded octal digits and one NUL or space.
+        try:
+            return int(field[:-1], 8)
+        except ValueError:
+            pass
     first = field[0]
     if first == 0x80:
         return int.from_bytes(field[1:], "big")
@@ -237,6 +243,9 @@ def _number(field: bytes, layer: str, offset: int) -> int:
             f"layer {layer} has a tar header with a bad number at offset {offset}",
             hint="the layer is corrupt",
         ) from None
+
+
+_NUMBER_ENDS = frozenset(b"\0 ")
 
 
 def _parse_header(block: bytes, layer: str, offset: int) -> RawMember:
@@ -400,21 +409,32 @@ def _ustar_block(
     name: tuple[bytes, bytes], kind: str, *, mode: int, mtime: int, size: int, link: bytes
 ) -> bytes:
     prefix, base = name
-    block = bytearray(BLOCK)
+    block = bytearray(_USTAR_TEMPLATE)
     block[0 : len(base)] = base
     block[100:108] = b"%07o\0" % (mode & 0o7777)
+    block[124:148] = b"%011o\0%011o\0" % (size, mtime)
+    block[156] = ord(kind)
+    if link:
+        block[157 : 157 + len(link)] = link
+    if prefix:
+        block[345 : 345 + len(prefix)] = prefix
+    block[148:156] = b"%06o\0 " % _byte_sum(block)
+    return bytes(block)
+
+
+def _template() -> bytes:
+    """The fields every header we write shares: owner root:root (0:0), ustar magic,
+    and a checksum field of spaces (as the checksum is computed)."""
+    block = bytearray(BLOCK)
     block[108:116] = b"0000000\0"
     block[116:124] = b"0000000\0"
-    block[124:136] = b"%011o\0" % size
-    block[136:148] = b"%011o\0" % mtime
     block[148:156] = b"        "
-    block[156] = ord(kind)
-    block[157 : 157 + len(link)] = link
     block[257:265] = b"ustar\x0000"
     block[265:269] = b"root"
     block[297:301] = b"root"
     block[329:337] = b"0000000\0"
     block[337:345] = b"0000000\0"
-    block[345 : 345 + len(prefix)] = prefix
-    block[148:156] = b"%06o\0 " % _byte_sum(block)
     return bytes(block)
+
+
+_USTAR_TEMPLATE = _template()
