@@ -85,6 +85,22 @@ def test_begin_pull_while_in_flight_returns_the_running_record(image_store: Imag
     assert record.job_id == "job-1" and record.state == ImageState.PULLING
 
 
+def test_begin_pull_keeps_a_pull_that_became_ready_after_the_given_time(
+        image_store: ImageStore) -> None:
+    # A pull finished at 10.0: a caller that counts images READY after 5.0 as fresh is
+    # answered by it; one that needs them READY after 10.0 (or anything: None) restarts it.
+    pull_to_ready(image_store, KEY, "job-1", "img-a", 10.0)
+    record, started = image_store.begin_pull(KEY, "job-2", 11.0, keep_ready_since=5.0)
+    assert not started and record.state == ImageState.READY and record.job_id == "job-1"
+    assert record.image_id == "img-a"
+    record, started = image_store.begin_pull(KEY, "job-3", 11.0, keep_ready_since=10.0)
+    assert started and record.job_id == "job-3"
+    image_store.fail_pull(KEY, "job-3", Failure(14, "registry down"), 12.0)
+    # A failed pull is never kept, whatever the time.
+    record, started = image_store.begin_pull(KEY, "job-4", 13.0, keep_ready_since=0.0)
+    assert started and record.job_id == "job-4"
+
+
 def test_only_one_of_twenty_concurrent_begin_pulls_starts_the_pull(
     image_store: ImageStore,
 ) -> None:

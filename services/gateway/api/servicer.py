@@ -159,7 +159,10 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             details.update(job=ticket.job_id, private=bool(ticket.key.acl_key),
                            outcome="fresh" if ticket.fresh else
                            "started" if ticket.started else "joined")
-        if request.no_wait or ticket.fresh:
+        if ticket.answer is not None:
+            yield pb.PullImageResponse(image=status_to_image(ticket.answer))
+            return
+        if request.no_wait:
             status = self.pulls.status(ticket.key)
             yield pb.PullImageResponse(image=status_to_image(status))
             return

@@ -60,6 +60,9 @@ class PullTicket:
     started: bool
     #: True when a READY image younger than PullUpdateTimeout answered the pull.
     fresh: bool
+    #: For a fresh answer: the READY status it was decided on (a pull another caller
+    #: starts a moment later does not change what this caller was answered).
+    answer: ImageStatus | None = None
 
 
 def _visible_pull(caller: Caller, pull: PullRecord) -> bool:
@@ -138,23 +141,36 @@ class PullManager:
         now = self.clock()
         current = self.store.get_pull(key)
         known_digest = ""
+        # A READY image younger than this answers the pull without a job.
+        fresh_since: float | None = None if request.force else now - self.config.pull_update_timeout
         if current is not None and current.state == ImageState.READY and current.image_id:
             image = self.store.get_image(key.system, current.image_id, key.acl_key)
             if image is not None and image.state == ImageState.READY:
-                age = now - current.ready_time
-                if not request.force and age < self.config.pull_update_timeout:
-                    return PullTicket(key, current.job_id, started=False, fresh=True)
+                if not request.force and current.ready_time > fresh_since:
+                    return self._fresh(key, current, image)
                 if not request.force:
                     known_digest = image.manifest_digest
+            else:
+                fresh_since = None  # its image is gone: pull again
         job_id = uuid.uuid4().hex
         with self.limiter.admit(caller, key):
             record, started = self.store.begin_pull(
-                key, job_id, now, requester_uid=caller.uid, user_acl=users, group_acl=groups)
+                key, job_id, now, requester_uid=caller.uid, user_acl=users, group_acl=groups,
+                keep_ready_since=fresh_since)
         if started:
             self.queue.submit(QueuedJob(job_id, key.system, job_payload(key, record, known_digest)))
             log.info("pull %s on %s: job %s queued%s", reference, key.system, job_id,
                      " (re-check)" if known_digest else "")
+        elif record.state == ImageState.READY:
+            # The pull in flight when we looked finished before we could join it.
+            image = self.store.get_image(key.system, record.image_id, key.acl_key)
+            if image is not None:
+                return self._fresh(key, record, image)
         return PullTicket(key, record.job_id, started=started, fresh=False)
+
+    def _fresh(self, key: PullKey, pull: PullRecord, image: ImageRecord) -> PullTicket:
+        return PullTicket(key, pull.job_id, started=False, fresh=True, answer=pull_status(
+            pull, image, expiration=self.config.image_expiration_timeout))
 
     def _check_acl_change(self, key: PullKey, caller: Caller) -> None:
         """A private image of this reference that names the caller but was pulled by
@@ -178,8 +194,13 @@ class PullManager:
                            progress=progress)
 
     def watch(self, ticket: PullTicket, alive: Callable[[], bool]) -> Iterator[ImageStatus]:
-        """Yields the pull's status, then progress, until READY or FAILED."""
-        subscription = self.hub.subscribe(ticket.job_id)
+        """Yields the pull's status, then progress, until READY or FAILED.
+
+        When the job ends and a newer job of the same pull has begun meanwhile (another
+        caller's re-check or retry), the stream follows that job: it ends with the
+        pull's outcome, never with the newer job's QUEUED state."""
+        job_id = ticket.job_id
+        subscription = self.hub.subscribe(job_id)
         try:
             status = self.status(ticket.key)
             yield status
@@ -196,10 +217,16 @@ class PullManager:
                     continue
                 status = self.status(ticket.key)
                 last_read = time.monotonic()
-                if not status.state.in_flight or (status.pull and status.pull.job_id != ticket.job_id):
+                if not status.state.in_flight:
                     self._forget(ticket.key.system, ticket.key.reference)
                     yield status
                     return
+                if status.pull is not None and status.pull.job_id != job_id:
+                    subscription.close()
+                    job_id = status.pull.job_id
+                    subscription = self.hub.subscribe(job_id)
+                    yield status
+                    continue
                 if event is not None and not event.get("final"):
                     yield self._progress_status(status, event)
         finally:

@@ -36,6 +36,7 @@ class ImageStore(Protocol):
     def begin_pull(
         self, key: PullKey, job_id: str, now: float, *, requester_uid: int = -1,
         user_acl: tuple[int, ...] = (), group_acl: tuple[int, ...] = (),
+        keep_ready_since: float | None = None,
     ) -> tuple[PullRecord, bool]:
         """Starts a pull unless one is in flight for `key`, atomically.
 
@@ -43,7 +44,9 @@ class ImageStore(Protocol):
         QUEUED, job_id set, attempts reset to 0, failure cleared, image_id kept),
         or (the in-flight record, False) when a pull for `key` was already QUEUED,
         PULLING, CONVERTING or TRANSFERRING. Of many concurrent callers exactly
-        one gets True."""
+        one gets True. With `keep_ready_since`, a READY record whose ready_time is
+        later than that is kept too: (that record, False) — a pull that finished
+        between the caller's read and this call answers it."""
         ...
 
     def get_pull(self, key: PullKey) -> PullRecord | None:

@@ -134,6 +134,7 @@ class MongoImageStore:
     def begin_pull(
         self, key: PullKey, job_id: str, now: float, *, requester_uid: int = -1,
         user_acl: tuple[int, ...] = (), group_acl: tuple[int, ...] = (),
+        keep_ready_since: float | None = None,
     ) -> tuple[PullRecord, bool]:
         update = {
             "$set": {"state": int(ImageState.QUEUED), "job_id": job_id, "attempts": 0,
@@ -143,14 +144,23 @@ class MongoImageStore:
             "$setOnInsert": {"created": now, "image_id": "", "ready_time": 0.0},
         }
 
+        startable: dict[str, Any] = {**_key_filter(key), "state": _NOT_IN_FLIGHT}
+        if keep_ready_since is not None:
+            startable["$nor"] = [{"state": int(ImageState.READY),
+                                  "ready_time": {"$gt": keep_ready_since}}]
+
+        def kept(record: PullRecord) -> bool:
+            return record.state.in_flight or (
+                keep_ready_since is not None and record.state == ImageState.READY
+                and record.ready_time > keep_ready_since)
+
         def attempt() -> tuple[dict[str, Any] | None, bool]:
             try:
                 doc = self._pulls.find_one_and_update(
-                    {**_key_filter(key), "state": _NOT_IN_FLIGHT}, update, upsert=True,
-                    return_document=ReturnDocument.AFTER)
+                    startable, update, upsert=True, return_document=ReturnDocument.AFTER)
                 return doc, True
             except DuplicateKeyError:
-                # The record exists and is in flight, so the filter missed it.
+                # The record exists and is in flight (or kept READY): the filter missed it.
                 return self._pulls.find_one(_key_filter(key)), False
 
         # A record can leave flight between the upsert and the read: try again then.
@@ -162,7 +172,7 @@ class MongoImageStore:
             if started or record.job_id == job_id:
                 # The same job_id in flight: our own upsert, retried after a lost reply.
                 return record, True
-            if record.state.in_flight:
+            if kept(record):
                 return record, False
         raise StoreUnavailable(
             f"could not start the pull of {key.reference}: its record keeps changing",

@@ -196,10 +196,13 @@ class SqliteImageStore:
     def begin_pull(
         self, key: PullKey, job_id: str, now: float, *, requester_uid: int = -1,
         user_acl: tuple[int, ...] = (), group_acl: tuple[int, ...] = (),
+        keep_ready_since: float | None = None,
     ) -> tuple[PullRecord, bool]:
         with self._write("start a pull") as tx:
             row = tx.execute(f"SELECT * FROM pulls WHERE {_KEY_WHERE}", _key_args(key)).fetchone()
-            if row is not None and ImageState(row["state"]).in_flight:
+            if row is not None and (ImageState(row["state"]).in_flight or (
+                    keep_ready_since is not None and row["state"] == int(ImageState.READY)
+                    and row["ready_time"] > keep_ready_since)):
                 return _pull(row), False
             fields = (int(ImageState.QUEUED), job_id, requester_uid, _dump(list(user_acl)),
                       _dump(list(group_acl)), now)
