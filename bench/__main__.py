@@ -270,6 +270,8 @@ def noop_lookup_load(workdir: Path, reference: str, seconds: float) -> dict:
 
 
 def concurrent_pulls(workdir: Path, registry, jobs: int, count: int = 100) -> dict:
+    import grpc
+
     from imagegw.v1 import gateway_service_pb2 as pb
     from imagegw.v1 import gateway_service_pb2_grpc as pb_grpc
     from imagegw.v1 import image_pb2
@@ -282,6 +284,7 @@ def concurrent_pulls(workdir: Path, registry, jobs: int, count: int = 100) -> di
     ours = Ours(workdir, registry, "dedup", jobs)
     offset = _log_offset(registry)
     states: list[int] = []
+    failures: list[str] = []
     lock = threading.Lock()
     try:
         with ours.service.channel() as channel:
@@ -290,10 +293,18 @@ def concurrent_pulls(workdir: Path, registry, jobs: int, count: int = 100) -> di
 
             def one() -> None:
                 barrier.wait()
-                responses = list(stub.PullImage(pb.PullImageRequest(
-                    system="default", reference="testreg/bench/dedup:1"), timeout=600))
+                try:
+                    responses = list(stub.PullImage(pb.PullImageRequest(
+                        system="default", reference="testreg/bench/dedup:1"), timeout=600))
+                except grpc.RpcError as exc:
+                    with lock:
+                        failures.append(f"{exc.code().name}: {exc.details()}")
+                    return
                 with lock:
                     states.append(responses[-1].image.state)
+                    if responses[-1].image.state != image_pb2.IMAGE_STATE_READY:
+                        failures.append(f"ended in state {responses[-1].image.state}: "
+                                        f"{responses[-1].image.failure.message}")
 
             start = time.perf_counter()
             threads = [threading.Thread(target=one) for _ in range(count)]
@@ -304,7 +315,7 @@ def concurrent_pulls(workdir: Path, registry, jobs: int, count: int = 100) -> di
             wall = time.perf_counter() - start
         return {"pulls": count, "ready": states.count(image_pb2.IMAGE_STATE_READY),
                 "conversions": ours.conversions(), "blob_downloads": _blob_gets(registry, offset),
-                "wall": wall}
+                "wall": wall, "failures": sorted(set(failures))}
     finally:
         ours.stop()
 
@@ -470,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
             report += ["## 100 concurrent pulls of one (small, new) image", "",
                        f"- {dedup['ready']} of {dedup['pulls']} streams reached READY; "
                        f"conversions: {dedup['conversions']}; blob downloads: "
-                       f"{dedup['blob_downloads']}; wall {dedup['wall']:.1f}s", ""]
+                       f"{dedup['blob_downloads']}; wall {dedup['wall']:.1f}s", *[
+                           f"- a stream that did not reach READY: {failure}"
+                           for failure in dedup["failures"]], ""]
             summary.append(f"100 concurrent pulls: {dedup['ready']} READY, "
                            f"{dedup['conversions']} conversion(s) [target: 100 READY, 1]")
     finally:

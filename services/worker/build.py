@@ -23,6 +23,7 @@ from imagegw.reference import parse_reference
 from imagegw.worker.artifacts import ConversionKey, build_ready_made, shared_conversions_for
 from imagegw.worker.cache import WorkerCaches
 from imagegw.worker.paths import WorkerPaths
+from imagegw.worker.pipeline.flatten import LayerIndex
 from imagegw.worker.pipeline.members import MemberPolicy
 from imagegw.worker.pipeline.meta import render_meta
 from imagegw.worker.pipeline.prepare import load_index, prepare_layer, store_index
@@ -178,22 +179,25 @@ class Builder:
             progress.layer_done(index, layer.size, downloaded=prepared.downloaded)
             return prepared.path
 
+        def keep(made: Sequence[LayerIndex]) -> None:
+            for known, index in zip(indexes, made, strict=True):
+                if known is None:
+                    store_index(self.cache, index, policy)
+
         workers = max(1, min(DOWNLOAD_CONNECTIONS, count))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
         try:
             # Newest first: the conversion starts with the newest layer.
             futures = {index: pool.submit(fetch, index) for index in reversed(range(count))}
-            stats = flatten_to_squashfs(
+            flatten_to_squashfs(
                 _Downloads([futures[index] for index in range(count)]), output,
                 options=self.config.converter, limits=self.config.limits,
                 layer_names=[layer.digest for layer in layers], indexes=indexes,
                 layer_sizes=[layer.size for layer in layers], on_progress=progress.converted,
+                on_indexes=keep,
             )
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        for known, index in zip(indexes, stats.indexes, strict=True):
-            if known is None:
-                store_index(self.cache, index, policy)
 
 
 class _Downloads(Sequence[Path]):

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -325,3 +327,23 @@ def test_layers_one_pass_cannot_vouch_for_are_flattened_in_two_passes(tmp_path: 
     assert not stats.one_pass
     assert summary(read_squashfs(output))["usr/lib/libc.so.6"] == ("file", 0o644, sha256(b"libc"))
     assert [path.name for path in tmp_path.iterdir() if "partial" in path.name] == []
+
+
+def test_early_writeback_stops_with_the_build_and_leaves_no_descriptor(tmp_path: Path) -> None:
+    from imagegw.worker.pipeline.writeback import EarlyWriteback
+
+    def descriptors() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    before = descriptors()
+    target = tmp_path / "growing"
+    with EarlyWriteback(target, interval=0.01), target.open("wb") as out:
+        for _ in range(20):
+            out.write(os.urandom(1 << 16))
+            out.flush()
+            time.sleep(0.005)
+    assert not [thread for thread in threading.enumerate() if thread.name == "writeback"]
+    assert descriptors() == before
+    with EarlyWriteback(tmp_path / "never-made", interval=0.01):
+        time.sleep(0.05)
+    assert descriptors() == before

@@ -35,6 +35,7 @@ from .decompress import open_layer, open_layer_stream
 from .flatten import FlatTree, LayerIndex, index_layer, merge_layers, write_flat_tar
 from .members import MemberPolicy
 from .streaming import SpeculationFailed, StreamedFlatten, stream_flat_tar
+from .writeback import EarlyWriteback
 
 log = logging.getLogger(__name__)
 
@@ -113,32 +114,40 @@ def build_squashfs(
         assert process.stdin is not None
         _widen_pipe(process.stdin)
         try:
-            try:
-                write_tar(process.stdin)
-                process.stdin.close()
-                if check is not None:
-                    check()
-            except BrokenPipeError:
-                process.wait(timeout=FINISH_TIMEOUT)
-                raise ConversionFailed(
-                    f"tar2sqfs stopped reading its input (exit code {process.returncode}): "
-                    f"{_tail(stderr)}", hint=space_hint()
-                ) from None
-            try:
-                code = process.wait(timeout=FINISH_TIMEOUT)
-            except subprocess.TimeoutExpired as exc:
-                raise ConversionFailed(
-                    f"tar2sqfs did not finish within {FINISH_TIMEOUT:.0f}s after its input"
-                ) from exc
-            if code != 0:
-                raise ConversionFailed(
-                    f"tar2sqfs failed (exit code {code}): {_tail(stderr)}",
-                    hint=space_hint())
+            with EarlyWriteback(partial):
+                _feed(process, write_tar, check, stderr, space_hint)
             os.replace(partial, output)
         except BaseException:
             _stop(process)
             partial.unlink(missing_ok=True)
             raise
+
+
+def _feed(process: subprocess.Popen[bytes], write_tar: Callable[[BinaryIO], None],
+          check: Callable[[], None] | None, stderr: BinaryIO,
+          space_hint: Callable[[], str | None]) -> None:
+    """Writes the tar into tar2sqfs, runs `check` while it finishes, waits for it."""
+    assert process.stdin is not None
+    try:
+        write_tar(process.stdin)
+        process.stdin.close()
+        if check is not None:
+            check()
+    except BrokenPipeError:
+        process.wait(timeout=FINISH_TIMEOUT)
+        raise ConversionFailed(
+            f"tar2sqfs stopped reading its input (exit code {process.returncode}): "
+            f"{_tail(stderr)}", hint=space_hint()
+        ) from None
+    try:
+        code = process.wait(timeout=FINISH_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        raise ConversionFailed(
+            f"tar2sqfs did not finish within {FINISH_TIMEOUT:.0f}s after its input"
+        ) from exc
+    if code != 0:
+        raise ConversionFailed(f"tar2sqfs failed (exit code {code}): {_tail(stderr)}",
+                               hint=space_hint())
 
 
 def _widen_pipe(pipe: BinaryIO) -> None:
@@ -196,6 +205,7 @@ def flatten_to_squashfs(
     on_progress: Callable[[int, int], None] | None = None,
     indexes: Sequence[LayerIndex | None] | None = None,
     layer_sizes: Sequence[int] | None = None,
+    on_indexes: Callable[[Sequence[LayerIndex]], None] | None = None,
 ) -> FlattenStats:
     """Flattens the layers (oldest first) into the squashfs image `output`.
 
@@ -207,7 +217,8 @@ def flatten_to_squashfs(
     layer i is downloaded: layers are asked for newest first.
     `on_progress(bytes_done, bytes_total)` follows the file data written (two passes) or
     the compressed layer bytes read (one pass; `layer_sizes`, the blobs' sizes, give the
-    total without waiting for the downloads).
+    total without waiting for the downloads). `on_indexes(indexes)` gets every layer's
+    index once all are known (while tar2sqfs finishes, in the one pass), to keep them.
     """
     if len(layer_paths) != len(layer_names):
         raise ValueError("layer_paths and layer_names differ in length")
@@ -219,7 +230,7 @@ def flatten_to_squashfs(
             index is not None and index.layer != name
             for index, name in zip(known, layer_names, strict=True)):
         raise ValueError("indexes do not match layer_names")
-    flatten = _Flatten(layer_paths, layer_names, options, limits, on_progress)
+    flatten = _Flatten(layer_paths, layer_names, options, limits, on_progress, on_indexes)
     if all(index is not None for index in known):
         return flatten.two_passes([index for index in known if index is not None], output)
     sizes = list(layer_sizes) if layer_sizes is not None else [
@@ -231,9 +242,11 @@ def flatten_to_squashfs(
                  output.name, failed.reason)
         for number, index in failed.indexes.items():
             known[number] = index
-    return flatten.two_passes([
-        index if index is not None else flatten.index(number) for number, index in enumerate(known)
-    ], output)
+    made = [index if index is not None else flatten.index(number)
+            for number, index in enumerate(known)]
+    if on_indexes is not None:
+        on_indexes(made)
+    return flatten.two_passes(made, output)
 
 
 class _Flatten:
@@ -241,13 +254,15 @@ class _Flatten:
 
     def __init__(self, layer_paths: Sequence[Path], layer_names: Sequence[str],
                  options: ConverterOptions, limits: Limits,
-                 on_progress: Callable[[int, int], None] | None) -> None:
+                 on_progress: Callable[[int, int], None] | None,
+                 on_indexes: Callable[[Sequence[LayerIndex]], None] | None = None) -> None:
         self.layer_paths = layer_paths
         self.layer_names = layer_names
         self.options = options
         self.cap = limits.max_unpacked_bytes
         self.policy = MemberPolicy(keep_setuid=options.keep_setuid)
         self.on_progress = on_progress
+        self.on_indexes = on_indexes
 
     def open(self, number: int, on_raw_bytes: Callable[[int], None] | None = None) -> BinaryIO:
         path = self.layer_paths[number]
@@ -278,9 +293,13 @@ class _Flatten:
             progress.finish()
 
         # The image is about as large as the compressed layers; the file data is unknown.
+        def check() -> None:
+            trees.append(streamed[0].verify())
+            if self.on_indexes is not None:
+                self.on_indexes(streamed[0].indexes)
+
         build_squashfs(write_tar, output, self.options, expected_bytes=sum(layer_sizes),
-                       expected_what="bytes of compressed layers",
-                       check=lambda: trees.append(streamed[0].verify()))
+                       expected_what="bytes of compressed layers", check=check)
         return _stats(trees[0], streamed[0].indexes, one_pass=True)
 
     def two_passes(self, indexes: list[LayerIndex], output: Path) -> FlattenStats:
