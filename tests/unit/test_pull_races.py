@@ -33,14 +33,19 @@ def world(tmp_path: Path) -> Iterator[tuple[PullManager, SqliteImageStore, Memor
     store.close()
 
 
-def finish(store: SqliteImageStore, hub: MemoryProgressHub, ticket: PullTicket) -> None:
-    """What the dispatcher does when a worker reports the image published."""
+def complete(store: SqliteImageStore, ticket: PullTicket) -> None:
+    """The store side of a finished job: the pull READY now, with its image."""
     image_id = "a" * 64
     image = ImageRecord(
         system=SYSTEM, image_id=image_id, format="squashfs", manifest_digest="sha256:" + "1" * 64,
         metadata=ImageMetadata(), image_file=f"{image_id}.squashfs", meta_file=f"{image_id}.meta",
         size_bytes=4, tags=(ticket.key.reference,), last_pull=1.0, last_used=1.0)
     assert store.complete_pull(ticket.key, ticket.job_id, image, time.time())
+
+
+def finish(store: SqliteImageStore, hub: MemoryProgressHub, ticket: PullTicket) -> None:
+    """What the dispatcher does when a worker reports the image published."""
+    complete(store, ticket)
     hub.publish(ticket.job_id, {"final": True})
 
 
@@ -60,11 +65,7 @@ def test_a_stream_whose_job_ends_as_a_newer_one_begins_follows_the_newer_one(wor
     assert next(stream).state == ImageState.QUEUED
     # The job finishes, and before this stream reads the record another caller's pull
     # (here a forced one) starts the next job of the same (system, reference).
-    image_id = "a" * 64
-    assert store.complete_pull(first.key, first.job_id, ImageRecord(
-        system=SYSTEM, image_id=image_id, format="squashfs", manifest_digest="sha256:" + "1" * 64,
-        metadata=ImageMetadata(), image_file=f"{image_id}.squashfs", meta_file=f"{image_id}.meta",
-        size_bytes=4, tags=(REFERENCE,), last_pull=1.0, last_used=1.0), time.time())
+    complete(store, first)
     second = pulls.request_pull(PullRequest(SYSTEM, REFERENCE, force=True), ANONYMOUS_CALLER)
     assert second.started and second.job_id != first.job_id
     hub.publish(first.job_id, {"final": True})
