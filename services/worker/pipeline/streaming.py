@@ -77,6 +77,9 @@ def stream_flat_tar(
         with contextlib.closing(open_layer(number)) as stream:
             indexes[number] = emitter.read_layer(
                 number, layer_names[number], stream, policy, on_bytes, indexes)
+    # What newer layers hid is not needed any more; the merge below builds the tree.
+    emitter.hidden.clear()
+    emitter.hidden_below.clear()
     streamed = StreamedFlatten(emitter, [indexes[n] for n in range(len(layer_names))])
     if emitter.deferred_links:
         streamed.write_deferred_links(writer)
