@@ -24,9 +24,9 @@ from imagegw.worker.artifacts import ConversionKey, build_ready_made, shared_con
 from imagegw.worker.cache import WorkerCaches
 from imagegw.worker.paths import WorkerPaths
 from imagegw.worker.pipeline.flatten import LayerIndex
+from imagegw.worker.pipeline.indexes import load_index, store_index
 from imagegw.worker.pipeline.members import MemberPolicy
 from imagegw.worker.pipeline.meta import render_meta
-from imagegw.worker.pipeline.prepare import load_index, prepare_layer, store_index
 from imagegw.worker.pipeline.squashfs import flatten_to_squashfs
 from imagegw.worker.publish import publisher_for
 from imagegw.worker.registry.client import RegistryClient
@@ -170,14 +170,14 @@ class Builder:
 
         def fetch(index: int) -> Path:
             layer = layers[index]
-            prepared = prepare_layer(
-                self.cache, layer.digest, layer.size,
+            path, downloaded = self.cache.ensure_verified(
+                layer.digest, layer.size,
                 lambda out: client.fetch_blob(layer.digest, layer.size, out,
                                               on_bytes=lambda n: progress.downloaded(index, n)),
             )
-            metrics.layer_cache(hit=not prepared.downloaded, size=layer.size)
-            progress.layer_done(index, layer.size, downloaded=prepared.downloaded)
-            return prepared.path
+            metrics.layer_cache(hit=not downloaded, size=layer.size)
+            progress.layer_done(index, layer.size, downloaded=downloaded)
+            return path
 
         def keep(made: Sequence[LayerIndex]) -> None:
             for known, index in zip(indexes, made, strict=True):

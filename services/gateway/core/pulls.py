@@ -58,11 +58,14 @@ class PullTicket:
     job_id: str
     #: True when this request started a new job (False: joined one, or fresh image).
     started: bool
-    #: True when a READY image younger than PullUpdateTimeout answered the pull.
-    fresh: bool
-    #: For a fresh answer: the READY status it was decided on (a pull another caller
-    #: starts a moment later does not change what this caller was answered).
+    #: When a READY image younger than PullUpdateTimeout answered the pull: the status it
+    #: was decided on (a pull another caller starts a moment later does not change it).
     answer: ImageStatus | None = None
+
+    @property
+    def fresh(self) -> bool:
+        """Whether a READY image answered the pull without a job."""
+        return self.answer is not None
 
 
 def _visible_pull(caller: Caller, pull: PullRecord) -> bool:
@@ -166,10 +169,10 @@ class PullManager:
             image = self.store.get_image(key.system, record.image_id, key.acl_key)
             if image is not None:
                 return self._fresh(key, record, image)
-        return PullTicket(key, record.job_id, started=started, fresh=False)
+        return PullTicket(key, record.job_id, started=started)
 
     def _fresh(self, key: PullKey, pull: PullRecord, image: ImageRecord) -> PullTicket:
-        return PullTicket(key, pull.job_id, started=False, fresh=True, answer=pull_status(
+        return PullTicket(key, pull.job_id, started=False, answer=pull_status(
             pull, image, expiration=self.config.image_expiration_timeout))
 
     def _check_acl_change(self, key: PullKey, caller: Caller) -> None:

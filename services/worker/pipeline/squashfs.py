@@ -217,8 +217,9 @@ def flatten_to_squashfs(
     layer i is downloaded: layers are asked for newest first.
     `on_progress(bytes_done, bytes_total)` follows the file data written (two passes) or
     the compressed layer bytes read (one pass; `layer_sizes`, the blobs' sizes, give the
-    total without waiting for the downloads). `on_indexes(indexes)` gets every layer's
-    index once all are known (while tar2sqfs finishes, in the one pass), to keep them.
+    total without waiting for the downloads). When indexes were made here,
+    `on_indexes(indexes)` gets every layer's index once all are known (while tar2sqfs
+    finishes, in the one pass), to keep them.
     """
     if len(layer_paths) != len(layer_names):
         raise ValueError("layer_paths and layer_names differ in length")
@@ -244,8 +245,8 @@ def flatten_to_squashfs(
             known[number] = index
     made = [index if index is not None else flatten.index(number)
             for number, index in enumerate(known)]
-    if on_indexes is not None:
-        on_indexes(made)
+    if flatten.on_indexes is not None:
+        flatten.on_indexes(made)
     return flatten.two_passes(made, output)
 
 
@@ -292,12 +293,12 @@ class _Flatten:
                 policy=self.policy, max_data_bytes=self.cap))
             progress.finish()
 
-        # The image is about as large as the compressed layers; the file data is unknown.
         def check() -> None:
             trees.append(streamed[0].verify())
             if self.on_indexes is not None:
                 self.on_indexes(streamed[0].indexes)
 
+        # The image is about as large as the compressed layers; the file data is unknown.
         build_squashfs(write_tar, output, self.options, expected_bytes=sum(layer_sizes),
                        expected_what="bytes of compressed layers", check=check)
         return _stats(trees[0], streamed[0].indexes, one_pass=True)

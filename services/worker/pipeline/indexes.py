@@ -1,10 +1,9 @@
-"""Gets a layer ready for conversion: its verified blob in the cache, and its LayerIndex
-when one was made before.
+"""Layer indexes kept beside their blob in the cache, one per member policy.
 
-A layer is not decompressed while it downloads: the conversion reads each layer once,
-newest first, indexing it as it goes (streaming.py), and stores the index beside the
-blob (a JSON sidecar, one per member policy), so a layer converted before is never
-indexed again and its next conversion can merge before reading any data.
+A layer is not decompressed while it downloads (the cache's `ensure_verified` stores
+it, hash-checked): the conversion reads each layer once, newest first, indexing it as
+it goes (streaming.py). Its index is kept here as a JSON sidecar, so a layer converted
+before is never indexed again and its next conversion can merge before reading data.
 """
 
 from __future__ import annotations
@@ -14,10 +13,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from imagegw.worker.registry.blobcache import BlobCache
 
@@ -29,30 +25,12 @@ log = logging.getLogger(__name__)
 #: Bumped whenever LayerIndex or the member rules change what an index holds.
 INDEX_VERSION = 1
 
-__all__ = ["PreparedLayer", "prepare_layer", "index_name", "load_index", "store_index"]
-
-
-@dataclass(frozen=True)
-class PreparedLayer:
-    path: Path
-    #: Whether this call downloaded the blob (False: it was cached).
-    downloaded: bool
+__all__ = ["index_name", "load_index", "store_index"]
 
 
 def index_name(policy: MemberPolicy) -> str:
     """The sidecar name of an index made under `policy` (the policy changes modes)."""
     return f"index-v{INDEX_VERSION}-{'setuid' if policy.keep_setuid else 'nosetuid'}.json"
-
-
-def prepare_layer(
-    cache: BlobCache, digest: str, size: int, fetch: Callable[[BinaryIO], None]
-) -> PreparedLayer:
-    """The cached blob of `digest`, downloaded when missing.
-
-    `fetch(out)` must verify size and sha256 while it writes (RegistryClient.fetch_blob).
-    """
-    path, downloaded = cache.ensure_verified(digest, size, fetch)
-    return PreparedLayer(path, downloaded)
 
 
 def load_index(cache: BlobCache, digest: str, policy: MemberPolicy) -> LayerIndex | None:

@@ -1,4 +1,4 @@
-"""Layers fetched into the blob cache, and layer indexes kept beside their blob."""
+"""Layers fetched into the blob cache, and layer indexes kept beside their blob (indexes.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from imagegw.errors import DigestMismatch
 from imagegw.worker.pipeline.decompress import open_layer
 from imagegw.worker.pipeline.flatten import LayerIndex, index_layer
+from imagegw.worker.pipeline.indexes import index_name, load_index, store_index
 from imagegw.worker.pipeline.members import MemberPolicy
-from imagegw.worker.pipeline.prepare import index_name, load_index, prepare_layer, store_index
 from imagegw.worker.registry.blobcache import BlobCache
 from tests.support import layers as L
 
@@ -63,17 +63,19 @@ def test_a_cached_layer_is_not_downloaded_again(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
     cache = BlobCache(tmp_path)
     calls: list[int] = []
-    first = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, calls))
-    second = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, calls))
+    first, first_downloaded = cache.ensure_verified(digest, len(data),
+                                                    verifying_fetch(data, digest, calls))
+    second, second_downloaded = cache.ensure_verified(digest, len(data),
+                                                      verifying_fetch(data, digest, calls))
     assert calls == [1]
-    assert first.downloaded and not second.downloaded
-    assert second.path == first.path and first.path.read_bytes() == data
+    assert first_downloaded and not second_downloaded
+    assert second == first and first.read_bytes() == data
 
 
 def test_the_index_kept_by_one_conversion_is_found_by_the_next(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
     cache = BlobCache(tmp_path)
-    path = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, [])).path
+    path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
     assert load_index(cache, digest, POLICY) is None
     index = index_of(path, digest)
     store_index(cache, index, POLICY)
@@ -84,7 +86,7 @@ def test_the_index_kept_by_one_conversion_is_found_by_the_next(tmp_path: Path) -
 def test_indexes_are_kept_per_member_policy(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
     cache = BlobCache(tmp_path)
-    path = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, [])).path
+    path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
     keep = MemberPolicy(keep_setuid=True)
     store_index(cache, index_of(path, digest), POLICY)
     # The setuid bit differs between the two policies' indexes: one is not the other's.
@@ -98,9 +100,9 @@ def test_indexes_are_kept_per_member_policy(tmp_path: Path) -> None:
 def test_a_restarted_download_keeps_exactly_the_blob(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
     cache = BlobCache(tmp_path)
-    prepared = prepare_layer(cache, digest, len(data),
-                             verifying_fetch(data, digest, [], restart_after=len(data) // 2))
-    assert prepared.path.read_bytes() == data
+    path, _ = cache.ensure_verified(digest, len(data),
+                                    verifying_fetch(data, digest, [], restart_after=len(data) // 2))
+    assert path.read_bytes() == data
 
 
 def test_a_failed_download_leaves_neither_blob_nor_index(tmp_path: Path) -> None:
@@ -108,7 +110,7 @@ def test_a_failed_download_leaves_neither_blob_nor_index(tmp_path: Path) -> None
     cache = BlobCache(tmp_path)
     wrong = "sha256:" + "0" * 64
     with pytest.raises(DigestMismatch):
-        prepare_layer(cache, wrong, len(data), verifying_fetch(data, wrong, []))
+        cache.ensure_verified(wrong, len(data), verifying_fetch(data, wrong, []))
     assert not cache.has(wrong)
     assert cache.sidecars(wrong) == []
     assert load_index(cache, wrong, POLICY) is None
@@ -118,7 +120,7 @@ def test_an_unreadable_or_foreign_index_is_not_used(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
     other, other_digest = blob_of(L.file("x", b"y"))
     cache = BlobCache(tmp_path)
-    path = prepare_layer(cache, digest, len(data), verifying_fetch(data, digest, [])).path
+    path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
     sidecar = cache.sidecar_path(digest, index_name(POLICY))
     sidecar.write_text("{not json")
     assert load_index(cache, digest, POLICY) is None
