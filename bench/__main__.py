@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
 
 from bench import images as bench_images  # noqa: E402
 from bench.measure import Sample, TreeSampler, cpu_seconds, hwm, read_io, run  # noqa: E402
+from imagegw.config import ConverterOptions  # noqa: E402
 
 LEVEL = 6
 BLOCK = 131072
@@ -109,6 +110,7 @@ def measure_floor(image, workdir: Path, jobs: int) -> Sample:
     out = workdir / f"floor-{image.name}.sqfs"
     sample = run("floor: tar2sqfs over a flat tar in page cache",
                  f"tar2sqfs -q -f --no-skip -c gzip -X level={LEVEL} -b {BLOCK} -j {jobs} "
+                 f"-Q {ConverterOptions(block_size=BLOCK).blocks_queued(jobs)} "
                  f"--no-xattr --defaults uid=0,gid=0,mode=0755 {out} < {flat}")
     sample.note = (sample.note + f" image {out.stat().st_size / 1e6:.1f} MB").strip() \
         if out.exists() else sample.note
@@ -391,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
                        f"scale {args.scale:g})", "", "## Machine", ""]
     head += [f"- {line}" for line in machine()]
     report: list[str] = ["", f"Settings for every contender: gzip level {LEVEL}, block size {BLOCK}, "
-               f"{jobs} compressor threads (ch-convert: its fixed settings, see its row).", ""]
+               f"{jobs} compressor threads; tar2sqfs (ours and the floor) queues "
+               f"{ConverterOptions(block_size=BLOCK).blocks_queued(jobs)} blocks for them "
+               f"(ch-convert: its fixed settings, see its row).", ""]
     summary: list[str] = []
     try:
         for image in images:

@@ -167,6 +167,20 @@ def test_site_extra_arguments_are_appended_to_the_safe_defaults() -> None:
     assert {"--no-xattr", "--no-skip", "uid=0,gid=0,mode=0755,mtime=0"} <= set(command)
 
 
+def test_compressor_queue_length_changes_speed_not_the_image(tmp_path: Path) -> None:
+    """Why the queue length (like `jobs`) is left out of the conversion key."""
+    content = layer(*(file(f"d{n % 7}/f{n}", os.urandom(n * 997 % 300_000) * 2) for n in range(60)))
+    images = []
+    for backlog in (1, 500):
+        options = ConverterOptions(compressor="gzip", level=6, jobs=2, queue_backlog=backlog)
+        command = tar2sqfs_command(Path("/i"), options)
+        assert command[command.index("-Q") + 1] == str(backlog)
+        (tmp_path / str(backlog)).mkdir()
+        output, _ = build(tmp_path / str(backlog), content, options=options)
+        images.append(output.read_bytes())
+    assert images[0] == images[1]
+
+
 def test_failing_tar2sqfs_raises_conversion_failed_with_its_message(tmp_path: Path) -> None:
     options = ConverterOptions(compressor="gzip", extra_args=("--no-such-option",))
     with pytest.raises(ConversionFailed, match="no-such-option"):

@@ -169,6 +169,7 @@ def test_conversion_key_ignores_thread_count_but_not_output_settings():
     digest = "sha256:" + "a" * 64
     base = ConversionKey(digest, "squashfs", ConverterOptions())
     assert base.tag == ConversionKey(digest, "squashfs", ConverterOptions(jobs=8)).tag
+    assert base.tag == ConversionKey(digest, "squashfs", ConverterOptions(queue_backlog=500)).tag
     assert base.tag != ConversionKey(digest, "squashfs", ConverterOptions(compressor="xz")).tag
     assert base.tag != ConversionKey("sha256:" + "b" * 64, "squashfs", ConverterOptions()).tag
     assert len(base.tag) <= 128

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegw.config import default_config, load_config, parse_config, parse_duration
+from imagegw.config import QUEUE_BACKLOG_BYTES, default_config, load_config, parse_config, parse_duration
 from imagegw.errors import ConfigError, UnknownSystem
 
 SEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
@@ -61,6 +61,9 @@ def test_unknown_keys_are_warnings_naming_the_key():
     ({"Locations": {"l": {"url": "ftp://x"}}}, "Locations.l.url"),
     ({"MongoDBURI": 42}, "MongoDBURI"),
     ({"ConverterOptions": {"blockSize": 1000}}, "ConverterOptions.blockSize"),
+    ({"ConverterOptions": {"jobs": -1}}, "ConverterOptions.jobs"),
+    ({"ConverterOptions": {"queueBacklog": -5}}, "ConverterOptions.queueBacklog"),
+    ({"ConverterOptions": {"queueBacklog": 10**9}}, "ConverterOptions.queueBacklog"),
 ])
 def test_wrong_types_and_values_are_errors_naming_the_key(data, key):
     with pytest.raises(ConfigError) as info:
@@ -101,3 +104,13 @@ def test_data_directory_fills_cache_and_expand_only_when_unset(tmp_path):
     assert config.cache_dir == "/images/cache/"
     del data["CacheDirectory"]
     assert parse_config(data, data_dir=str(tmp_path)).cache_dir == str(tmp_path / "cache")
+
+
+def test_compressor_queue_defaults_to_a_fixed_amount_of_data_and_takes_the_sites_count():
+    default = parse_config({"ConverterOptions": {"blockSize": 131072}}).converter
+    assert default.queue_backlog == 0
+    assert default.blocks_queued(2) == QUEUE_BACKLOG_BYTES // 131072
+    # Large blocks: never fewer than tar2sqfs's own 10 per compressor thread.
+    assert parse_config({"ConverterOptions": {"blockSize": 1 << 20}}).converter.blocks_queued(8) == 80
+    chosen = parse_config({"ConverterOptions": {"queueBacklog": 40}}).converter
+    assert chosen.blocks_queued(2) == 40

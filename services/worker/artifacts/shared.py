@@ -58,7 +58,8 @@ class ConversionKey:
     options: ConverterOptions
 
     def options_text(self) -> str:
-        """The converter settings that change the output, as canonical JSON (threads do not)."""
+        """The converter settings that change the output, as canonical JSON
+        (compressor threads and queue length do not)."""
         options = self.options
         return json.dumps({
             "schema": CONVERSION_SCHEMA, "compressor": options.compressor, "level": options.level,

@@ -77,9 +77,11 @@ def tar2sqfs_command(output: Path, options: ConverterOptions) -> list[str]:
     command = [tool, "-q", "-f", "--no-skip", "-c", options.compressor]
     if options.level is not None:
         command += ["-X", f"level={options.level}"]
+    jobs = options.jobs or os.cpu_count() or 1
     command += [
         "-b", str(options.block_size),
-        "-j", str(options.jobs or os.cpu_count() or 1),
+        "-j", str(jobs),
+        "-Q", str(options.blocks_queued(jobs)),
         "--no-xattr",
         "--defaults", "uid=0,gid=0,mode=0755,mtime=0",
         *options.extra_args,
