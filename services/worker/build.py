@@ -168,12 +168,19 @@ class Builder:
         progress = _PullProgress(emit, count, sum(layer.size for layer in layers))
         progress.start(output.name)
 
+        stopped = threading.Event()
+
         def fetch(index: int) -> Path:
             layer = layers[index]
+
+            def on_bytes(count: int) -> None:
+                if stopped.is_set():
+                    raise _DownloadStopped(layer.digest)
+                progress.downloaded(index, count)
+
             path, downloaded = self.cache.ensure_verified(
                 layer.digest, layer.size,
-                lambda out: client.fetch_blob(layer.digest, layer.size, out,
-                                              on_bytes=lambda n: progress.downloaded(index, n)),
+                lambda out: client.fetch_blob(layer.digest, layer.size, out, on_bytes=on_bytes),
             )
             metrics.layer_cache(hit=not downloaded, size=layer.size)
             progress.layer_done(index, layer.size, downloaded=downloaded)
@@ -197,7 +204,17 @@ class Builder:
                 on_indexes=keep,
             )
         finally:
+            # A conversion that failed does not wait for the other layers to download:
+            # the downloads still running stop at their next chunk (nothing is cached).
+            stopped.set()
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _DownloadStopped(Exception):
+    """Ends a layer download the conversion no longer needs (it failed)."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(f"download of {digest} stopped: the conversion ended")
 
 
 class _Downloads(Sequence[Path]):

@@ -279,3 +279,23 @@ def test_worker_slot_is_freed_when_a_silent_registry_times_out(
     assert waiting_final.result is not None, waiting_final.failure
     assert jobs.active() == []
     assert_image_is_complete(tmp_path, waiting_final.result)
+
+
+def test_a_conversion_that_fails_does_not_wait_for_the_other_downloads(
+        tmp_path, proxy, registry, record_property):  # noqa: F811
+    # The newest layer is refused as soon as it is read; the older one trickles in (all of
+    # it would take ~10 s). Its download stops after the 1 MiB read in progress (~3 s here)
+    # and is not cached.
+    hostile = L.layer(L.raw_member("usr/../../etc/shadow", data=b"x"))
+    pushed = push_image(registry.url, "faults/refused", "1", [LAYER, hostile])
+    slow = Trickle(layer_path(pushed), chunk_size=64 * 1024, delay=0.2)
+    proxy.faults.append(slow)
+    started = time.monotonic()
+    with pytest.raises(errors.ContentRejected, match="usr/../../etc/shadow"):
+        build(builder_for(tmp_path, {"testreg": proxy.url}), "testreg/faults/refused:1")
+    record_property("seconds", f"{time.monotonic() - started:.2f}")
+    assert slow.hits == 1
+    blobs = tmp_path / "cache" / "blobs" / "sha256"
+    assert not (blobs / pushed.layer_digests[0].split(":", 1)[1]).exists(), \
+        "the older layer was downloaded to the end after the conversion failed"
+    assert_nothing_published(tmp_path)

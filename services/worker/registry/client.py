@@ -40,6 +40,7 @@ from .manifest import (
 from .transport import (
     RETRYABLE_STATUS,
     Transport,
+    abandon,
     backoff_delay,
     drain,
     error_detail,
@@ -185,17 +186,20 @@ class RegistryClient:
         response = self._exchange("GET", path, headers)
         self._expect_ok(response, f"blob {download.digest} of {self.repository}",
                         not_found=ImageNotFound)
+        read_to_the_end = False
         try:
             download.begin(response)
             for chunk in response.stream(CHUNK_SIZE, decode_content=False):
                 download.write(chunk)
+            read_to_the_end = True
         except (Urllib3Error, OSError) as exc:
             raise RegistryUnavailable(
                 f"download of blob {download.digest} from {self.host} broke off "
                 f"after {download.written} bytes: {exc}"
             ) from exc
         finally:
-            drain(response)
+            # A download given up (too long, stopped by the caller) is not read to its end.
+            (drain if read_to_the_end else abandon)(response)
 
     def _retrying(self, operation: Callable[[], T]) -> T:
         attempts = max(1, self.limits.http_retries)

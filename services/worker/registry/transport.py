@@ -74,6 +74,14 @@ def drain(response: urllib3.BaseHTTPResponse) -> None:
     response.release_conn()
 
 
+def abandon(response: urllib3.BaseHTTPResponse) -> None:
+    """Closes the connection of a body we stopped reading, without reading the rest
+    (a large blob, or one that would not end)."""
+    with contextlib.suppress(Urllib3Error, OSError):
+        response.close()
+    response.release_conn()
+
+
 def error_detail(response: urllib3.BaseHTTPResponse) -> str:
     """The registry's own error message from a JSON error body, if any (reads the body)."""
     try:
