@@ -291,9 +291,11 @@ def test_a_conversion_that_fails_does_not_wait_for_the_other_downloads(
     slow = Trickle(layer_path(pushed), chunk_size=64 * 1024, delay=0.2)
     proxy.faults.append(slow)
     started = time.monotonic()
-    with pytest.raises(errors.ContentRejected, match="usr/../../etc/shadow"):
+    with pytest.raises(errors.ContentRejected, match="usr/../../etc/shadow") as caught:
         build(builder_for(tmp_path, {"testreg": proxy.url}), "testreg/faults/refused:1")
     record_property("seconds", f"{time.monotonic() - started:.2f}")
+    record_property("outcome", f"{type(caught.value).__name__} for the newest layer; the "
+                    "trickling older layer's download stopped, not cached")
     assert slow.hits == 1
     blobs = tmp_path / "cache" / "blobs" / "sha256"
     assert not (blobs / pushed.layer_digests[0].split(":", 1)[1]).exists(), \
