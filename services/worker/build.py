@@ -186,10 +186,10 @@ class Builder:
             progress.layer_done(index, layer.size, downloaded=downloaded)
             return path
 
-        def keep(made: Sequence[LayerIndex]) -> None:
-            for known, index in zip(indexes, made, strict=True):
-                if known is None:
-                    store_index(self.cache, index, policy)
+        def keep(number: int, index: LayerIndex) -> None:
+            # As soon as a layer is read: kept even when the conversion fails later.
+            if indexes[number] is None:
+                store_index(self.cache, index, policy)
 
         workers = max(1, min(DOWNLOAD_CONNECTIONS, count))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
@@ -201,7 +201,7 @@ class Builder:
                 options=self.config.converter, limits=self.config.limits,
                 layer_names=[layer.digest for layer in layers], indexes=indexes,
                 layer_sizes=[layer.size for layer in layers], on_progress=progress.converted,
-                on_indexes=keep,
+                on_index=keep,
             )
         finally:
             # A conversion that failed does not wait for the other layers to download:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imagegw.config import parse_config
-from imagegw.errors import DigestMismatch, PlatformNotFound, RegistryAuthFailed
+from imagegw.errors import ContentRejected, DigestMismatch, PlatformNotFound, RegistryAuthFailed
 from imagegw.model import BuildJob, RegistryCredentials, Stage
 from imagegw.worker.build import Builder
 from imagegw.worker.paths import WorkerPaths
@@ -249,3 +249,18 @@ def test_a_second_conversion_of_the_layers_uses_their_kept_indexes(tmp_path, reg
     tree = read_squashfs(tmp_path / "other" / f"{again.image_id}.squashfs")
     assert {path: (node.type, node.link or node.sha256) for path, node in tree.items()} == \
         expected_tree()
+
+
+def test_a_layer_read_to_its_end_keeps_its_index_when_an_older_layer_is_refused(
+        tmp_path, registry):  # noqa: F811
+    refused = L.layer(L.file("ok", b"fine"), L.raw_member("a/../../escape", data=b"x"))
+    newest = L.layer(L.file("app/run", b"#!/bin/sh\n", 0o755))
+    pushed = push_image(registry.url, "cases/refused-below", "1", [refused, newest])
+    with pytest.raises(ContentRejected, match="escape"):
+        run(builder_for(tmp_path, registry.url), "testreg/cases/refused-below:1")
+    kept = {p.name.split(".", 1)[0] for p in (tmp_path / "cache").rglob("*.index-v*.json")}
+    # The newest layer was read first and whole: its index is kept for the next pull;
+    # the refused layer has none.
+    assert kept == {pushed.layer_digests[1].split(":", 1)[1]}
+    images = tmp_path / "images"
+    assert not images.exists() or not os.listdir(images)

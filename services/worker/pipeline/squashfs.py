@@ -207,7 +207,7 @@ def flatten_to_squashfs(
     on_progress: Callable[[int, int], None] | None = None,
     indexes: Sequence[LayerIndex | None] | None = None,
     layer_sizes: Sequence[int] | None = None,
-    on_indexes: Callable[[Sequence[LayerIndex]], None] | None = None,
+    on_index: Callable[[int, LayerIndex], None] | None = None,
 ) -> FlattenStats:
     """Flattens the layers (oldest first) into the squashfs image `output`.
 
@@ -219,9 +219,8 @@ def flatten_to_squashfs(
     layer i is downloaded: layers are asked for newest first.
     `on_progress(bytes_done, bytes_total)` follows the file data written (two passes) or
     the compressed layer bytes read (one pass; `layer_sizes`, the blobs' sizes, give the
-    total without waiting for the downloads). When indexes were made here,
-    `on_indexes(indexes)` gets every layer's index once all are known (while tar2sqfs
-    finishes, in the one pass), to keep them.
+    total without waiting for the downloads). `on_index(i, index)` gets the index of
+    layer i as soon as it is made here (a layer read to its end), to keep it.
     """
     if len(layer_paths) != len(layer_names):
         raise ValueError("layer_paths and layer_names differ in length")
@@ -233,7 +232,7 @@ def flatten_to_squashfs(
             index is not None and index.layer != name
             for index, name in zip(known, layer_names, strict=True)):
         raise ValueError("indexes do not match layer_names")
-    flatten = _Flatten(layer_paths, layer_names, options, limits, on_progress, on_indexes)
+    flatten = _Flatten(layer_paths, layer_names, options, limits, on_progress, on_index)
     if all(index is not None for index in known):
         return flatten.two_passes([index for index in known if index is not None], output)
     sizes = list(layer_sizes) if layer_sizes is not None else [
@@ -247,8 +246,6 @@ def flatten_to_squashfs(
             known[number] = index
     made = [index if index is not None else flatten.index(number)
             for number, index in enumerate(known)]
-    if flatten.on_indexes is not None:
-        flatten.on_indexes(made)
     return flatten.two_passes(made, output)
 
 
@@ -258,14 +255,14 @@ class _Flatten:
     def __init__(self, layer_paths: Sequence[Path], layer_names: Sequence[str],
                  options: ConverterOptions, limits: Limits,
                  on_progress: Callable[[int, int], None] | None,
-                 on_indexes: Callable[[Sequence[LayerIndex]], None] | None = None) -> None:
+                 on_index: Callable[[int, LayerIndex], None] | None = None) -> None:
         self.layer_paths = layer_paths
         self.layer_names = layer_names
         self.options = options
         self.cap = limits.max_unpacked_bytes
         self.policy = MemberPolicy(keep_setuid=options.keep_setuid)
         self.on_progress = on_progress
-        self.on_indexes = on_indexes
+        self.on_index = on_index
 
     def open(self, number: int, on_raw_bytes: Callable[[int], None] | None = None) -> BinaryIO:
         path = self.layer_paths[number]
@@ -281,7 +278,10 @@ class _Flatten:
 
     def index(self, number: int) -> LayerIndex:
         with self.open(number) as stream:
-            return index_layer(stream, layer=self.layer_names[number], policy=self.policy)
+            index = index_layer(stream, layer=self.layer_names[number], policy=self.policy)
+        if self.on_index is not None:
+            self.on_index(number, index)
+        return index
 
     def one_pass(self, output: Path, layer_sizes: Sequence[int]) -> FlattenStats:
         # Progress counts compressed bytes read: the file data is known only at the end.
@@ -292,13 +292,11 @@ class _Flatten:
         def write_tar(out: BinaryIO) -> None:
             streamed.append(stream_flat_tar(
                 self.layer_names, lambda number: self.open(number, progress.add), out,
-                policy=self.policy, max_data_bytes=self.cap))
+                policy=self.policy, max_data_bytes=self.cap, on_layer_index=self.on_index))
             progress.finish()
 
         def check() -> None:
             trees.append(streamed[0].verify())
-            if self.on_indexes is not None:
-                self.on_indexes(streamed[0].indexes)
 
         # The image is about as large as the compressed layers; the file data is unknown.
         build_squashfs(write_tar, output, self.options, expected_bytes=sum(layer_sizes),

@@ -62,6 +62,7 @@ def stream_flat_tar(
     policy: MemberPolicy,
     max_data_bytes: int,
     on_bytes: Callable[[int], None] | None = None,
+    on_layer_index: Callable[[int, LayerIndex], None] | None = None,
 ) -> StreamedFlatten:
     """Writes the whole tar of the layers to `out`, reading each layer once, newest first.
 
@@ -69,6 +70,7 @@ def stream_flat_tar(
     layer is downloaded). The tar is complete when this returns; call `verify()` on the
     result before using what was built from it. Raises SpeculationFailed early when
     writing on would clash, and ContentRejected when a member is refused.
+    `on_layer_index(i, index)` gets each layer's index as soon as it is read to its end.
     """
     writer = TarWriter(out)
     emitter = _NewestFirst(writer, max_data_bytes)
@@ -77,6 +79,8 @@ def stream_flat_tar(
         with contextlib.closing(open_layer(number)) as stream:
             indexes[number] = emitter.read_layer(
                 number, layer_names[number], stream, policy, on_bytes, indexes)
+        if on_layer_index is not None:
+            on_layer_index(number, indexes[number])
     # What newer layers hid is not needed any more; the merge below builds the tree.
     emitter.hidden.clear()
     emitter.hidden_below.clear()
