@@ -177,6 +177,12 @@ def measure_charliecloud(image, tls_host: str | None, workdir: Path, jobs: int
     return results
 
 
+def median_run(samples: list[Sample]) -> Sample:
+    """The run with the median wall time (the lower one of the middle two)."""
+    ordered = sorted(samples, key=lambda sample: (not sample.ok, sample.wall))
+    return ordered[(len(ordered) - 1) // 2]
+
+
 class Ours:
     """`imagegw serve` in its own process, pulled through with PullImage."""
 
@@ -377,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lookup-seconds", type=float, default=5.0)
     parser.add_argument("--skip", action="append", default=[],
                         choices=["skopeo", "charliecloud", "lookups", "dedup"])
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure the floor and the cold pull this many times each, "
+                             "taking turns, and report the median run (timings on a shared "
+                             "machine drift)")
     args = parser.parse_args(argv)
     jobs = os.cpu_count() or 1
     workdir = args.workdir.resolve()
@@ -410,12 +420,22 @@ def main(argv: list[str] | None = None) -> int:
         lookup_reference = None
         ours_first: Ours | None = None
         for image in images:
-            log(f"{image.name}: floor")
-            floor = measure_floor(image, workdir, jobs)
-            log(f"{image.name}: imagegw cold pull")
-            ours = Ours(workdir, registry, image.name, jobs)
             reference = f"testreg/bench/{image.name}:1"
-            cold = ours.measured_pull("imagegw: cold pull → published image", reference)
+            floors: list[Sample] = []
+            colds: list[Sample] = []
+            ours = None
+            for attempt in range(1, args.repeat + 1):
+                run_label = f" (run {attempt} of {args.repeat})" if args.repeat > 1 else ""
+                log(f"{image.name}: floor{run_label}")
+                floors.append(measure_floor(image, workdir, jobs))
+                log(f"{image.name}: imagegw cold pull{run_label}")
+                if ours is not None:
+                    ours.stop()  # each cold pull starts with empty caches
+                ours = Ours(workdir, registry, image.name, jobs)
+                colds.append(ours.measured_pull("imagegw: cold pull → published image",
+                                                reference))
+            assert ours is not None
+            floor, cold = median_run(floors), median_run(colds)
             worker_hwm = hwm(ours.pid)
             warm = ours.measured_pull("imagegw: warm re-pull (same system)", reference)
             second = ours.measured_pull("imagegw: pull for a second system "
@@ -448,6 +468,14 @@ def main(argv: list[str] | None = None) -> int:
                           f"worker): {worker_hwm / MIB:.0f} MiB; whole tree incl. tar2sqfs: "
                           f"{cold.peak_rss / MIB:.0f} MiB")
             report.append(f"- bytes written / (compressed layers + image): {written_ratio:.2f}")
+            if args.repeat > 1:
+                pairs = ", ".join(f"{c.wall / f.wall:.2f}×"
+                                  for f, c in zip(floors, colds, strict=True))
+                report.append(
+                    f"- {args.repeat} runs each, taking turns; the table shows the median run. "
+                    f"Floor: {', '.join(f'{x.wall:.1f}' for x in floors)} s; cold pull: "
+                    f"{', '.join(f'{x.wall:.1f}' for x in colds)} s; each cold pull over the "
+                    f"floor run just before it: {pairs}")
             report.append("")
             summary += [
                 f"{image.name}: cold pull {cold.wall:.1f}s = {floor_ratio:.2f}× floor "
