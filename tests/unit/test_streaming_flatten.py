@@ -16,6 +16,7 @@ from typing import BinaryIO
 import pytest
 
 from imagegw.errors import ContentRejected
+from imagegw.worker.pipeline import prefetch
 from imagegw.worker.pipeline.flatten import index_layer, merge_layers, write_flat_tar
 from imagegw.worker.pipeline.members import MemberPolicy
 from imagegw.worker.pipeline.streaming import SpeculationFailed, stream_flat_tar
@@ -199,7 +200,13 @@ def tar2sqfs_problem(data: bytes) -> str | None:
     return None
 
 
-def test_generated_stacks_are_flattened_exactly_or_left_to_the_two_pass_flatten() -> None:
+@pytest.mark.parametrize("ahead_bytes", [prefetch.AHEAD_BYTES, 5],
+                         ids=["data-read-ahead", "rest-handed-over"])
+def test_generated_stacks_are_flattened_exactly_or_left_to_the_two_pass_flatten(
+        ahead_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With 5 bytes, many files are more than the next layer may hold: the rest of that
+    # layer is handed over to the flatten's thread at the first of them.
+    monkeypatch.setattr(prefetch, "AHEAD_BYTES", ahead_bytes)
     rng = random.Random(20261128)
     outcomes = {"one pass": 0, "fallback": 0, "refused": 0}
     for _ in range(800):

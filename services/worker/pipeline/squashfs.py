@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,22 +347,26 @@ class _CountingReader:
 
 
 class _Progress:
-    """Turns per-chunk byte counts into throttled (done, total) reports."""
+    """Turns per-chunk byte counts into throttled (done, total) reports (counts may come
+    from two threads: a layer is read ahead while another is written)."""
 
     def __init__(self, total: int, report: Callable[[int, int], None] | None) -> None:
         self.total = total
         self.done = 0
         self._reported = -PROGRESS_STEP
         self._report = report
+        self._lock = threading.Lock()
         if report is not None:
             report(0, total)
             self._reported = 0
 
     def add(self, count: int) -> None:
-        self.done += count
-        if self._report is not None and self.done - self._reported >= PROGRESS_STEP:
-            self._reported = self.done
-            self._report(self.done, self.total)
+        with self._lock:
+            self.done += count
+            if self._report is None or self.done - self._reported < PROGRESS_STEP:
+                return
+            self._reported = done = self.done
+        self._report(done, self.total)
 
     def finish(self) -> None:
         if self._report is not None and self._reported != self.done:

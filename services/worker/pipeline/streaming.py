@@ -32,8 +32,9 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from .flatten import IMPLICIT_DIR_MODE, Entry, FlatTree, LayerIndex, merge_layers
-from .members import Admitted, Kind, Marker, MarkerKind, MemberPolicy, admit
-from .tarstream import REGULAR, TarReader, TarWriter
+from .members import Admitted, Kind, Marker, MarkerKind, MemberPolicy
+from .prefetch import DataNotKept, LayerAhead, LayerInline, LayerSource
+from .tarstream import REGULAR, TarWriter
 
 __all__ = ["SpeculationFailed", "StreamedFlatten", "stream_flat_tar"]
 
@@ -75,12 +76,29 @@ def stream_flat_tar(
     writer = TarWriter(out)
     emitter = _NewestFirst(writer, max_data_bytes)
     indexes: dict[int, LayerIndex] = {}
-    for number in reversed(range(len(layer_names))):
-        with contextlib.closing(open_layer(number)) as stream:
-            indexes[number] = emitter.read_layer(
-                number, layer_names[number], stream, policy, on_bytes, indexes)
-        if on_layer_index is not None:
-            on_layer_index(number, indexes[number])
+    order = list(reversed(range(len(layer_names))))
+
+    def read_ahead(number: int) -> LayerAhead:
+        return LayerAhead(lambda: open_layer(number), layer_names[number], policy,
+                          emitter.surely_hidden).start()
+
+    ahead: LayerAhead | None = None
+    try:
+        for position, number in enumerate(order):
+            source: LayerSource = ahead if ahead is not None else LayerInline(
+                open_layer(number), layer_names[number], policy)
+            # The next layer is read ahead while this one is written (prefetch.py).
+            ahead = read_ahead(order[position + 1]) if position + 1 < len(order) else None
+            with contextlib.closing(source):
+                indexes[number] = emitter.read_layer(
+                    number, layer_names[number], source, on_bytes, indexes)
+            if on_layer_index is not None:
+                on_layer_index(number, indexes[number])
+    except DataNotKept as exc:
+        raise SpeculationFailed(str(exc), indexes) from exc
+    finally:
+        if ahead is not None:
+            ahead.close()
     # What newer layers hid is not needed any more; the merge below builds the tree.
     emitter.hidden.clear()
     emitter.hidden_below.clear()
@@ -180,15 +198,13 @@ class _NewestFirst:
         self._claimed_parent: str | None = None
 
     def read_layer(
-        self, number: int, name: str, stream: BinaryIO, policy: MemberPolicy,
+        self, number: int, name: str, source: LayerSource,
         on_bytes: Callable[[int], None] | None, indexes: dict[int, LayerIndex],
     ) -> LayerIndex:
         index = LayerIndex(layer=name)
-        reader = TarReader(stream, layer=name)
         writer = self.writer
         self._layer_files = {}
-        for member in reader:
-            result = admit(member, layer=name, policy=policy)
+        for member, result, data in source:
             if isinstance(result, Marker):
                 index.markers.append((result.kind, result.path))
                 continue
@@ -209,7 +225,7 @@ class _NewestFirst:
                     raise SpeculationFailed("the data written passes the unpacked-size limit",
                                             indexes)
                 writer.file(path, mode=result.mode, mtime=result.mtime, size=result.size,
-                            copy=lambda out, m=member: reader.copy_data(m, out, on_bytes))
+                            copy=lambda out, m=member, d=data: source.copy(m, d, out, on_bytes))
                 self.written[(number, member.ordinal)] = path
                 self._layer_files[path] = (result.mode, result.mtime)
             elif kind is Kind.DIR:
@@ -228,6 +244,18 @@ class _NewestFirst:
             self.claim(path, kind)
         self._hide(index)
         return index
+
+    def surely_hidden(self, path: str) -> bool:
+        """Whether the newer layers read so far hide `path` (safe from another thread:
+        what they hide only grows while layers are read)."""
+        if path in self.hidden or "" in self.hidden_below:
+            return True
+        start = 0
+        while (slash := path.find("/", start)) != -1:
+            if path[:slash] in self.hidden_below:
+                return True
+            start = slash + 1
+        return False
 
     def visible(self, path: str, kind: Kind, indexes: dict[int, LayerIndex], *,
                 newer: bool = True) -> bool:
