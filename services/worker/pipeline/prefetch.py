@@ -31,7 +31,7 @@ from .tarstream import REGULAR, RawMember, TarReader
 __all__ = ["AHEAD_BYTES", "LayerAhead", "LayerInline", "LayerSource", "DataNotKept"]
 
 #: File data a layer read ahead may hold for the flatten (one layer is read ahead).
-AHEAD_BYTES = 32 << 20
+AHEAD_BYTES = 8 << 20
 
 Result = Admitted | Marker | Dropped
 #: How a member's data is reached: bytes read ahead, SKIPPED, or IN_STREAM (read it now).
