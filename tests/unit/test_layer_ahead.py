@@ -127,3 +127,13 @@ def test_a_layer_handed_over_is_closed_by_the_flatten() -> None:
             break
     source.close()
     assert stream.closed_by == [threading.current_thread().name]
+
+
+def test_a_layer_handed_over_but_never_reached_is_closed_by_the_flatten() -> None:
+    # The flatten failed on the layer before: it closes what it was handed.
+    stream = Stream(LAYER)
+    source = ahead(stream, limit=150)
+    source._thread.join(timeout=10)  # noqa: SLF001 - the thread ends at the hand-over
+    assert not stream.closed_by
+    source.close()
+    assert stream.closed_by == [threading.current_thread().name]

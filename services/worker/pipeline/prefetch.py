@@ -80,7 +80,9 @@ class LayerAhead:
         self._changed = threading.Condition()
         self._stopped = False
         self._stream: BinaryIO | None = None
-        self._reader: TarReader | None = None  # set when the rest of the layer is handed over
+        #: Whether the rest of the layer (and closing it) went to the flatten.
+        self._handed_over = False
+        self._reader: TarReader | None = None  # the reader, once the flatten reads on
         self._thread = threading.Thread(target=self._run, name=f"layer-ahead-{layer[:19]}",
                                         daemon=True)
 
@@ -137,7 +139,7 @@ class LayerAhead:
             self._held = 0
             self._changed.notify_all()
             stream, self._stream = self._stream, None
-        if stream is not None and self._reader is not None:
+        if stream is not None and self._handed_over:
             stream.close()  # handed over: ours to close; otherwise the thread closes it
 
     # -- the reading thread ---------------------------------------------------------
@@ -157,12 +159,13 @@ class LayerAhead:
                 stream.close()
                 return
             self._stream = stream
-        handed_over = False
         batch = _Batch()
         try:
             reader = TarReader(stream, layer=self._layer)
             members = iter(reader)
             for member in members:
+                if self._stopped:
+                    return  # the flatten ended; skipping hidden data may not call _put for long
                 result = admit(member, layer=self._layer, policy=self._policy)
                 data: Data = SKIPPED
                 if isinstance(result, Admitted) and result.kind is Kind.FILE \
@@ -170,7 +173,7 @@ class LayerAhead:
                     if self._held + batch.size + member.size > self._limit:
                         # Enough held: the flatten reads on from this member itself.
                         batch.add(("rest", member, result, members, reader), 0)
-                        handed_over = self._put(batch)
+                        self._put(batch)
                         return
                     data = _read_data(reader, member)
                 batch.add(("member", member, result, data), len(data or b""))
@@ -182,9 +185,11 @@ class LayerAhead:
             batch.add(("error", exc), 0)  # after the members read before it
             self._put(batch)
         finally:
-            if not handed_over:
-                with self._changed:
+            with self._changed:
+                handed_over = self._handed_over
+                if not handed_over:
                     self._stream = None
+            if not handed_over:
                 stream.close()
 
     def _put(self, batch: _Batch) -> bool:
@@ -196,6 +201,7 @@ class LayerAhead:
                 return False
             if items:
                 self._items.append((items, size))
+                self._handed_over = items[-1][0] == "rest"
                 self._held += size
                 self._changed.notify_all()
             return True
