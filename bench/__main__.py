@@ -99,6 +99,11 @@ def start_tls_registry(workdir: Path, storage: Path):
 # -- the contenders -------------------------------------------------------------------
 
 
+def queued_blocks(jobs: int) -> int:
+    """The compressor queue tar2sqfs gets in ours (the default) and in the floor."""
+    return ConverterOptions(block_size=BLOCK).blocks_queued(jobs)
+
+
 def measure_floor(image, workdir: Path, jobs: int) -> Sample:
     flat = workdir / f"flat-{image.name}.tar"
     if not flat.exists():
@@ -110,7 +115,7 @@ def measure_floor(image, workdir: Path, jobs: int) -> Sample:
     out = workdir / f"floor-{image.name}.sqfs"
     sample = run("floor: tar2sqfs over a flat tar in page cache",
                  f"tar2sqfs -q -f --no-skip -c gzip -X level={LEVEL} -b {BLOCK} -j {jobs} "
-                 f"-Q {ConverterOptions(block_size=BLOCK).blocks_queued(jobs)} "
+                 f"-Q {queued_blocks(jobs)} "
                  f"--no-xattr --defaults uid=0,gid=0,mode=0755 {out} < {flat}")
     sample.note = (sample.note + f" image {out.stat().st_size / 1e6:.1f} MB").strip() \
         if out.exists() else sample.note
@@ -404,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     head += [f"- {line}" for line in machine()]
     report: list[str] = ["", f"Settings for every contender: gzip level {LEVEL}, block size {BLOCK}, "
                f"{jobs} compressor threads; tar2sqfs (ours and the floor) queues "
-               f"{ConverterOptions(block_size=BLOCK).blocks_queued(jobs)} blocks for them "
+               f"{queued_blocks(jobs)} blocks for them "
                f"(ch-convert: its fixed settings, see its row).", ""]
     summary: list[str] = []
     try:

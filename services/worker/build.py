@@ -173,10 +173,10 @@ class Builder:
         def fetch(index: int) -> Path:
             layer = layers[index]
 
-            def on_bytes(count: int) -> None:
+            def on_bytes(chunk: int) -> None:
                 if stopped.is_set():
                     raise _DownloadStopped(layer.digest)
-                progress.downloaded(index, count)
+                progress.downloaded(index, chunk)
 
             path, downloaded = self.cache.ensure_verified(
                 layer.digest, layer.size,

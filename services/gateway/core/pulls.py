@@ -149,7 +149,7 @@ class PullManager:
         if current is not None and current.state == ImageState.READY and current.image_id:
             image = self.store.get_image(key.system, current.image_id, key.acl_key)
             if image is not None and image.state == ImageState.READY:
-                if not request.force and current.ready_time > fresh_since:
+                if fresh_since is not None and current.ready_time > fresh_since:
                     return self._fresh(key, current, image)
                 if not request.force:
                     known_digest = image.manifest_digest

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from .members import Admitted, Dropped, Kind, Marker, MemberPolicy, admit
@@ -54,8 +54,7 @@ class LayerInline:
         self._policy = policy
 
     def __iter__(self) -> Iterator[tuple[RawMember, Result, Data]]:
-        for member in self._reader:
-            yield member, admit(member, layer=self._layer, policy=self._policy), IN_STREAM
+        return _admit_each(self._reader, self._layer, self._policy)
 
     def copy(self, member: RawMember, data: Data, out: BinaryIO,
              on_bytes: Callable[[int], None] | None) -> None:
@@ -96,7 +95,7 @@ class LayerAhead:
         while True:
             with self._changed:
                 while not self._items:
-                    if not self._thread.is_alive() and not self._items:
+                    if not self._thread.is_alive():
                         raise RuntimeError(f"reading layer {self._layer} ahead ended early")
                     self._changed.wait(timeout=1.0)
                 batch, size = self._items.popleft()
@@ -114,9 +113,7 @@ class LayerAhead:
                     _, member, result, members, reader = item
                     self._reader = reader
                     yield member, result, IN_STREAM
-                    for member in members:
-                        yield (member, admit(member, layer=self._layer, policy=self._policy),
-                               IN_STREAM)
+                    yield from _admit_each(members, self._layer, self._policy)
                     return
 
     def copy(self, member: RawMember, data: Data, out: BinaryIO,
@@ -208,6 +205,13 @@ class LayerAhead:
 
 
 LayerSource = LayerInline | LayerAhead
+
+
+def _admit_each(members: Iterable[RawMember], layer: str, policy: MemberPolicy
+                ) -> Iterator[tuple[RawMember, Result, Data]]:
+    """Members read by the flatten's thread: the member rules applied, data in the stream."""
+    for member in members:
+        yield member, admit(member, layer=layer, policy=policy), IN_STREAM
 
 
 class _Batch:
