@@ -3,11 +3,12 @@
 Builds its two test images, serves them from a local docker-registry, and times in
 one run, with the same compressor settings (gzip level 6, 128 KiB blocks, all cores):
 this project end to end (PullImage through `imagegw serve` to a published image),
-skopeo + umoci + mksquashfs, Charliecloud (ch-image pull + ch-convert), and the floor
-(tar2sqfs over an already flattened tar in the page cache). Then: warm re-pull,
-a pull for a second system (conversion cache), lookup throughput from 200 concurrent
-clients against a no-op servicer on the same server stack, and 100 concurrent pulls
-of one image. See docs/performance.md.
+skopeo + umoci + mksquashfs, Charliecloud (ch-image pull + ch-convert), the floor
+(tar2sqfs over an already flattened tar in the page cache), and the bound (the floor
+while C tools inflate and digest every layer at once: the work no converter can skip).
+Then: warm re-pull, a pull for a second system (conversion cache), lookup throughput
+from 200 concurrent clients against a no-op servicer on the same server stack, and 100
+concurrent pulls of one image. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -119,6 +120,32 @@ def measure_floor(image, workdir: Path, jobs: int) -> Sample:
                  f"--no-xattr --defaults uid=0,gid=0,mode=0755 {out} < {flat}")
     sample.note = (sample.note + f" image {out.stat().st_size / 1e6:.1f} MB").strip() \
         if out.exists() else sample.note
+    out.unlink(missing_ok=True)
+    return sample
+
+
+def measure_bound(image, workdir: Path, jobs: int) -> Sample:
+    """The work no converter can skip, on the same cores at once: the floor's tar2sqfs,
+    inflating every layer (igzip, ISA-L's tool) and checking every layer's digest
+    (openssl). Whatever a converter does on top (downloading, reading the tars,
+    flattening) comes over this."""
+    name = "bound: the floor + inflating and digesting every layer, at once"
+    missing = [tool for tool in ("igzip", "openssl") if not shutil.which(tool)]
+    if missing:
+        return Sample.failed(name, f"not installed: {missing}")
+    flat = workdir / f"flat-{image.name}.tar"
+    layers = " ".join(str(layer.path) for layer in image.layers)
+    run("warm page cache", f"cat {flat} {layers} > /dev/null")
+    out = workdir / f"bound-{image.name}.sqfs"
+    sample = run(name, f"tar2sqfs -q -f --no-skip -c gzip -X level={LEVEL} -b {BLOCK} -j {jobs} "
+                       f"-Q {queued_blocks(jobs)} --no-xattr --defaults uid=0,gid=0,mode=0755 "
+                       f"{out} < {flat} & writer=$!\n"
+                       f"(for layer in {layers}; do igzip -dc $layer || exit 1; done > /dev/null) "
+                       "& inflate=$!\n"
+                       f"(for layer in {layers}; do openssl dgst -sha256 $layer || exit 1; done "
+                       "> /dev/null) & digest=$!\n"
+                       "rc=0; for job in $writer $inflate $digest; do wait $job || rc=1; done\n"
+                       "exit $rc")
     out.unlink(missing_ok=True)
     return sample
 
@@ -427,12 +454,15 @@ def main(argv: list[str] | None = None) -> int:
         for image in images:
             reference = f"testreg/bench/{image.name}:1"
             floors: list[Sample] = []
+            bounds: list[Sample] = []
             colds: list[Sample] = []
             ours = None
             for attempt in range(1, args.repeat + 1):
                 run_label = f" (run {attempt} of {args.repeat})" if args.repeat > 1 else ""
                 log(f"{image.name}: floor{run_label}")
                 floors.append(measure_floor(image, workdir, jobs))
+                log(f"{image.name}: bound{run_label}")
+                bounds.append(measure_bound(image, workdir, jobs))
                 log(f"{image.name}: imagegw cold pull{run_label}")
                 if ours is not None:
                     ours.stop()  # each cold pull starts with empty caches
@@ -440,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                 colds.append(ours.measured_pull("imagegw: cold pull → published image",
                                                 reference))
             assert ours is not None
-            floor, cold = median_run(floors), median_run(colds)
+            floor, bound, cold = median_run(floors), median_run(bounds), median_run(colds)
             worker_hwm = hwm(ours.pid)
             warm = ours.measured_pull("imagegw: warm re-pull (same system)", reference)
             second = ours.measured_pull("imagegw: pull for a second system "
@@ -461,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             report += [f"## {image.name}: {image.files} files in {len(image.layers)} layers, "
                        f"{image.compressed_bytes / 1e6:.0f} MB compressed, "
                        f"{image.uncompressed_bytes / 1e6:.0f} MB uncompressed", ""]
-            report += table([cold, floor, *peers], floor, best)
+            report += table([cold, floor, bound, *peers], floor, best)
             report += ["", "| after the cold pull | wall s | notes |", "|---|---:|---|",
                        f"| {warm.name} | {warm.wall:.3f} | {warm.note} |",
                        f"| {second.name} | {second.wall:.3f} | {second.note} |", ""]
@@ -478,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
                                   for f, c in zip(floors, colds, strict=True))
                 report.append(
                     f"- {args.repeat} runs each, taking turns; the table shows the median run. "
-                    f"Floor: {', '.join(f'{x.wall:.1f}' for x in floors)} s; cold pull: "
+                    f"Floor: {', '.join(f'{x.wall:.1f}' for x in floors)} s; bound: "
+                    f"{', '.join(f'{x.wall:.1f}' for x in bounds)} s; cold pull: "
                     f"{', '.join(f'{x.wall:.1f}' for x in colds)} s; each cold pull over the "
                     f"floor run just before it: {pairs}")
             report.append("")
@@ -487,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"({floor.wall:.1f}s) [target ≤ 1.2]"
                 + (f", {cold.wall / best.wall:.2f}× best peer ({best.name} {best.wall:.1f}s)"
                    if best else ""),
+                f"{image.name}: the bound (the floor + inflating and digesting every layer, "
+                f"C tools, at once) {bound.wall:.1f}s = {bound.wall / floor.wall:.2f}× floor; "
+                f"the cold pull {cold.wall / bound.wall:.2f}× the bound"
+                if bound.ok and bound.wall and floor.ok and floor.wall else
+                f"{image.name}: the bound did not run: {bound.note}",
                 f"{image.name}: bytes written {written_ratio:.2f}× [target ≤ 1.1]; "
                 f"peak RSS tree {cold.peak_rss / MIB:.0f} MiB, python {worker_hwm / MIB:.0f} MiB "
                 "[target < 512]",
