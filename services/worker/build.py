@@ -12,8 +12,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import overload
+from typing import BinaryIO, overload
 
 from imagegw import metrics
 from imagegw.acl import acl_file_suffix
@@ -22,6 +23,7 @@ from imagegw.model import BuildJob, BuildResult, Progress, Stage
 from imagegw.reference import parse_reference
 from imagegw.worker.artifacts import ConversionKey, build_ready_made, shared_conversions_for
 from imagegw.worker.cache import WorkerCaches
+from imagegw.worker.following import DownloadRestarted, GrowingBlob
 from imagegw.worker.paths import WorkerPaths
 from imagegw.worker.pipeline.flatten import LayerIndex
 from imagegw.worker.pipeline.indexes import load_index, store_index
@@ -157,9 +159,10 @@ class Builder:
                               output: Path, emit: Throttle) -> None:
         """Downloads the layers (newest first, in parallel) while converting them.
 
-        The conversion reads layer i as soon as it is in the cache; layers converted
-        before have their indexes kept, and when every layer has one the conversion
-        merges first and waits for all downloads (see squashfs.flatten_to_squashfs).
+        The conversion reads each layer as it downloads (worker/following.py), newest
+        first; layers converted before have their indexes kept, and when every layer has
+        one the conversion merges first (see squashfs.flatten_to_squashfs). Nothing made
+        from a layer (its index, the image) is kept before its download is verified.
         """
         layers = image.layers
         count = len(layers)
@@ -169,45 +172,97 @@ class Builder:
         progress.start(output.name)
 
         stopped = threading.Event()
+        blobs = [GrowingBlob(layer.digest, layer.size) for layer in layers]
 
         def fetch(index: int) -> Path:
-            layer = layers[index]
+            layer, blob = layers[index], blobs[index]
 
             def on_bytes(chunk: int) -> None:
                 if stopped.is_set():
                     raise _DownloadStopped(layer.digest)
+                blob.wrote(chunk)
                 progress.downloaded(index, chunk)
 
-            path, downloaded = self.cache.ensure_verified(
-                layer.digest, layer.size,
-                lambda out: client.fetch_blob(layer.digest, layer.size, out, on_bytes=on_bytes),
-            )
+            def download(out: BinaryIO) -> None:
+                blob.attach(out)
+                client.fetch_blob(layer.digest, layer.size, out, on_bytes=on_bytes)
+
+            try:
+                path, downloaded = self.cache.ensure_verified(layer.digest, layer.size, download)
+            except BaseException as exc:
+                blob.failed(exc)
+                raise
+            blob.finished(path)
             metrics.layer_cache(hit=not downloaded, size=layer.size)
             progress.layer_done(index, layer.size, downloaded=downloaded)
             return path
 
+        read: dict[int, LayerIndex] = {}
+
         def keep(number: int, index: LayerIndex) -> None:
-            # As soon as a layer is read: kept even when the conversion fails later.
+            # As soon as a layer is read and verified: kept even when the conversion fails.
             if indexes[number] is None:
-                store_index(self.cache, index, policy)
+                read[number] = index
+                _keep_verified(read, futures, lambda made: store_index(self.cache, made, policy))
 
         workers = max(1, min(DOWNLOAD_CONNECTIONS, count))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        futures: dict[int, Future[Path]] = {}
+        convert = partial(
+            flatten_to_squashfs, output=output, options=self.config.converter,
+            limits=self.config.limits, layer_names=[layer.digest for layer in layers],
+            indexes=indexes, layer_sizes=[layer.size for layer in layers],
+            on_progress=progress.converted, on_index=keep)
         try:
             # Newest first: the conversion starts with the newest layer.
-            futures = {index: pool.submit(fetch, index) for index in reversed(range(count))}
-            flatten_to_squashfs(
-                _Downloads([futures[index] for index in range(count)]), output,
-                options=self.config.converter, limits=self.config.limits,
-                layer_names=[layer.digest for layer in layers], indexes=indexes,
-                layer_sizes=[layer.size for layer in layers], on_progress=progress.converted,
-                on_index=keep,
-            )
+            futures.update((index, pool.submit(fetch, index)) for index in reversed(range(count)))
+            paths = _Downloads([futures[index] for index in range(count)])
+            try:
+                convert(paths, open_blob=lambda number: blobs[number].open())
+            except DownloadRestarted as restarted:
+                log.info("%s; converting again from the complete downloads", restarted)
+                convert(paths)
+            except Exception as exc:
+                error = _download_error(blobs, futures)
+                if error is None:
+                    raise
+                raise error from exc
+            for future in futures.values():
+                future.result()  # every download verified, whatever the conversion read
         finally:
             # A conversion that failed does not wait for the other layers to download:
             # the downloads still running stop at their next chunk (nothing is cached).
             stopped.set()
             pool.shutdown(wait=True, cancel_futures=True)
+            for blob in blobs:
+                if not blob.done:  # never started: its readers must not wait for it
+                    blob.failed(_DownloadStopped(blob.name))
+            _keep_verified(read, futures, lambda made: store_index(self.cache, made, policy))
+
+
+def _keep_verified(read: dict[int, LayerIndex], futures: dict[int, Future[Path]],
+                   store: Callable[[LayerIndex], None]) -> None:
+    """Stores the indexes of the layers read whose downloads are verified (once each)."""
+    for number in list(read):
+        future = futures.get(number)
+        if future is not None and future.done() and not future.cancelled() \
+                and future.exception() is None:
+            store(read.pop(number))
+
+
+def _download_error(blobs: Sequence[GrowingBlob], futures: dict[int, Future[Path]]
+                    ) -> BaseException | None:
+    """Why a conversion that read layers as they downloaded failed, when the cause may be
+    a corrupt download: a layer read before its download was verified, and whose bytes
+    are all here, is verified now, and its download's error is the one to report."""
+    for number, blob in enumerate(blobs):
+        if blob.read_early and blob.complete:
+            try:
+                futures[number].result()
+            except Exception as error:  # noqa: BLE001 - returned to be raised
+                if not isinstance(error, _DownloadStopped):
+                    return error
+    return None
 
 
 class _DownloadStopped(Exception):

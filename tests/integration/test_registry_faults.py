@@ -9,6 +9,7 @@ slot beyond them. Elapsed times are recorded for docs/hostile-input-report.md.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 import threading
@@ -28,6 +29,7 @@ from tests.support.images import push_image
 from tests.support.proxy import (
     MANIFEST_PATH,
     Fault,
+    Held,
     RateLimited,
     RegistryProxy,
     Reply,
@@ -301,3 +303,145 @@ def test_a_conversion_that_fails_does_not_wait_for_the_other_downloads(
     assert not (blobs / pushed.layer_digests[0].split(":", 1)[1]).exists(), \
         "the older layer was downloaded to the end after the conversion failed"
     assert_nothing_published(tmp_path)
+
+
+# -- a layer read while it downloads ---------------------------------------------------
+
+
+def tar2sqfs_bytes_read() -> int:
+    """Bytes the tar2sqfs processes started by this test process have read so far."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1]
+            if name != "tar2sqfs" or int(fields.split()[1]) != os.getpid():
+                continue
+            io = Path(f"/proc/{entry}/io").read_text()
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        total += next(int(line.split()[1]) for line in io.splitlines()
+                      if line.startswith("rchar:"))
+    return total
+
+
+def wait_for(condition, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def build_in_thread(builder: Builder) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = build(builder)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+HELD_AT = 2_500_000  # of the 3 MiB layer (uncompressed tar)
+
+
+class HeldCorrupt(Held):
+    """Held, and the byte at `flip` (after the hold) flipped: the sha256 is wrong."""
+
+    def __init__(self, path: str, *, at: int, flip: int) -> None:
+        super().__init__(path, at=at, times=None)
+        self.flip = flip
+
+    def apply(self, request: Request, reply: Reply | None) -> Reply:
+        reply = super().apply(request, reply)
+        at = self.flip % len(reply.body)
+        reply.body = reply.body[:at] + bytes([reply.body[at] ^ 0xFF]) + reply.body[at + 1:]
+        return reply
+
+
+class HeldThenReset(Held):
+    """Held, then reset a little later, by a server without ranges (the download restarts)."""
+
+    def apply(self, request: Request, reply: Reply | None) -> Reply:
+        reply = super().apply(request, reply)
+        reply.cut_after = HELD_AT + 100_000
+        reply.headers = [(k, v) for k, v in reply.headers if k.lower() != "accept-ranges"]
+        return reply
+
+
+def test_a_layer_is_converted_while_it_downloads(tmp_path, proxy, pushed, record_property):
+    held = Held(layer_path(pushed), at=HELD_AT)
+    proxy.faults.append(held)
+    thread, outcome = build_in_thread(builder_for(tmp_path, {"testreg": proxy.url},
+                                                  httpTimeout=60))
+    try:
+        converting = wait_for(lambda: tar2sqfs_bytes_read() >= 1 << 20)
+        assert not (tmp_path / "images").exists(), "published before the download ended"
+    finally:
+        held.release.set()
+        thread.join(60)
+    record_property("outcome", "tar2sqfs read 1 MiB of the image while the only layer's "
+                    "download was held at 2.5 of 3 MB; then built")
+    assert converting, "the conversion did not start before the layer was downloaded"
+    assert "error" not in outcome, outcome.get("error")
+    assert_image_is_complete(tmp_path, outcome["result"])
+
+
+@pytest.mark.parametrize(("at", "flip"), [(HELD_AT, HELD_AT + 200_000), (-1, -1)],
+                         ids=["file data", "tar padding"])
+def test_a_corrupt_layer_read_while_it_downloads_is_refused_and_nothing_kept(
+        tmp_path, proxy, pushed, record_property, at, flip):
+    # A byte of file data: the flatten reads it, the digest fails at the layer's end.
+    # The last byte, in the padding after the tar's end, held back: the flatten never
+    # needs it, and has the layer's whole index before the digest is known. Neither the
+    # index nor the image may be kept.
+    held = HeldCorrupt(layer_path(pushed), at=at, flip=flip)
+    proxy.faults.append(held)
+    builder = builder_for(tmp_path, {"testreg": proxy.url}, httpTimeout=60)
+    thread, outcome = build_in_thread(builder)
+    try:
+        converting = wait_for(lambda: tar2sqfs_bytes_read() >= 1 << 20)
+    finally:
+        held.release.set()
+        thread.join(60)
+    record_property("outcome", f"{type(outcome.get('error')).__name__}: "
+                    f"{outcome.get('error')}"[:300])
+    assert converting, "the conversion did not start before the layer was downloaded"
+    # Its data had gone to tar2sqfs: the digest, checked at the layer's end, refuses it.
+    assert isinstance(outcome.get("error"), errors.DigestMismatch), outcome
+    assert_nothing_published(tmp_path)
+    assert not builder.cache.path(pushed.layer_digests[0]).exists()
+    assert builder.cache.sidecars(pushed.layer_digests[0]) == [], \
+        "the index of an unverified layer was kept"
+
+
+def test_a_download_that_restarts_while_read_is_converted_again(
+        tmp_path, proxy, pushed, caplog, record_property):
+    caplog.set_level("INFO", logger="imagegw.worker.build")
+    held = HeldThenReset(layer_path(pushed), at=HELD_AT)
+    proxy.faults.append(held)
+    builder = builder_for(tmp_path, {"testreg": proxy.url}, httpTimeout=60)
+    thread, outcome = build_in_thread(builder)
+    try:
+        converting = wait_for(lambda: tar2sqfs_bytes_read() >= 1 << 20)
+    finally:
+        held.release.set()
+        thread.join(60)
+    assert converting, "the conversion did not start before the layer was downloaded"
+    requests = [r for r in proxy.requests if r.path.endswith(pushed.layer_digests[0])]
+    assert len(requests) == 2 and "range" not in requests[1].headers, "no restart happened"
+    assert "started over while it was being read" in caplog.text
+    record_property("outcome", "the download restarted after 2.6 MB were read; converted "
+                    "again from the complete blob")
+    assert "error" not in outcome, outcome.get("error")
+    assert_image_is_complete(tmp_path, outcome["result"])
+    assert builder.cache.sidecars(pushed.layer_digests[0]) != [], "the index was not kept"
+

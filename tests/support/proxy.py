@@ -12,6 +12,7 @@ applies to the next `times` matching requests, e.g.
     proxy.faults.append(ResetMidBody(after_bytes=1000))
     proxy.faults.append(Trickle(chunk_size=100, delay=0.05))
     proxy.faults.append(CorruptBody())
+    proxy.faults.append(held := Held(at=1_000_000)); ...; held.release.set()
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ MANIFEST_PATH = r"^/v2/.+/manifests/"
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
                 "proxy-connection", "te", "upgrade"}
 _UPSTREAM_TIMEOUT = 30.0
+#: How long a held body waits for its release at most.
+_HOLD_TIMEOUT = 60.0
 
 
 @dataclass
@@ -59,6 +62,9 @@ class Reply:
     cut_after: int | None = None
     chunk_size: int = 64 * 1024
     chunk_delay: float = 0.0
+    #: Send this many body bytes, then wait for `release` before the rest.
+    hold_at: int | None = None
+    release: threading.Event | None = None
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
@@ -153,6 +159,24 @@ class Trickle(Fault):
     def apply(self, request: Request, reply: Reply | None) -> Reply:
         assert reply is not None
         reply.chunk_size, reply.chunk_delay = self.chunk_size, self.delay
+        return reply
+
+
+class Held(Fault):
+    """Sends the first `at` bytes of the body (all but the last -`at` when negative),
+    then waits for `release` (set by the test) before the rest: a download caught
+    half-way, for as long as the test needs."""
+
+    def __init__(self, path: str = BLOB_PATH, *, at: int, method: str = "GET",
+                 times: int | None = 1):
+        super().__init__(path, method=method, times=times)
+        self.at = at
+        self.release = threading.Event()
+
+    def apply(self, request: Request, reply: Reply | None) -> Reply:
+        assert reply is not None
+        reply.hold_at = self.at if self.at >= 0 else max(0, len(reply.body) + self.at)
+        reply.release = self.release
         return reply
 
 
@@ -312,11 +336,15 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         body = reply.body if reply.cut_after is None else reply.body[:reply.cut_after]
-        for chunk in _chunks(body, reply.chunk_size):
-            self.wfile.write(chunk)
-            self.wfile.flush()
-            if reply.chunk_delay:
-                time.sleep(reply.chunk_delay)
+        parts = [body] if reply.hold_at is None else [body[:reply.hold_at], body[reply.hold_at:]]
+        for number, part in enumerate(parts):
+            if number and reply.release is not None:
+                reply.release.wait(_HOLD_TIMEOUT)
+            for chunk in _chunks(part, reply.chunk_size):
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                if reply.chunk_delay:
+                    time.sleep(reply.chunk_delay)
         if reply.cut_after is not None:
             self._reset()
 

@@ -209,6 +209,7 @@ def flatten_to_squashfs(
     indexes: Sequence[LayerIndex | None] | None = None,
     layer_sizes: Sequence[int] | None = None,
     on_index: Callable[[int, LayerIndex], None] | None = None,
+    open_blob: Callable[[int], BinaryIO] | None = None,
 ) -> FlattenStats:
     """Flattens the layers (oldest first) into the squashfs image `output`.
 
@@ -222,6 +223,9 @@ def flatten_to_squashfs(
     the compressed layer bytes read (one pass; `layer_sizes`, the blobs' sizes, give the
     total without waiting for the downloads). `on_index(i, index)` gets the index of
     layer i as soon as it is made here (a layer read to its end), to keep it.
+    `open_blob(i)`, when given, opens layer i's blob instead of `layer_paths[i]` (a
+    download still in progress: see worker/following.py); then the layer paths are
+    not used, only their number.
     """
     if len(layer_paths) != len(layer_names):
         raise ValueError("layer_paths and layer_names differ in length")
@@ -233,7 +237,8 @@ def flatten_to_squashfs(
             index is not None and index.layer != name
             for index, name in zip(known, layer_names, strict=True)):
         raise ValueError("indexes do not match layer_names")
-    flatten = _Flatten(layer_paths, layer_names, options, limits, on_progress, on_index)
+    flatten = _Flatten(layer_paths, layer_names, options, limits, on_progress, on_index,
+                       open_blob)
     if all(index is not None for index in known):
         return flatten.two_passes([index for index in known if index is not None], output)
     sizes = list(layer_sizes) if layer_sizes is not None else [
@@ -256,8 +261,10 @@ class _Flatten:
     def __init__(self, layer_paths: Sequence[Path], layer_names: Sequence[str],
                  options: ConverterOptions, limits: Limits,
                  on_progress: Callable[[int, int], None] | None,
-                 on_index: Callable[[int, LayerIndex], None] | None = None) -> None:
+                 on_index: Callable[[int, LayerIndex], None] | None = None,
+                 open_blob: Callable[[int], BinaryIO] | None = None) -> None:
         self.layer_paths = layer_paths
+        self.open_blob = open_blob
         self.layer_names = layer_names
         self.options = options
         self.cap = limits.max_unpacked_bytes
@@ -266,10 +273,12 @@ class _Flatten:
         self.on_index = on_index
 
     def open(self, number: int, on_raw_bytes: Callable[[int], None] | None = None) -> BinaryIO:
-        path = self.layer_paths[number]
-        if on_raw_bytes is None:
-            return open_layer(path, max_uncompressed=self.cap, layer=self.layer_names[number])
-        raw = _CountingReader(open(path, "rb"), on_raw_bytes)  # noqa: SIM115 - closed by the stream
+        if self.open_blob is None and on_raw_bytes is None:
+            return open_layer(self.layer_paths[number], max_uncompressed=self.cap,
+                              layer=self.layer_names[number])
+        blob = (self.open_blob(number) if self.open_blob is not None
+                else open(self.layer_paths[number], "rb"))  # noqa: SIM115 - closed by the stream
+        raw = blob if on_raw_bytes is None else _CountingReader(blob, on_raw_bytes)
         try:
             return open_layer_stream(raw, max_uncompressed=self.cap,
                                      layer=self.layer_names[number])
