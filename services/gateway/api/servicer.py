@@ -28,7 +28,7 @@ from imagegw.gateway.core.expiry import Expirer
 from imagegw.gateway.core.imports import Importer, ImportHeader
 from imagegw.gateway.core.logins import Logins
 from imagegw.gateway.core.pulls import PullManager, PullRequest
-from imagegw.gateway.core.views import lookup_status
+from imagegw.gateway.core.views import ImageStatus, lookup_status
 from imagegw.grpc_status import status_for
 from imagegw.model import ImageState
 from imagegw.v1 import gateway_service_pb2 as pb
@@ -41,6 +41,8 @@ MAX_FIELD = 1024
 MAX_ACL_ENTRIES = 256
 #: Most bytes of one import chunk message (the proto says up to 4 MiB).
 MAX_CHUNK = 4 * 1024 * 1024
+#: Lookup answers kept for reuse at most (dropped all at once beyond).
+MAX_SHARED_ANSWERS = 1024
 _LOOPBACK_PEERS = ("ipv4:127.", "ipv6:[::1]", "unix:")
 
 
@@ -113,6 +115,8 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         self.logins = services.logins
         #: One MungeDecoder per socket path, shared by every call.
         self._decoders: dict[str, MungeDecoder] = {}
+        #: Lookup answers of READY statuses: id(status) -> (status, answer).
+        self._answers: dict[int, tuple[ImageStatus, pb.LookupImageResponse]] = {}
 
     # -- authentication ------------------------------------------------------------
 
@@ -180,7 +184,21 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         caller = self._caller(context, request.system)
         status = self.pulls.lookup(request.system, request.type or "docker", request.reference,
                                    caller)
-        return pb.LookupImageResponse(image=status_to_image(status))
+        return self._lookup_answer(status)
+
+    def _lookup_answer(self, status: ImageStatus) -> pb.LookupImageResponse:
+        """The answer for `status`. A READY status comes from the gateway's lookup cache, the
+        same object for every lookup of that reference for up to a second: its answer is
+        built once and shared (only serialized, never changed)."""
+        cached = self._answers.get(id(status))
+        if cached is not None and cached[0] is status:
+            return cached[1]
+        answer = pb.LookupImageResponse(image=status_to_image(status))
+        if status.state == ImageState.READY:
+            if len(self._answers) >= MAX_SHARED_ANSWERS:
+                self._answers.clear()
+            self._answers[id(status)] = (status, answer)
+        return answer
 
     @unary
     def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext  # noqa: N802
