@@ -33,6 +33,8 @@ class Sample:
     ok: bool = True
     note: str = ""
     steps: list[Sample] = field(default_factory=list)
+    #: False when `written` could not be measured (printed as "–").
+    written_counted: bool = True
 
     @classmethod
     def combine(cls, name: str, steps: Sequence[Sample]) -> Sample:
