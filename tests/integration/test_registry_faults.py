@@ -336,7 +336,13 @@ def wait_for(condition, seconds: float = 20.0) -> bool:
     return condition()
 
 
-def build_in_thread(builder: Builder) -> tuple[threading.Thread, dict]:
+def build_through_hold(root: Path, proxy: RegistryProxy, held: Held
+                       ) -> tuple[Builder, dict, bool]:
+    """Builds while `held` holds the layer's download; returns the builder, the outcome
+    ("result" or "error"), and whether tar2sqfs had read 1 MiB of the image before the
+    hold was released."""
+    proxy.faults.append(held)
+    builder = builder_for(root, {"testreg": proxy.url}, httpTimeout=60)
     outcome: dict = {}
 
     def run() -> None:
@@ -347,7 +353,13 @@ def build_in_thread(builder: Builder) -> tuple[threading.Thread, dict]:
 
     thread = threading.Thread(target=run)
     thread.start()
-    return thread, outcome
+    try:
+        converting = wait_for(lambda: tar2sqfs_bytes_read() >= 1 << 20)
+        outcome["published early"] = (root / "images").exists()
+    finally:
+        held.release.set()
+        thread.join(60)
+    return builder, outcome, converting
 
 
 HELD_AT = 2_500_000  # of the 3 MiB layer (uncompressed tar)
@@ -378,16 +390,9 @@ class HeldThenReset(Held):
 
 
 def test_a_layer_is_converted_while_it_downloads(tmp_path, proxy, pushed, record_property):
-    held = Held(layer_path(pushed), at=HELD_AT)
-    proxy.faults.append(held)
-    thread, outcome = build_in_thread(builder_for(tmp_path, {"testreg": proxy.url},
-                                                  httpTimeout=60))
-    try:
-        converting = wait_for(lambda: tar2sqfs_bytes_read() >= 1 << 20)
-        assert not (tmp_path / "images").exists(), "published before the download ended"
-    finally:
-        held.release.set()
-        thread.join(60)
+    _, outcome, converting = build_through_hold(tmp_path, proxy,
+                                                Held(layer_path(pushed), at=HELD_AT))
+    assert not outcome["published early"], "published before the download ended"
     record_property("outcome", "tar2sqfs read 1 MiB of the image while the only layer's "
                     "download was held at 2.5 of 3 MB; then built")
     assert converting, "the conversion did not start before the layer was downloaded"
@@ -403,15 +408,8 @@ def test_a_corrupt_layer_read_while_it_downloads_is_refused_and_nothing_kept(
     # The last byte, in the padding after the tar's end, held back: the flatten never
     # needs it, and has the layer's whole index before the digest is known. Neither the
     # index nor the image may be kept.
-    held = HeldCorrupt(layer_path(pushed), at=at, flip=flip)
-    proxy.faults.append(held)
-    builder = builder_for(tmp_path, {"testreg": proxy.url}, httpTimeout=60)
-    thread, outcome = build_in_thread(builder)
-    try:
-        converting = wait_for(lambda: tar2sqfs_bytes_read() >= 1 << 20)
-    finally:
-        held.release.set()
-        thread.join(60)
+    builder, outcome, converting = build_through_hold(
+        tmp_path, proxy, HeldCorrupt(layer_path(pushed), at=at, flip=flip))
     record_property("outcome", f"{type(outcome.get('error')).__name__}: "
                     f"{outcome.get('error')}"[:300])
     assert converting, "the conversion did not start before the layer was downloaded"
@@ -426,15 +424,8 @@ def test_a_corrupt_layer_read_while_it_downloads_is_refused_and_nothing_kept(
 def test_a_download_that_restarts_while_read_is_converted_again(
         tmp_path, proxy, pushed, caplog, record_property):
     caplog.set_level("INFO", logger="imagegw.worker.build")
-    held = HeldThenReset(layer_path(pushed), at=HELD_AT)
-    proxy.faults.append(held)
-    builder = builder_for(tmp_path, {"testreg": proxy.url}, httpTimeout=60)
-    thread, outcome = build_in_thread(builder)
-    try:
-        converting = wait_for(lambda: tar2sqfs_bytes_read() >= 1 << 20)
-    finally:
-        held.release.set()
-        thread.join(60)
+    builder, outcome, converting = build_through_hold(
+        tmp_path, proxy, HeldThenReset(layer_path(pushed), at=HELD_AT))
     assert converting, "the conversion did not start before the layer was downloaded"
     requests = [r for r in proxy.requests if r.path.endswith(pushed.layer_digests[0])]
     assert len(requests) == 2 and "range" not in requests[1].headers, "no restart happened"

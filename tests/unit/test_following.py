@@ -83,6 +83,16 @@ def wait_for(condition, seconds: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+def reading(directory: Path, written: int) -> tuple[GrowingBlob, Download, Reader]:
+    """A download that has written `written` bytes, and a reader that has them."""
+    blob = GrowingBlob("sha256:test", len(BLOB))
+    download = Download(directory, blob)
+    reader = Reader(blob)
+    download.write(BLOB[:written])
+    wait_for(lambda: reader.received == written)
+    return blob, download, reader
+
+
 def test_readers_get_the_bytes_as_written_and_the_end_only_once_verified(tmp_path):
     blob = GrowingBlob("sha256:test", len(BLOB))
     download = Download(tmp_path, blob)
@@ -103,11 +113,7 @@ def test_readers_get_the_bytes_as_written_and_the_end_only_once_verified(tmp_pat
 
 
 def test_a_failed_download_reaches_its_readers_as_its_error(tmp_path):
-    blob = GrowingBlob("sha256:test", len(BLOB))
-    download = Download(tmp_path, blob)
-    reader = Reader(blob)
-    download.write(BLOB)
-    wait_for(lambda: reader.received == len(BLOB))
+    blob, _, reader = reading(tmp_path, len(BLOB))
     blob.failed(DigestMismatch("blob sha256:test hashes to something else"))
     reader.wait()
     assert isinstance(reader.error, DigestMismatch)
@@ -115,11 +121,7 @@ def test_a_failed_download_reaches_its_readers_as_its_error(tmp_path):
 
 
 def test_a_download_failing_half_way_fails_a_waiting_reader(tmp_path):
-    blob = GrowingBlob("sha256:test", len(BLOB))
-    download = Download(tmp_path, blob)
-    reader = Reader(blob)
-    download.write(BLOB[:1000])
-    wait_for(lambda: reader.received == 1000)
+    blob, _, reader = reading(tmp_path, 1000)
     blob.failed(ConnectionResetError("the registry went away"))
     reader.wait()
     assert isinstance(reader.error, ConnectionResetError)
@@ -127,11 +129,7 @@ def test_a_download_failing_half_way_fails_a_waiting_reader(tmp_path):
 
 
 def test_a_restart_after_bytes_were_read_fails_the_reader(tmp_path):
-    blob = GrowingBlob("sha256:test", len(BLOB))
-    download = Download(tmp_path, blob)
-    reader = Reader(blob)
-    download.write(BLOB[:300_000])
-    wait_for(lambda: reader.received == 300_000)
+    _, download, reader = reading(tmp_path, 300_000)
     download.restart()
     download.write(BLOB)
     reader.wait()
