@@ -105,6 +105,13 @@ def queued_blocks(jobs: int) -> int:
     return ConverterOptions(block_size=BLOCK).blocks_queued(jobs)
 
 
+def floor_command(flat: Path, out: Path, jobs: int) -> str:
+    """tar2sqfs over the flattened tar, with our settings (the floor, and the bound's writer)."""
+    return (f"tar2sqfs -q -f --no-skip -c gzip -X level={LEVEL} -b {BLOCK} -j {jobs} "
+            f"-Q {queued_blocks(jobs)} --no-xattr --defaults uid=0,gid=0,mode=0755 "
+            f"{out} < {flat}")
+
+
 def measure_floor(image, workdir: Path, jobs: int) -> Sample:
     flat = workdir / f"flat-{image.name}.tar"
     if not flat.exists():
@@ -114,10 +121,7 @@ def measure_floor(image, workdir: Path, jobs: int) -> Sample:
         partial.rename(flat)
     run("warm page cache", f"cat {flat} > /dev/null")
     out = workdir / f"floor-{image.name}.sqfs"
-    sample = run("floor: tar2sqfs over a flat tar in page cache",
-                 f"tar2sqfs -q -f --no-skip -c gzip -X level={LEVEL} -b {BLOCK} -j {jobs} "
-                 f"-Q {queued_blocks(jobs)} "
-                 f"--no-xattr --defaults uid=0,gid=0,mode=0755 {out} < {flat}")
+    sample = run("floor: tar2sqfs over a flat tar in page cache", floor_command(flat, out, jobs))
     sample.note = (sample.note + f" image {out.stat().st_size / 1e6:.1f} MB").strip() \
         if out.exists() else sample.note
     out.unlink(missing_ok=True)
@@ -137,9 +141,7 @@ def measure_bound(image, workdir: Path, jobs: int) -> Sample:
     layers = " ".join(str(layer.path) for layer in image.layers)
     run("warm page cache", f"cat {flat} {layers} > /dev/null")
     out = workdir / f"bound-{image.name}.sqfs"
-    sample = run(name, f"tar2sqfs -q -f --no-skip -c gzip -X level={LEVEL} -b {BLOCK} -j {jobs} "
-                       f"-Q {queued_blocks(jobs)} --no-xattr --defaults uid=0,gid=0,mode=0755 "
-                       f"{out} < {flat} & writer=$!\n"
+    sample = run(name, f"{floor_command(flat, out, jobs)} & writer=$!\n"
                        f"(for layer in {layers}; do igzip -dc $layer || exit 1; done > /dev/null) "
                        "& inflate=$!\n"
                        f"(for layer in {layers}; do openssl dgst -sha256 $layer || exit 1; done "

@@ -198,12 +198,13 @@ class Builder:
             return path
 
         read: dict[int, LayerIndex] = {}
+        store = partial(store_index, self.cache, policy=policy)
 
         def keep(number: int, index: LayerIndex) -> None:
             # As soon as a layer is read and verified: kept even when the conversion fails.
             if indexes[number] is None:
                 read[number] = index
-                _keep_verified(read, futures, lambda made: store_index(self.cache, made, policy))
+                _keep_verified(read, futures, store)
 
         workers = max(1, min(DOWNLOAD_CONNECTIONS, count))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
@@ -237,7 +238,7 @@ class Builder:
             for blob in blobs:
                 if not blob.done:  # never started: its readers must not wait for it
                     blob.failed(_DownloadStopped(blob.name))
-            _keep_verified(read, futures, lambda made: store_index(self.cache, made, policy))
+            _keep_verified(read, futures, store)
 
 
 def _keep_verified(read: dict[int, LayerIndex], futures: dict[int, Future[Path]],

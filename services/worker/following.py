@@ -166,9 +166,3 @@ class _Follower:
             if self.fd is not None:
                 os.close(self.fd)
                 self.fd = None
-
-    def __enter__(self) -> _Follower:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
