@@ -4,6 +4,7 @@ is unreachable, and re-attaching by job id, are decided by the dispatcher."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -88,10 +89,14 @@ class WorkerPool:
                 if kind == "progress":
                     yield BuildEvent(progress=convert.progress_from_proto(message.progress))
                 elif kind == "result":
-                    yield BuildEvent(result=convert.result_from_proto(message.result))
+                    final = BuildEvent(result=convert.result_from_proto(message.result))
+                    _read_to_the_end(stream)
+                    yield final
                     return
                 elif kind == "failure":
-                    yield BuildEvent(failure=convert.failure_from_proto(message.failure))
+                    final = BuildEvent(failure=convert.failure_from_proto(message.failure))
+                    _read_to_the_end(stream)
+                    yield final
                     return
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
@@ -132,3 +137,12 @@ def open_worker_pool(config: Config, static_addresses: Sequence[str]) -> WorkerP
         return WorkerPool(directory=WorkerDirectory(redis_from_url(config.broker)),
                           credentials=credentials)
     raise WorkerUnavailable("no workers: set WorkerAddresses, or a Broker that workers register with")
+
+
+def _read_to_the_end(stream) -> None:
+    """Reads a job stream to its end after its final event (the worker ends the call right
+    after it). The caller acts on the final event and drops the stream: dropped before its
+    end, the call would be cancelled under the worker, and counted there as CANCELLED."""
+    with contextlib.suppress(grpc.RpcError):
+        for _ in stream:
+            pass
