@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO, overload
@@ -25,6 +26,7 @@ from imagegw.worker.artifacts import ConversionKey, build_ready_made, shared_con
 from imagegw.worker.cache import WorkerCaches
 from imagegw.worker.following import DownloadRestarted, GrowingBlob
 from imagegw.worker.paths import WorkerPaths
+from imagegw.worker.pipeline import gzip_engine
 from imagegw.worker.pipeline.flatten import LayerIndex
 from imagegw.worker.pipeline.indexes import load_index, store_index
 from imagegw.worker.pipeline.members import MemberPolicy
@@ -64,7 +66,8 @@ class Throttle:
 
 class Builder:
     def __init__(self, config: Config, paths: WorkerPaths) -> None:
-        self.config = config
+        # The gzip engine is settled once, here: conversion keys name the one really used.
+        self.config = replace(config, converter=gzip_engine.resolve(config.converter))
         self.paths = paths
         self.caches = WorkerCaches(paths.cache_root, max_bytes=config.cache_max_bytes)
         self.cache = self.caches.blobs

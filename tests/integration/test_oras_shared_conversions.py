@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import replace
 
 import pytest
 import urllib3
@@ -83,13 +84,15 @@ def test_second_gateway_uses_the_shared_conversion_without_downloading_layers(
         assert layer_gets(proxy, pushed) == 2, "A converts: it downloads both layers"
     finally:
         a.stop()
-    key = ConversionKey(pushed.manifest_digest, "squashfs", ConverterOptions())
+    # The worker compresses with libdeflate (scripts/setup builds its shim), and says so.
+    key = ConversionKey(pushed.manifest_digest, "squashfs", ConverterOptions(gzip_engine="libdeflate"))
     manifest = shared_manifest(registry, key.tag)
     annotations = manifest["annotations"]
     assert annotations["io.imagegw.source.manifest-digest"] == pushed.manifest_digest
     assert annotations["io.imagegw.image.id"] == first.id
     assert annotations["io.imagegw.conversion.format"] == "squashfs"
-    assert json.loads(annotations["io.imagegw.conversion.options"])["compressor"] == "gzip"
+    options = json.loads(annotations["io.imagegw.conversion.options"])
+    assert (options["compressor"], options["gzipEngine"]) == ("gzip", "libdeflate")
     assert [layer["mediaType"] for layer in manifest["layers"]] == [
         SQUASHFS_MEDIA_TYPE, "application/vnd.imagegw.meta.v1+text"]
     assert [layer["annotations"]["org.opencontainers.image.title"] for layer in manifest["layers"]
@@ -167,12 +170,21 @@ def test_shared_conversions_must_name_a_configured_location():
 
 def test_conversion_key_ignores_thread_count_but_not_output_settings():
     digest = "sha256:" + "a" * 64
-    base = ConversionKey(digest, "squashfs", ConverterOptions())
-    assert base.tag == ConversionKey(digest, "squashfs", ConverterOptions(jobs=8)).tag
-    assert base.tag == ConversionKey(digest, "squashfs", ConverterOptions(queue_backlog=500)).tag
-    assert base.tag != ConversionKey(digest, "squashfs", ConverterOptions(compressor="xz")).tag
-    assert base.tag != ConversionKey("sha256:" + "b" * 64, "squashfs", ConverterOptions()).tag
+    zlib = ConverterOptions(gzip_engine="zlib")
+    base = ConversionKey(digest, "squashfs", zlib)
+    assert base.tag == ConversionKey(digest, "squashfs", replace(zlib, jobs=8)).tag
+    assert base.tag == ConversionKey(digest, "squashfs", replace(zlib, queue_backlog=500)).tag
+    assert base.tag != ConversionKey(digest, "squashfs", replace(zlib, compressor="xz")).tag
+    assert base.tag != ConversionKey("sha256:" + "b" * 64, "squashfs", zlib).tag
     assert len(base.tag) <= 128
+    # libdeflate writes other bytes than zlib: another key. A zlib image keeps the key it had
+    # before the engine could be chosen, and the engine means nothing to other compressors.
+    assert base.tag != ConversionKey(digest, "squashfs", replace(zlib, gzip_engine="libdeflate")).tag
+    assert "gzipEngine" not in base.options_text()
+    zstd = ConversionKey(digest, "squashfs", ConverterOptions(compressor="zstd", gzip_engine="zlib"))
+    assert zstd.tag == ConversionKey(digest, "squashfs", replace(zstd.options, gzip_engine="auto")).tag
+    with pytest.raises(ValueError, match="resolved"):
+        ConversionKey(digest, "squashfs", ConverterOptions(gzip_engine="auto")).options_text()
 
 
 def test_shared_conversions_authenticate_with_the_configured_auth_file(

@@ -64,6 +64,8 @@ def test_unknown_keys_are_warnings_naming_the_key():
     ({"ConverterOptions": {"jobs": -1}}, "ConverterOptions.jobs"),
     ({"ConverterOptions": {"queueBacklog": -5}}, "ConverterOptions.queueBacklog"),
     ({"ConverterOptions": {"queueBacklog": 10**9}}, "ConverterOptions.queueBacklog"),
+    ({"ConverterOptions": {"gzipEngine": "igzip"}}, "ConverterOptions.gzipEngine"),
+    ({"ConverterOptions": {"gzipEngine": 1}}, "ConverterOptions.gzipEngine"),
 ])
 def test_wrong_types_and_values_are_errors_naming_the_key(data, key):
     with pytest.raises(ConfigError) as info:
@@ -114,3 +116,10 @@ def test_compressor_queue_defaults_to_a_fixed_amount_of_data_and_takes_the_sites
     assert parse_config({"ConverterOptions": {"blockSize": 1 << 20}}).converter.blocks_queued(8) == 80
     chosen = parse_config({"ConverterOptions": {"queueBacklog": 40}}).converter
     assert chosen.blocks_queued(2) == 40
+
+
+def test_gzip_engine_defaults_to_auto_and_takes_the_sites_choice():
+    assert parse_config({}).converter.gzip_engine == "auto"
+    assert parse_config({"ConverterOptions": {"level": 6}}).converter.gzip_engine == "auto"
+    for engine in ("auto", "libdeflate", "zlib"):
+        assert parse_config({"ConverterOptions": {"gzipEngine": engine}}).converter.gzip_engine == engine

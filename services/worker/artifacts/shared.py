@@ -59,13 +59,19 @@ class ConversionKey:
 
     def options_text(self) -> str:
         """The converter settings that change the output, as canonical JSON
-        (compressor threads and queue length do not)."""
+        (compressor threads and queue length do not). A gzip image compressed by libdeflate
+        says so; one compressed by zlib keeps the key it had before there was a choice."""
         options = self.options
-        return json.dumps({
+        text = {
             "schema": CONVERSION_SCHEMA, "compressor": options.compressor, "level": options.level,
             "blockSize": options.block_size, "extraArgs": list(options.extra_args),
             "keepSetuid": options.keep_setuid,
-        }, sort_keys=True, separators=(",", ":"))
+        }
+        if options.compressor == "gzip" and options.gzip_engine != "zlib":
+            if options.gzip_engine != "libdeflate":
+                raise ValueError("a conversion key needs the gzip engine resolved (gzip_engine.resolve)")
+            text["gzipEngine"] = options.gzip_engine
+        return json.dumps(text, sort_keys=True, separators=(",", ":"))
 
     @property
     def digest(self) -> str:

@@ -34,6 +34,7 @@ from imagegw.errors import ContentRejected, ConversionFailed
 
 from .decompress import open_layer, open_layer_stream
 from .flatten import FlatTree, LayerIndex, index_layer, merge_layers, write_flat_tar
+from .gzip_engine import tar2sqfs_environment
 from .members import MemberPolicy
 from .streaming import SpeculationFailed, StreamedFlatten, stream_flat_tar
 from .writeback import EarlyWriteback
@@ -110,10 +111,11 @@ def build_squashfs(
         return _space_hint(output.parent, free_before, expected_bytes, expected_what)
 
     command = tar2sqfs_command(partial, options)
-    log.debug("running %s", command)
+    environment = tar2sqfs_environment(options)
+    log.debug("running %s%s", command, " with libdeflate" if environment else "")
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, bufsize=PIPE_BUFFER,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+                                   stdout=subprocess.DEVNULL, stderr=stderr, env=environment)
         assert process.stdin is not None
         _widen_pipe(process.stdin)
         try:
