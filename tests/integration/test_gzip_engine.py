@@ -21,7 +21,7 @@ import pytest
 from imagegw.config import ConverterOptions
 from imagegw.errors import ConfigError
 from imagegw.worker.pipeline import gzip_engine
-from imagegw.worker.pipeline.squashfs import build_squashfs
+from imagegw.worker.pipeline.squashfs import build_squashfs, tar2sqfs_command
 from tests.support.squashfs_tree import read_squashfs, sha256
 
 BLOCK = 131072
@@ -118,11 +118,10 @@ def test_zlib_engine_is_tar2sqfs_as_built(tmp_path):
     zlib_options = replace(OPTIONS, gzip_engine="zlib")
     image = build(tmp_path, zlib_options)
     assert zlib_block(FILES["data/big.txt"][:BLOCK], 6) in image
-    direct = tmp_path / "direct.sqfs"
-    subprocess.run([shutil.which("tar2sqfs"), "-q", "-f", "--no-skip", "-c", "gzip", "-X", "level=6",
-                    "-b", str(BLOCK), "-j", "2", "-Q", str(zlib_options.blocks_queued(2)), "--no-xattr",
-                    "--defaults", "uid=0,gid=0,mode=0755,mtime=0", str(direct)],
-                   input=tar_of(FILES), check=True, capture_output=True, timeout=120)
+    direct = tmp_path / "direct.sqfs"   # the same command line, in the worker's own environment
+    subprocess.run(tar2sqfs_command(direct, zlib_options), input=tar_of(FILES), check=True,
+                   capture_output=True, timeout=120, env={k: v for k, v in os.environ.items()
+                                                          if k != "LD_PRELOAD"})
     assert image == direct.read_bytes()
     libdeflate = build(tmp_path, replace(OPTIONS, gzip_engine="libdeflate"))
     assert libdeflate != image
