@@ -181,6 +181,16 @@ def test_a_shim_that_does_not_load_is_found_out_by_the_probe(tmp_path, monkeypat
         gzip_engine.resolve(replace(OPTIONS, gzip_engine="libdeflate"))
 
 
+def test_a_shim_whose_path_ld_preload_cannot_carry_is_refused(tmp_path):
+    spaced = tmp_path / "with space" / gzip_engine.SHIM_NAME
+    spaced.parent.mkdir()
+    shim = gzip_engine.find_shim()
+    assert shim is not None
+    shutil.copy(shim, spaced)
+    problem = gzip_engine.probe(spaced)
+    assert problem is not None and "space or a colon" in problem
+
+
 def test_a_library_that_loads_but_changes_nothing_is_found_out_by_the_probe(tmp_path):
     """A shim that loads and does not take over (libsquashfs's compressor changed, say)."""
     source = tmp_path / "inert.c"

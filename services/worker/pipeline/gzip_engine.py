@@ -57,6 +57,8 @@ def find_shim() -> Path | None:
 def probe(shim: Path) -> str | None:
     """None when tar2sqfs runs with `shim` loaded, the shim took over its gzip blocks
     and the image reads back right; otherwise what went wrong, for a person."""
+    if any(separator in str(shim) for separator in " :"):
+        return f"{shim}: LD_PRELOAD cannot name a path with a space or a colon; install it elsewhere"
     tar2sqfs, rdsquashfs = shutil.which("tar2sqfs"), shutil.which("rdsquashfs")
     if tar2sqfs is None or rdsquashfs is None:
         return "tar2sqfs or rdsquashfs (squashfs-tools-ng) is not installed"
