@@ -113,6 +113,14 @@ FLOOR_NAMES = {"zlib": "floor: tar2sqfs over a flat tar in page cache",
                "libdeflate": "floor, libdeflate: the same, gzip blocks by libdeflate (as imagegw)"}
 
 
+def libdeflate_problem() -> str | None:
+    """Why tar2sqfs cannot run on libdeflate here (None: it can)."""
+    shim = gzip_engine.find_shim()
+    if shim is None:
+        return f"{gzip_engine.SHIM_NAME} is not built: {gzip_engine.BUILD_HINT}"
+    return gzip_engine.probe(shim)
+
+
 def floor_command(flat: Path, out: Path, jobs: int, engine: str = "zlib") -> str:
     """tar2sqfs over the flattened tar, with our settings (the floors, and the bound's writer)."""
     preload = ""
@@ -126,6 +134,8 @@ def floor_command(flat: Path, out: Path, jobs: int, engine: str = "zlib") -> str
 
 
 def measure_floor(image, workdir: Path, jobs: int, engine: str = "zlib") -> Sample:
+    if engine == "libdeflate" and (problem := libdeflate_problem()):
+        return Sample.failed(FLOOR_NAMES[engine], problem)
     flat = workdir / f"flat-{image.name}.tar"
     if not flat.exists():
         log(f"{image.name}: writing the flattened tar for the floor")
@@ -552,8 +562,10 @@ def main(argv: list[str] | None = None) -> int:
             report.append("")
             summary += [
                 f"{image.name}: cold pull {cold.wall:.1f}s = {floor_ratio:.2f}× floor "
-                f"({floor.wall:.1f}s) [target ≤ 1.2]; {cold.wall / fast_floor.wall:.2f}× the "
-                f"libdeflate floor ({fast_floor.wall:.1f}s, the same writer as imagegw's)"
+                f"({floor.wall:.1f}s) [target ≤ 1.2]; "
+                + (f"{cold.wall / fast_floor.wall:.2f}× the libdeflate floor ({fast_floor.wall:.1f}s, "
+                   "the same writer as imagegw's)" if fast_floor.ok and fast_floor.wall else
+                   f"the libdeflate floor did not run: {fast_floor.note}")
                 + (f", {cold.wall / best.wall:.2f}× best peer ({best.name} {best.wall:.1f}s)"
                    if best else ""),
                 f"{image.name}: the bound (the {engine} floor + inflating and digesting every "
