@@ -113,14 +113,6 @@ FLOOR_NAMES = {"zlib": "floor: tar2sqfs over a flat tar in page cache",
                "libdeflate": "floor, libdeflate: the same, gzip blocks by libdeflate (as imagegw)"}
 
 
-def libdeflate_problem() -> str | None:
-    """Why tar2sqfs cannot run on libdeflate here (None: it can)."""
-    shim = gzip_engine.find_shim()
-    if shim is None:
-        return f"{gzip_engine.SHIM_NAME} is not built: {gzip_engine.BUILD_HINT}"
-    return gzip_engine.probe(shim)
-
-
 def floor_command(flat: Path, out: Path, jobs: int, engine: str = "zlib") -> str:
     """tar2sqfs over the flattened tar, with our settings (the floors, and the bound's writer)."""
     preload = ""
@@ -134,8 +126,8 @@ def floor_command(flat: Path, out: Path, jobs: int, engine: str = "zlib") -> str
 
 
 def measure_floor(image, workdir: Path, jobs: int, engine: str = "zlib") -> Sample:
-    if engine == "libdeflate" and (problem := libdeflate_problem()):
-        return Sample.failed(FLOOR_NAMES[engine], problem)
+    if engine == "libdeflate" and (problem := gzip_engine.usable_shim()[1]):
+        return Sample.failed(FLOOR_NAMES[engine], f"{problem}: {gzip_engine.BUILD_HINT}")
     flat = workdir / f"flat-{image.name}.tar"
     if not flat.exists():
         log(f"{image.name}: writing the flattened tar for the floor")

@@ -45,7 +45,7 @@ _PROBE_NAME = "probe.txt"
 _PROBE_DATA = b"".join(b"imagegw gzip engine probe, line %d\n" % n for n in range(4000))
 _PROBE_TIMEOUT = 60.0
 
-__all__ = ["find_shim", "probe", "resolve", "tar2sqfs_environment"]
+__all__ = ["find_shim", "probe", "resolve", "tar2sqfs_environment", "usable_shim"]
 
 
 def find_shim() -> Path | None:
@@ -62,17 +62,15 @@ def probe(shim: Path) -> str | None:
     tar2sqfs, rdsquashfs = shutil.which("tar2sqfs"), shutil.which("rdsquashfs")
     if tar2sqfs is None or rdsquashfs is None:
         return "tar2sqfs or rdsquashfs (squashfs-tools-ng) is not installed"
+    tar = _probe_tar()
     with tempfile.TemporaryDirectory(prefix="imagegw-gzip-probe-") as scratch:
-        tar = Path(scratch, "in.tar")
-        tar.write_bytes(_probe_tar())
         images = {}
         for engine, env in (("zlib", None), ("libdeflate", _preloaded(shim))):
             image = Path(scratch, f"{engine}.sqfs")
-            with tar.open("rb") as stdin:
-                run = subprocess.run(
-                    [tar2sqfs, "-q", "-f", "-c", "gzip", "-X", "level=6", "-j", "1", "--no-xattr",
-                     str(image)], stdin=stdin, capture_output=True, env=env,
-                    timeout=_PROBE_TIMEOUT, check=False)
+            run = subprocess.run(
+                [tar2sqfs, "-q", "-f", "-c", "gzip", "-X", "level=6", "-j", "1", "--no-xattr",
+                 str(image)], input=tar, capture_output=True, env=env,
+                timeout=_PROBE_TIMEOUT, check=False)
             stderr = run.stderr.decode(errors="replace").strip()
             if run.returncode != 0 or "preload" in stderr:
                 return f"tar2sqfs with {engine} failed (exit code {run.returncode}): {stderr[-500:]}"
@@ -91,12 +89,12 @@ def resolve(options: ConverterOptions) -> ConverterOptions:
     "zlib"). Raises ConfigError when "libdeflate" is asked for and cannot be had."""
     if options.gzip_engine == "zlib":
         return options
-    shim, problem = _shim_and_problem()
+    shim, problem = usable_shim()
     if problem is None:
         log.info("tar2sqfs compresses gzip with libdeflate (%s)", shim)
         return replace(options, gzip_engine="libdeflate")
     if options.gzip_engine == "libdeflate":
-        raise ConfigError(f"ConverterOptions.gzipEngine is \"libdeflate\" but {problem}; {BUILD_HINT}")
+        raise _unavailable(problem)
     log.warning("tar2sqfs compresses gzip with zlib, about 1.8x slower than libdeflate: %s; %s",
                 problem, BUILD_HINT)
     return replace(options, gzip_engine="zlib")
@@ -104,24 +102,27 @@ def resolve(options: ConverterOptions) -> ConverterOptions:
 
 def tar2sqfs_environment(options: ConverterOptions) -> dict[str, str] | None:
     """The environment to run tar2sqfs in for `options` (None: the worker's own)."""
-    if options.compressor != "gzip":
+    if options.compressor != "gzip" or options.gzip_engine == "zlib":
         return None
-    if options.gzip_engine == "zlib":
-        return None
-    shim, problem = _shim_and_problem()
+    shim, problem = usable_shim()
     if problem is None:
         return _preloaded(shim)
-    if options.gzip_engine == "auto":
-        return None
-    raise ConfigError(f"ConverterOptions.gzipEngine is \"libdeflate\" but {problem}; {BUILD_HINT}")
+    if options.gzip_engine == "libdeflate":
+        raise _unavailable(problem)
+    return None
 
 
-def _shim_and_problem() -> tuple[Path, None] | tuple[None, str]:
+def usable_shim() -> tuple[Path, None] | tuple[None, str]:
+    """The shim tar2sqfs can run with, or why there is none (for a person)."""
     shim = find_shim()
     if shim is None:
         return None, f"{SHIM_NAME} is not built or installed"
     problem = probe(shim)
     return (shim, None) if problem is None else (None, problem)
+
+
+def _unavailable(problem: str) -> ConfigError:
+    return ConfigError(f"ConverterOptions.gzipEngine is \"libdeflate\" but {problem}; {BUILD_HINT}")
 
 
 def _preloaded(shim: Path) -> dict[str, str]:
