@@ -34,8 +34,8 @@ if str(ROOT) not in sys.path:
 
 from bench import images as bench_images  # noqa: E402
 from bench.measure import Sample, TreeSampler, cpu_seconds, hwm, read_io, run  # noqa: E402
-from imagegw.config import ConverterOptions  # noqa: E402
-from imagegw.worker.pipeline import gzip_engine  # noqa: E402
+from imagegw.domain.config import ConverterOptions  # noqa: E402
+from imagegw.pipeline import gzip_engine  # noqa: E402
 
 LEVEL = 6
 BLOCK = 131072
@@ -399,7 +399,7 @@ def machine() -> list[str]:
                   if line.startswith("Model name")), "?")
     memory = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")), "0")
-    from imagegw.worker.pipeline.decompress import GZIP_BACKEND
+    from imagegw.pipeline.decompress import GZIP_BACKEND
 
     shim = gzip_engine.find_shim()
     return [

@@ -279,11 +279,11 @@ def push(registry_url: str, repository: str, tag: str, image: BenchImage) -> str
 
 def write_flat_tar(image: BenchImage, out: Path) -> None:
     """The image flattened to one tar (the floor's input), with the project's flattener."""
-    from imagegw.config import Limits
-    from imagegw.worker.pipeline.decompress import open_layer
-    from imagegw.worker.pipeline.flatten import index_layer, merge_layers
-    from imagegw.worker.pipeline.flatten import write_flat_tar as write_tar
-    from imagegw.worker.pipeline.members import MemberPolicy
+    from imagegw.domain.config import Limits
+    from imagegw.pipeline.decompress import open_layer
+    from imagegw.pipeline.flatten import index_layer, merge_layers
+    from imagegw.pipeline.flatten import write_flat_tar as write_tar
+    from imagegw.pipeline.members import MemberPolicy
 
     cap = Limits().max_unpacked_bytes
     names = [layer.digest for layer in image.layers]

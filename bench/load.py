@@ -1,7 +1,7 @@
 """Lookup load: `python -m bench.load client ...` drives LookupImage from N concurrent
 clients for a fixed time and prints one JSON line (count, latencies); `python -m
 bench.load noop ADDRESS_FILE` serves a GatewayService whose LookupImage does nothing,
-on the project's own server stack (imagegw.grpcserver), for comparison."""
+on the project's own server stack (imagegw.rpc.server), for comparison."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class _NoopGateway(pb_grpc.GatewayServiceServicer):
 
 
 def _serve_noop(address_file: str) -> None:
-    from imagegw.grpcserver import add_health_and_reflection, bind, create_server
+    from imagegw.rpc.server import add_health_and_reflection, bind, create_server
 
     server = create_server()
     pb_grpc.add_GatewayServiceServicer_to_server(_NoopGateway(), server)

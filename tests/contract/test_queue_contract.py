@@ -15,8 +15,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from imagegw.config import Config
-from imagegw.errors import ConfigError
+from imagegw.domain.config import Config
+from imagegw.domain.errors import ConfigError
 from imagegw.gateway.queue import (
     Claim,
     MemoryJobQueue,

@@ -14,8 +14,9 @@ from pathlib import Path
 import pymongo
 import pytest
 
-from imagegw.config import Config
-from imagegw.errors import ConfigError, InvalidRequest
+from imagegw.domain.config import Config
+from imagegw.domain.errors import ConfigError, InvalidRequest
+from imagegw.domain.model import Failure, ImageMetadata, ImageState, Progress, Stage
 from imagegw.gateway.records import ImageRecord, PullKey
 from imagegw.gateway.store import (
     ImageStore,
@@ -24,7 +25,6 @@ from imagegw.gateway.store import (
     StoreUnavailable,
     open_store,
 )
-from imagegw.model import Failure, ImageMetadata, ImageState, Progress, Stage
 from tests.support.backends import image_store  # noqa: F401
 from tests.support.redis_server import free_port
 

@@ -13,10 +13,10 @@ from typing import BinaryIO
 
 import pytest
 
-from imagegw.config import Limits, Platform
-from imagegw.errors import DigestMismatch
-from imagegw.reference import ImageReference
-from imagegw.worker.registry import BlobCache, RegistryClient, resolve_image
+from imagegw.domain.config import Limits, Platform
+from imagegw.domain.errors import DigestMismatch
+from imagegw.domain.reference import ImageReference
+from imagegw.registry import BlobCache, RegistryClient, resolve_image
 from tests.support.images import push_image
 from tests.support.proxy import CorruptBody, RegistryProxy
 from tests.support.registry import registry  # noqa: F401
@@ -75,7 +75,7 @@ def test_concurrent_threads_download_a_blob_once_and_never_see_a_partial_file(tm
 
 _PROCESS_SCRIPT = """
 import sys, time, pathlib
-from imagegw.worker.registry import BlobCache
+from imagegw.registry import BlobCache
 root, digest, source, counter = sys.argv[1:5]
 data = pathlib.Path(source).read_bytes()
 def fetch(out):

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from imagegw.config import parse_config
-from imagegw.errors import ConfigError
-from imagegw.model import BuildJob
+from imagegw.cache import WorkerCaches
+from imagegw.cache.eviction import evict
+from imagegw.cache.layout import WorkerPaths
+from imagegw.domain.config import parse_config
+from imagegw.domain.errors import ConfigError
+from imagegw.domain.model import BuildJob
 from imagegw.worker.build import Builder
-from imagegw.worker.cache import WorkerCaches
-from imagegw.worker.cache.eviction import evict
-from imagegw.worker.paths import WorkerPaths
 from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.registry import registry  # noqa: F401
@@ -74,7 +74,7 @@ def test_a_lease_held_by_another_worker_process_protects_the_blob(tmp_path: Path
     digest = add_blob(caches, 10 * KIB, age=3000)
     script = (
         "import sys, time; from pathlib import Path\n"
-        "from imagegw.worker.cache import WorkerCaches\n"
+        "from imagegw.cache import WorkerCaches\n"
         "caches = WorkerCaches(Path(sys.argv[1]))\n"
         "with caches.lease(digests=[sys.argv[2]]):\n"
         "    print('held', flush=True); sys.stdin.readline()\n"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from imagegw.config import parse_config
-from imagegw.model import BuildJob
+from imagegw.cache.layout import WorkerPaths
+from imagegw.domain.config import parse_config
+from imagegw.domain.model import BuildJob
+from imagegw.publish import publisher_for
 from imagegw.worker.build import Builder
-from imagegw.worker.paths import WorkerPaths
-from imagegw.worker.publish import publisher_for
 from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.proxy import RegistryProxy
@@ -54,13 +54,13 @@ def blob_requests(proxy: RegistryProxy) -> int:
 
 def conversions(caplog) -> int:
     return sum(1 for record in caplog.records
-               if record.name == "imagegw.worker.pipeline.squashfs"
+               if record.name == "imagegw.pipeline.squashfs"
                and record.getMessage().startswith("built "))
 
 
 def test_pull_for_a_second_system_publishes_the_stored_conversion(
         tmp_path, registry, proxy, caplog):  # noqa: F811
-    caplog.set_level(logging.INFO, logger="imagegw.worker.pipeline.squashfs")
+    caplog.set_level(logging.INFO, logger="imagegw.pipeline.squashfs")
     push_image(registry.url, "cc/app", "1", LAYERS)
     builder = builder_for(tmp_path, proxy.url)
     first = build(builder, "testreg/cc/app:1", "alpha")
@@ -76,7 +76,7 @@ def test_pull_for_a_second_system_publishes_the_stored_conversion(
 
 
 def test_other_converter_options_convert_again(tmp_path, registry, proxy, caplog):  # noqa: F811
-    caplog.set_level(logging.INFO, logger="imagegw.worker.pipeline.squashfs")
+    caplog.set_level(logging.INFO, logger="imagegw.pipeline.squashfs")
     push_image(registry.url, "cc/opts", "1", LAYERS)
     build(builder_for(tmp_path, proxy.url), "testreg/cc/opts:1", "alpha")
     result = build(builder_for(tmp_path, proxy.url, compressor="zstd", level=3),
@@ -89,7 +89,7 @@ def test_other_converter_options_convert_again(tmp_path, registry, proxy, caplog
 
 def test_tag_moved_back_publishes_the_stored_conversion(
         tmp_path, registry, proxy, caplog):  # noqa: F811
-    caplog.set_level(logging.INFO, logger="imagegw.worker.pipeline.squashfs")
+    caplog.set_level(logging.INFO, logger="imagegw.pipeline.squashfs")
     old = push_image(registry.url, "cc/moving", "stable", LAYERS)
     builder = builder_for(tmp_path, proxy.url)
     first = build(builder, "testreg/cc/moving:stable", "gamma")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from imagegw import errors
-from imagegw.config import parse_config
-from imagegw.model import BuildJob
+from imagegw.cache.layout import WorkerPaths
+from imagegw.domain import errors
+from imagegw.domain.config import parse_config
+from imagegw.domain.model import BuildJob
+from imagegw.registry.client import RegistryClient
 from imagegw.worker.build import Builder
-from imagegw.worker.paths import WorkerPaths
-from imagegw.worker.registry.client import RegistryClient
 from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.proxy import RegistryProxy

@@ -18,15 +18,15 @@ from typing import BinaryIO
 import pytest
 import zstandard
 
-from imagegw.config import ConverterOptions, Limits
-from imagegw.errors import ContentRejected, ConversionFailed
-from imagegw.worker.pipeline.squashfs import (
+from imagegw.domain.config import ConverterOptions, Limits
+from imagegw.domain.errors import ContentRejected, ConversionFailed
+from imagegw.pipeline.squashfs import (
     FlattenStats,
     build_squashfs,
     flatten_to_squashfs,
     tar2sqfs_command,
 )
-from imagegw.worker.pipeline.tarstream import TarWriter
+from imagegw.pipeline.tarstream import TarWriter
 from tests.support.layers import (
     device,
     digest,
@@ -270,8 +270,8 @@ def test_large_layer_streams_through_with_bounded_memory(tmp_path: Path) -> None
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from imagegw.config import ConverterOptions, Limits\n"
-        "from imagegw.worker.pipeline.squashfs import flatten_to_squashfs\n"
+        "from imagegw.domain.config import ConverterOptions, Limits\n"
+        "from imagegw.pipeline.squashfs import flatten_to_squashfs\n"
         "stats = flatten_to_squashfs([Path(sys.argv[1])], Path(sys.argv[2]),\n"
         "    options=ConverterOptions(compressor='lz4', jobs=2), limits=Limits(),\n"
         "    layer_names=['sha256:big'])\n"
@@ -344,7 +344,7 @@ def test_layers_one_pass_cannot_vouch_for_are_flattened_in_two_passes(tmp_path: 
 
 
 def test_early_writeback_stops_with_the_build_and_leaves_no_descriptor(tmp_path: Path) -> None:
-    from imagegw.worker.pipeline.writeback import EarlyWriteback
+    from imagegw.pipeline.writeback import EarlyWriteback
 
     def descriptors() -> set[str]:
         return set(os.listdir("/proc/self/fd"))

@@ -1,4 +1,4 @@
-"""tar2sqfs's gzip compressor on libdeflate (services/worker/native/sqfs_libdeflate.c):
+"""tar2sqfs's gzip compressor on libdeflate (services/common/imagegw/pipeline/native/sqfs_libdeflate.c):
 the shim is built, really takes over the gzip blocks, writes images that read back exact
 with both squashfs readers, and leaves every setting it cannot reproduce to zlib."""
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from imagegw.config import ConverterOptions
-from imagegw.errors import ConfigError
-from imagegw.worker.pipeline import gzip_engine
-from imagegw.worker.pipeline.squashfs import build_squashfs, tar2sqfs_command
+from imagegw.domain.config import ConverterOptions
+from imagegw.domain.errors import ConfigError
+from imagegw.pipeline import gzip_engine
+from imagegw.pipeline.squashfs import build_squashfs, tar2sqfs_command
 from tests.support.squashfs_tree import read_squashfs, sha256
 
 BLOCK = 131072
@@ -160,11 +160,11 @@ def test_without_the_shim_auto_falls_back_to_zlib_and_libdeflate_is_refused(
     monkeypatch.setattr(gzip_engine, "SHIM_PATHS", (tmp_path / "missing.so",))
     with caplog.at_level(logging.WARNING, logger=gzip_engine.__name__):
         assert gzip_engine.resolve(OPTIONS).gzip_engine == "zlib"
-    assert "make -C services/worker/native" in caplog.text
+    assert "scripts/setup" in caplog.text
     with pytest.raises(ConfigError, match="gzipEngine is \"libdeflate\" but .*not built"):
         gzip_engine.resolve(replace(OPTIONS, gzip_engine="libdeflate"))
     # A conversion asked to use libdeflate fails before tar2sqfs starts, naming the fix.
-    with pytest.raises(ConfigError, match="make -C services/worker/native"):
+    with pytest.raises(ConfigError, match="scripts/setup"):
         build(tmp_path, replace(OPTIONS, gzip_engine="libdeflate"))
     assert gzip_engine.tar2sqfs_environment(OPTIONS) is None
     assert zlib_block(FILES["data/big.txt"][:BLOCK], 6) in build(tmp_path, OPTIONS)

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from imagegw import errors
-from imagegw.config import parse_config
-from imagegw.model import BuildJob, BuildResult
+from imagegw.cache.layout import WorkerPaths
+from imagegw.domain import errors
+from imagegw.domain.config import parse_config
+from imagegw.domain.model import BuildJob, BuildResult
+from imagegw.pipeline.meta import parse_meta
 from imagegw.worker.build import Builder
-from imagegw.worker.paths import WorkerPaths
-from imagegw.worker.pipeline.meta import parse_meta
 from tests.support.hostile_corpus import (
     CANARY,
     CANARY_DIR,

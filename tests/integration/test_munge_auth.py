@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from imagegw.config import Platform
-from imagegw.errors import Unauthenticated
+from imagegw.domain.config import Platform
+from imagegw.domain.errors import Unauthenticated
 from imagegw.gateway.auth import (
     AuthServiceUnavailable,
     MungeDecoder,

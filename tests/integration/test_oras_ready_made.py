@@ -12,10 +12,10 @@ from pathlib import Path
 import oras.provider
 import pytest
 
+from imagegw.artifacts import SIF_MEDIA_TYPE, SQUASHFS_MEDIA_TYPE
+from imagegw.pipeline.meta import parse_meta
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import image_pb2
-from imagegw.worker.artifacts import SIF_MEDIA_TYPE, SQUASHFS_MEDIA_TYPE
-from imagegw.worker.pipeline.meta import parse_meta
 from tests.support.registry import registry  # noqa: F401
 from tests.support.services import embedded_config, start_service
 from tests.support.squashfs_tree import read_squashfs

@@ -11,11 +11,11 @@ from dataclasses import replace
 import pytest
 import urllib3
 
-from imagegw.config import ConverterOptions, parse_config
-from imagegw.errors import ConfigError
+from imagegw.artifacts import SQUASHFS_MEDIA_TYPE, ConversionKey
+from imagegw.domain.config import ConverterOptions, parse_config
+from imagegw.domain.errors import ConfigError
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import image_pb2
-from imagegw.worker.artifacts import SQUASHFS_MEDIA_TYPE, ConversionKey
 from tests.support import layers as L
 from tests.support.images import default_config, push_image
 from tests.support.proxy import RegistryProxy

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from imagegw.config import Platform, SshTarget
-from imagegw.errors import InvalidRequest, TransferFailed
-from imagegw.worker.publish import LocalPublisher, SshPublisher, publisher_for
+from imagegw.domain.config import Platform, SshTarget
+from imagegw.domain.errors import InvalidRequest, TransferFailed
+from imagegw.publish import LocalPublisher, SshPublisher, publisher_for
 
 MIB = 1024 * 1024
 META = b"FORMAT: squashfs\nENTRY: /bin/sh\n"

@@ -12,8 +12,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from imagegw.errors import TransferFailed
-from imagegw.worker.publish import SshPublisher
+from imagegw.domain.errors import TransferFailed
+from imagegw.publish import SshPublisher
 from tests.support.services import refused_address
 from tests.support.sshd import SshdServer, sshd_target  # noqa: F401
 

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import zstandard
 
-from imagegw.config import Limits, Platform
-from imagegw.errors import (
+from imagegw.domain.config import Limits, Platform
+from imagegw.domain.errors import (
     ContentRejected,
     DigestMismatch,
     ImageNotFound,
@@ -22,10 +22,10 @@ from imagegw.errors import (
     RegistryProtocolError,
     RegistryUnavailable,
 )
-from imagegw.model import RegistryCredentials
-from imagegw.reference import ImageReference
-from imagegw.worker.registry import RegistryClient, resolve_image
-from imagegw.worker.registry.manifest import DOCKER_MANIFEST_LIST, OCI_INDEX
+from imagegw.domain.model import RegistryCredentials
+from imagegw.domain.reference import ImageReference
+from imagegw.registry import RegistryClient, resolve_image
+from imagegw.registry.manifest import DOCKER_MANIFEST_LIST, OCI_INDEX
 from tests.support.images import index_entry, push_image, push_index
 from tests.support.proxy import (
     CorruptBody,

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from imagegw import errors
-from imagegw.config import parse_config
-from imagegw.model import BuildJob, BuildResult
+from imagegw.cache.layout import WorkerPaths
+from imagegw.domain import errors
+from imagegw.domain.config import parse_config
+from imagegw.domain.model import BuildJob, BuildResult
 from imagegw.worker.build import Builder
 from imagegw.worker.jobs import JobRegistry
-from imagegw.worker.paths import WorkerPaths
 from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.proxy import (

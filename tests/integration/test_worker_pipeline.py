@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from imagegw.config import parse_config
-from imagegw.errors import ContentRejected, DigestMismatch, PlatformNotFound, RegistryAuthFailed
-from imagegw.model import BuildJob, RegistryCredentials, Stage
+from imagegw.cache.layout import WorkerPaths
+from imagegw.domain.config import parse_config
+from imagegw.domain.errors import ContentRejected, DigestMismatch, PlatformNotFound, RegistryAuthFailed
+from imagegw.domain.model import BuildJob, RegistryCredentials, Stage
+from imagegw.pipeline.meta import parse_meta
 from imagegw.worker.build import Builder
-from imagegw.worker.paths import WorkerPaths
-from imagegw.worker.pipeline.meta import parse_meta
 from tests.support import layers as L
 from tests.support.images import default_config, push_image, push_index
 from tests.support.proxy import CorruptBody, RegistryProxy
@@ -230,7 +230,7 @@ def test_corrupted_blob_fails_and_publishes_nothing(tmp_path, registry):  # noqa
 
 def test_a_second_conversion_of_the_layers_uses_their_kept_indexes(tmp_path, registry, pushed,  # noqa: F811
                                                                      caplog):
-    caplog.set_level("INFO", logger="imagegw.worker.pipeline.squashfs")
+    caplog.set_level("INFO", logger="imagegw.pipeline.squashfs")
     first, _ = run(builder_for(tmp_path, registry.url), "testreg/cases/flatten:1")
     # The first conversion reads each layer once, newest first, and keeps their indexes.
     builds = [r.getMessage() for r in caplog.records if "built an image" in r.getMessage()]

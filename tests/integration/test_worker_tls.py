@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from imagegw.config import parse_config
-from imagegw.errors import ConfigError
+from imagegw.domain.config import parse_config
+from imagegw.domain.errors import ConfigError
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import image_pb2, worker_service_pb2, worker_service_pb2_grpc
 from tests.support import layers as L

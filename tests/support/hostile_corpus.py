@@ -77,7 +77,7 @@ class Case:
     hostile: str
     layers: tuple[bytes, ...] = ()
     expect: str = REJECTED
-    #: The error class (name in imagegw.errors) and a fragment of its message.
+    #: The error class (name in imagegw.domain.errors) and a fragment of its message.
     error: str = "ContentRejected"
     fragment: str = ""
     lands: tuple[Lands, ...] = ()

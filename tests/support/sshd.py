@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegw.config import SshTarget
+from imagegw.domain.config import SshTarget
 
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "/usr/bin/ssh-keygen"

@@ -5,8 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from imagegw.config import QUEUE_BACKLOG_BYTES, default_config, load_config, parse_config, parse_duration
-from imagegw.errors import ConfigError, UnknownSystem
+from imagegw.domain.config import (
+    QUEUE_BACKLOG_BYTES,
+    default_config,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+from imagegw.domain.errors import ConfigError, UnknownSystem
 
 SEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 

@@ -10,11 +10,11 @@ from typing import BinaryIO
 
 import pytest
 
-from imagegw.errors import ContentRejected
-from imagegw.worker.pipeline.decompress import open_layer
-from imagegw.worker.pipeline.flatten import FlatTree, index_layer, merge_layers, write_flat_tar
-from imagegw.worker.pipeline.members import MemberPolicy
-from imagegw.worker.pipeline.streaming import SpeculationFailed, stream_flat_tar
+from imagegw.domain.errors import ContentRejected
+from imagegw.pipeline.decompress import open_layer
+from imagegw.pipeline.flatten import FlatTree, index_layer, merge_layers, write_flat_tar
+from imagegw.pipeline.members import MemberPolicy
+from imagegw.pipeline.streaming import SpeculationFailed, stream_flat_tar
 from tests.support.layers import (
     compress,
     device,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from imagegw.errors import DigestMismatch
-from imagegw.worker.following import DownloadRestarted, GrowingBlob
+from imagegw.domain.errors import DigestMismatch
+from imagegw.registry.following import DownloadRestarted, GrowingBlob
 
 BLOB = bytes(range(256)) * 4096  # 1 MiB
 

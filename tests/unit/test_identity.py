@@ -6,8 +6,8 @@ import pwd
 
 import pytest
 
-from imagegw.config import Platform
-from imagegw.errors import Unauthenticated
+from imagegw.domain.config import Platform
+from imagegw.domain.errors import Unauthenticated
 from imagegw.gateway.auth import ANONYMOUS, Identity, authenticate, is_admin
 
 

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from imagegw.errors import ContentRejected
-from imagegw.worker.pipeline.members import Admitted, MemberPolicy
-from imagegw.worker.pipeline.prefetch import DataNotKept, LayerAhead, LayerInline
+from imagegw.domain.errors import ContentRejected
+from imagegw.pipeline.members import Admitted, MemberPolicy
+from imagegw.pipeline.prefetch import DataNotKept, LayerAhead, LayerInline
 from tests.support.layers import dir, file, raw_member, symlink, tar_bytes, whiteout
 
 POLICY = MemberPolicy()

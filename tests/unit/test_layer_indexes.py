@@ -9,12 +9,12 @@ from typing import BinaryIO
 
 import pytest
 
-from imagegw.errors import DigestMismatch
-from imagegw.worker.pipeline.decompress import open_layer
-from imagegw.worker.pipeline.flatten import LayerIndex, index_layer
-from imagegw.worker.pipeline.indexes import index_name, load_index, store_index
-from imagegw.worker.pipeline.members import MemberPolicy
-from imagegw.worker.registry.blobcache import BlobCache
+from imagegw.domain.errors import DigestMismatch
+from imagegw.pipeline.decompress import open_layer
+from imagegw.pipeline.flatten import LayerIndex, index_layer
+from imagegw.pipeline.indexes import index_name, load_index, store_index
+from imagegw.pipeline.members import MemberPolicy
+from imagegw.registry.blobcache import BlobCache
 from tests.support import layers as L
 
 CAP = 1 << 30

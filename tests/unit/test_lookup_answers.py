@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from imagegw.domain.model import ImageState
 from imagegw.gateway.api import servicer as servicer_module
 from imagegw.gateway.api.servicer import GatewayServicer
 from imagegw.gateway.core.views import ImageStatus
-from imagegw.model import ImageState
 from imagegw.v1 import image_pb2
 
 

@@ -6,21 +6,21 @@ import json
 
 import pytest
 
-from imagegw.config import Limits, Platform
-from imagegw.errors import (
+from imagegw.domain.config import Limits, Platform
+from imagegw.domain.errors import (
     ContentRejected,
     DigestMismatch,
     PlatformNotFound,
     RegistryProtocolError,
 )
-from imagegw.worker.registry import (
+from imagegw.registry import (
     ImageIndex,
     ImageManifest,
     parse_image_config,
     parse_manifest,
     select_platform,
 )
-from imagegw.worker.registry.manifest import (
+from imagegw.registry.manifest import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,

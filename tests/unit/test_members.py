@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from imagegw.errors import ContentRejected
-from imagegw.worker.pipeline.flatten import LayerIndex, index_layer
-from imagegw.worker.pipeline.members import Kind, MarkerKind, MemberPolicy, sanitize_mode
+from imagegw.domain.errors import ContentRejected
+from imagegw.pipeline.flatten import LayerIndex, index_layer
+from imagegw.pipeline.members import Kind, MarkerKind, MemberPolicy, sanitize_mode
 from tests.support.layers import (
     device,
     dir,
@@ -106,7 +106,7 @@ def test_aufs_metadata_entries_are_dropped() -> None:
 def test_devices_fifos_and_unknown_types_are_dropped_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="imagegw.worker.pipeline.members")
+    caplog.set_level(logging.INFO, logger="imagegw.pipeline.members")
     layer = index(device("dev/null"), device("dev/sda", block=True), fifo("run/fifo"),
                   raw_member("vol", type=b"V"), file("kept"))
     assert paths(layer) == ["kept"]

@@ -4,9 +4,9 @@ import ast
 
 import pytest
 
-from imagegw.errors import ContentRejected
-from imagegw.model import ImageMetadata
-from imagegw.worker.pipeline.meta import parse_meta, render_meta
+from imagegw.domain.errors import ContentRejected
+from imagegw.domain.model import ImageMetadata
+from imagegw.pipeline.meta import parse_meta, render_meta
 
 
 def test_meta_file_has_shifter_keys_in_runtime_format():

@@ -9,9 +9,9 @@ import pytest
 import urllib3
 
 from imagegw import metrics
-from imagegw.config import parse_config
-from imagegw.errors import ConfigError, ConversionFailed
-from imagegw.model import BuildJob, BuildResult, ImageMetadata, Progress, Stage
+from imagegw.domain.config import parse_config
+from imagegw.domain.errors import ConfigError, ConversionFailed
+from imagegw.domain.model import BuildJob, BuildResult, ImageMetadata, Progress, Stage
 
 STAGES = (Stage.RESOLVING, Stage.DOWNLOADING, Stage.CONVERTING, Stage.PUBLISHING)
 

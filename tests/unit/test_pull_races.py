@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from imagegw.config import parse_config
+from imagegw.domain.config import parse_config
+from imagegw.domain.model import ImageMetadata, ImageState
 from imagegw.gateway.core.access import ANONYMOUS_CALLER
 from imagegw.gateway.core.pulls import PullManager, PullRequest, PullTicket
 from imagegw.gateway.queue import MemoryJobQueue, MemoryProgressHub
 from imagegw.gateway.records import ImageRecord
 from imagegw.gateway.store import SqliteImageStore
-from imagegw.model import ImageMetadata, ImageState
 
 SYSTEM = "cluster"
 REFERENCE = "app:1"

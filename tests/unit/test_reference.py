@@ -2,9 +2,9 @@
 
 import pytest
 
-from imagegw.config import parse_config
-from imagegw.errors import InvalidReference
-from imagegw.reference import parse_reference
+from imagegw.domain.config import parse_config
+from imagegw.domain.errors import InvalidReference
+from imagegw.domain.reference import parse_reference
 
 CONFIG = parse_config({
     "Locations": {"myloc": {"url": "http://127.0.0.1:5000"},

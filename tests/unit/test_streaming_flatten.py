@@ -15,11 +15,11 @@ from typing import BinaryIO
 
 import pytest
 
-from imagegw.errors import ContentRejected
-from imagegw.worker.pipeline import prefetch
-from imagegw.worker.pipeline.flatten import index_layer, merge_layers, write_flat_tar
-from imagegw.worker.pipeline.members import MemberPolicy
-from imagegw.worker.pipeline.streaming import SpeculationFailed, stream_flat_tar
+from imagegw.domain.errors import ContentRejected
+from imagegw.pipeline import prefetch
+from imagegw.pipeline.flatten import index_layer, merge_layers, write_flat_tar
+from imagegw.pipeline.members import MemberPolicy
+from imagegw.pipeline.streaming import SpeculationFailed, stream_flat_tar
 from tests.support.layers import Member, dir, file, hardlink, opaque, symlink, tar_bytes, whiteout
 
 POLICY = MemberPolicy()

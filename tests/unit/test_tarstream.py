@@ -7,8 +7,8 @@ import tarfile
 
 import pytest
 
-from imagegw.errors import ContentRejected
-from imagegw.worker.pipeline.tarstream import (
+from imagegw.domain.errors import ContentRejected
+from imagegw.pipeline.tarstream import (
     MAX_EXTENSION_BYTES,
     TarReader,
     TarWriter,

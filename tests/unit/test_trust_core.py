@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from imagegw.acl import acl_file_suffix, acl_key
-from imagegw.config import Config, parse_config
-from imagegw.errors import (
+from imagegw.domain.acl import acl_file_suffix, acl_key
+from imagegw.domain.config import Config, parse_config
+from imagegw.domain.errors import (
     ConfigError,
     ImageNotFound,
     InvalidRequest,
@@ -23,6 +23,7 @@ from imagegw.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from imagegw.domain.model import ImageMetadata, ImageState, RegistryCredentials
 from imagegw.gateway.app import check_listen_security
 from imagegw.gateway.core import audit
 from imagegw.gateway.core.access import ANONYMOUS_CALLER, Caller
@@ -32,9 +33,8 @@ from imagegw.gateway.core.vault import CredentialVault
 from imagegw.gateway.queue import MemoryJobQueue, MemoryProgressHub
 from imagegw.gateway.records import ImageRecord
 from imagegw.gateway.store import SqliteImageStore
-from imagegw.grpcserver import is_loopback
-from imagegw.model import ImageMetadata, ImageState, RegistryCredentials
-from imagegw.worker.publish import LocalPublisher
+from imagegw.publish import LocalPublisher
+from imagegw.rpc.server import is_loopback
 
 SYSTEM = "cluster"
 ALICE = Caller(uid=1001, gid=100, user="alice", groups=(100,))

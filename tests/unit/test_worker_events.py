@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from imagegw.domain.model import BuildEvent, BuildResult, Failure, ImageMetadata, Progress, Stage
 from imagegw.gateway.workers import WorkerPool
-from imagegw.model import BuildEvent, BuildResult, Failure, ImageMetadata, Progress, Stage
 from imagegw.worker.service import event_to_proto
 
 RESULT = BuildResult(image_id="ab" * 32, manifest_digest="sha256:" + "cd" * 32,

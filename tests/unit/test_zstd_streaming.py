@@ -5,8 +5,8 @@ import io
 import pytest
 import zstandard
 
-from imagegw.errors import ContentRejected
-from imagegw.worker.pipeline.decompress import open_layer_stream
+from imagegw.domain.errors import ContentRejected
+from imagegw.pipeline.decompress import open_layer_stream
 from tests.support import layers as L
 
 TAR = L.tar_bytes(L.file("a", b"x" * 300_000), L.file("b", b"y" * 10))

@@ -1,0 +1,157 @@
+"""`imagegw`: run the gateway and worker (`serve`), or each alone, or check a config.
+
+This is `main`: the only place that reads the environment (IMAGEGW_CONFIG,
+IMAGEGW_HOME, IMAGEGW_LISTEN) and configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from imagegw.domain.config import Config, default_config, load_config
+from imagegw.domain.errors import ImageGatewayError
+
+log = logging.getLogger("imagegw")
+
+
+def _data_dir(args: argparse.Namespace) -> str:
+    if args.data_dir:
+        return args.data_dir
+    if os.environ.get("IMAGEGW_HOME"):
+        return os.environ["IMAGEGW_HOME"]
+    return str(Path.home() / ".local" / "share" / "imagegw")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    listen = args.listen or os.environ.get("IMAGEGW_LISTEN") or None
+    path = args.config or os.environ.get("IMAGEGW_CONFIG")
+    data_dir = _data_dir(args)
+    if path:
+        config = load_config(path, data_dir=args.data_dir or None, listen=listen)
+        if not config.data_dir:
+            config = load_config(path, data_dir=data_dir, listen=listen)
+    else:
+        config = default_config(data_dir, listen=listen)
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from imagegw.gateway.app import GatewayApp
+    from imagegw.worker.app import WorkerApp
+
+    config = _config(args)
+    worker = WorkerApp(config, "127.0.0.1:0")
+    worker.start()
+    gateway = GatewayApp(config, config.listen, [worker.address])
+    gateway.start()
+    _announce(args, gateway.address)
+    _wait_for_signal()
+    log.info("shutting down")
+    gateway.stop()
+    worker.stop(drain_timeout=5.0)
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from imagegw.gateway.app import GatewayApp
+
+    config = _config(args)
+    if not config.worker_addresses and not config.broker:
+        raise ImageGatewayError("`imagegw gateway` needs workers: set WorkerAddresses, or a Broker "
+                                "(Redis) that `imagegw worker` processes register with",
+                                hint="or run `imagegw serve` for a gateway with a local worker")
+    gateway = GatewayApp(config, config.listen, list(config.worker_addresses))
+    gateway.start()
+    _announce(args, gateway.address)
+    _wait_for_signal()
+    gateway.stop()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from imagegw.worker.app import WorkerApp
+
+    config = _config(args)
+    worker = WorkerApp(config, args.listen or os.environ.get("IMAGEGW_WORKER_LISTEN")
+                       or "127.0.0.1:7778", advertise=args.advertise, worker_id=args.worker_id)
+    worker.start()
+    _announce(args, worker.address)
+    _wait_for_signal()
+    worker.stop(drain_timeout=args.drain_timeout)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    print(f"ok: {len(config.platforms)} systems ({', '.join(sorted(config.platforms))}), "
+          f"{len(config.locations)} locations, records in "
+          f"{'MongoDB' if config.mongodb_uri else 'SQLite'}, queue "
+          f"{'Redis' if config.broker else 'in-process'}")
+    return 0
+
+
+def _announce(args: argparse.Namespace, address: str) -> None:
+    if args.address_file:
+        tmp = Path(args.address_file + ".tmp")
+        tmp.write_text(address + "\n")
+        tmp.replace(args.address_file)
+    print(f"listening on {address}", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagegw", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("IMAGEGW_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext in (("serve", "gateway and a local worker on the embedded default"),
+                           ("gateway", "the gateway alone (workers from WorkerAddresses)"),
+                           ("worker", "a worker alone")):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("--config", help="Shifter imagemanager.json (or IMAGEGW_CONFIG)")
+        cmd.add_argument("--listen", help="HOST:PORT to listen on (or IMAGEGW_LISTEN)")
+        cmd.add_argument("--data-dir", help="data directory (or IMAGEGW_HOME)")
+        cmd.add_argument("--address-file", help="write the bound address here once listening")
+        if name == "worker":
+            cmd.add_argument("--drain-timeout", type=float, default=300.0,
+                             help="seconds to let running jobs finish on SIGTERM")
+            cmd.add_argument("--advertise", help="HOST:PORT gateways use to reach this worker "
+                             "(default: the listen address)")
+            cmd.add_argument("--worker-id", help="name in the worker directory (default: host-pid)")
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handlers = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check-config": _check}
+    try:
+        return handlers[args.command](args)
+    except ImageGatewayError as exc:
+        print(f"imagegw: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The worker directory in Redis: which workers are alive, where, for which systems.
+
+Workers `register` (and re-register as a heartbeat) with a time-to-live; the
+gateway reads `live()` to send each job only to a worker that serves its system.
+A worker that dies simply stops renewing and drops out after the TTL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import redis
+
+from imagegw.domain.errors import ConfigError, WorkerUnavailable
+
+log = logging.getLogger(__name__)
+
+SOCKET_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+PREFIX = "imagegw:worker"
+MEMBERS = "imagegw:workers"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    worker_id: str
+    address: str
+    systems: tuple[str, ...]
+    slots: int
+    started: float
+
+
+def redis_from_url(url: str) -> redis.Redis:
+    """A Redis client with timeouts for `Broker` (redis://, rediss:// or unix://)."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"Broker: expected a redis:// URL, got {url.split('://')[0]}://...",
+                          hint="other Celery brokers (amqp) are not supported; "
+                          "remove Broker to queue in memory")
+    try:
+        return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                                    socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                    health_check_interval=30)
+    except ValueError as exc:
+        raise ConfigError(f"Broker: not a usable Redis URL: {exc}") from exc
+
+
+class WorkerDirectory:
+    def __init__(self, client: redis.Redis, *, ttl: float = 15.0) -> None:
+        self._redis = client
+        self.ttl = ttl
+
+    def register(self, info: WorkerInfo) -> None:
+        record = json.dumps({"address": info.address, "systems": list(info.systems),
+                             "slots": info.slots, "started": info.started})
+        try:
+            pipe = self._redis.pipeline()
+            pipe.set(f"{PREFIX}:{info.worker_id}", record, px=int(self.ttl * 1000))
+            pipe.sadd(MEMBERS, info.worker_id)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise WorkerUnavailable(f"cannot register worker in Redis: {exc}") from exc
+
+    def unregister(self, worker_id: str) -> None:
+        try:
+            self._redis.delete(f"{PREFIX}:{worker_id}")
+            self._redis.srem(MEMBERS, worker_id)
+        except redis.RedisError as exc:
+            log.warning("could not unregister worker %s: %s", worker_id, exc)
+
+    def live(self) -> list[WorkerInfo]:
+        try:
+            ids = sorted(member.decode() for member in self._redis.smembers(MEMBERS))
+            if not ids:
+                return []
+            records = self._redis.mget([f"{PREFIX}:{worker_id}" for worker_id in ids])
+        except redis.RedisError as exc:
+            raise WorkerUnavailable(f"cannot read the worker directory in Redis: {exc}") from exc
+        workers, gone = [], []
+        for worker_id, raw in zip(ids, records, strict=True):
+            if raw is None:
+                gone.append(worker_id)
+                continue
+            data = json.loads(raw)
+            workers.append(WorkerInfo(worker_id, data["address"], tuple(data["systems"]),
+                                      int(data["slots"]), float(data["started"])))
+        if gone:
+            self._redis.srem(MEMBERS, *gone)
+        return workers
+
+    def serving(self, system: str) -> list[WorkerInfo]:
+        return [w for w in self.live() if system in w.systems]
+
+
+class Registration:
+    """Keeps one worker registered (heartbeat thread) until `stop()`."""
+
+    def __init__(self, directory: WorkerDirectory, worker_id: str, address: str,
+                 systems: Collection[str], slots: int) -> None:
+        self.directory = directory
+        self.info = WorkerInfo(worker_id, address, tuple(sorted(systems)), slots, time.time())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="registration", daemon=True)
+
+    def start(self) -> None:
+        self.directory.register(self.info)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.directory.unregister(self.info.worker_id)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.directory.ttl / 3):
+            try:
+                self.directory.register(self.info)
+            except WorkerUnavailable as exc:
+                log.warning("%s", exc)

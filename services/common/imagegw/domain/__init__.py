@@ -1,0 +1,1 @@
+"""The domain: errors, the image model, configuration, references and ACLs (no I/O, no grpc)."""

@@ -1,0 +1,385 @@
+"""Builds a squashfs image from a tar stream with tar2sqfs, and the one-call
+layers-to-squashfs helper (each layer read once, newest first, proven exact; or index,
+merge, then copy).
+
+Checked against tar2sqfs 1.2.0 (squashfs-tools-ng) before relying on it:
+- a directory entry that arrives AFTER files below it is accepted: the directory
+  created implicitly for the files takes the entry's mode and mtime;
+- a hardlink whose target arrived earlier is accepted (one inode, link count 2); so is
+  one whose target arrives later (links are resolved at the end);
+- the same path twice ("File exists") and unreadable records are errors, so we write
+  each path once and pass --no-skip: since we write the tar ourselves, a record it
+  cannot read is our bug and must fail the build rather than drop a file silently;
+- with --defaults uid=0,gid=0,mode=0755,mtime=0 implicitly created directories (and the
+  root, which we never emit) are root-owned 0755 with mtime 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from imagegw.domain.config import ConverterOptions, Limits
+from imagegw.domain.errors import ContentRejected, ConversionFailed
+
+from .decompress import open_layer, open_layer_stream
+from .flatten import FlatTree, LayerIndex, index_layer, merge_layers, write_flat_tar
+from .gzip_engine import tar2sqfs_environment
+from .members import MemberPolicy
+from .streaming import SpeculationFailed, StreamedFlatten, stream_flat_tar
+from .writeback import EarlyWriteback
+
+log = logging.getLogger(__name__)
+
+#: Seconds tar2sqfs may take to finish once its input has ended.
+FINISH_TIMEOUT = 3600.0
+#: Buffer between the tar writer and tar2sqfs's stdin: small members are gathered
+#: into large pipe writes instead of two or three system calls each.
+PIPE_BUFFER = 1 << 20
+#: Progress is reported at most once per this many bytes of file data.
+PROGRESS_STEP = 1 << 20
+_STDERR_TAIL = 2000
+
+__all__ = ["build_squashfs", "tar2sqfs_command", "flatten_to_squashfs", "FlattenStats"]
+
+
+@dataclass(frozen=True)
+class FlattenStats:
+    """What went into the image."""
+
+    files: int
+    dirs: int
+    symlinks: int
+    hardlinks: int
+    #: Members left out (devices, fifos, unknown types, aufs metadata, root entries).
+    dropped: int
+    data_bytes: int
+    #: Whether each layer was read once, newest first (False: merged, then copied).
+    one_pass: bool = False
+    #: Every layer's index, oldest first (kept beside the blobs for the next conversion).
+    indexes: tuple[LayerIndex, ...] = field(default=(), repr=False, compare=False)
+
+
+def tar2sqfs_command(output: Path, options: ConverterOptions) -> list[str]:
+    """The tar2sqfs command line: our safe defaults, then the site's extra arguments."""
+    tool = shutil.which("tar2sqfs")
+    if tool is None:
+        raise ConversionFailed("tar2sqfs is not installed on this worker",
+                               hint="install squashfs-tools-ng")
+    command = [tool, "-q", "-f", "--no-skip", "-c", options.compressor]
+    if options.level is not None:
+        command += ["-X", f"level={options.level}"]
+    jobs = options.jobs or os.cpu_count() or 1
+    command += [
+        "-b", str(options.block_size),
+        "-j", str(jobs),
+        "-Q", str(options.blocks_queued(jobs)),
+        "--no-xattr",
+        "--defaults", "uid=0,gid=0,mode=0755,mtime=0",
+        *options.extra_args,
+        str(output),
+    ]
+    return command
+
+
+def build_squashfs(
+    write_tar: Callable[[BinaryIO], None], output: Path, options: ConverterOptions,
+    *, expected_bytes: int = 0, expected_what: str = "bytes of file data",
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Runs tar2sqfs with `write_tar` feeding its stdin; `output` appears only when done.
+
+    `expected_bytes` (the file data going in, or what `expected_what` says) lets a
+    failure name a file system that was too small: tar2sqfs removes its output and only
+    says "I/O error". `check()`, when given, runs once the input is complete, while
+    tar2sqfs finishes the image; if it raises, the image is thrown away."""
+    output = Path(output)
+    partial = output.with_name(f".{output.name}.partial")
+    free_before = _free_bytes(output.parent)
+
+    def space_hint() -> str | None:
+        return _space_hint(output.parent, free_before, expected_bytes, expected_what)
+
+    command = tar2sqfs_command(partial, options)
+    environment = tar2sqfs_environment(options)
+    log.debug("running %s%s", command, " with libdeflate" if environment else "")
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, bufsize=PIPE_BUFFER,
+                                   stdout=subprocess.DEVNULL, stderr=stderr, env=environment)
+        assert process.stdin is not None
+        _widen_pipe(process.stdin)
+        try:
+            with EarlyWriteback(partial):
+                _feed(process, write_tar, check, stderr, space_hint)
+            os.replace(partial, output)
+        except BaseException:
+            _stop(process)
+            partial.unlink(missing_ok=True)
+            raise
+
+
+def _feed(process: subprocess.Popen[bytes], write_tar: Callable[[BinaryIO], None],
+          check: Callable[[], None] | None, stderr: BinaryIO,
+          space_hint: Callable[[], str | None]) -> None:
+    """Writes the tar into tar2sqfs, runs `check` while it finishes, waits for it."""
+    assert process.stdin is not None
+    try:
+        write_tar(process.stdin)
+        process.stdin.close()
+        if check is not None:
+            check()
+    except BrokenPipeError:
+        process.wait(timeout=FINISH_TIMEOUT)
+        raise ConversionFailed(
+            f"tar2sqfs stopped reading its input (exit code {process.returncode}): "
+            f"{_tail(stderr)}", hint=space_hint()
+        ) from None
+    try:
+        code = process.wait(timeout=FINISH_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        raise ConversionFailed(
+            f"tar2sqfs did not finish within {FINISH_TIMEOUT:.0f}s after its input"
+        ) from exc
+    if code != 0:
+        raise ConversionFailed(f"tar2sqfs failed (exit code {code}): {_tail(stderr)}",
+                               hint=space_hint())
+
+
+def _widen_pipe(pipe: BinaryIO) -> None:
+    """Lets the tar writer run up to PIPE_BUFFER ahead of tar2sqfs (64 KiB by default):
+    with a small pipe the two take turns instead of working at the same time."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BUFFER)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    if process.stdin is not None:
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def _space_hint(directory: Path, free_before: int | None, expected_bytes: int,
+                expected_what: str) -> str | None:
+    """Names a file system that was too small for the image, or is full now."""
+    free_now = _free_bytes(directory)
+    if free_before is None or free_now is None:
+        return None
+    if free_now < (1 << 20) or free_before < expected_bytes:
+        return (f"No space left on device? {directory} had {free_before} bytes free for "
+                f"{expected_bytes} {expected_what}; free space in ExpandDirectory or "
+                "make it larger")
+    return None
+
+
+def _tail(stderr: BinaryIO) -> str:
+    stderr.seek(0, os.SEEK_END)
+    size = stderr.tell()
+    stderr.seek(max(0, size - _STDERR_TAIL))
+    text = stderr.read().decode("utf-8", "replace").strip()
+    return text or "no message"
+
+
+def flatten_to_squashfs(
+    layer_paths: Sequence[Path],
+    output: Path,
+    *,
+    options: ConverterOptions,
+    limits: Limits,
+    layer_names: Sequence[str],
+    on_progress: Callable[[int, int], None] | None = None,
+    indexes: Sequence[LayerIndex | None] | None = None,
+    layer_sizes: Sequence[int] | None = None,
+    on_index: Callable[[int, LayerIndex], None] | None = None,
+    open_blob: Callable[[int], BinaryIO] | None = None,
+) -> FlattenStats:
+    """Flattens the layers (oldest first) into the squashfs image `output`.
+
+    With every layer's index known (`indexes`, from earlier conversions), the layers
+    are merged first and each is decompressed once for its file data. Otherwise each
+    layer is decompressed once, newest first, writing files as it goes (streaming.py);
+    when that result cannot be proven exact, the partial image is dropped and the
+    two-pass flatten runs with the indexes made. `layer_paths[i]` may block until
+    layer i is downloaded: layers are asked for newest first.
+    `on_progress(bytes_done, bytes_total)` follows the file data written (two passes) or
+    the compressed layer bytes read (one pass; `layer_sizes`, the blobs' sizes, give the
+    total without waiting for the downloads). `on_index(i, index)` gets the index of
+    layer i as soon as it is made here (a layer read to its end), to keep it.
+    `open_blob(i)`, when given, opens layer i's blob instead of `layer_paths[i]` (a
+    download still in progress: see worker/following.py); then the layer paths are
+    not used, only their number.
+    """
+    if len(layer_paths) != len(layer_names):
+        raise ValueError("layer_paths and layer_names differ in length")
+    if len(layer_paths) > limits.max_layers:
+        raise ContentRejected(f"the image has {len(layer_paths)} layers; the limit is "
+                              f"{limits.max_layers}")
+    known = list(indexes) if indexes is not None else [None] * len(layer_paths)
+    if len(known) != len(layer_names) or any(
+            index is not None and index.layer != name
+            for index, name in zip(known, layer_names, strict=True)):
+        raise ValueError("indexes do not match layer_names")
+    flatten = _Flatten(layer_paths, layer_names, options, limits, on_progress, on_index,
+                       open_blob)
+    if all(index is not None for index in known):
+        return flatten.two_passes([index for index in known if index is not None], output)
+    sizes = list(layer_sizes) if layer_sizes is not None else [
+        Path(path).stat().st_size for path in layer_paths]
+    try:
+        return flatten.one_pass(output, sizes)
+    except SpeculationFailed as failed:
+        log.info("one-pass flatten of %s not exact (%s); flattening in two passes",
+                 output.name, failed.reason)
+        for number, index in failed.indexes.items():
+            known[number] = index
+    made = [index if index is not None else flatten.index(number)
+            for number, index in enumerate(known)]
+    return flatten.two_passes(made, output)
+
+
+class _Flatten:
+    """The two ways of flattening the same layers into one image."""
+
+    def __init__(self, layer_paths: Sequence[Path], layer_names: Sequence[str],
+                 options: ConverterOptions, limits: Limits,
+                 on_progress: Callable[[int, int], None] | None,
+                 on_index: Callable[[int, LayerIndex], None] | None = None,
+                 open_blob: Callable[[int], BinaryIO] | None = None) -> None:
+        self.layer_paths = layer_paths
+        self.open_blob = open_blob
+        self.layer_names = layer_names
+        self.options = options
+        self.cap = limits.max_unpacked_bytes
+        self.policy = MemberPolicy(keep_setuid=options.keep_setuid)
+        self.on_progress = on_progress
+        self.on_index = on_index
+
+    def open(self, number: int, on_raw_bytes: Callable[[int], None] | None = None) -> BinaryIO:
+        if self.open_blob is None and on_raw_bytes is None:
+            return open_layer(self.layer_paths[number], max_uncompressed=self.cap,
+                              layer=self.layer_names[number])
+        blob = (self.open_blob(number) if self.open_blob is not None
+                else open(self.layer_paths[number], "rb"))  # noqa: SIM115 - closed by the stream
+        raw = blob if on_raw_bytes is None else _CountingReader(blob, on_raw_bytes)
+        try:
+            return open_layer_stream(raw, max_uncompressed=self.cap,
+                                     layer=self.layer_names[number])
+        except BaseException:
+            raw.close()
+            raise
+
+    def index(self, number: int) -> LayerIndex:
+        with self.open(number) as stream:
+            index = index_layer(stream, layer=self.layer_names[number], policy=self.policy)
+        if self.on_index is not None:
+            self.on_index(number, index)
+        return index
+
+    def one_pass(self, output: Path, layer_sizes: Sequence[int]) -> FlattenStats:
+        # Progress counts compressed bytes read: the file data is known only at the end.
+        progress = _Progress(sum(layer_sizes), self.on_progress)
+        streamed: list[StreamedFlatten] = []
+        trees: list[FlatTree] = []
+
+        def write_tar(out: BinaryIO) -> None:
+            streamed.append(stream_flat_tar(
+                self.layer_names, lambda number: self.open(number, progress.add), out,
+                policy=self.policy, max_data_bytes=self.cap, on_layer_index=self.on_index))
+            progress.finish()
+
+        def check() -> None:
+            trees.append(streamed[0].verify())
+
+        # The image is about as large as the compressed layers; the file data is unknown.
+        build_squashfs(write_tar, output, self.options, expected_bytes=sum(layer_sizes),
+                       expected_what="bytes of compressed layers", check=check)
+        return _stats(trees[0], streamed[0].indexes, one_pass=True)
+
+    def two_passes(self, indexes: list[LayerIndex], output: Path) -> FlattenStats:
+        tree = merge_layers(indexes)
+        total = tree.data_bytes
+        if total > self.cap:
+            raise ContentRejected(f"the image holds {total} bytes of file data; the limit is "
+                                  f"{self.cap}", hint="the site's maxUnpackedBytes limit")
+        progress = _Progress(total, self.on_progress)
+
+        def write_tar(out: BinaryIO) -> None:
+            write_flat_tar(tree, self.open, out, on_bytes=progress.add)
+            progress.finish()
+
+        build_squashfs(write_tar, output, self.options, expected_bytes=total)
+        return _stats(tree, indexes, one_pass=False)
+
+
+def _stats(tree: FlatTree, indexes: list[LayerIndex], *, one_pass: bool) -> FlattenStats:
+    stats = FlattenStats(
+        files=len(tree.files), dirs=len(tree.directories), symlinks=len(tree.symlinks),
+        hardlinks=tree.hardlinks, dropped=tree.dropped, data_bytes=tree.data_bytes,
+        one_pass=one_pass, indexes=tuple(indexes),
+    )
+    log.info("built an image: %s", stats)
+    return stats
+
+
+class _CountingReader:
+    """A file whose reads are counted (compressed-bytes progress of the one-pass flatten)."""
+
+    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._on_bytes = on_bytes
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._on_bytes(len(data))
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class _Progress:
+    """Turns per-chunk byte counts into throttled (done, total) reports (counts may come
+    from two threads: a layer is read ahead while another is written)."""
+
+    def __init__(self, total: int, report: Callable[[int, int], None] | None) -> None:
+        self.total = total
+        self.done = 0
+        self._reported = -PROGRESS_STEP
+        self._report = report
+        self._lock = threading.Lock()
+        if report is not None:
+            report(0, total)
+            self._reported = 0
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self.done += count
+            if self._report is None or self.done - self._reported < PROGRESS_STEP:
+                return
+            self._reported = done = self.done
+        self._report(done, self.total)
+
+    def finish(self) -> None:
+        if self._report is not None and self._reported != self.done:
+            self._reported = self.done
+            self._report(self.done, self.total)

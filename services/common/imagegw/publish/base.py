@@ -1,0 +1,82 @@
+"""The publishing contract: the `Publisher` protocol and the temporary-name rules.
+
+A publish puts `<id>.squashfs` and then `<id>.meta` into a system's image directory;
+nothing partial ever carries a final name (temporaries are `.<final>.<random>.partial`).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from imagegw.domain.errors import InvalidRequest
+
+#: on_bytes(done, total): bytes of the image copied so far, and its size.
+ProgressCallback = Callable[[int, int], None]
+
+CHUNK_SIZE = 4 * 1024 * 1024
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_-]+\.partial")
+
+
+class Publisher(Protocol):
+    """Puts finished images into one system's image directory, and takes them out."""
+
+    def has_image(self, image_file: str, meta_file: str, size: int | None = None) -> bool:
+        """Both final files exist (and the image has `size` bytes when given)."""
+        ...
+
+    def image_size(self, image_file: str) -> int:
+        """Bytes of the published image; TransferFailed when it is not there."""
+        ...
+
+    def publish(
+        self,
+        source: Path,
+        image_file: str,
+        meta: bytes,
+        meta_file: str,
+        *,
+        on_bytes: ProgressCallback | None = None,
+    ) -> None:
+        """Places the image, then the meta file; raises TransferFailed with the cause."""
+        ...
+
+    def remove(self, image_file: str, meta_file: str) -> None:
+        """Deletes the meta file, then the image; missing files are fine."""
+        ...
+
+    def cleanup_temporaries(self, older_than: float = 0.0) -> int:
+        """Deletes temporaries at least `older_than` seconds old; returns how many."""
+        ...
+
+
+def temporary_name(final_name: str) -> str:
+    """A fresh temporary name for `final_name`, for the same directory."""
+    return f".{final_name}.{secrets.token_hex(8)}.partial"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether `name` is a temporary left by a publish (and nothing else)."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
+def check_file_name(name: str) -> str:
+    """Returns `name` if it is a plain file name inside the image directory."""
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\0" in name
+        or name.startswith(".")
+    ):
+        raise InvalidRequest(
+            f"invalid image file name {name!r}",
+            hint="a plain file name without '/' that does not start with '.'",
+        )
+    return name

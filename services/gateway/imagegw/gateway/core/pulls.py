@@ -1,0 +1,400 @@
+"""Pull semantics: one job per (system, reference, ACL) at a time, PullUpdateTimeout,
+cheap re-checks of old images, progress watching, lookups and listings, each
+decided for one `Caller` (anonymous pulls, private images, per-user limits).
+
+No grpc here: the servicer calls these methods with plain values."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from imagegw.domain.acl import acl_key, normalized_acl
+from imagegw.domain.config import Config
+from imagegw.domain.errors import ImageNotFound, InvalidRequest, PermissionDenied, Unauthenticated
+from imagegw.domain.model import Failure, ImageState, Progress, Stage
+from imagegw.domain.reference import parse_reference
+from imagegw.gateway.core.access import ANONYMOUS_CALLER, Caller
+from imagegw.gateway.core.limits import PullLimiter
+from imagegw.gateway.core.views import ImageStatus, lookup_status, pull_status
+from imagegw.gateway.queue.base import JobQueue, ProgressHub, QueuedJob
+from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
+from imagegw.gateway.store.base import ImageStore
+
+log = logging.getLogger(__name__)
+
+#: How often a watcher re-reads the store when no event arrived.
+WATCH_POLL_SECONDS = 2.0
+#: A READY lookup answer is reused for this long (lookups are what every job
+#: submission does); a pull, expiry or ACL change shows after at most this delay.
+LOOKUP_CACHE_SECONDS = 1.0
+LOOKUP_CACHE_ENTRIES = 10000
+#: Seconds within which repeated lookups of an image record only one use (at most
+#: 1% of ImageExpirationTimeout, so expiry stays accurate).
+TOUCH_INTERVAL = 60.0
+#: References of imported images ("import/<tag>"); they never come from a registry.
+IMPORT_PREFIX = "import/"
+FAILED_PRECONDITION = 9
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    system: str
+    reference: str
+    image_type: str = "docker"
+    force: bool = False
+    user_acl: tuple[int, ...] = ()
+    group_acl: tuple[int, ...] = ()
+    requester_uid: int = -1
+
+
+@dataclass(frozen=True)
+class PullTicket:
+    key: PullKey
+    job_id: str
+    #: True when this request started a new job (False: joined one, or fresh image).
+    started: bool
+    #: When a READY image younger than PullUpdateTimeout answered the pull: the status it
+    #: was decided on (a pull another caller starts a moment later does not change it).
+    answer: ImageStatus | None = None
+
+    @property
+    def fresh(self) -> bool:
+        """Whether a READY image answered the pull without a job."""
+        return self.answer is not None
+
+
+def _visible_pull(caller: Caller, pull: PullRecord) -> bool:
+    return caller.can_use(pull.key.acl_key, pull.user_acl, pull.group_acl)
+
+
+def _lookup_rank(pull: PullRecord) -> tuple[bool, bool, float]:
+    """Lookups prefer a READY image, then the caller's private copy, then the newest."""
+    return (pull.state == ImageState.READY, bool(pull.key.acl_key),
+            pull.ready_time or pull.updated)
+
+
+def job_payload(key: PullKey, record: PullRecord, known_manifest_digest: str = "") -> dict:
+    return {
+        "reference": key.reference,
+        "acl_key": key.acl_key,
+        "user_acl": list(record.user_acl),
+        "group_acl": list(record.group_acl),
+        "known_manifest_digest": known_manifest_digest,
+        "requester_uid": record.requester_uid,
+    }
+
+
+class PullManager:
+    def __init__(self, config: Config, store: ImageStore, queue: JobQueue, hub: ProgressHub,
+                 *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.queue = queue
+        self.hub = hub
+        self.clock = clock
+        self._normalized: dict[tuple[str, str, str], str] = {}
+        self._ready_lookups: dict[tuple, tuple[float, ImageStatus]] = {}
+        self._cache_lock = threading.Lock()
+        self.limiter = PullLimiter(store, config.max_concurrent_pulls_per_user)
+
+    # -- pulls -----------------------------------------------------------------
+
+    def normalize(self, system: str, image_type: str, reference: str) -> str:
+        key = (system, image_type, reference)
+        normalized = self._normalized.get(key)
+        if normalized is None:
+            normalized = self._normalize(system, image_type, reference)
+            if len(self._normalized) >= LOOKUP_CACHE_ENTRIES:
+                self._normalized.clear()
+            self._normalized[key] = normalized
+        return normalized
+
+    def _normalize(self, system: str, image_type: str, reference: str) -> str:
+        self.config.platform(system)  # UnknownSystem names the known ones
+        if image_type not in ("", "docker"):
+            raise InvalidRequest(f"unsupported image type {image_type!r}",
+                                 hint="pull supports type 'docker'")
+        if reference.strip().startswith(IMPORT_PREFIX):
+            return import_reference(reference.strip().removeprefix(IMPORT_PREFIX))
+        return str(parse_reference(reference, self.config))
+
+    def request_pull(self, request: PullRequest, caller: Caller = ANONYMOUS_CALLER) -> PullTicket:
+        platform = self.config.platform(request.system)
+        private = bool(request.user_acl or request.group_acl)
+        if caller.anonymous and (private or not platform.allow_anonymous_pull):
+            what = "private pulls" if private else f"pulls on system {platform.name}"
+            raise Unauthenticated(
+                f"{what} need a MUNGE credential; this request carried none",
+                hint="run shifterimg on a node of the system (munge must work there)")
+        reference = self.normalize(request.system, request.image_type, request.reference)
+        self._forget(request.system, reference)
+        if reference.startswith(IMPORT_PREFIX):
+            raise InvalidRequest(f"{reference} is an imported image and cannot be pulled",
+                                 hint="look it up, or import it again (shifterimg import)")
+        users = normalized_acl((*request.user_acl, caller.uid)) if private else ()
+        groups = normalized_acl(request.group_acl)
+        key = PullKey(request.system, reference, acl_key(users, groups))
+        if private and not caller.is_admin(request.system):
+            self._check_acl_change(key, caller)
+        now = self.clock()
+        current = self.store.get_pull(key)
+        known_digest = ""
+        # A READY image younger than this answers the pull without a job.
+        fresh_since: float | None = None if request.force else now - self.config.pull_update_timeout
+        if current is not None and current.state == ImageState.READY and current.image_id:
+            image = self.store.get_image(key.system, current.image_id, key.acl_key)
+            if image is not None and image.state == ImageState.READY:
+                if fresh_since is not None and current.ready_time > fresh_since:
+                    return self._fresh(key, current, image)
+                if not request.force:
+                    known_digest = image.manifest_digest
+            else:
+                fresh_since = None  # its image is gone: pull again
+        job_id = uuid.uuid4().hex
+        with self.limiter.admit(caller, key):
+            record, started = self.store.begin_pull(
+                key, job_id, now, requester_uid=caller.uid, user_acl=users, group_acl=groups,
+                keep_ready_since=fresh_since)
+        if started:
+            self.queue.submit(QueuedJob(job_id, key.system, job_payload(key, record, known_digest)))
+            log.info("pull %s on %s: job %s queued%s", reference, key.system, job_id,
+                     " (re-check)" if known_digest else "")
+        elif record.state == ImageState.READY:
+            # The pull in flight when we looked finished before we could join it.
+            image = self.store.get_image(key.system, record.image_id, key.acl_key)
+            if image is not None:
+                return self._fresh(key, record, image)
+        return PullTicket(key, record.job_id, started=started)
+
+    def _fresh(self, key: PullKey, pull: PullRecord, image: ImageRecord) -> PullTicket:
+        return PullTicket(key, pull.job_id, started=False, answer=pull_status(
+            pull, image, expiration=self.config.image_expiration_timeout))
+
+    def _check_acl_change(self, key: PullKey, caller: Caller) -> None:
+        """A private image of this reference that names the caller but was pulled by
+        someone else keeps its ACLs: only its puller (or an admin) may set new ones."""
+        for pull in self.store.pulls_of(key.system, key.reference):
+            if (pull.key.acl_key and pull.key.acl_key != key.acl_key
+                    and pull.requester_uid != caller.uid
+                    and caller.named_in(pull.user_acl, pull.group_acl)):
+                raise PermissionDenied(
+                    f"{key.reference} on {key.system} is private to an ACL set by uid "
+                    f"{pull.requester_uid}; only that user or an admin can change its ACLs",
+                    hint="use the image as it is (shifterimg lookup), or ask its owner")
+
+    def status(self, key: PullKey, progress: Progress | None = None) -> ImageStatus:
+        pull = self.store.get_pull(key)
+        if pull is None:
+            raise ImageNotFound(f"no pull of {key.reference} on {key.system}")
+        image = (self.store.get_image(key.system, pull.image_id, key.acl_key)
+                 if pull.image_id else None)
+        return pull_status(pull, image, expiration=self.config.image_expiration_timeout,
+                           progress=progress)
+
+    def watch(self, ticket: PullTicket, alive: Callable[[], bool]) -> Iterator[ImageStatus]:
+        """Yields the pull's status, then progress, until READY or FAILED.
+
+        When the job ends and a newer job of the same pull has begun meanwhile (another
+        caller's re-check or retry), the stream follows that job: it ends with the
+        pull's outcome, never with the newer job's QUEUED state."""
+        job_id = ticket.job_id
+        subscription = self.hub.subscribe(job_id)
+        try:
+            status = self.status(ticket.key)
+            yield status
+            if not status.state.in_flight:
+                return
+            last_read = time.monotonic()
+            while alive():
+                event = subscription.get(timeout=0.5)
+                stale = time.monotonic() - last_read > WATCH_POLL_SECONDS
+                if event is None and not stale:
+                    continue
+                if event is not None and not event.get("final") and not stale:
+                    yield self._progress_status(status, event)
+                    continue
+                status = self.status(ticket.key)
+                last_read = time.monotonic()
+                if not status.state.in_flight:
+                    self._forget(ticket.key.system, ticket.key.reference)
+                    yield status
+                    return
+                if status.pull is not None and status.pull.job_id != job_id:
+                    subscription.close()
+                    job_id = status.pull.job_id
+                    subscription = self.hub.subscribe(job_id)
+                    yield status
+                    continue
+                if event is not None and not event.get("final"):
+                    yield self._progress_status(status, event)
+        finally:
+            subscription.close()
+
+    @staticmethod
+    def _progress_status(status: ImageStatus, event: dict) -> ImageStatus:
+        progress = progress_from_event(event)
+        state = ImageState(event.get("state", int(status.state)))
+        return ImageStatus(system=status.system, reference=status.reference, state=state,
+                           pull=status.pull, image=status.image, progress=progress,
+                           expiration_timeout=status.expiration_timeout)
+
+    # -- lookups -----------------------------------------------------------------
+
+    def lookup(self, system: str, image_type: str, reference: str,
+               caller: Caller = ANONYMOUS_CALLER) -> ImageStatus:
+        """The image a reference points at for this caller: public, or a private copy
+        naming them (never one they may not use, not even for admins)."""
+        if image_type == "id":
+            return self.lookup_id(system, reference, caller)
+        normalized = self.normalize(system, image_type, reference)
+        cache_key = (system, normalized, caller.viewer)
+        cached = self._ready_lookups.get(cache_key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        status = self._lookup(system, normalized, reference, caller)
+        if status.state == ImageState.READY:
+            self._remember(cache_key, status)
+        return status
+
+    def _forget(self, system: str, reference: str) -> None:
+        """Drops cached lookups of a reference this gateway is pulling again."""
+        with self._cache_lock:
+            for key in [k for k in self._ready_lookups if k[0] == system and k[1] == reference]:
+                del self._ready_lookups[key]
+
+    def _remember(self, key: tuple, status: ImageStatus) -> None:
+        with self._cache_lock:
+            if len(self._ready_lookups) >= LOOKUP_CACHE_ENTRIES:
+                self._ready_lookups.clear()
+            self._ready_lookups[key] = (time.monotonic() + LOOKUP_CACHE_SECONDS, status)
+
+    def _lookup(self, system: str, normalized: str, reference: str, caller: Caller
+                ) -> ImageStatus:
+        visible = [p for p in self.store.pulls_of(system, normalized) if _visible_pull(caller, p)]
+        pull = max(visible, key=_lookup_rank) if visible else None
+        image = None
+        if pull is not None and pull.image_id:
+            image = self.store.get_image(system, pull.image_id, pull.key.acl_key)
+        if pull is None or (image is None and pull.state != ImageState.FAILED
+                            and not pull.state.in_flight):
+            raise ImageNotFound(
+                f"image {normalized} is not on system {system}",
+                hint=f"pull it first: shifterimg -s {system} pull {reference}")
+        if image is not None:
+            self._note_use(image)
+        return lookup_status(pull, image, reference=normalized, system=system,
+                             expiration=self.config.image_expiration_timeout)
+
+    def _note_use(self, image: ImageRecord) -> None:
+        """Records a lookup for expiry; at most once per TOUCH_INTERVAL per image, so
+        the lookups of every job submission do not each cost a database write."""
+        now = self.clock()
+        interval = min(TOUCH_INTERVAL, self.config.image_expiration_timeout / 100)
+        if image.state == ImageState.READY and now - image.last_used >= interval:
+            self.store.touch_image(image.system, image.image_id, now, image.acl_key)
+
+    def lookup_id(self, system: str, image_id: str,
+                  caller: Caller = ANONYMOUS_CALLER) -> ImageStatus:
+        self.config.platform(system)
+        image_id = image_id.removeprefix("sha256:").lower()
+        if not image_id or len(image_id) > 64 or any(c not in "0123456789abcdef" for c in image_id):
+            raise InvalidRequest(f"invalid image id {image_id!r}", hint="64 hex digits")
+        usable = [i for i in self.store.find_images(system, image_id)
+                  if caller.can_use(i.acl_key, i.user_acl, i.group_acl)]
+        if not usable:
+            raise ImageNotFound(f"no image with id {image_id} on system {system}")
+        image = max(usable, key=lambda i: (i.state == ImageState.READY, bool(i.acl_key),
+                                           i.last_pull))
+        self._note_use(image)
+        return lookup_status(None, image, reference=image.tags[0] if image.tags else "",
+                             system=system, expiration=self.config.image_expiration_timeout)
+
+    def list_images(self, system: str, state: ImageState | None, page_size: int,
+                    page_token: str, caller: Caller = ANONYMOUS_CALLER
+                    ) -> tuple[list[ImageStatus], str]:
+        """A page of the images the caller may see (admins: every image of the system)."""
+        self.config.platform(system)
+        viewer = None if caller.is_admin(system) else caller.viewer
+        # The store checks page_size and page_token (InvalidRequest) and caps the size.
+        images, token = self.store.list_images(system, state, page_size, page_token, viewer)
+        statuses = [
+            lookup_status(None, image, reference=image.tags[0] if image.tags else "",
+                          system=system, expiration=self.config.image_expiration_timeout)
+            for image in images
+        ]
+        return statuses, token
+
+    def list_jobs(self, system: str | None, caller: Caller = ANONYMOUS_CALLER) -> list[PullRecord]:
+        """Jobs in flight or failed, of public pulls and private ones the caller may see."""
+        if system:
+            self.config.platform(system)
+        return [pull for pull in self.store.list_pulls(system)
+                if (pull.state.in_flight or pull.state == ImageState.FAILED)
+                and caller.can_see(pull.key.system, pull.key.acl_key, pull.user_acl,
+                                   pull.group_acl)]
+
+    # -- recovery ------------------------------------------------------------------
+
+    def recover(self, *, min_age: float = 0.0) -> int:
+        """Re-queues in-flight pulls whose job is in no queue: after a gateway restart
+        (min_age 0), and periodically for jobs a restarted Redis lost (min_age > 0
+        skips pulls that are just being submitted)."""
+        queued = {job.job_id for job, _consumer, _attempt in self.queue.pending()}
+        resumed = 0
+        now = self.clock()
+        for pull in self.store.in_flight_pulls():
+            if pull.job_id in queued or now - pull.updated < min_age:
+                continue
+            if pull.key.reference.startswith(IMPORT_PREFIX):
+                # An upload cannot resume: its bytes went with the connection.
+                self.store.fail_pull(pull.key, pull.job_id, Failure(
+                    FAILED_PRECONDITION, "the import was interrupted by a gateway restart; "
+                    "import the image again"), now)
+                continue
+            self.queue.submit(QueuedJob(pull.job_id, pull.key.system, job_payload(pull.key, pull)))
+            resumed += 1
+            log.info("resuming pull %s on %s (job %s) after restart", pull.key.reference,
+                     pull.key.system, pull.job_id)
+        return resumed
+
+
+def import_reference(tag: str) -> str:
+    """"import/<name>:<tag>" for an import tag ("mytools:1.0"; the tag defaults to latest)."""
+    name, _, version = tag.strip().partition(":")
+    parsed = parse_reference(f"{name}:{version or 'latest'}",
+                             Config(default_image_location="import"))
+    if parsed.digest or parsed.location != "import":
+        raise InvalidRequest(f"invalid import tag {tag!r}", hint="a name and tag like mytools:1.0")
+    return f"{IMPORT_PREFIX}{parsed.repository}:{parsed.tag}"
+
+
+def progress_event(state: ImageState, progress: Progress) -> dict:
+    return {
+        "state": int(state), "stage": int(progress.stage), "layer_index": progress.layer_index,
+        "layer_count": progress.layer_count, "bytes_done": progress.bytes_done,
+        "bytes_total": progress.bytes_total, "message": progress.message,
+    }
+
+
+def progress_from_event(event: dict) -> Progress:
+    return Progress(
+        stage=Stage(event.get("stage", 0)), layer_index=event.get("layer_index", 0),
+        layer_count=event.get("layer_count", 0), bytes_done=event.get("bytes_done", 0),
+        bytes_total=event.get("bytes_total", 0), message=event.get("message", ""),
+    )
+
+
+def image_record_for(key: PullKey, pull: PullRecord, result, now: float) -> ImageRecord:
+    """The image record a successful build result makes."""
+    return ImageRecord(
+        system=key.system, image_id=result.image_id, format=result.format,
+        manifest_digest=result.manifest_digest, metadata=result.metadata,
+        image_file=result.image_file, meta_file=result.meta_file, size_bytes=result.size_bytes,
+        tags=(key.reference,), state=ImageState.READY, user_acl=pull.user_acl,
+        group_acl=pull.group_acl, acl_key=key.acl_key, last_pull=now, last_used=now,
+    )

@@ -1,0 +1,351 @@
+"""One build job, start to end: resolve -> fetch -> flatten -> publish.
+
+`Builder.build(job, report)` only orchestrates the pipeline stages (each its own
+module) and reports progress through `report`; it owns no format or protocol
+details itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import BinaryIO, overload
+
+from imagegw import metrics
+from imagegw.artifacts import ConversionKey, build_ready_made, shared_conversions_for
+from imagegw.cache import WorkerCaches
+from imagegw.cache.layout import WorkerPaths
+from imagegw.domain.acl import acl_file_suffix
+from imagegw.domain.config import Config
+from imagegw.domain.model import BuildJob, BuildResult, Progress, Stage
+from imagegw.domain.reference import parse_reference
+from imagegw.pipeline import gzip_engine
+from imagegw.pipeline.flatten import LayerIndex
+from imagegw.pipeline.indexes import load_index, store_index
+from imagegw.pipeline.members import MemberPolicy
+from imagegw.pipeline.meta import render_meta
+from imagegw.pipeline.squashfs import flatten_to_squashfs
+from imagegw.publish import publisher_for
+from imagegw.registry.client import RegistryClient
+from imagegw.registry.following import DownloadRestarted, GrowingBlob
+from imagegw.registry.resolve import ResolvedImage, resolve_image
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[Progress], None]
+
+#: How many layer downloads run at once per job.
+DOWNLOAD_CONNECTIONS = 4
+
+
+class Throttle:
+    """Passes progress on at most every `interval` seconds, stage changes always."""
+
+    def __init__(self, report: Report, interval: float = 0.25) -> None:
+        self._report = report
+        self._interval = interval
+        self._last = 0.0
+        self._stage: Stage | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, progress: Progress, *, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not force and progress.stage == self._stage and now - self._last < self._interval:
+                return
+            self._last = now
+            self._stage = progress.stage
+        self._report(progress)
+
+
+class Builder:
+    def __init__(self, config: Config, paths: WorkerPaths) -> None:
+        # The gzip engine is settled once, here: conversion keys name the one really used.
+        self.config = replace(config, converter=gzip_engine.resolve(config.converter))
+        self.paths = paths
+        self.caches = WorkerCaches(paths.cache_root, max_bytes=config.cache_max_bytes)
+        self.cache = self.caches.blobs
+        self.shared = shared_conversions_for(config)
+
+    def build(self, job: BuildJob, report: Report) -> BuildResult:
+        emit = Throttle(report)
+        platform = self.config.platform(job.system)
+        reference = parse_reference(job.reference, self.config)
+        location = self.config.locations.get(reference.location)
+        client = RegistryClient(
+            reference.registry_url, reference.repository, credentials=job.credentials,
+            limits=self.config.limits, ca_bundle=location.sslcacert if location else None,
+        )
+        with client:
+            if reference.artifact or (location is not None and location.remotetype == "oras"):
+                return build_ready_made(job, reference, client, config=self.config,
+                                        paths=self.paths, emit=emit)
+            return self._build(job, reference, platform, client, emit)
+
+    def _build(self, job: BuildJob, reference, platform, client: RegistryClient,
+               emit: Throttle) -> BuildResult:
+        emit(Progress(Stage.RESOLVING, message=f"resolving {reference}"), force=True)
+        image = resolve_image(client, reference, platform, self.config.limits, cache=self.cache)
+        image_format = job.format or self.config.default_image_format
+        image_file = f"{image.image_id}{acl_file_suffix(job.user_acl, job.group_acl)}.{image_format}"
+        meta_file = f"{image.image_id}{acl_file_suffix(job.user_acl, job.group_acl)}.meta"
+        meta = render_meta(image_format, image.metadata, user_acl=job.user_acl,
+                           group_acl=job.group_acl)
+        publisher = publisher_for(platform)
+
+        def result(size: int, *, reused: bool = False, unchanged: bool = False) -> BuildResult:
+            return BuildResult(
+                image_id=image.image_id, manifest_digest=image.manifest_digest,
+                format=image_format, metadata=image.metadata, image_file=image_file,
+                meta_file=meta_file, size_bytes=size, reference=str(reference),
+                reused=reused, unchanged=unchanged,
+            )
+
+        if job.known_manifest_digest == image.manifest_digest and publisher.has_image(
+            image_file, meta_file
+        ):
+            log.info("job %s: %s unchanged (%s)", job.job_id, reference, image.manifest_digest)
+            return result(publisher.image_size(image_file), unchanged=True)
+
+        with self.paths.image_lock(image.image_id):
+            if publisher.has_image(image_file, meta_file):
+                log.info("job %s: image %s already published", job.job_id, image.image_id)
+                return result(publisher.image_size(image_file), reused=True)
+            key = ConversionKey(image.manifest_digest, image_format, self.config.converter)
+            with self.caches.lease(digests=[layer.digest for layer in image.layers],
+                                   conversions=[key.digest]), \
+                    self.paths.scratch(job.job_id) as scratch:
+                output = self.caches.conversions.lookup(key.digest, image_format)
+                shared = output is not None
+                if output is not None:
+                    log.info("job %s: %s converted before (%s); publishing that image",
+                             job.job_id, reference, image.manifest_digest)
+                else:
+                    output = scratch / image_file
+                    shared = self._fetch_shared_conversion(image, image_format, output, emit)
+                    if not shared:
+                        self._download_and_convert(client, image, output, emit)
+                    output = self.caches.conversions.store(key.digest, image_format, output)
+                size = output.stat().st_size
+                emit(Progress(Stage.PUBLISHING, bytes_total=size,
+                              message=f"publishing {image_file} to {job.system}"), force=True)
+                publisher.publish(output, image_file, meta, meta_file,
+                                  on_bytes=_publish_progress(emit, image_file))
+                if not shared:
+                    self._share_conversion(image, image_format, output)
+        self.caches.evict()
+        return result(size)
+
+    def _fetch_shared_conversion(self, image: ResolvedImage, image_format: str, output: Path,
+                                 emit: Throttle) -> bool:
+        """Downloads a conversion another gateway shared, when configured and present."""
+        if self.shared is None or image_format != "squashfs":
+            return False
+        emit(Progress(Stage.DOWNLOADING, message="looking for a shared conversion"), force=True)
+        key = ConversionKey(image.manifest_digest, image_format, self.config.converter)
+        return self.shared.fetch(key, image.image_id, output)
+
+    def _share_conversion(self, image: ResolvedImage, image_format: str, output: Path) -> None:
+        """Pushes our conversion to the shared registry, when configured (best effort)."""
+        if self.shared is None or image_format != "squashfs":
+            return
+        key = ConversionKey(image.manifest_digest, image_format, self.config.converter)
+        self.shared.publish(key, image.image_id, image.reference, image.metadata, output)
+
+    def _download_and_convert(self, client: RegistryClient, image: ResolvedImage,
+                              output: Path, emit: Throttle) -> None:
+        """Downloads the layers (newest first, in parallel) while converting them.
+
+        The conversion reads each layer as it downloads (worker/following.py), newest
+        first; layers converted before have their indexes kept, and when every layer has
+        one the conversion merges first (see squashfs.flatten_to_squashfs). Nothing made
+        from a layer (its index, the image) is kept before its download is verified.
+        """
+        layers = image.layers
+        count = len(layers)
+        policy = MemberPolicy(keep_setuid=self.config.converter.keep_setuid)
+        indexes = [load_index(self.cache, layer.digest, policy) for layer in layers]
+        progress = _PullProgress(emit, count, sum(layer.size for layer in layers))
+        progress.start(output.name)
+
+        stopped = threading.Event()
+        blobs = [GrowingBlob(layer.digest, layer.size) for layer in layers]
+
+        def fetch(index: int) -> Path:
+            layer, blob = layers[index], blobs[index]
+
+            def on_bytes(chunk: int) -> None:
+                if stopped.is_set():
+                    raise _DownloadStopped(layer.digest)
+                blob.wrote(chunk)
+                progress.downloaded(index, chunk)
+
+            def download(out: BinaryIO) -> None:
+                blob.attach(out)
+                client.fetch_blob(layer.digest, layer.size, out, on_bytes=on_bytes)
+
+            try:
+                path, downloaded = self.cache.ensure_verified(layer.digest, layer.size, download)
+            except BaseException as exc:
+                blob.failed(exc)
+                raise
+            blob.finished(path)
+            metrics.layer_cache(hit=not downloaded, size=layer.size)
+            progress.layer_done(index, layer.size, downloaded=downloaded)
+            return path
+
+        read: dict[int, LayerIndex] = {}
+        store = partial(store_index, self.cache, policy=policy)
+
+        def keep(number: int, index: LayerIndex) -> None:
+            # As soon as a layer is read and verified: kept even when the conversion fails.
+            if indexes[number] is None:
+                read[number] = index
+                _keep_verified(read, futures, store)
+
+        workers = max(1, min(DOWNLOAD_CONNECTIONS, count))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        futures: dict[int, Future[Path]] = {}
+        convert = partial(
+            flatten_to_squashfs, output=output, options=self.config.converter,
+            limits=self.config.limits, layer_names=[layer.digest for layer in layers],
+            indexes=indexes, layer_sizes=[layer.size for layer in layers],
+            on_progress=progress.converted, on_index=keep)
+        try:
+            # Newest first: the conversion starts with the newest layer.
+            futures.update((index, pool.submit(fetch, index)) for index in reversed(range(count)))
+            paths = _Downloads([futures[index] for index in range(count)])
+            try:
+                convert(paths, open_blob=lambda number: blobs[number].open())
+            except DownloadRestarted as restarted:
+                log.info("%s; converting again from the complete downloads", restarted)
+                convert(paths)
+            except Exception as exc:
+                error = _download_error(blobs, futures)
+                if error is None:
+                    raise
+                raise error from exc
+            for future in futures.values():
+                future.result()  # every download verified, whatever the conversion read
+        finally:
+            # A conversion that failed does not wait for the other layers to download:
+            # the downloads still running stop at their next chunk (nothing is cached).
+            stopped.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for blob in blobs:
+                if not blob.done:  # never started: its readers must not wait for it
+                    blob.failed(_DownloadStopped(blob.name))
+            _keep_verified(read, futures, store)
+
+
+def _keep_verified(read: dict[int, LayerIndex], futures: dict[int, Future[Path]],
+                   store: Callable[[LayerIndex], None]) -> None:
+    """Stores the indexes of the layers read whose downloads are verified (once each)."""
+    for number in list(read):
+        future = futures.get(number)
+        if future is not None and future.done() and not future.cancelled() \
+                and future.exception() is None:
+            store(read.pop(number))
+
+
+def _download_error(blobs: Sequence[GrowingBlob], futures: dict[int, Future[Path]]
+                    ) -> BaseException | None:
+    """Why a conversion that read layers as they downloaded failed, when the cause may be
+    a corrupt download: a layer read before its download was verified, and whose bytes
+    are all here, is verified now, and its download's error is the one to report."""
+    for number, blob in enumerate(blobs):
+        if blob.read_early and blob.complete:
+            try:
+                futures[number].result()
+            except Exception as error:  # noqa: BLE001 - returned to be raised
+                if not isinstance(error, _DownloadStopped):
+                    return error
+    return None
+
+
+class _DownloadStopped(Exception):
+    """Ends a layer download the conversion no longer needs (it failed)."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(f"download of {digest} stopped: the conversion ended")
+
+
+class _Downloads(Sequence[Path]):
+    """Layer paths that become available as their downloads finish (item access waits)."""
+
+    def __init__(self, futures: list[Future[Path]]) -> None:
+        self._futures = futures
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    @overload
+    def __getitem__(self, index: int) -> Path: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Path]: ...
+    def __getitem__(self, index: int | slice) -> Path | Sequence[Path]:
+        if isinstance(index, slice):
+            return [future.result() for future in self._futures[index]]
+        return self._futures[index].result()
+
+
+class _PullProgress:
+    """One progress line for downloads and the conversion that overlaps them:
+    DOWNLOADING (bytes downloaded) while a layer is still coming, then CONVERTING."""
+
+    def __init__(self, emit: Throttle, count: int, total: int) -> None:
+        self._emit = emit
+        self._count = count
+        self._total = total
+        self._done = 0
+        self._pending = count
+        self._lock = threading.Lock()
+
+    def start(self, image_file: str) -> None:
+        self._emit(Progress(Stage.DOWNLOADING, layer_count=self._count, bytes_total=self._total,
+                            message=f"downloading {self._count} layers, converting them into "
+                            f"{image_file} as they arrive"), force=True)
+
+    def downloaded(self, index: int, count: int) -> None:
+        with self._lock:
+            self._done += count
+            done = self._done
+        self._emit(Progress(Stage.DOWNLOADING, layer_index=index + 1, layer_count=self._count,
+                            bytes_done=done, bytes_total=self._total,
+                            message=f"downloading layer {index + 1} of {self._count}"))
+
+    def layer_done(self, index: int, size: int, *, downloaded: bool) -> None:
+        with self._lock:
+            if not downloaded:
+                self._done += size
+            self._pending -= 1
+            last = self._pending == 0
+        if last:
+            self._emit(Progress(Stage.CONVERTING, layer_count=self._count,
+                                message=f"all {self._count} layers here; converting"), force=True)
+
+    def converted(self, done: int, total: int) -> None:
+        with self._lock:
+            if self._pending:
+                return  # the download progress speaks until the last layer is here
+        self._emit(Progress(Stage.CONVERTING, layer_count=self._count, bytes_done=done,
+                            bytes_total=total, message="converting"))
+
+
+def _publish_progress(emit: Throttle, image_file: str) -> Callable[[int, int], None]:
+    """Progress of a publish with its throughput (what an SSH copy runs at matters)."""
+    started = time.monotonic()
+
+    def on_bytes(done: int, total: int) -> None:
+        seconds = max(time.monotonic() - started, 1e-6)
+        emit(Progress(Stage.PUBLISHING, bytes_done=done, bytes_total=total,
+                      message=f"publishing {image_file} at {done / seconds / 1e6:.1f} MB/s"),
+             force=done == total)
+
+    return on_bytes
