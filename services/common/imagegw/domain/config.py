@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imagegw.domain.errors import ConfigError
+from imagegw.domain.runtimes import DEFAULT_RUNTIMES, RUNTIMES, SINGULARITY_COMPRESSORS, wants_sif
 
 DOCKER_HUB_HOSTS = ("registry-1.docker.io", "docker.io", "index.docker.io")
 DEFAULT_LISTEN = "127.0.0.1:7777"
@@ -80,6 +81,8 @@ class Platform:
     #: Whether callers without a credential may pull (public images only). Defaults to
     #: true only for a system without mungeSocketPath, where nobody can authenticate.
     allow_anonymous_pull: bool = True
+    #: The container runtimes this system publishes for (imagegw.domain.runtimes).
+    runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -353,9 +356,34 @@ def _platform(name: str, reader: _Reader) -> Platform:
         architecture=reader.get("architecture", str, "amd64"),
         variant=reader.get("variant", str, ""),
         allow_anonymous_pull=reader.get("allowAnonymousPull", bool, not munge_socket),
+        runtimes=_runtimes(reader),
     )
     reader.finish()
     return platform
+
+
+def _runtimes(reader: _Reader) -> tuple[str, ...]:
+    runtimes = reader.strings("runtimes") if "runtimes" in reader.data else DEFAULT_RUNTIMES
+    unknown = [name for name in runtimes if name not in RUNTIMES]
+    if unknown or not runtimes:
+        raise ConfigError(f"{reader.key('runtimes')}: a list of {', '.join(RUNTIMES)}, "
+                          f"not {list(runtimes)!r}")
+    return tuple(dict.fromkeys(runtimes))
+
+
+def _check_runtime_compressor(platforms: Mapping[str, Platform],
+                              converter: ConverterOptions) -> None:
+    """SingularityCE cannot mount zstd squashfs: such a system needs another compressor."""
+    if converter.compressor in SINGULARITY_COMPRESSORS:
+        return
+    for platform in platforms.values():
+        if wants_sif(platform.runtimes):
+            raise ConfigError(
+                f"ConverterOptions.compressor: {converter.compressor!r} cannot be mounted by "
+                f"SingularityCE, and Platforms.{platform.name}.runtimes publishes for "
+                f"{', '.join(platform.runtimes)}",
+                hint="use \"compressor\": \"gzip\" (or xz, lz4, lzo), or publish for "
+                     "shifter and enroot only")
 
 
 def _converter(reader: _Reader | None) -> ConverterOptions:
@@ -548,6 +576,7 @@ def parse_config(
     )
     top.ignore(*_IGNORED_TOP_KEYS, "DataDirectory")
     top.finish()
+    _check_runtime_compressor(config.platforms, config.converter)
     config = _with_directories(config)
     return replace(config, warnings=tuple(warnings))
 

@@ -53,6 +53,8 @@ class ImageMetadata:
     workdir: str = ""
     user: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    #: The image's VOLUME paths (enroot binds them; Shifter ignores them).
+    volumes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

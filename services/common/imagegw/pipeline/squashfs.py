@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import shutil
@@ -36,6 +37,7 @@ from .decompress import open_layer, open_layer_stream
 from .flatten import FlatTree, LayerIndex, index_layer, merge_layers, write_flat_tar
 from .gzip_engine import tar2sqfs_environment
 from .members import MemberPolicy
+from .runtime_files import BASE_LAYER, TOP_LAYER, AddedLayers
 from .streaming import SpeculationFailed, StreamedFlatten, stream_flat_tar
 from .writeback import EarlyWriteback
 
@@ -212,6 +214,7 @@ def flatten_to_squashfs(
     layer_sizes: Sequence[int] | None = None,
     on_index: Callable[[int, LayerIndex], None] | None = None,
     open_blob: Callable[[int], BinaryIO] | None = None,
+    added: AddedLayers | None = None,
 ) -> FlattenStats:
     """Flattens the layers (oldest first) into the squashfs image `output`.
 
@@ -228,9 +231,16 @@ def flatten_to_squashfs(
     `open_blob(i)`, when given, opens layer i's blob instead of `layer_paths[i]` (a
     download still in progress: see worker/following.py); then the layer paths are
     not used, only their number.
+    `added`, when given, are the runtime files' layers (runtime_files.py): flattened
+    below and above the image's layers in the same conversion.
     """
     if len(layer_paths) != len(layer_names):
         raise ValueError("layer_paths and layer_names differ in length")
+    if added is not None:
+        return flatten_to_squashfs(**_with_added_layers(
+            added, layer_paths, options=options, limits=limits, layer_names=layer_names,
+            on_progress=on_progress, indexes=indexes, layer_sizes=layer_sizes,
+            on_index=on_index, open_blob=open_blob, output=output))
     if len(layer_paths) > limits.max_layers:
         raise ContentRejected(f"the image has {len(layer_paths)} layers; the limit is "
                               f"{limits.max_layers}")
@@ -255,6 +265,47 @@ def flatten_to_squashfs(
     made = [index if index is not None else flatten.index(number)
             for number, index in enumerate(known)]
     return flatten.two_passes(made, output)
+
+
+def _with_added_layers(
+    added: AddedLayers, layer_paths: Sequence[Path], *, layer_names: Sequence[str],
+    indexes: Sequence[LayerIndex | None] | None, layer_sizes: Sequence[int] | None,
+    on_index: Callable[[int, LayerIndex], None] | None,
+    open_blob: Callable[[int], BinaryIO] | None, limits: Limits, **rest: object,
+) -> dict[str, object]:
+    """The arguments of flatten_to_squashfs with the runtime layers around the image's:
+    layer 0 is `added.base`, the last `added.top`; the image's layers keep their order
+    and their numbers (shifted by one) when passed back to `on_index` and `open_blob`."""
+    count = len(layer_paths)
+    if count + 2 > limits.max_layers:
+        raise ContentRejected(f"the image has {count} layers; the limit is "
+                              f"{limits.max_layers - 2} with the runtime files")
+    policy = MemberPolicy(keep_setuid=False)
+    blobs = {0: added.base, count + 1: added.top}
+    names = {0: BASE_LAYER, count + 1: TOP_LAYER}
+    known = list(indexes) if indexes is not None else [None] * count
+    made = {number: index_layer(io.BytesIO(blob), layer=names[number], policy=policy)
+            for number, blob in blobs.items()}
+    sizes = list(layer_sizes) if layer_sizes is not None else [
+        Path(path).stat().st_size for path in layer_paths]
+
+    def open_any(number: int) -> BinaryIO:
+        if number in blobs:
+            return io.BytesIO(blobs[number])
+        if open_blob is not None:
+            return open_blob(number - 1)
+        return open(layer_paths[number - 1], "rb")  # noqa: SIM115 - closed by the stream
+
+    def index_made(number: int, index: LayerIndex) -> None:
+        if on_index is not None and number not in blobs:
+            on_index(number - 1, index)
+
+    return dict(
+        rest, limits=limits, layer_paths=[Path(BASE_LAYER), *layer_paths, Path(TOP_LAYER)],
+        layer_names=[BASE_LAYER, *layer_names, TOP_LAYER],
+        indexes=[made[0], *known, made[count + 1]],
+        layer_sizes=[len(added.base), *sizes, len(added.top)],
+        on_index=index_made, open_blob=open_any)
 
 
 class _Flatten:
