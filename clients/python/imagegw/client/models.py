@@ -50,6 +50,13 @@ class ImageInfo:
     #: The image file name in the system's image directory ("<id>.squashfs").
     image_file: str = ""
 
+    def runtime_path(self, runtime: str, image_dir: str) -> str:
+        """The path of the file `runtime` ("shifter", "enroot", "apptainer",
+        "singularity") runs, in `image_dir` as the nodes see it (client.runtimes)."""
+        from imagegw.client.runtimes import runtime_path
+
+        return runtime_path(self.image_file, runtime, image_dir)
+
 
 @dataclass(frozen=True)
 class PullUpdate:

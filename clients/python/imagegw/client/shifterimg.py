@@ -25,6 +25,7 @@ from imagegw.client.errors import GatewayError, PullFailed
 from imagegw.client.models import ImageInfo
 from imagegw.client.output import images_table, queue_table, to_json
 from imagegw.client.progress import PullReporter, render_state_line
+from imagegw.client.runtimes import RUNTIMES, image_directory, runtime_path
 from imagegw.client.settings import CliSettings, resolve_settings
 
 PROG = "shifterimg"
@@ -105,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     lookup = commands.add_parser("lookup", help="print the id of a ready image")
     _add_global_options(lookup, defaults=False)
     lookup.add_argument("image", help="docker:REPO[:TAG], REPO[:TAG] or id:<hex>")
+    lookup.add_argument("--runtime", choices=RUNTIMES,
+                        help="print the path of the file this runtime runs instead of the id")
+    lookup.add_argument("--image-dir", metavar="DIR",
+                        help="the image directory as this node sees it (default "
+                             "IMAGEGW_IMAGE_DIR, else udiRoot.conf 'imagePath')")
 
     images = commands.add_parser("images", help="list the system's images")
     _add_global_options(images, defaults=False)
@@ -188,7 +194,14 @@ def _lookup(client: GatewayClient, args: argparse.Namespace, system: str, out: T
         print(f"{PROG}: {args.image} is not ready on {system} (state "
               f"{image.state or 'unknown'}{cause})", file=err)
         return EXIT_ERROR
-    if not args.verbose:
+    if args.runtime and not args.verbose:
+        try:
+            path = runtime_path(image.image_file, args.runtime,
+                                image_directory(os.environ, args.image_dir))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        print(path, file=out)
+    elif not args.verbose:
         print(image.id, file=out)
     return EXIT_OK
 

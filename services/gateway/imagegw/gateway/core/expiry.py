@@ -17,6 +17,7 @@ from collections.abc import Callable
 from imagegw.domain.config import Config, Platform
 from imagegw.domain.errors import ImageGatewayError, ImageNotFound, PermissionDenied
 from imagegw.domain.model import ImageState
+from imagegw.domain.runtimes import sif_file
 from imagegw.gateway.core.access import Caller
 from imagegw.gateway.core.pulls import PullManager
 from imagegw.gateway.records import ImageRecord
@@ -118,6 +119,9 @@ class Expirer:
             return False  # used (or expired) meanwhile
         publisher = self.publishers(self.config.platform(image.system))
         try:
+            # The SIF beside it first (Apptainer systems; absent elsewhere), then the
+            # meta file and the image.
+            publisher.remove(sif_file(before.image_file), before.meta_file)
             publisher.remove(before.image_file, before.meta_file)
         except ImageGatewayError:
             # Keep the record honest: the files are still there, try again next time.
