@@ -168,3 +168,22 @@ def test_added_layers_put_directories_below_and_files_above() -> None:
                         ".singularity.d/runscript"}
     enroot_only = R.added_layers(metadata, (ENROOT_FILES,), "prov")
     assert enroot_only is not None and set(members(enroot_only.base)) == {"work", "work/dir"}
+
+
+def test_our_sif_reader_takes_back_the_squashfs_our_writer_wrapped(tmp_path) -> None:
+    from imagegw.artifacts import extract_sif_squashfs
+    from imagegw.pipeline.sif import data_offset, write_sif
+
+    squashfs = tmp_path / "image.squashfs"
+    squashfs.write_bytes(b"hsqs" + bytes(range(256)) * 40)
+    sif = tmp_path / "image.sif"
+    write_sif(squashfs, sif, architecture="arm64", identity="abc", created=1)
+    blob = sif.read_bytes()
+    assert blob[32:42] == b"SIF_MAGIC\0" and blob[45:48] == b"04\0"
+    assert data_offset() % 4096 == 0 and blob[data_offset():] == squashfs.read_bytes()
+    back = tmp_path / "back.squashfs"
+    extract_sif_squashfs(sif, back)
+    assert back.read_bytes() == squashfs.read_bytes()
+    again = tmp_path / "again.sif"
+    write_sif(squashfs, again, architecture="arm64", identity="abc", created=1)
+    assert again.read_bytes() == blob  # the same image gives the same SIF
