@@ -105,3 +105,21 @@ def test_lookup_prints_each_runtimes_file_and_expiry_removes_them_all(site: Site
     expired = run(site, SHIFTERIMG, "expire", "testreg/team/tools:1")
     assert expired.returncode == 0, expired.stderr
     assert sorted(p.name for p in site.images.iterdir() if not p.name.startswith(".")) == []
+
+
+def test_an_imported_squashfs_gets_its_sif_and_expires_with_it(site: Site, tmp_path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "tool").write_text("#!/bin/sh\necho imported\n")
+    image = tmp_path / "tool.squashfs"
+    subprocess.run(["mksquashfs", str(tree), str(image), "-noappend", "-quiet", "-no-progress"],
+                   check=True, capture_output=True, timeout=60)
+    done = run(site, SHIFTERIMG, "import", str(image), "tool:1")
+    assert done.returncode == 0, done.stderr
+    sif = run(site, SHIFTERIMG, "lookup", "--runtime", "apptainer", "import/tool:1")
+    assert sif.returncode == 0, sif.stderr
+    dumped = subprocess.run(["siftool", "dump", "1", sif.stdout.strip()], capture_output=True,
+                            check=True).stdout
+    assert dumped == image.read_bytes()  # imported images are published as given
+    assert run(site, SHIFTERIMG, "expire", "import/tool:1").returncode == 0
+    assert not Path(sif.stdout.strip()).exists()

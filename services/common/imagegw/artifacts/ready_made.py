@@ -23,6 +23,7 @@ from imagegw.domain.model import BuildJob, BuildResult, ImageMetadata, Progress,
 from imagegw.domain.reference import ImageReference
 from imagegw.pipeline.meta import render_meta
 from imagegw.publish import publisher_for
+from imagegw.publish.sif import has_published, publish_sif
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.manifest import INDEX_TYPES, Descriptor, check_digest_syntax
 
@@ -169,11 +170,11 @@ def build_ready_made(job: BuildJob, reference: ImageReference, client: RegistryC
             metadata=metadata, image_file=image_file, meta_file=meta_file, size_bytes=size,
             reference=str(reference), reused=reused, unchanged=unchanged)
 
-    if job.known_manifest_digest == artifact.manifest_digest and publisher.has_image(
-            image_file, meta_file):
+    if job.known_manifest_digest == artifact.manifest_digest and has_published(
+            publisher, platform, image_file, meta_file):
         return result(publisher.image_size(image_file), unchanged=True)
     with paths.image_lock(image_id):
-        if publisher.has_image(image_file, meta_file):
+        if has_published(publisher, platform, image_file, meta_file):
             log.info("job %s: ready-made image %s already published", job.job_id, image_id)
             return result(publisher.image_size(image_file), reused=True)
         with paths.scratch(job.job_id) as scratch:
@@ -191,6 +192,8 @@ def build_ready_made(job: BuildJob, reference: ImageReference, client: RegistryC
             size = squashfs.stat().st_size
             emit(Progress(Stage.PUBLISHING, bytes_total=size,
                           message=f"publishing {image_file} to {job.system}"))
+            publish_sif(publisher, platform, squashfs, image_file, meta, meta_file,
+                        identity=image_id)
             publisher.publish(squashfs, image_file, meta, meta_file, on_bytes=lambda d, t: emit(
                 Progress(Stage.PUBLISHING, bytes_done=d, bytes_total=t,
                          message=f"publishing {image_file}")))
