@@ -123,3 +123,18 @@ def test_an_imported_squashfs_gets_its_sif_and_expires_with_it(site: Site, tmp_p
     assert dumped == image.read_bytes()  # imported images are published as given
     assert run(site, SHIFTERIMG, "expire", "import/tool:1").returncode == 0
     assert not Path(sif.stdout.strip()).exists()
+
+
+def test_a_ready_made_oras_image_gets_its_sif_too(site: Site, registry, tmp_path) -> None:  # noqa: F811
+    from imagegw.artifacts import SQUASHFS_MEDIA_TYPE
+    from tests.integration.test_oras_ready_made import make_squashfs, oras_push
+
+    squashfs = make_squashfs(tmp_path, {"data": b"ready-made"})
+    oras_push(registry.url, "tools/ready:1", [(squashfs, SQUASHFS_MEDIA_TYPE)])
+    done = run(site, SHIFTERIMG, "pull", "oras:testreg/tools/ready:1")
+    assert done.returncode == 0, done.stderr
+    sif = run(site, SHIFTERIMG, "lookup", "--runtime", "singularity", "oras:testreg/tools/ready:1")
+    assert sif.returncode == 0, sif.stderr
+    dumped = subprocess.run(["siftool", "dump", "1", sif.stdout.strip()], capture_output=True,
+                            check=True).stdout
+    assert dumped == squashfs.read_bytes()
