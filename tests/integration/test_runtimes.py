@@ -45,6 +45,8 @@ BASE = L.layer(
     L.symlink("lib64", "usr/lib64"), L.symlink("sbin", "usr/sbin"), L.dir("tmp", 0o1777),
     L.dir("etc"), L.file("etc/rc", b"the image's own /etc/rc\n"),
     L.file("etc/os-release", b"ID=test\n"),
+    # enroot unpacks as the user: the owner gets access, as `enroot import` gives it.
+    L.file("etc/shadow", b"secret", 0o000), L.dir("ro", 0o555), L.file("ro/x", b"x", 0o011),
 )
 APP = L.layer(L.dir("app"), L.file("app/entry.sh", ENTRY, 0o755))
 
@@ -159,7 +161,10 @@ def test_the_runtime_image_is_the_shifter_tree_plus_only_the_runtime_files(built
     assert set(extended) - set(exact) == added
     assert set(exact) <= set(extended)
     changed = {path for path in exact if exact[path] != extended[path]}
-    assert changed == {"etc/rc"}  # enroot's /etc/rc replaces the image's
+    # enroot's /etc/rc replaces the image's; owners get access to the rest
+    assert changed == {"etc/rc", "etc/shadow", "ro", "ro/x"}
+    assert [exact[p].mode for p in ("etc/shadow", "ro", "ro/x")] == [0o000, 0o555, 0o011]
+    assert [extended[p].mode for p in ("etc/shadow", "ro", "ro/x")] == [0o400, 0o755, 0o511]
     assert not (tmp / "shifter" / (shifter.image_id + ".sif")).exists()
 
 
@@ -221,6 +226,16 @@ def test_a_second_system_reuses_the_cached_conversion_and_sif(built, tmp_path, r
     for name in (again.image_file, f"{again.image_id}.sif"):
         assert (tmp / "more" / name).read_bytes() == (tmp / "all" / name).read_bytes()
     assert again.image_file == first.image_file
+    # enroot alone: another key, converted again from the layer indexes kept (two passes).
+    config["Platforms"]["gpu"] = {"accesstype": "local", "runtimes": ["enroot"],
+                                  "local": {"imageDir": str(tmp / "gpu")}}
+    assert len(list((tmp / "cache").rglob("*.index-v1-nosetuid-owner.json"))) == 2
+    enroot = build(Builder(parse_config(config), builder.paths), "gpu")
+    everything = read_squashfs(tmp / "all" / first.image_file)
+    alone = read_squashfs(tmp / "gpu" / enroot.image_file)
+    assert alone == {path: node for path, node in everything.items()
+                     if not path.startswith(".singularity.d")}
+    assert not (tmp / "gpu" / f"{enroot.image_id}.sif").exists()
 
 
 def test_zstd_with_a_singularity_system_is_a_config_error(tmp_path):

@@ -72,6 +72,8 @@ class AddedLayers:
 
     base: bytes
     top: bytes
+    #: enroot unpacks images as the user: every entry's owner gets access (MemberPolicy).
+    owner_access: bool = False
 
 
 def shell_quote(text: str) -> str:
@@ -237,7 +239,8 @@ def added_layers(metadata: ImageMetadata, files: Sequence[str], provenance: str
     if SINGULARITY_FILES in files:
         directories += [f"{SINGULARITY_DIR}/{name}" for name in ("actions", "env", "libs")]
         top += singularity_files(metadata)
-    return AddedLayers(base=_directories_tar(directories), top=_files_tar(top))
+    return AddedLayers(base=_directories_tar(directories), top=_files_tar(top),
+                       owner_access=ENROOT_FILES in files)
 
 
 def _directories_tar(paths: Sequence[str]) -> bytes:

@@ -215,6 +215,7 @@ def flatten_to_squashfs(
     on_index: Callable[[int, LayerIndex], None] | None = None,
     open_blob: Callable[[int], BinaryIO] | None = None,
     added: AddedLayers | None = None,
+    policy: MemberPolicy | None = None,
 ) -> FlattenStats:
     """Flattens the layers (oldest first) into the squashfs image `output`.
 
@@ -232,7 +233,8 @@ def flatten_to_squashfs(
     download still in progress: see worker/following.py); then the layer paths are
     not used, only their number.
     `added`, when given, are the runtime files' layers (runtime_files.py): flattened
-    below and above the image's layers in the same conversion.
+    below and above the image's layers in the same conversion. `policy` overrides the
+    member rules the options give (enroot's owner access: runtime_files.py).
     """
     if len(layer_paths) != len(layer_names):
         raise ValueError("layer_paths and layer_names differ in length")
@@ -240,7 +242,7 @@ def flatten_to_squashfs(
         return flatten_to_squashfs(**_with_added_layers(
             added, layer_paths, options=options, limits=limits, layer_names=layer_names,
             on_progress=on_progress, indexes=indexes, layer_sizes=layer_sizes,
-            on_index=on_index, open_blob=open_blob, output=output))
+            on_index=on_index, open_blob=open_blob, output=output, policy=policy))
     if len(layer_paths) > limits.max_layers:
         raise ContentRejected(f"the image has {len(layer_paths)} layers; the limit is "
                               f"{limits.max_layers}")
@@ -250,7 +252,7 @@ def flatten_to_squashfs(
             for index, name in zip(known, layer_names, strict=True)):
         raise ValueError("indexes do not match layer_names")
     flatten = _Flatten(layer_paths, layer_names, options, limits, on_progress, on_index,
-                       open_blob)
+                       open_blob, policy)
     if all(index is not None for index in known):
         return flatten.two_passes([index for index in known if index is not None], output)
     sizes = list(layer_sizes) if layer_sizes is not None else [
@@ -280,11 +282,11 @@ def _with_added_layers(
     if count + 2 > limits.max_layers:
         raise ContentRejected(f"the image has {count} layers; the limit is "
                               f"{limits.max_layers - 2} with the runtime files")
-    policy = MemberPolicy(keep_setuid=False)
+    ours = MemberPolicy()  # our own members: plain files and directories
     blobs = {0: added.base, count + 1: added.top}
     names = {0: BASE_LAYER, count + 1: TOP_LAYER}
     known = list(indexes) if indexes is not None else [None] * count
-    made = {number: index_layer(io.BytesIO(blob), layer=names[number], policy=policy)
+    made = {number: index_layer(io.BytesIO(blob), layer=names[number], policy=ours)
             for number, blob in blobs.items()}
     sizes = list(layer_sizes) if layer_sizes is not None else [
         Path(path).stat().st_size for path in layer_paths]
@@ -315,13 +317,14 @@ class _Flatten:
                  options: ConverterOptions, limits: Limits,
                  on_progress: Callable[[int, int], None] | None,
                  on_index: Callable[[int, LayerIndex], None] | None = None,
-                 open_blob: Callable[[int], BinaryIO] | None = None) -> None:
+                 open_blob: Callable[[int], BinaryIO] | None = None,
+                 policy: MemberPolicy | None = None) -> None:
         self.layer_paths = layer_paths
         self.open_blob = open_blob
         self.layer_names = layer_names
         self.options = options
         self.cap = limits.max_unpacked_bytes
-        self.policy = MemberPolicy(keep_setuid=options.keep_setuid)
+        self.policy = policy or MemberPolicy(keep_setuid=options.keep_setuid)
         self.on_progress = on_progress
         self.on_index = on_index
 

@@ -195,7 +195,8 @@ class Builder:
         """
         layers = image.layers
         count = len(layers)
-        policy = MemberPolicy(keep_setuid=self.config.converter.keep_setuid)
+        policy = MemberPolicy(keep_setuid=self.config.converter.keep_setuid,
+                              owner_access=added is not None and added.owner_access)
         indexes = [load_index(self.cache, layer.digest, policy) for layer in layers]
         progress = _PullProgress(emit, count, sum(layer.size for layer in layers))
         progress.start(output.name)
@@ -242,7 +243,7 @@ class Builder:
             flatten_to_squashfs, output=output, options=self.config.converter,
             limits=self.config.limits, layer_names=[layer.digest for layer in layers],
             indexes=indexes, layer_sizes=[layer.size for layer in layers],
-            on_progress=progress.converted, on_index=keep, added=added)
+            on_progress=progress.converted, on_index=keep, added=added, policy=policy)
         try:
             # Newest first: the conversion starts with the newest layer.
             futures.update((index, pool.submit(fetch, index)) for index in reversed(range(count)))
