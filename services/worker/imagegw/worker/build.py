@@ -35,6 +35,7 @@ from imagegw.pipeline.runtime_files import AddedLayers, added_layers
 from imagegw.pipeline.sif import write_sif
 from imagegw.pipeline.squashfs import flatten_to_squashfs
 from imagegw.publish import publisher_for
+from imagegw.publish.sif import has_published
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.following import DownloadRestarted, GrowingBlob
 from imagegw.registry.resolve import ResolvedImage, resolve_image
@@ -108,8 +109,7 @@ class Builder:
         sif_name = sif_file(image_file) if wants_sif(platform.runtimes) else None
 
         def published() -> bool:
-            return publisher.has_image(image_file, meta_file) and (
-                sif_name is None or publisher.has_image(sif_name, meta_file))
+            return has_published(publisher, platform, image_file, meta_file)
 
         def result(size: int, *, reused: bool = False, unchanged: bool = False) -> BuildResult:
             return BuildResult(
