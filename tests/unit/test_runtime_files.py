@@ -187,3 +187,11 @@ def test_our_sif_reader_takes_back_the_squashfs_our_writer_wrapped(tmp_path) -> 
     again = tmp_path / "again.sif"
     write_sif(squashfs, again, architecture="arm64", identity="abc", created=1)
     assert again.read_bytes() == blob  # the same image gives the same SIF
+
+
+@pytest.mark.parametrize("workdir", ["/a/../b", "/new\nline", "/" + "x" * 300])
+def test_a_workdir_no_tar_member_may_name_is_left_to_rc(workdir: str) -> None:
+    layers = R.added_layers(ImageMetadata(workdir=workdir), (ENROOT_FILES,), "p")
+    assert layers is not None and members(layers.base) == {}
+    assert f"cd {R.shell_quote(workdir)} && unset OLDPWD || exit 1\n" in \
+        members(layers.top)["etc/rc"][2].decode()

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from imagegw.domain.model import ImageMetadata
 from imagegw.domain.runtimes import ENROOT_FILES, SINGULARITY_FILES
 
+from .members import name_problem
 from .tarstream import TarWriter
 
 __all__ = [
@@ -233,7 +234,7 @@ def added_layers(metadata: ImageMetadata, files: Sequence[str], provenance: str
     top: list[RuntimeFile] = []
     if ENROOT_FILES in files:
         workdir = _workdir(metadata).strip("/")
-        if workdir and ".." not in workdir.split("/"):
+        if workdir and name_problem(workdir) is None:  # else /etc/rc's mkdir -p makes it
             directories.append(workdir)
         top += enroot_files(metadata, provenance)
     if SINGULARITY_FILES in files:
