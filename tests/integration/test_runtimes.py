@@ -252,3 +252,20 @@ def test_zstd_with_a_singularity_system_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="Platforms.enroot.runtimes"):
         parse_config(config)
 
+
+
+def test_a_private_pull_on_a_runtime_system_restricts_its_files_to_the_acl(built):
+    tmp, builder, public, _ = built
+    private = builder.build(BuildJob(job_id="job-private", system="all",
+                                     reference="testreg/runtimes/app:1", user_acl=(40001,),
+                                     group_acl=(40100,)), lambda _: None)
+    assert private.image_file != public.image_file  # its own files
+    for name in (private.image_file, private.image_file.replace(".squashfs", ".sif")):
+        acl = subprocess.run(["getfacl", "-n", "-c", str(tmp / "all" / name)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert acl == ["user::rw-", "user:40001:r--", "group::---", "group:40100:r--",
+                       "mask::r--", "other::---"], name
+    shifter = builder.build(BuildJob(job_id="job-private-shifter", system="shifter",
+                                     reference="testreg/runtimes/app:1", user_acl=(40001,)),
+                            lambda _: None)
+    assert os.stat(tmp / "shifter" / shifter.image_file).st_mode & 0o777 == 0o644

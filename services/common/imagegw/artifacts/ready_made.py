@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from imagegw.cache.layout import WorkerPaths
+from imagegw.domain.acl import acl_file_suffix
 from imagegw.domain.config import Config, Limits
 from imagegw.domain.errors import ContentRejected, InvalidRequest, RegistryProtocolError
 from imagegw.domain.model import BuildJob, BuildResult, ImageMetadata, Progress, Stage
 from imagegw.domain.reference import ImageReference
 from imagegw.pipeline.meta import render_meta
 from imagegw.publish import publisher_for
+from imagegw.publish.access import readers_for
 from imagegw.publish.sif import has_published, publish_sif
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.manifest import INDEX_TYPES, Descriptor, check_digest_syntax
@@ -160,7 +162,9 @@ def build_ready_made(job: BuildJob, reference: ImageReference, client: RegistryC
     image_format = "squashfs"
     if job.format and job.format != image_format:
         raise InvalidRequest(f"{reference} is a ready-made squashfs image, not {job.format}")
-    image_file, meta_file = f"{image_id}.{image_format}", f"{image_id}.meta"
+    # A private copy has its own files (its own modes on enroot/Apptainer systems).
+    suffix = acl_file_suffix(job.user_acl, job.group_acl)
+    image_file, meta_file = f"{image_id}{suffix}.{image_format}", f"{image_id}{suffix}.meta"
     meta = render_meta(image_format, metadata, user_acl=job.user_acl, group_acl=job.group_acl)
     publisher = publisher_for(platform)
 
@@ -192,10 +196,11 @@ def build_ready_made(job: BuildJob, reference: ImageReference, client: RegistryC
             size = squashfs.stat().st_size
             emit(Progress(Stage.PUBLISHING, bytes_total=size,
                           message=f"publishing {image_file} to {job.system}"))
+            readers = readers_for(platform, job.user_acl, job.group_acl)
             publish_sif(publisher, platform, squashfs, image_file, meta, meta_file,
-                        identity=image_id)
+                        identity=image_id, readers=readers)
             publisher.publish(squashfs, image_file, meta, meta_file, on_bytes=lambda d, t: emit(
                 Progress(Stage.PUBLISHING, bytes_done=d, bytes_total=t,
-                         message=f"publishing {image_file}")))
+                         message=f"publishing {image_file}")), readers=readers)
     log.info("job %s: published ready-made %s as %s", job.job_id, reference, image_id)
     return result(size)

@@ -14,6 +14,8 @@ from typing import Protocol
 
 from imagegw.domain.errors import InvalidRequest
 
+from .access import Readers
+
 #: on_bytes(done, total): bytes of the image copied so far, and its size.
 ProgressCallback = Callable[[int, int], None]
 
@@ -43,8 +45,10 @@ class Publisher(Protocol):
         meta_file: str,
         *,
         on_bytes: ProgressCallback | None = None,
+        readers: Readers | None = None,
     ) -> None:
-        """Places the image, then the meta file; raises TransferFailed with the cause."""
+        """Places the image, then the meta file; raises TransferFailed with the cause.
+        With `readers` the image is 0600 with a POSIX ACL for them (publish/access.py)."""
         ...
 
     def remove(self, image_file: str, meta_file: str) -> None:

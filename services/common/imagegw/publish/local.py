@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from imagegw.domain.errors import TransferFailed
+from imagegw.publish.access import ACL_XATTR, PRIVATE_MODE, Readers
 from imagegw.publish.base import (
     CHUNK_SIZE,
     DIR_MODE,
@@ -65,6 +66,7 @@ class LocalPublisher:
         meta_file: str,
         *,
         on_bytes: ProgressCallback | None = None,
+        readers: Readers | None = None,
     ) -> None:
         image_path, meta_path = self._path(image_file), self._path(meta_file)
         source = Path(source)
@@ -75,7 +77,7 @@ class LocalPublisher:
         temporaries: list[Path] = []
         try:
             self._ensure_directory()
-            image_tmp = self._place_image(source, image_file, temporaries, on_bytes)
+            image_tmp = self._place_image(source, image_file, temporaries, on_bytes, readers)
             meta_tmp = self._write_meta(meta, meta_file, temporaries)
             # The runtime reads the meta file first: it must never name a missing image.
             os.rename(image_tmp, image_path)
@@ -146,9 +148,11 @@ class LocalPublisher:
         image_file: str,
         temporaries: list[Path],
         on_bytes: ProgressCallback | None,
+        readers: Readers | None = None,
     ) -> Path:
         temporary = self.image_dir / temporary_name(image_file)
-        if self._hardlink and self._link(source, temporary):
+        # A private image's copy gets its own modes: never a link to a shared inode.
+        if readers is None and self._hardlink and self._link(source, temporary):
             temporaries.append(temporary)
             os.chmod(temporary, FILE_MODE)
             _fsync_file(temporary)
@@ -168,7 +172,10 @@ class LocalPublisher:
                     if on_bytes is not None:
                         on_bytes(done, total)
                 writer.flush()
-                os.fchmod(fd, FILE_MODE)
+                if readers is None:
+                    os.fchmod(fd, FILE_MODE)
+                else:
+                    _restrict(fd, readers, image_file)
                 os.fsync(fd)
         return temporary
 
@@ -206,6 +213,21 @@ class LocalPublisher:
 
 def _unreadable(source: Path, exc: OSError) -> TransferFailed:
     return TransferFailed(f"cannot read the built image {source}: {exc.strerror or exc}")
+
+
+def _restrict(fd: int, readers: Readers, image_file: str) -> None:
+    """0600 and the readers' POSIX ACL, on the temporary before it gets its name."""
+    os.fchmod(fd, PRIVATE_MODE)
+    try:
+        os.setxattr(fd, ACL_XATTR, readers.posix_acl())
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise TransferFailed(
+                f"cannot restrict {image_file} to its ACL: the image directory's file system "
+                "has no POSIX ACLs",
+                hint="private images on systems publishing for enroot or Apptainer need a "
+                     "file system with POSIX ACLs (mount option acl)") from exc
+        raise
 
 
 def _fsync_file(path: Path) -> None:

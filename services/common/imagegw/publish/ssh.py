@@ -25,6 +25,7 @@ import paramiko
 
 from imagegw.domain.config import SshTarget
 from imagegw.domain.errors import TransferFailed
+from imagegw.publish.access import PRIVATE_MODE, Readers
 from imagegw.publish.base import (
     CHUNK_SIZE,
     DIR_MODE,
@@ -103,6 +104,7 @@ class SshPublisher:
         meta_file: str,
         *,
         on_bytes: ProgressCallback | None = None,
+        readers: Readers | None = None,
     ) -> None:
         image_path, meta_path = self._path(image_file), self._path(meta_file)
         try:
@@ -118,6 +120,8 @@ class SshPublisher:
                 self._ensure_directory(session)
                 image_tmp = self._upload(session, reader, image_file, total, temporaries,
                                          on_bytes)
+                if readers is not None:
+                    self._restrict(session, image_tmp, image_file, readers)
                 meta_tmp = self._upload(session, io.BytesIO(meta), meta_file, len(meta),
                                         temporaries, None)
                 # The runtime reads the meta file first: it must never name a missing image.
@@ -336,6 +340,18 @@ class SshPublisher:
         self._verify(session, temporary, final_name, done, digest.hexdigest())
         session.sftp.chmod(temporary, FILE_MODE)
         return temporary
+
+    def _restrict(self, session: _Session, path: str, final_name: str, readers: Readers) -> None:
+        """0600 and the readers' POSIX ACL (setfacl), on the temporary before its rename."""
+        session.sftp.chmod(path, PRIVATE_MODE)
+        command = f"setfacl --set {shlex.quote(readers.setfacl_spec())} -- {shlex.quote(path)}"
+        status, output = _run(session, command, self._stall, self._stall)
+        if status != 0:
+            raise TransferFailed(
+                f"cannot restrict {final_name} on {session.where} to its ACL: setfacl exited "
+                f"with {status}: {output.strip()[:200]!r}",
+                hint="private images on systems publishing for enroot or Apptainer need "
+                     "setfacl (package acl) and POSIX ACLs on the remote image directory")
 
     def _verify(
         self, session: _Session, path: str, final_name: str, size: int, sha256: str

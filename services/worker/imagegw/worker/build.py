@@ -35,6 +35,7 @@ from imagegw.pipeline.runtime_files import AddedLayers, added_layers
 from imagegw.pipeline.sif import write_sif
 from imagegw.pipeline.squashfs import flatten_to_squashfs
 from imagegw.publish import publisher_for
+from imagegw.publish.access import readers_for
 from imagegw.publish.sif import has_published
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.following import DownloadRestarted, GrowingBlob
@@ -107,6 +108,7 @@ class Builder:
         provenance = (f"docker://{reference.registry_url.partition('://')[2]}#"
                       f"{reference.repository}@{image.manifest_digest}") if files else ""
         sif_name = sif_file(image_file) if wants_sif(platform.runtimes) else None
+        readers = readers_for(platform, job.user_acl, job.group_acl)
 
         def published() -> bool:
             return has_published(publisher, platform, image_file, meta_file)
@@ -149,12 +151,12 @@ class Builder:
                     sif = self._sif(key, output, scratch / sif_name, image, platform.architecture)
                     emit(Progress(Stage.PUBLISHING, message=f"publishing {sif_name}"), force=True)
                     # Before the squashfs: a published image always has its SIF beside it.
-                    publisher.publish(sif, sif_name, meta, meta_file)
+                    publisher.publish(sif, sif_name, meta, meta_file, readers=readers)
                 size = output.stat().st_size
                 emit(Progress(Stage.PUBLISHING, bytes_total=size,
                               message=f"publishing {image_file} to {job.system}"), force=True)
                 publisher.publish(output, image_file, meta, meta_file,
-                                  on_bytes=_publish_progress(emit, image_file))
+                                  on_bytes=_publish_progress(emit, image_file), readers=readers)
                 if not shared:
                     self._share_conversion(key, image, output)
         self.caches.evict()

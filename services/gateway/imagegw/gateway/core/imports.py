@@ -34,6 +34,7 @@ from imagegw.gateway.records import ImageRecord, PullKey
 from imagegw.gateway.store.base import ImageStore
 from imagegw.pipeline.meta import render_meta
 from imagegw.publish import Publisher, publisher_for
+from imagegw.publish.access import readers_for
 from imagegw.publish.sif import publish_sif
 
 __all__ = ["ImportHeader", "Importer"]
@@ -116,8 +117,10 @@ class Importer:
         meta = render_meta("squashfs", header.metadata, user_acl=users, group_acl=groups)
         platform = self.config.platform(header.system)
         publisher = self.publishers(platform)
-        publish_sif(publisher, platform, path, image_file, meta, meta_file, identity=image_id)
-        publisher.publish(path, image_file, meta, meta_file)
+        readers = readers_for(platform, users, groups)
+        publish_sif(publisher, platform, path, image_file, meta, meta_file, identity=image_id,
+                    readers=readers)
+        publisher.publish(path, image_file, meta, meta_file, readers=readers)
         key = PullKey(header.system, reference, acl_key(users, groups))
         now = self.clock()
         job_id = f"import-{uuid.uuid4().hex}"
