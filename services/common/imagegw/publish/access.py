@@ -3,9 +3,9 @@
 Shifter's setuid runtime reads USERACL/GROUPACL from the meta file, so Shifter-only
 systems publish every file 0644. enroot, Pyxis, Apptainer and SingularityCE open the
 image as the user and have no ACL of their own: on a system publishing for them, a
-private image's files (`.squashfs`, `.sif`) are root-owned 0600 with a POSIX access ACL
-giving read to each uid of its user ACL and each gid of its group ACL (Shifter, as root,
-still reads them). The meta file stays 0644, as before.
+private image's files (`.squashfs`, `.sif`) are 0600 (owned by the publishing account)
+with a POSIX access ACL giving read to each uid of its user ACL and each gid of its group
+ACL (Shifter, as root, still reads them). The meta file stays 0644, as before.
 """
 
 from __future__ import annotations
