@@ -15,6 +15,7 @@ import shutil
 import struct
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["SIF_ARCHITECTURES", "sif_header", "write_sif"]
 
@@ -92,7 +93,7 @@ def write_sif(squashfs: Path, output: Path, *, architecture: str, identity: str,
         _copy(source, out, size)
 
 
-def _copy(source, out, size: int) -> None:
+def _copy(source: BinaryIO, out: BinaryIO, size: int) -> None:
     remaining = size
     try:
         while remaining:
