@@ -30,8 +30,9 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from imagegw.domain.model import ImageMetadata
 from imagegw.domain.runtimes import ENROOT_FILES, SINGULARITY_FILES
@@ -264,6 +265,13 @@ def _files_tar(files: Sequence[RuntimeFile]) -> bytes:
     writer = TarWriter(out)
     for item in files:
         writer.file(item.path, mode=item.mode, mtime=MTIME, size=len(item.data),
-                    copy=lambda sink, data=item.data: sink.write(data))
+                    copy=_writes(item.data))
     writer.close()
     return out.getvalue()
+
+
+def _writes(data: bytes) -> Callable[[BinaryIO], None]:
+    def copy(sink: BinaryIO) -> None:
+        sink.write(data)
+
+    return copy
