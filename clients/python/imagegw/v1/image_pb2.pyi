@@ -86,12 +86,14 @@ class Progress(_message.Message):
     def __init__(self, stage: _Optional[_Union[Stage, str]] = ..., layer_index: _Optional[int] = ..., layer_count: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Failure(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "kind")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("id", "system", "type", "reference", "tags", "manifest_digest", "state", "metadata", "user_acl", "group_acl", "format", "size_bytes", "last_pull_time", "expire_time", "failure", "image_file", "progress")

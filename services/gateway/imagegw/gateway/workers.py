@@ -14,10 +14,12 @@ import grpc
 
 from imagegw.directory import WorkerDirectory, redis_from_url
 from imagegw.domain.config import Config
-from imagegw.domain.errors import WorkerUnavailable
+from imagegw.domain.errors import INTERNAL_KIND, WorkerUnavailable
 from imagegw.domain.model import BuildEvent, BuildJob, Failure
+from imagegw.gateway.core.workers import WorkerLost
 from imagegw.rpc import convert
 from imagegw.rpc.server import worker_channel_credentials
+from imagegw.rpc.status import kind_for_status
 from imagegw.v1 import worker_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -26,12 +28,9 @@ log = logging.getLogger(__name__)
 STREAM_IDLE_TIMEOUT = 600.0
 
 
-class WorkerLost(WorkerUnavailable):
-    """The connection to a worker broke in the middle of a job."""
-
-
 class WorkerPool:
-    """Workers from a fixed address list, or from the Redis worker directory."""
+    """Workers from a fixed address list, or from the Redis worker directory (the gRPC
+    implementation of `imagegw.gateway.core.workers.Workers`)."""
 
     def __init__(self, addresses: Sequence[str] = (), *,
                  directory: WorkerDirectory | None = None,
@@ -104,8 +103,9 @@ class WorkerPool:
                         grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
                         grpc.StatusCode.UNKNOWN):
                 raise WorkerLost(f"lost worker {address}: {exc.details()}") from exc
-            yield BuildEvent(failure=Failure(code.value[0] if code else 2,
-                                              exc.details() or "worker refused the job"))
+            yield BuildEvent(failure=Failure(
+                kind_for_status(code) if code else INTERNAL_KIND,
+                exc.details() or "worker refused the job"))
             return
         raise WorkerLost(f"worker {address} ended the job stream without a result")
 

@@ -25,7 +25,13 @@ from typing import BinaryIO
 
 from imagegw.domain.acl import acl_file_suffix, acl_key, normalized_acl
 from imagegw.domain.config import Config, Platform
-from imagegw.domain.errors import ContentRejected, InvalidRequest, PermissionDenied, ResourceExhausted
+from imagegw.domain.errors import (
+    Cancelled,
+    ContentRejected,
+    InvalidRequest,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from imagegw.domain.model import Failure, ImageMetadata, ImageState
 from imagegw.gateway.core.access import Caller
 from imagegw.gateway.core.pulls import PullManager, import_reference
@@ -42,7 +48,6 @@ log = logging.getLogger(__name__)
 SQUASHFS_MAGIC = b"hsqs"
 UNSQUASHFS_TIMEOUT = 120.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-FAILED_PRECONDITION = 9
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ class Importer:
             user_acl=users, group_acl=groups, acl_key=key.acl_key, last_pull=now,
             last_used=now, extra={"imported_by": str(caller.uid)})
         if not self.store.complete_pull(key, job_id, image, now):
-            self.store.fail_pull(key, job_id, Failure(FAILED_PRECONDITION, "import superseded"),
+            self.store.fail_pull(key, job_id, Failure.of(Cancelled("import superseded")),
                                  now)
         log.info("imported %s on %s as %s (%d bytes)", reference, header.system, image_id,
                  header.size_bytes)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from imagegw.gateway.queue.base import Claim, QueuedJob, QueueUnavailable
+from imagegw.gateway.queue.base import Claim, JobSpec, ProgressEvent, QueuedJob, QueueUnavailable
 from imagegw.gateway.queue.buffer import DEFAULT_BUFFER_SIZE, EventBuffer
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class RedisJobQueue:
         def add() -> None:
             self._ensure_group(stream)
             self._submit(keys=[f"{self.stream}#seq", self.stream, stream],
-                         args=[job.system, job.job_id, json.dumps(job.payload)])
+                         args=[job.system, job.job_id, json.dumps(job.spec.to_json())])
 
         self._run("queue a job", add)
 
@@ -218,7 +218,8 @@ class RedisJobQueue:
     @staticmethod
     def _job(fields: dict[Any, Any]) -> QueuedJob:
         text = {_text(k): _text(v) for k, v in fields.items()}
-        return QueuedJob(text["job_id"], text["system"], json.loads(text["payload"]))
+        return QueuedJob(text["job_id"], text["system"],
+                         JobSpec.from_json(json.loads(text["payload"])))
 
     def _act(self, claim: Claim, action: str) -> bool:
         args = [self.group, claim.token, claim.consumer, claim.attempt, action,
@@ -306,11 +307,11 @@ class RedisSubscription:
             if message is None or message["type"] not in ("message", b"message"):
                 continue
             try:
-                self._buffer.put(json.loads(message["data"]))
+                self._buffer.put(ProgressEvent.from_json(json.loads(message["data"])))
             except ValueError:
                 log.warning("ignored a progress event on %s that is not JSON", self.name)
 
-    def get(self, timeout: float) -> dict[str, Any] | None:
+    def get(self, timeout: float) -> ProgressEvent | None:
         return self._buffer.get(timeout)
 
     def close(self) -> None:
@@ -330,8 +331,8 @@ class RedisProgressHub:
         self.prefix = prefix
         self.buffer_size = buffer_size
 
-    def publish(self, channel: str, event: dict[str, Any]) -> None:
-        text = json.dumps(event)
+    def publish(self, channel: str, event: ProgressEvent) -> None:
+        text = json.dumps(event.to_json())
         with _redis_errors("publish progress"):
             self._redis.publish(f"{self.prefix}:{channel}", text)
 
