@@ -5,9 +5,8 @@ waits until it answers /v2/ (failing with its log if it does not within 15 s).
 "token" also runs a small token server in a thread that checks Basic
 credentials and signs JWTs with a key and self-signed certificate made here.
 Fixtures: `registry` (anonymous), `basic_registry`, `token_registry`, all
-module-scoped, with the user alice/wonderland on the authenticated ones.
-
-    from tests.support.registry import registry  # noqa: F401
+module-scoped, with the user alice/wonderland on the authenticated ones (tests/conftest.py
+registers them for every test: name one as a test's argument).
 """
 
 from __future__ import annotations
