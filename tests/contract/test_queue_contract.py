@@ -2,7 +2,6 @@
 real redis-server on 127.0.0.1."""
 
 # Fixtures are imported explicitly (no conftest), so test arguments shadow them.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -30,17 +29,13 @@ from imagegw.gateway.queue import (
     RedisProgressHub,
     open_queue,
 )
-from tests.support.backends import (  # noqa: F401
+from tests.support.backends import (
     HubFactory,
     QueueFactory,
-    job_queue_factory,
-    progress_hub_factory,
 )
-from tests.support.redis_server import (  # noqa: F401
+from tests.support.redis_server import (
     RedisServer,
     free_port,
-    redis_server,
-    redis_url,
 )
 
 LEASE = 0.4

@@ -2,7 +2,6 @@
 IMAGEGW_TEST_MONGODB_URI is set) a real MongoDB."""
 
 # Fixtures are imported explicitly (no conftest), so test arguments shadow them.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -25,7 +24,6 @@ from imagegw.gateway.store import (
     StoreUnavailable,
     open_store,
 )
-from tests.support.backends import image_store  # noqa: F401
 from tests.support.redis_server import free_port
 
 KEY = PullKey("cluster", "docker.io/library/ubuntu:22.04")

@@ -20,7 +20,6 @@ from imagegw.domain.reference import ImageReference
 from imagegw.registry import BlobCache, RegistryClient, resolve_image
 from tests.support.images import push_image
 from tests.support.proxy import CorruptBody, RegistryProxy
-from tests.support.registry import registry  # noqa: F401
 
 DATA = os.urandom(256 * 1024)
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -160,7 +159,7 @@ def _resolve_and_fetch(url: str, cache: BlobCache) -> list[bool]:
     return downloads
 
 
-def test_refetch_with_everything_cached_makes_zero_blob_gets(registry, tmp_path):  # noqa: F811
+def test_refetch_with_everything_cached_makes_zero_blob_gets(registry, tmp_path):
     push_image(registry.url, "test/cached", "v1", [os.urandom(5000), os.urandom(7000)])
     cache = CacheLayout(tmp_path / "cache").blob_cache()
     with RegistryProxy(registry.url) as proxy:
@@ -172,7 +171,7 @@ def test_refetch_with_everything_cached_makes_zero_blob_gets(registry, tmp_path)
         assert proxy.count("GET", r"/manifests/") == 1
 
 
-def test_corrupt_download_through_the_cache_publishes_nothing(registry, tmp_path):  # noqa: F811
+def test_corrupt_download_through_the_cache_publishes_nothing(registry, tmp_path):
     pushed = push_image(registry.url, "test/corrupt", "v1", [os.urandom(5000)])
     cache = CacheLayout(tmp_path).blob_cache()
     digest = pushed.layer_digests[0]

@@ -21,7 +21,6 @@ from imagegw.domain.model import BuildJob
 from imagegw.worker.build import Builder
 from tests.support import layers as L
 from tests.support.images import push_image
-from tests.support.registry import registry  # noqa: F401
 from tests.support.squashfs_tree import read_squashfs
 
 KIB = 1024
@@ -115,7 +114,7 @@ def test_cache_max_bytes_is_read_and_checked() -> None:
 
 
 def test_a_bounded_worker_keeps_its_cache_under_the_limit_across_builds(
-        tmp_path, registry) -> None:  # noqa: F811
+        tmp_path, registry) -> None:
     config = parse_config({
         "CacheDirectory": str(tmp_path / "cache"), "ExpandDirectory": str(tmp_path / "expand"),
         "CacheMaxBytes": 0, "Locations": {"testreg": {"url": registry.url}},

@@ -2,7 +2,6 @@
 image in chunks; it is checked (size, sha256, squashfs content), published like any
 image and found as "import/<tag>"; anything else is refused and nothing published."""
 
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -18,8 +17,8 @@ from imagegw.client import GatewayClient, GatewayError, PermissionDenied
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import image_pb2
 from tests.integration.trust_site import SYSTEM, UIDS, call, start_trust_gateway
-from tests.support.munge import make_credential, munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, registry  # noqa: F401
+from tests.support.munge import make_credential
+from tests.support.registry import RegistryServer
 from tests.support.services import ServiceProcess
 
 

@@ -2,7 +2,6 @@
 wonderland): checked at login, sealed in MUNGE or sent over loopback, used for the
 user's own pulls only, and never written anywhere in the clear."""
 
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -16,8 +15,8 @@ from imagegw.client import GatewayClient, PermissionDenied, Unauthenticated
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import image_pb2
 from tests.integration.trust_site import SYSTEM, call, push_small_image, start_trust_gateway
-from tests.support.munge import make_credential, munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, basic_registry, registry  # noqa: F401
+from tests.support.munge import make_credential
+from tests.support.registry import RegistryServer
 from tests.support.services import ServiceProcess
 
 PASSWORD = "wonderland"

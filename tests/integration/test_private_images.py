@@ -2,7 +2,6 @@
 separate from the public copy of the same image down to the files, and their
 ACLs changeable only by the puller or an admin."""
 
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -22,8 +21,7 @@ from tests.integration.trust_site import (
     rpc_error,
     start_trust_gateway,
 )
-from tests.support.munge import munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, registry  # noqa: F401
+from tests.support.registry import RegistryServer
 from tests.support.services import ServiceProcess
 
 REFERENCE = "testreg/private/app:1"

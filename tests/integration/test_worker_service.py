@@ -12,14 +12,13 @@ from imagegw.v1 import image_pb2, worker_service_pb2, worker_service_pb2_grpc
 from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.proxy import RegistryProxy, Trickle
-from tests.support.registry import registry  # noqa: F401
 from tests.support.services import start_service
 
 BIG = os.urandom(3 * 1024 * 1024)
 
 
 @pytest.fixture(scope="module")
-def proxy(registry):  # noqa: F811
+def proxy(registry):
     proxy = RegistryProxy(registry.url)
     yield proxy
     proxy.stop()
@@ -47,7 +46,7 @@ def build(service, job_id: str, reference: str):
         return list(stub.BuildImage(request, timeout=120))
 
 
-def test_build_streams_progress_then_the_result(worker, registry):  # noqa: F811
+def test_build_streams_progress_then_the_result(worker, registry):
     service, workdir = worker
     pushed = push_image(registry.url, "svc/app", "1",
                         [L.layer(L.file("a", b"first")), L.layer(L.file("b", b"second"))])
@@ -69,7 +68,7 @@ def test_build_streams_progress_then_the_result(worker, registry):  # noqa: F811
     assert result.reference.endswith("svc/app:1")
 
 
-def test_second_call_with_the_same_job_id_attaches(worker, registry, proxy):  # noqa: F811
+def test_second_call_with_the_same_job_id_attaches(worker, registry, proxy):
     service, _ = worker
     push_image(registry.url, "svc/slow", "1", [L.layer(L.file("big", BIG), compression="none")])
     proxy.faults.append(Trickle(chunk_size=64 * 1024, delay=0.05))  # ~2.5 s download

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
@@ -135,7 +135,8 @@ def _feed(process: subprocess.Popen[bytes], write_tar: Callable[[BinaryIO], None
     """Writes the tar into tar2sqfs, runs `check` while it finishes, waits for it."""
     assert process.stdin is not None
     try:
-        write_tar(process.stdin)
+        # Popen (bufsize > 0) opened it as an io.BufferedWriter; typeshed says IO[bytes].
+        write_tar(cast(BinaryIO, process.stdin))
         process.stdin.close()
         if check is not None:
             check()
@@ -156,7 +157,7 @@ def _feed(process: subprocess.Popen[bytes], write_tar: Callable[[BinaryIO], None
                                hint=space_hint())
 
 
-def _widen_pipe(pipe: BinaryIO) -> None:
+def _widen_pipe(pipe: IO[bytes]) -> None:
     """Lets the tar writer run up to PIPE_BUFFER ahead of tar2sqfs (64 KiB by default):
     with a small pipe the two take turns instead of working at the same time."""
     with contextlib.suppress(OSError, AttributeError):
@@ -227,7 +228,7 @@ def flatten_to_squashfs(
     if len(layers) > limits.max_layers:
         raise ContentRejected(f"the image has {len(layers)} layers; the limit is "
                               f"{limits.max_layers}")
-    known = list(indexes) if indexes is not None else [None] * len(layers)
+    known: list[LayerIndex | None] = list(indexes) if indexes is not None else [None] * len(layers)
     if len(known) != len(layers) or any(
             index is not None and index.layer != layer.name
             for index, layer in zip(known, layers, strict=True)):

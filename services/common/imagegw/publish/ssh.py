@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 import paramiko
 
@@ -56,7 +56,7 @@ class _RefuseUnknownHosts(paramiko.RejectPolicy):
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
+    ) -> NoReturn:
         raise _UnknownHostKey(hostname, key.get_name())
 
 
@@ -430,7 +430,8 @@ def _addresses(target: SshTarget) -> list[tuple[str, int]]:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        causes = {error.strerror or str(error) for error in exc.errors.values()}
+        causes = {(error.strerror if isinstance(error, OSError) else None) or str(error)
+                  for error in exc.errors.values()}
         return "; ".join(sorted(causes)) or "cannot connect"
     text = str(exc).strip()
     return text or type(exc).__name__

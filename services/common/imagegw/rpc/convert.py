@@ -33,7 +33,7 @@ def metadata_from_proto(msg: image_pb2.ImageMetadata) -> ImageMetadata:
 
 def progress_to_proto(p: Progress) -> image_pb2.Progress:
     return image_pb2.Progress(
-        stage=int(p.stage), layer_index=p.layer_index, layer_count=p.layer_count,
+        stage=image_pb2.Stage.ValueType(p.stage), layer_index=p.layer_index, layer_count=p.layer_count,
         bytes_done=p.bytes_done, bytes_total=p.bytes_total, message=p.message,
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -91,7 +91,9 @@ def _require_system(system: str) -> None:
 
 def _secure_transport(context: grpc.ServicerContext) -> bool:
     """Loopback or TLS: where plain registry passwords may travel in a request."""
-    security = context.auth_context().get("transport_security_type", [])
+    # grpc gives every auth property as a list of values; types-grpcio says one bytes.
+    properties: Mapping[str, list[bytes]] = context.auth_context()  # type: ignore[assignment]
+    security = properties.get("transport_security_type", [])
     return b"ssl" in security or context.peer().startswith(_LOOPBACK_PEERS)
 
 

@@ -65,8 +65,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _submit_order(fields: dict[Any, Any]) -> int:
-    """The queue-wide sequence number a job was submitted with."""
+def _submit_order(fields: Any) -> int:
+    """The queue-wide sequence number a job was submitted with (`fields`: an entry's
+    fields as redis-py returns them, bytes or str keys; its reply types are loose)."""
     return int(fields.get(b"seq", fields.get("seq", 0)))
 
 
@@ -170,7 +171,7 @@ class RedisJobQueue:
         return found if found is not None else self._read_new(consumer, streams, block)
 
     def _streams(self, systems: Collection[str] | None) -> list[str]:
-        names = (sorted(_text(s) for s in self._redis.smembers(self.stream))  # type: ignore[union-attr]
+        names = (sorted(_text(s) for s in self._redis.smembers(self.stream))
                  if systems is None else sorted(systems))
         return [self._stream(name) for name in names]
 
@@ -216,13 +217,13 @@ class RedisJobQueue:
         return Claim(self._job(fields), consumer, attempt, entry_id)
 
     @staticmethod
-    def _job(fields: dict[Any, Any]) -> QueuedJob:
+    def _job(fields: Any) -> QueuedJob:
         text = {_text(k): _text(v) for k, v in fields.items()}
         return QueuedJob(text["job_id"], text["system"],
                          JobSpec.from_json(json.loads(text["payload"])))
 
     def _act(self, claim: Claim, action: str) -> bool:
-        args = [self.group, claim.token, claim.consumer, claim.attempt, action,
+        args: list[str | int] = [self.group, claim.token, claim.consumer, claim.attempt, action,
                 RELEASED_CONSUMER, _RELEASED_IDLE_MS]
         done = self._run(f"{action} a job", lambda: self._held_action(
             keys=[self._stream(claim.job.system)], args=args))
@@ -253,7 +254,7 @@ class RedisJobQueue:
                 for p in self._redis.xpending_range(stream, self.group, "-", "+",
                                                     count=1_000_000)
             }
-            for entry_id, fields in self._redis.xrange(stream):
+            for entry_id, fields in self._redis.xrange(stream) or []:
                 consumer, attempt = held.get(_text(entry_id), (None, 0))
                 if consumer == RELEASED_CONSUMER:
                     consumer = None
