@@ -71,13 +71,27 @@ class Account:
             return os.access(directory, os.W_OK | os.X_OK)
         if self.uid == 0:
             return True
-        info = directory.stat()
+        return self.closed_parent(directory) is None and self._may(directory, stat.S_IWUSR | stat.S_IXUSR)
+
+    def closed_parent(self, path: Path) -> Path | None:
+        """The first directory above `path` this user cannot pass through, if any."""
+        if self.uid == 0:
+            return None
+        if self.uid == os.geteuid():
+            return next((parent for parent in reversed(path.parents)
+                         if not os.access(parent, os.X_OK)), None)
+        return next((parent for parent in reversed(path.parents)
+                     if not self._may(parent, stat.S_IXUSR)), None)
+
+    def _may(self, path: Path, owner_bits: int) -> bool:
+        """The mode bits of `path` grant `owner_bits` (given as S_I?USR) to this user."""
+        info = path.stat()
         if info.st_uid == self.uid:
-            needed = stat.S_IWUSR | stat.S_IXUSR
+            needed = owner_bits
         elif info.st_gid in self.groups:
-            needed = stat.S_IWGRP | stat.S_IXGRP
+            needed = owner_bits >> 3
         else:
-            needed = stat.S_IWOTH | stat.S_IXOTH
+            needed = owner_bits >> 6
         return info.st_mode & needed == needed
 
 
@@ -156,6 +170,11 @@ def _check_directory(path: Path, what: str, account: Account) -> Finding:
         if os.statvfs(path).f_flag & os.ST_RDONLY:
             return Finding(FAIL, what, f"{path} is on a read-only file system ({_where(path)})",
                            "mount it read-write, or point the key at a writable directory")
+        closed = account.closed_parent(path)
+        if closed is not None:
+            return Finding(FAIL, what, f"{account.name} cannot reach {path}: {closed} is mode "
+                           f"{stat.S_IMODE(closed.stat().st_mode):04o}, owner {_owner(closed)}",
+                           f"chmod o+x {closed} (or move the directory)")
         owner = _owner(path)
         return Finding(FAIL, what, f"{path} is not writable by {account.name} (owner {owner}, "
                        f"mode {stat.S_IMODE(path.stat().st_mode):04o})",
