@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,10 +38,10 @@ def root() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def local_config(root: Path, **changes: object) -> dict:
+def local_config(root: Path, **changes: object) -> dict[str, Any]:
     for name in ("data", "cache", "expand", "images"):
         (root / name).mkdir(exist_ok=True)
-    config: dict = {
+    config: dict[str, Any] = {
         "DataDirectory": str(root / "data"),
         "CacheDirectory": str(root / "cache"),
         "ExpandDirectory": str(root / "expand"),
@@ -52,14 +53,15 @@ def local_config(root: Path, **changes: object) -> dict:
     return config
 
 
-def remote_system(sshd: SshdServer, known_hosts: Path) -> dict:
+def remote_system(sshd: SshdServer, known_hosts: Path) -> dict[str, Any]:
     return {"accesstype": "remote", "admins": ["root"], "host": [f"{sshd.host}:{sshd.port}"],
             "ssh": {"username": sshd.user, "key": str(sshd.ed25519_key),
                     "imageDir": str(sshd.image_dir), "knownHosts": str(known_hosts),
                     "connectTimeout": 5}}
 
 
-def doctor(root: Path, config: dict, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+def doctor(root: Path, config: dict[str, Any], *args: str,
+           path: str | None = None) -> subprocess.CompletedProcess[str]:
     config_file = root / "imagemanager.json"
     config_file.write_text(json.dumps(config))
     env = {key: value for key, value in os.environ.items() if not key.startswith("IMAGEGW_")}
@@ -99,7 +101,9 @@ def test_tool_off_path_fails_and_names_the_package(root: Path) -> None:
     tools = root / "bin"
     tools.mkdir()
     for tool in ("stat", "unsquashfs", "sqfs2tar", "rdsquashfs"):
-        (tools / tool).symlink_to(shutil.which(tool))
+        found = shutil.which(tool)
+        assert found, f"{tool} is not installed"
+        (tools / tool).symlink_to(found)
     done = doctor(root, local_config(root), path=str(tools))
     assert done.returncode == 1, done.stdout + done.stderr
     assert lines(done, "FAIL") == [

@@ -89,7 +89,8 @@ class Venv:
                   "print(json.dumps(found))\n")
         done = self.run(self.bin("python"), "-c", script, *modules)
         assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        found: dict[str, bool] = json.loads(done.stdout)
+        return found
 
 
 def clean_env(**extra: str) -> dict[str, str]:

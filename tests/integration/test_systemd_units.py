@@ -64,6 +64,8 @@ def test_unit_runs_unprivileged_and_hardened(name: str) -> None:
 
 def test_worker_stop_timeout_outlasts_its_drain() -> None:
     service = service_section(printed("imagegw-worker@.service"))
-    drain = float(re.search(r"--drain-timeout (\d+)", service["ExecStart"]).group(1))
+    drain_option = re.search(r"--drain-timeout (\d+)", service["ExecStart"])
+    assert drain_option, service["ExecStart"]
+    drain = float(drain_option.group(1))
     assert float(service["TimeoutStopSec"]) > drain + 10
     assert "--config /etc/imagegw/worker-%i.json" in service["ExecStart"]

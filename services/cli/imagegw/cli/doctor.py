@@ -257,7 +257,7 @@ def check_mongodb(config: Config) -> Iterator[Finding]:
     where = _redacted(config.mongodb_uri)
     timeout_ms = int(NETWORK_TIMEOUT * 1000)
     try:
-        client: pymongo.MongoClient = pymongo.MongoClient(
+        client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
             config.mongodb_uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
             socketTimeoutMS=timeout_ms)
         try:
