@@ -100,7 +100,10 @@ class ServiceProcess:
 
 def start_service(command: str, config: dict, workdir: Path, *, listen: str = "127.0.0.1:0",
                   name: str | None = None, extra_env: dict | None = None,
-                  timeout: float = 30.0, expect_healthy: bool = True) -> ServiceProcess:
+                  timeout: float = 30.0, expect_healthy: bool = True,
+                  executable: str = IMAGEGW) -> ServiceProcess:
+    """`executable` is the `imagegw` to run (another installation's: its environment then
+    carries no PYTHONPATH or virtualenv of ours)."""
     name = name or command
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / f"{name}.json"
@@ -108,9 +111,11 @@ def start_service(command: str, config: dict, workdir: Path, *, listen: str = "1
     address_file = workdir / f"{name}.address"
     address_file.unlink(missing_ok=True)
     log_path = workdir / f"{name}.log"
-    args = [IMAGEGW, "--log-level", "DEBUG", command, "--config", str(config_path),
+    args = [executable, "--log-level", "DEBUG", command, "--config", str(config_path),
             "--listen", listen, "--address-file", str(address_file)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGW_")}
+    if executable != IMAGEGW:
+        env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(extra_env or {})
     with open(log_path, "ab") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+from imagegw.cli import doctor, units
 from imagegw.domain.config import Config, default_config, load_config
 from imagegw.domain.errors import ImageGatewayError
 
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--worker-id", help="name in the worker directory (default: host-pid)")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
+    doctor.add_arguments(sub.add_parser("doctor", help="check a configuration against this host"))
+    units.add_arguments(sub.add_parser("units", help="the systemd units, ready to install"))
     return parser
 
 
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check-config": _check}
+    handlers = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check-config": _check,
+                "doctor": doctor.run, "units": units.run}
     try:
         return handlers[args.command](args)
     except ImageGatewayError as exc:
