@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -56,15 +58,21 @@ def _serve(args: argparse.Namespace) -> int:
     from imagegw.worker.app import WorkerApp
 
     config = _config(args)
-    worker = WorkerApp(config, "127.0.0.1:0")
-    worker.start()
-    gateway = GatewayApp(config, config.listen, [worker.address])
-    gateway.start()
-    _announce(args, gateway.address)
-    _wait_for_signal()
-    log.info("shutting down")
-    gateway.stop()
-    worker.stop(drain_timeout=5.0)
+    # The local worker listens on a Unix socket in a directory only this account can enter,
+    # not on a loopback port every local user could call (it also checks the worker secret).
+    run_dir = tempfile.mkdtemp(prefix="imagegw-")
+    try:
+        worker = WorkerApp(config, f"unix:{run_dir}/worker.sock")
+        worker.start()
+        gateway = GatewayApp(config, config.listen, [worker.address])
+        gateway.start()
+        _announce(args, gateway.address)
+        _wait_for_signal()
+        log.info("shutting down")
+        gateway.stop()
+        worker.stop(drain_timeout=5.0)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 
 
