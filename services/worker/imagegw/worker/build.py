@@ -34,6 +34,7 @@ from imagegw.pipeline.squashfs import flatten_to_squashfs
 from imagegw.publish import publisher_for
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.following import DownloadRestarted, GrowingBlob
+from imagegw.registry.policy import guard_for_reference
 from imagegw.registry.resolve import ResolvedImage, resolve_image
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Builder:
         client = RegistryClient(
             reference.registry_url, reference.repository, credentials=job.credentials,
             limits=self.config.limits, ca_bundle=location.sslcacert if location else None,
+            address_check=guard_for_reference(self.config, reference),
         )
         with client:
             if reference.artifact or (location is not None and location.remotetype == "oras"):

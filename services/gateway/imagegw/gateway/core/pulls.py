@@ -24,6 +24,7 @@ from imagegw.gateway.core.views import ImageStatus, lookup_status, pull_status
 from imagegw.gateway.queue.base import JobQueue, ProgressHub, QueuedJob
 from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
 from imagegw.gateway.store.base import ImageStore
+from imagegw.registry.policy import guard_for_reference
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ class PullManager:
                     known_digest = image.manifest_digest
             else:
                 fresh_since = None  # its image is gone: pull again
+        # Only registries the site allows, before any job exists (the worker checks again).
+        guard_for_reference(self.config, parse_reference(reference, self.config))
         job_id = uuid.uuid4().hex
         with self.limiter.admit(caller, key):
             record, started = self.store.begin_pull(
