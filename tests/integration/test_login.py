@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from imagegw.client import GatewayClient, PermissionDenied, Unauthenticated
+from imagegw.client import GatewayClient, InvalidArgument, PermissionDenied, Unauthenticated
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import image_pb2
 from tests.integration.trust_site import SYSTEM, call, push_small_image, start_trust_gateway
@@ -81,6 +81,18 @@ def test_plain_login_over_loopback_works_and_logout_forgets(site) -> None:
     responses = call(service, socket, "PullImage", pb.PullImageRequest(
         system=SYSTEM, reference=REFERENCE, force=True), user="bin")
     assert responses[-1].image.state == image_pb2.IMAGE_STATE_FAILED
+
+
+@pytest.mark.parametrize("username", ["alice:admin", "alice\nadmin", "alice\x1b[2J", "al\x7fice"])
+@pytest.mark.parametrize("sealed", [True, False])
+def test_user_names_basic_auth_cannot_carry_are_refused_before_the_registry(
+        site, basic_registry, username, sealed) -> None:  # noqa: F811
+    requests_before = basic_registry.log().count("/v2/")
+    with client_as(site, "daemon", sealed=sealed) as client, pytest.raises(InvalidArgument) as no:
+        client.login(SYSTEM, "private", username, PASSWORD)
+    assert "contains ':' or a control character" in no.value.message
+    assert "\n" not in no.value.message and "\x1b" not in no.value.message
+    assert basic_registry.log().count("/v2/") == requests_before, "no registry was asked"
 
 
 def test_anonymous_login_is_refused(site) -> None:
