@@ -15,6 +15,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from imagegw.cache.layout import private_directory
 from imagegw.domain.config import Config, default_config, load_config
 from imagegw.domain.errors import ImageGatewayError
 
@@ -41,7 +42,7 @@ def _config(args: argparse.Namespace) -> Config:
         config = default_config(data_dir, listen=listen)
     for warning in config.warnings:
         log.warning("config: %s", warning)
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    private_directory(config.data_dir)  # records, credentials, worker secret: 0700
     return config
 
 

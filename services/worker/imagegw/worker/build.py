@@ -138,7 +138,8 @@ class Builder:
                 emit(Progress(Stage.PUBLISHING, bytes_total=size,
                               message=f"publishing {image_file} to {job.system}"), force=True)
                 publisher.publish(output, image_file, meta, meta_file,
-                                  on_bytes=_publish_progress(emit, image_file))
+                                  on_bytes=_publish_progress(emit, image_file),
+                                  private=bool(job.user_acl or job.group_acl))
                 if not shared:
                     self._share_conversion(image, image_format, output)
         self.caches.evict()

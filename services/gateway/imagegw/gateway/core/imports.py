@@ -124,7 +124,7 @@ class Importer:
         image_file, meta_file = f"{image_id}{suffix}.squashfs", f"{image_id}{suffix}.meta"
         meta = render_meta("squashfs", header.metadata, user_acl=users, group_acl=groups)
         platform = self.config.platform(header.system)
-        self.publishers(platform).publish(path, image_file, meta, meta_file)
+        self.publishers(platform).publish(path, image_file, meta, meta_file, private=private)
         key = PullKey(header.system, reference, acl_key(users, groups))
         now = self.clock()
         job_id = f"import-{uuid.uuid4().hex}"
