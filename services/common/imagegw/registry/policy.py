@@ -56,7 +56,7 @@ def _non_global(address: str) -> str | None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    for kind in ("loopback", "link_local", "private", "multicast", "unspecified", "reserved"):
+    for kind in ("unspecified", "loopback", "link_local", "private", "multicast", "reserved"):
         if getattr(ip, f"is_{kind}"):
             return kind.replace("_", "-")
     return None if ip.is_global else "non-public"
@@ -84,8 +84,8 @@ class AddressGuard:
             kind = _non_global(address)
             if kind is not None:
                 raise PermissionDenied(
-                    f"registry {_authority(host, port)} resolves to a {kind} address "
-                    f"({address}); only a registry the site configures in Locations may be "
+                    f"registry {_authority(host, port)} resolves to {address} ({kind} "
+                    "address); only a registry the site configures in Locations may be "
                     "reached there",
                     hint="a site admin can add the registry to Locations")
         return addresses[0]
