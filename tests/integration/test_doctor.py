@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.munge import MungeDaemon, munge_daemon_fixture, munge_socket_fixture  # noqa: F401
-from tests.support.redis_server import RedisServer, redis_server  # noqa: F401
+from tests.support.munge import MungeDaemon
+from tests.support.redis_server import RedisServer
 from tests.support.services import IMAGEGW, refused_address
-from tests.support.sshd import SshdServer, sshd_target  # noqa: F401
+from tests.support.sshd import SshdServer
 
 RUN_TIMEOUT = 120.0
 SQUASHFS_TOOLS = ("unsquashfs", "sqfs2tar", "rdsquashfs", "tar2sqfs")
@@ -76,8 +76,8 @@ def lines(done: subprocess.CompletedProcess[str], status: str) -> list[str]:
 
 
 def test_healthy_site_passes_every_check(
-    root: Path, munge_socket: str, sshd_target: SshdServer,  # noqa: F811
-    redis_server: RedisServer,  # noqa: F811
+    root: Path, munge_socket: str, sshd_target: SshdServer,
+    redis_server: RedisServer,
 ) -> None:
     config = local_config(root, Broker=redis_server.url)
     config["Platforms"]["cluster"]["mungeSocketPath"] = munge_socket
@@ -129,7 +129,7 @@ def test_image_directory_the_service_account_cannot_write_fails(root: Path) -> N
     assert f"OK   CacheDirectory: {root / 'cache'} writable by nobody" in done.stdout
 
 
-def test_dead_munge_socket_fails(root: Path, munge_daemon: MungeDaemon) -> None:  # noqa: F811
+def test_dead_munge_socket_fails(root: Path, munge_daemon: MungeDaemon) -> None:
     munge_daemon.kill()  # the socket file stays behind, nothing answers on it
     assert Path(munge_daemon.socket).exists()
     config = local_config(root)
@@ -145,7 +145,7 @@ def test_dead_munge_socket_fails(root: Path, munge_daemon: MungeDaemon) -> None:
 
 
 def test_unknown_ssh_host_key_fails_and_is_not_added(
-    root: Path, sshd_target: SshdServer,  # noqa: F811
+    root: Path, sshd_target: SshdServer,
 ) -> None:
     empty = root / "known_hosts"
     empty.write_text("")

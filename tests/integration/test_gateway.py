@@ -211,6 +211,17 @@ def test_bad_requests_get_actionable_status_codes(gateway, request_, code, fragm
     assert fragment in info.value.details()
 
 
+@pytest.mark.parametrize("state", [99, -1])
+def test_list_images_with_an_unknown_state_is_invalid_argument(gateway, state):
+    service, _ = gateway
+    with pytest.raises(grpc.RpcError) as info:
+        service.stub().ListImages(pb.ListImagesRequest(system=SYSTEM, state=state), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"unknown image state {state}" in info.value.details()
+    assert "5 (READY)" in info.value.details()
+    assert "Traceback" not in service.log()
+
+
 def test_pull_of_unknown_system_names_the_known_ones(gateway):
     service, _ = gateway
     with pytest.raises(grpc.RpcError) as info:

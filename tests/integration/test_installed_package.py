@@ -24,8 +24,7 @@ import pytest
 
 from tests.support.images import PushedImage, push_image
 from tests.support.layers import executables
-from tests.support.munge import munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, registry  # noqa: F401
+from tests.support.registry import RegistryServer
 from tests.support.services import ServiceProcess, embedded_config, start_service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,8 +157,8 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(venvs: tuple[Venv, Venv], registry: RegistryServer,  # noqa: F811
-         munge_socket: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:  # noqa: F811
+def site(venvs: tuple[Venv, Venv], registry: RegistryServer,
+         munge_socket: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     server, _ = venvs
     workdir = tmp_path_factory.mktemp("site")
     image = push_image(registry.url, REPOSITORY, "1", [

@@ -67,6 +67,19 @@ def test_publish_lands_exact_bytes_readable_by_all(
     assert publisher.image_size("abc.squashfs") == source.stat().st_size
 
 
+def test_a_private_image_and_its_meta_land_0600(
+    sshd_target: SshdServer, image_dir: Path, source: Path
+) -> None:
+    publisher = SshPublisher(sshd_target.target(key=str(sshd_target.ed25519_key)))
+
+    publisher.publish(source, "abc-1.squashfs", META, "abc-1.meta", private=True)
+
+    assert sha256(image_dir / "abc-1.squashfs") == sha256(source)
+    for name in ("abc-1.squashfs", "abc-1.meta"):
+        assert stat.S_IMODE(os.stat(image_dir / name).st_mode) == 0o600, name
+    assert leftovers(image_dir) == []
+
+
 def test_progress_counts_up_to_the_image_size(
     sshd_target: SshdServer, image_dir: Path, source: Path
 ) -> None:

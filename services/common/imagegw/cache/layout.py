@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,13 +65,32 @@ class CacheLayout:
     def lease_table(self) -> Leases:
         return Leases(self.leases)
 
+log = logging.getLogger(__name__)
+
+
+def private_directory(path: str | os.PathLike[str]) -> Path:
+    """Creates `path` 0700, or makes the service account's own directory 0700: blobs and
+    conversions fetched with a user's registry login, scratch space and records are as
+    private as the images they make. A shared directory (another owner, or sticky like
+    /tmp) is left alone with a warning: name a directory of the service account instead."""
+    directory = Path(path)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid == os.geteuid() and not info.st_mode & stat.S_ISVTX:
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(directory, 0o700)
+    else:
+        log.warning("%s is a shared directory (owner uid %d, mode %04o): other users may "
+                    "see what is kept there; configure a directory of the service account",
+                    directory, info.st_uid, stat.S_IMODE(info.st_mode))
+    return directory
+
 
 class WorkerPaths:
     def __init__(self, cache_dir: str | os.PathLike[str], expand_dir: str | os.PathLike[str]):
-        self.layout = CacheLayout(cache_dir)
-        self.expand_root = Path(expand_dir)
-        self.layout.locks.mkdir(parents=True, exist_ok=True)
-        self.expand_root.mkdir(parents=True, exist_ok=True)
+        self.layout = CacheLayout(private_directory(cache_dir))
+        self.expand_root = private_directory(expand_dir)
+        self.layout.locks.mkdir(exist_ok=True)
 
     @contextlib.contextmanager
     def scratch(self, job_id: str) -> Iterator[Path]:

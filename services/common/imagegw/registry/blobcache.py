@@ -124,7 +124,7 @@ class BlobCache:
     def _finish(self, out: BinaryIO, temp: Path, final: Path) -> None:
         try:
             os.fsync(out.fileno())
-            os.chmod(temp, 0o644)
+            os.chmod(temp, 0o600)  # a blob fetched with one user's login is theirs
             os.replace(temp, final)
         except OSError as exc:
             raise self._unwritable(exc) from exc

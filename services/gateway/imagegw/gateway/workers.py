@@ -20,6 +20,7 @@ from imagegw.gateway.core.workers import WorkerLost
 from imagegw.rpc import convert
 from imagegw.rpc.server import worker_channel_credentials
 from imagegw.rpc.status import kind_for_status
+from imagegw.rpc.worker_auth import call_metadata, load_worker_token
 from imagegw.v1 import worker_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,14 @@ class WorkerPool:
 
     def __init__(self, addresses: Sequence[str] = (), *,
                  directory: WorkerDirectory | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None) -> None:
         if not addresses and directory is None:
             raise WorkerUnavailable("no worker addresses configured")
         self._addresses = list(addresses)
         self._directory = directory
         self._credentials = credentials
+        self._metadata = call_metadata(token)
         self._channels: dict[str, grpc.Channel] = {}
         self._counter = itertools.count()
         self._lock = threading.Lock()
@@ -75,7 +78,7 @@ class WorkerPool:
             except grpc.FutureTimeoutError:
                 errors.append(f"{address}: not reachable")
                 continue
-            stream = stub.BuildImage(convert.job_to_proto(job))
+            stream = stub.BuildImage(convert.job_to_proto(job), metadata=self._metadata)
             return address, self._events(address, stream)
         raise WorkerUnavailable("no worker reachable: " + "; ".join(errors),
                                 hint="check that `imagegw worker` runs and WorkerAddresses")
@@ -131,11 +134,12 @@ def open_worker_pool(config: Config, static_addresses: Sequence[str]) -> WorkerP
     """The workers the gateway dispatches to: the given addresses, else (with a
     Broker) the workers registered in Redis."""
     credentials = worker_channel_credentials(config.worker_tls) if config.worker_tls else None
+    token = load_worker_token(config)
     if static_addresses:
-        return WorkerPool(static_addresses, credentials=credentials)
+        return WorkerPool(static_addresses, credentials=credentials, token=token)
     if config.broker:
         return WorkerPool(directory=WorkerDirectory(redis_from_url(config.broker)),
-                          credentials=credentials)
+                          credentials=credentials, token=token)
     raise WorkerUnavailable("no workers: set WorkerAddresses, or a Broker that workers register with")
 
 

@@ -35,6 +35,7 @@ from imagegw.pipeline.squashfs import flatten_to_squashfs
 from imagegw.publish import publisher_for
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.following import DownloadRestarted, GrowingBlob
+from imagegw.registry.policy import guard_for_reference
 from imagegw.registry.resolve import ResolvedImage, resolve_image
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Builder:
         client = RegistryClient(
             reference.registry_url, reference.repository, credentials=job.credentials,
             limits=self.config.limits, ca_bundle=location.sslcacert if location else None,
+            address_check=guard_for_reference(self.config, reference),
         )
         with client:
             if reference.artifact or (location is not None and location.remotetype == "oras"):
@@ -137,7 +139,8 @@ class Builder:
                 emit(Progress(Stage.PUBLISHING, bytes_total=size,
                               message=f"publishing {image_file} to {job.system}"), force=True)
                 publisher.publish(output, image_file, meta, meta_file,
-                                  on_bytes=_publish_progress(emit, image_file))
+                                  on_bytes=_publish_progress(emit, image_file),
+                                  private=bool(job.user_acl or job.group_acl))
                 if not shared:
                     self._share_conversion(image, image_format, output)
         self.caches.evict()

@@ -207,7 +207,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
                    ) -> pb.ListImagesResponse:
         _require_system(request.system)
         caller = self._caller(context, request.system)
-        state = ImageState(request.state) if request.state else None
+        state = _image_state(request.state)
         statuses, token = self.pulls.list_images(request.system, state, request.page_size,
                                                  request.page_token, caller)
         return pb.ListImagesResponse(images=[status_to_image(s) for s in statuses],
@@ -309,6 +309,17 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             removed = self.logins.logout(caller, request.registry)
             details["removed"] = removed
         return pb.LogoutResponse(removed=removed)
+
+
+def _image_state(number: int) -> ImageState | None:
+    """The state filter of ListImages: 0 for any state, else a known ImageState."""
+    if not number:
+        return None
+    try:
+        return ImageState(number)
+    except ValueError:
+        known = ", ".join(f"{state.value} ({state.name})" for state in ImageState if state)
+        raise InvalidRequest(f"unknown image state {number}", hint=f"one of {known}") from None
 
 
 def _chunks(requests: Iterator[pb.ImportImageRequest]) -> Iterator[bytes]:

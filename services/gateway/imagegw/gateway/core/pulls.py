@@ -30,6 +30,7 @@ from imagegw.gateway.core.views import ImageStatus, lookup_status, pull_status
 from imagegw.gateway.queue.base import JobQueue, JobSpec, ProgressEvent, ProgressHub, QueuedJob
 from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
 from imagegw.gateway.store.base import ImageStore
+from imagegw.registry.policy import guard_for_reference
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,13 @@ def job_spec(key: PullKey, record: PullRecord, known_manifest_digest: str = "") 
 
 class PullManager:
     def __init__(self, config: Config, store: ImageStore, queue: JobQueue, hub: ProgressHub,
-                 *, clock: Callable[[], float] = time.time) -> None:
+                 *, clock: Callable[[], float] = time.time,
+                 registry_login: Callable[[int, str], object | None] = lambda uid, ref: None,
+                 ) -> None:
         self.config = config
+        #: The caller's stored registry login for a reference's registry (None: none); a
+        #: pull made with one is private to its puller (Logins.credentials_for).
+        self.registry_login = registry_login
         self.store = store
         self.queue = queue
         self.hub = hub
@@ -136,10 +142,16 @@ class PullManager:
         if reference.startswith(IMPORT_PREFIX):
             raise InvalidRequest(f"{reference} is an imported image and cannot be pulled",
                                  hint="look it up, or import it again (shifterimg import)")
+        explicit_acl = private
+        if not caller.anonymous and self.registry_login(caller.uid, reference) is not None:
+            # Pulled with the caller's own registry login: what the registry let them read
+            # stays theirs (and their ACL's). Others pull with their own login, and the
+            # registry decides for them again (the worker always asks it for the manifest).
+            private = True
         users = normalized_acl((*request.user_acl, caller.uid)) if private else ()
         groups = normalized_acl(request.group_acl)
         key = PullKey(request.system, reference, acl_key(users, groups))
-        if private and not caller.is_admin(request.system):
+        if explicit_acl and not caller.is_admin(request.system):
             self._check_acl_change(key, caller)
         now = self.clock()
         current = self.store.get_pull(key)
@@ -155,6 +167,8 @@ class PullManager:
                     known_digest = image.manifest_digest
             else:
                 fresh_since = None  # its image is gone: pull again
+        # Only registries the site allows, before any job exists (the worker checks again).
+        guard_for_reference(self.config, parse_reference(reference, self.config))
         job_id = uuid.uuid4().hex
         with self.limiter.admit(caller, key):
             record, started = self.store.begin_pull(
