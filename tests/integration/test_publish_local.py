@@ -86,6 +86,24 @@ def test_same_filesystem_publish_links_the_built_image_without_copying(tmp_path:
     assert leftovers(images) == []
 
 
+def test_a_private_image_is_a_0600_copy_never_a_link(tmp_path: Path) -> None:
+    source = built_image(tmp_path / "scratch", 2 * MIB)
+    images = tmp_path / "images"
+    publisher = LocalPublisher(images)
+    publisher.publish(source, "abc.squashfs", META, "abc.meta")
+    publisher.publish(source, "abc-1.squashfs", META + b"USERACL: 1\n", "abc-1.meta",
+                      private=True)
+
+    private = os.stat(images / "abc-1.squashfs")
+    assert private.st_ino not in (os.stat(source).st_ino, os.stat(images / "abc.squashfs").st_ino)
+    assert private.st_nlink == 1 and sha256(images / "abc-1.squashfs") == sha256(source)
+    for name in ("abc-1.squashfs", "abc-1.meta"):
+        assert stat.S_IMODE(os.stat(images / name).st_mode) == 0o600, name
+    for name in ("abc.squashfs", "abc.meta"):
+        assert stat.S_IMODE(os.stat(images / name).st_mode) == 0o644, name
+    assert leftovers(images) == []
+
+
 def test_forced_copy_writes_identical_bytes_in_4mib_chunks(tmp_path: Path) -> None:
     source = built_image(tmp_path / "scratch", 9 * MIB + 7)
     images = tmp_path / "images"
@@ -299,7 +317,7 @@ def test_a_private_image_for_enroot_or_apptainer_is_readable_only_by_its_acl() -
                        "mask::r--", "other::---"]
         assert read_as(image, 40001) and read_as(image, 40002, 40100)
         assert not read_as(image, 40002) and not read_as(image, 40003, 40101)
-        assert read_as(images / "abc-acl.meta", 40002)  # the meta file stays 0644
+        assert not read_as(images / "abc-acl.meta", 40001)  # private meta files are 0600
         # Public images, and private ones on Shifter-only systems, stay 0644.
         shifter = Platform(name="s", access_type="local", image_dir=str(images))
         assert readers_for(shifter, (40001,), ()) is None

@@ -19,6 +19,7 @@ from imagegw.domain.errors import ConfigError
 from imagegw.domain.model import BuildJob
 from imagegw.domain.runtimes import ENROOT_FILES, SINGULARITY_FILES
 from imagegw.pipeline import runtime_files as R
+from imagegw.pipeline.layer import FileLayer
 from imagegw.pipeline.squashfs import flatten_to_squashfs
 from imagegw.registry.manifest import parse_image_config
 from imagegw.worker.build import Builder
@@ -182,8 +183,9 @@ def test_shifter_only_images_are_the_exact_conversion_with_the_old_key(built, tm
     blobs[0].write_bytes(BASE)
     blobs[1].write_bytes(APP)
     direct = tmp_path / "direct.squashfs"
-    flatten_to_squashfs(blobs, direct, options=options, limits=builder.config.limits,
-                        layer_names=list(pushed.layer_digests))
+    flatten_to_squashfs([FileLayer.of(blob, name) for blob, name in
+                         zip(blobs, pushed.layer_digests, strict=True)],
+                        direct, options=options, limits=builder.config.limits)
     assert direct.read_bytes() == cached.read_bytes()
     with_files = ConversionKey(shifter.manifest_digest, "squashfs", options,
                                runtime_files=(ENROOT_FILES, SINGULARITY_FILES), provenance="p")
@@ -268,4 +270,5 @@ def test_a_private_pull_on_a_runtime_system_restricts_its_files_to_the_acl(built
     shifter = builder.build(BuildJob(job_id="job-private-shifter", system="shifter",
                                      reference="testreg/runtimes/app:1", user_acl=(40001,)),
                             lambda _: None)
-    assert os.stat(tmp / "shifter" / shifter.image_file).st_mode & 0o777 == 0o644
+    # Shifter enforces the ACL itself: 0600 for the service account, no POSIX ACL.
+    assert os.stat(tmp / "shifter" / shifter.image_file).st_mode & 0o777 == 0o600

@@ -198,9 +198,11 @@ def build_ready_made(job: BuildJob, reference: ImageReference, client: RegistryC
                           message=f"publishing {image_file} to {job.system}"))
             readers = readers_for(platform, job.user_acl, job.group_acl)
             publish_sif(publisher, platform, squashfs, image_file, meta, meta_file,
-                        identity=image_id, readers=readers)
+                        identity=image_id, private=bool(job.user_acl or job.group_acl),
+                        readers=readers)
             publisher.publish(squashfs, image_file, meta, meta_file, on_bytes=lambda d, t: emit(
                 Progress(Stage.PUBLISHING, bytes_done=d, bytes_total=t,
-                         message=f"publishing {image_file}")), readers=readers)
+                         message=f"publishing {image_file}")),
+                private=bool(job.user_acl or job.group_acl), readers=readers)
     log.info("job %s: published ready-made %s as %s", job.job_id, reference, image_id)
     return result(size)

@@ -28,14 +28,15 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
 
-from .decompress import open_layer, open_layer_stream
+from .decompress import open_layer_stream
 from .flatten import FlatTree, LayerIndex, index_layer, merge_layers, write_flat_tar
 from .gzip_engine import tar2sqfs_environment
+from .layer import Layer
 from .members import MemberPolicy
 from .runtime_files import BASE_LAYER, TOP_LAYER, AddedLayers
 from .streaming import SpeculationFailed, StreamedFlatten, stream_flat_tar
@@ -136,7 +137,8 @@ def _feed(process: subprocess.Popen[bytes], write_tar: Callable[[BinaryIO], None
     """Writes the tar into tar2sqfs, runs `check` while it finishes, waits for it."""
     assert process.stdin is not None
     try:
-        write_tar(process.stdin)
+        # Popen (bufsize > 0) opened it as an io.BufferedWriter; typeshed says IO[bytes].
+        write_tar(cast(BinaryIO, process.stdin))
         process.stdin.close()
         if check is not None:
             check()
@@ -157,7 +159,7 @@ def _feed(process: subprocess.Popen[bytes], write_tar: Callable[[BinaryIO], None
                                hint=space_hint())
 
 
-def _widen_pipe(pipe: BinaryIO) -> None:
+def _widen_pipe(pipe: IO[bytes]) -> None:
     """Lets the tar writer run up to PIPE_BUFFER ahead of tar2sqfs (64 KiB by default):
     with a small pipe the two take turns instead of working at the same time."""
     with contextlib.suppress(OSError, AttributeError):
@@ -203,17 +205,14 @@ def _tail(stderr: BinaryIO) -> str:
 
 
 def flatten_to_squashfs(
-    layer_paths: Sequence[Path],
+    layers: Sequence[Layer],
     output: Path,
     *,
     options: ConverterOptions,
     limits: Limits,
-    layer_names: Sequence[str],
     on_progress: Callable[[int, int], None] | None = None,
     indexes: Sequence[LayerIndex | None] | None = None,
-    layer_sizes: Sequence[int] | None = None,
     on_index: Callable[[int, LayerIndex], None] | None = None,
-    open_blob: Callable[[int], BinaryIO] | None = None,
     added: AddedLayers | None = None,
     policy: MemberPolicy | None = None,
 ) -> FlattenStats:
@@ -223,42 +222,36 @@ def flatten_to_squashfs(
     are merged first and each is decompressed once for its file data. Otherwise each
     layer is decompressed once, newest first, writing files as it goes (streaming.py);
     when that result cannot be proven exact, the partial image is dropped and the
-    two-pass flatten runs with the indexes made. `layer_paths[i]` may block until
-    layer i is downloaded: layers are asked for newest first.
+    two-pass flatten runs with the indexes made. A layer's blob may still be downloading
+    (its reads wait): layers are opened newest first.
     `on_progress(bytes_done, bytes_total)` follows the file data written (two passes) or
-    the compressed layer bytes read (one pass; `layer_sizes`, the blobs' sizes, give the
-    total without waiting for the downloads). `on_index(i, index)` gets the index of
-    layer i as soon as it is made here (a layer read to its end), to keep it.
-    `open_blob(i)`, when given, opens layer i's blob instead of `layer_paths[i]` (a
-    download still in progress: see worker/following.py); then the layer paths are
-    not used, only their number.
+    the compressed layer bytes read (one pass; the layers' sizes give the total without
+    waiting for the downloads). `on_index(i, index)` gets the index of layer i as soon as
+    it is made here (a layer read to its end), to keep it.
     `added`, when given, are the runtime files' layers (runtime_files.py): flattened
     below and above the image's layers in the same conversion. `policy` overrides the
     member rules the options give (enroot's owner access: runtime_files.py).
     """
-    if len(layer_paths) != len(layer_names):
-        raise ValueError("layer_paths and layer_names differ in length")
     if added is not None:
-        return flatten_to_squashfs(**_with_added_layers(
-            added, layer_paths, options=options, limits=limits, layer_names=layer_names,
-            on_progress=on_progress, indexes=indexes, layer_sizes=layer_sizes,
-            on_index=on_index, open_blob=open_blob, output=output, policy=policy))
-    if len(layer_paths) > limits.max_layers:
-        raise ContentRejected(f"the image has {len(layer_paths)} layers; the limit is "
+        if len(layers) + 2 > limits.max_layers:
+            raise ContentRejected(f"the image has {len(layers)} layers; the limit is "
+                                  f"{limits.max_layers - 2} with the runtime files")
+        return _with_added_layers(added, layers, output, options=options, limits=limits,
+                                  on_progress=on_progress, indexes=indexes,
+                                  on_index=on_index, policy=policy)
+    if len(layers) > limits.max_layers:
+        raise ContentRejected(f"the image has {len(layers)} layers; the limit is "
                               f"{limits.max_layers}")
-    known = list(indexes) if indexes is not None else [None] * len(layer_paths)
-    if len(known) != len(layer_names) or any(
-            index is not None and index.layer != name
-            for index, name in zip(known, layer_names, strict=True)):
-        raise ValueError("indexes do not match layer_names")
-    flatten = _Flatten(layer_paths, layer_names, options, limits, on_progress, on_index,
-                       open_blob, policy)
+    known: list[LayerIndex | None] = list(indexes) if indexes is not None else [None] * len(layers)
+    if len(known) != len(layers) or any(
+            index is not None and index.layer != layer.name
+            for index, layer in zip(known, layers, strict=True)):
+        raise ValueError("indexes do not match the layers")
+    flatten = _Flatten(layers, options, limits, on_progress, on_index, policy)
     if all(index is not None for index in known):
         return flatten.two_passes([index for index in known if index is not None], output)
-    sizes = list(layer_sizes) if layer_sizes is not None else [
-        Path(path).stat().st_size for path in layer_paths]
     try:
-        return flatten.one_pass(output, sizes)
+        return flatten.one_pass(output, [layer.size for layer in layers])
     except SpeculationFailed as failed:
         log.info("one-pass flatten of %s not exact (%s); flattening in two passes",
                  output.name, failed.reason)
@@ -269,59 +262,52 @@ def flatten_to_squashfs(
     return flatten.two_passes(made, output)
 
 
-def _with_added_layers(
-    added: AddedLayers, layer_paths: Sequence[Path], *, layer_names: Sequence[str],
-    indexes: Sequence[LayerIndex | None] | None, layer_sizes: Sequence[int] | None,
-    on_index: Callable[[int, LayerIndex], None] | None,
-    open_blob: Callable[[int], BinaryIO] | None, limits: Limits, **rest: object,
-) -> dict[str, object]:
-    """The arguments of flatten_to_squashfs with the runtime layers around the image's:
-    layer 0 is `added.base`, the last `added.top`; the image's layers keep their order
-    and their numbers (shifted by one) when passed back to `on_index` and `open_blob`."""
-    count = len(layer_paths)
-    if count + 2 > limits.max_layers:
-        raise ContentRejected(f"the image has {count} layers; the limit is "
-                              f"{limits.max_layers - 2} with the runtime files")
-    ours = MemberPolicy()  # our own members: plain files and directories
-    blobs = {0: added.base, count + 1: added.top}
-    names = {0: BASE_LAYER, count + 1: TOP_LAYER}
-    known = list(indexes) if indexes is not None else [None] * count
-    made = {number: index_layer(io.BytesIO(blob), layer=names[number], policy=ours)
-            for number, blob in blobs.items()}
-    sizes = list(layer_sizes) if layer_sizes is not None else [
-        Path(path).stat().st_size for path in layer_paths]
+@dataclass(frozen=True)
+class _BytesLayer:
+    """A synthetic layer held in memory (a `Layer`)."""
 
-    def open_any(number: int) -> BinaryIO:
-        if number in blobs:
-            return io.BytesIO(blobs[number])
-        if open_blob is not None:
-            return open_blob(number - 1)
-        return open(layer_paths[number - 1], "rb")  # noqa: SIM115 - closed by the stream
+    name: str
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def open(self) -> BinaryIO:
+        return io.BytesIO(self.data)
+
+
+def _with_added_layers(
+    added: AddedLayers, layers: Sequence[Layer], output: Path, *,
+    indexes: Sequence[LayerIndex | None] | None,
+    on_index: Callable[[int, LayerIndex], None] | None, **rest: Any,
+) -> FlattenStats:
+    """The image's layers with the runtime layers around them: layer 0 is `added.base`,
+    the last `added.top`; the image's layers keep their numbers (shifted by one) when
+    passed back to `on_index`."""
+    base, top = _BytesLayer(BASE_LAYER, added.base), _BytesLayer(TOP_LAYER, added.top)
+    ours = MemberPolicy()  # our own members: plain files and directories
+    known = list(indexes) if indexes is not None else [None] * len(layers)
+    made = [index_layer(io.BytesIO(layer.data), layer=layer.name, policy=ours)
+            for layer in (base, top)]
 
     def index_made(number: int, index: LayerIndex) -> None:
-        if on_index is not None and number not in blobs:
+        if on_index is not None and 0 < number <= len(layers):
             on_index(number - 1, index)
 
-    return dict(
-        rest, limits=limits, layer_paths=[Path(BASE_LAYER), *layer_paths, Path(TOP_LAYER)],
-        layer_names=[BASE_LAYER, *layer_names, TOP_LAYER],
-        indexes=[made[0], *known, made[count + 1]],
-        layer_sizes=[len(added.base), *sizes, len(added.top)],
-        on_index=index_made, open_blob=open_any)
+    return flatten_to_squashfs([base, *layers, top], output, indexes=[made[0], *known, made[1]],
+                               on_index=index_made, **rest)
 
 
 class _Flatten:
     """The two ways of flattening the same layers into one image."""
 
-    def __init__(self, layer_paths: Sequence[Path], layer_names: Sequence[str],
-                 options: ConverterOptions, limits: Limits,
+    def __init__(self, layers: Sequence[Layer], options: ConverterOptions, limits: Limits,
                  on_progress: Callable[[int, int], None] | None,
                  on_index: Callable[[int, LayerIndex], None] | None = None,
-                 open_blob: Callable[[int], BinaryIO] | None = None,
                  policy: MemberPolicy | None = None) -> None:
-        self.layer_paths = layer_paths
-        self.open_blob = open_blob
-        self.layer_names = layer_names
+        self.layers = layers
+        self.layer_names = [layer.name for layer in layers]
         self.options = options
         self.cap = limits.max_unpacked_bytes
         self.policy = policy or MemberPolicy(keep_setuid=options.keep_setuid)
@@ -329,11 +315,7 @@ class _Flatten:
         self.on_index = on_index
 
     def open(self, number: int, on_raw_bytes: Callable[[int], None] | None = None) -> BinaryIO:
-        if self.open_blob is None and on_raw_bytes is None:
-            return open_layer(self.layer_paths[number], max_uncompressed=self.cap,
-                              layer=self.layer_names[number])
-        blob = (self.open_blob(number) if self.open_blob is not None
-                else open(self.layer_paths[number], "rb"))  # noqa: SIM115 - closed by the stream
+        blob = self.layers[number].open()
         raw = blob if on_raw_bytes is None else _CountingReader(blob, on_raw_bytes)
         try:
             return open_layer_stream(raw, max_uncompressed=self.cap,

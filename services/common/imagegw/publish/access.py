@@ -5,7 +5,7 @@ systems publish every file 0644. enroot, Pyxis, Apptainer and SingularityCE open
 image as the user and have no ACL of their own: on a system publishing for them, a
 private image's files (`.squashfs`, `.sif`) are 0600 (owned by the publishing account)
 with a POSIX access ACL giving read to each uid of its user ACL and each gid of its group
-ACL (Shifter, as root, still reads them). The meta file stays 0644, as before.
+ACL (Shifter, as root, still reads them). The meta file is 0600 like every private one.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ ProgressCallback = Callable[[int, int], None]
 
 CHUNK_SIZE = 4 * 1024 * 1024
 FILE_MODE = 0o644
+#: Private images (ACLs) and their meta files: the service account only. Shifter's runtime
+#: reads images as root (NERSC/shifter#181 chose 0600 too).
+PRIVATE_FILE_MODE = 0o600
 DIR_MODE = 0o755
 
 _TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_-]+\.partial")
@@ -45,10 +48,14 @@ class Publisher(Protocol):
         meta_file: str,
         *,
         on_bytes: ProgressCallback | None = None,
+        private: bool = False,
         readers: Readers | None = None,
     ) -> None:
         """Places the image, then the meta file; raises TransferFailed with the cause.
-        With `readers` the image is 0600 with a POSIX ACL for them (publish/access.py)."""
+        A `private` image (one with ACLs) and its meta file are PRIVATE_FILE_MODE from
+        creation on, and the image is always a copy of its own, never a hard link.
+        `readers` (a private image on an enroot/Apptainer system) also get a POSIX ACL
+        on the image that lets them read it (publish/access.py)."""
         ...
 
     def remove(self, image_file: str, meta_file: str) -> None:

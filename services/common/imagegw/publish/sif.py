@@ -21,7 +21,7 @@ __all__ = ["has_published", "publish_sif"]
 
 
 def publish_sif(publisher: Publisher, platform: Platform, squashfs: Path, image_file: str,
-                meta: bytes, meta_file: str, *, identity: str,
+                meta: bytes, meta_file: str, *, identity: str, private: bool = False,
                 readers: Readers | None = None) -> None:
     """Writes and publishes `<id>.sif` wrapping `squashfs`, when the system wants one."""
     if not wants_sif(platform.runtimes):
@@ -30,7 +30,7 @@ def publish_sif(publisher: Publisher, platform: Platform, squashfs: Path, image_
     with tempfile.TemporaryDirectory(prefix=".sif-", dir=Path(squashfs).parent) as scratch:
         sif = Path(scratch) / name
         write_sif(Path(squashfs), sif, architecture=platform.architecture, identity=identity)
-        publisher.publish(sif, name, meta, meta_file, readers=readers)
+        publisher.publish(sif, name, meta, meta_file, private=private, readers=readers)
 
 
 def has_published(publisher: Publisher, platform: Platform, image_file: str,
