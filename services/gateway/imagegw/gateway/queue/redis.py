@@ -313,6 +313,9 @@ class RedisSubscription:
     def get(self, timeout: float) -> dict[str, Any] | None:
         return self._buffer.get(timeout)
 
+    def notify(self, wake: Callable[[], None] | None) -> None:
+        self._buffer.notify(wake)
+
     def close(self) -> None:
         self._stop.set()
         if self._reader.is_alive() and self._reader is not threading.current_thread():
