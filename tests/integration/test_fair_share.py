@@ -13,15 +13,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagegw.domain.config import Limits
+from imagegw.gateway.queue import RedisProgressHub
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import gateway_service_pb2_grpc as pb_grpc
 from imagegw.v1 import image_pb2
 from tests.integration.trust_site import metadata, trust_config
 from tests.support.munge import munge_socket_fixture  # noqa: F401
 from tests.support.proxy import SilentServer
+from tests.support.redis_server import redis_server, redis_url  # noqa: F401
 from tests.support.relay import SourceRelay
 from tests.support.services import embedded_config, start_service
 
@@ -217,3 +220,25 @@ def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_nev
             stream.cancel()
         channel.close()
         service.stop()
+
+
+def test_redis_progress_watchers_share_one_reader_thread(redis_url):  # noqa: F811
+    """With a Redis Broker too, a watched pull costs no thread per watcher: one reader
+    serves every subscription and wakes each waiter (as the asyncio edge waits)."""
+    hub = RedisProgressHub(redis.Redis.from_url(redis_url))
+    before = threading.active_count()
+    woken = threading.Event()
+    subscriptions = [hub.subscribe(f"job-{n % 10}") for n in range(60)]
+    try:
+        assert threading.active_count() <= before + 1
+        subscriptions[-1].notify(woken.set)
+        woken.clear()
+        hub.publish("job-9", {"n": 1})
+        assert woken.wait(5)
+        assert subscriptions[-1].get(0) == {"n": 1}
+        assert subscriptions[9].get(5) == {"n": 1}  # the same channel, subscribed once
+        assert subscriptions[0].get(0.2) is None
+    finally:
+        for subscription in subscriptions:
+            subscription.close()
+        hub.close()
