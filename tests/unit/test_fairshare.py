@@ -6,8 +6,10 @@ import threading
 
 import pytest
 
-from imagegw.domain.errors import ResourceExhausted
+from imagegw.domain.config import parse_config
+from imagegw.domain.errors import ConfigError, ResourceExhausted
 from imagegw.gateway.api.edge import peer_host
+from imagegw.gateway.app import share_limits
 from imagegw.gateway.core.fairshare import Admission, FairShare, Kind, ShareLimits, caller_key
 
 LIMITS = ShareLimits(max_streams_per_caller=3, max_calls_per_caller=2, max_streams_total=5,
@@ -116,3 +118,15 @@ def test_limits_below_one_are_refused():
 ])
 def test_peer_host_drops_the_port_so_every_connection_of_a_host_counts_once(peer, host):
     assert peer_host(peer) == host
+
+
+def test_the_limits_are_read_from_the_configuration_and_zero_is_refused_by_name():
+    config = parse_config({"Limits": {"maxStreamsPerCaller": 4, "maxCallsPerCaller": 5,
+                                      "maxStreamsTotal": 40, "maxCallsTotal": 50,
+                                      "gatewayThreads": 3}})
+    assert share_limits(config) == ShareLimits(4, 5, 40, 50)
+    assert config.limits.gateway_threads == 3
+    assert not config.warnings
+    assert share_limits(parse_config({})) == ShareLimits()
+    with pytest.raises(ConfigError, match="Limits.maxStreamsPerCaller: must be at least 1"):
+        parse_config({"Limits": {"maxStreamsPerCaller": 0}})
