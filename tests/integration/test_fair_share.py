@@ -23,7 +23,7 @@ from imagegw.v1 import gateway_service_pb2_grpc as pb_grpc
 from imagegw.v1 import image_pb2
 from tests.integration.trust_site import metadata, trust_config
 from tests.support.munge import munge_socket_fixture  # noqa: F401
-from tests.support.proxy import SilentServer
+from tests.support.proxy import Fault, RegistryProxy, Reply, Request, SilentServer
 from tests.support.redis_server import redis_server, redis_url  # noqa: F401
 from tests.support.relay import SourceRelay
 from tests.support.services import embedded_config, start_service
@@ -51,6 +51,21 @@ def gateway(tmp_path_factory, silent):
     service = start_service("serve", config, workdir)
     yield service
     service.stop()
+
+
+class HeldLogin(Fault):
+    """Answers the registry's /v2/ check with headers, then holds the body until
+    `release` is set: a registry login in flight for as long as the test needs."""
+
+    canned = True
+
+    def __init__(self) -> None:
+        super().__init__(r"^/v2/$", times=None)
+        self.release = threading.Event()
+
+    def apply(self, request: Request, reply: Reply | None) -> Reply:
+        return Reply(200, [("Content-Type", "application/json")], b"{}", hold_at=0,
+                     release=self.release)
 
 
 class Caller:
@@ -136,6 +151,8 @@ def test_lookups_and_health_answer_while_callers_hold_every_stream_they_may(gate
         assert "Limits.maxStreamsPerCaller" in refused.value.details()
         # ...and another caller is answered at once.
         lookup_p99, health_p99 = _probe(probe)
+        print(f"p99 with one caller at its cap: lookup {lookup_p99:.3f}s, "
+              f"health {health_p99:.3f}s")
         assert lookup_p99 < 1.0 and health_p99 < 1.0, (lookup_p99, health_p99)
         one_caller_threads = _threads(gateway.process.pid)
 
@@ -148,6 +165,8 @@ def test_lookups_and_health_answer_while_callers_hold_every_stream_they_may(gate
         assert not errors, errors
         assert sum(len(caller.streams) for caller in [hog, *others]) == (DOZEN + 1) * MAX_STREAMS + 1
         lookup_p99, health_p99 = _probe(probe)
+        print(f"p99 with {DOZEN + 1} callers at their caps: lookup {lookup_p99:.3f}s, "
+              f"health {health_p99:.3f}s")
         assert lookup_p99 < 1.0 and health_p99 < 1.0, (lookup_p99, health_p99)
         dozen_threads = _threads(gateway.process.pid)
 
@@ -176,10 +195,15 @@ def test_lookups_and_health_answer_while_callers_hold_every_stream_they_may(gate
 
 def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_never_capped(
         tmp_path, silent, munge_socket):  # noqa: F811
+    held = HeldLogin()
+    login_registry = RegistryProxy(silent.url)
+    login_registry.faults.append(held)
     config = trust_config(tmp_path, munge_socket, registry_url=silent.url,
-                          Limits={"httpTimeout": 600, "httpRetries": 0,
-                                  "maxStreamsPerCaller": 2, "maxStreamsTotal": 6})
+                          Limits={"httpTimeout": 600, "httpRetries": 0, "gatewayThreads": 2,
+                                  "maxStreamsPerCaller": 2, "maxStreamsTotal": 6,
+                                  "maxCallsPerCaller": 2})
     config["Platforms"][SYSTEM]["allowAnonymousPull"] = True
+    config["Locations"]["loginreg"] = {"remotetype": "dockerv2", "url": login_registry.url}
     service = start_service("serve", config, tmp_path)
     streams = []
     channel = service.channel()  # every caller comes from 127.0.0.1
@@ -191,6 +215,10 @@ def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_nev
                                 timeout=300, metadata=metadata(munge_socket, user))
         streams.append(stream)
         return next(stream)
+
+    def lookup(user):
+        return stub.LookupImage(pb.LookupImageRequest(system=SYSTEM, reference=STUCK),
+                                timeout=10, metadata=metadata(munge_socket, user))
 
     try:
         for user in ("root", "root", "nobody", "nobody"):
@@ -209,17 +237,39 @@ def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_nev
         assert everyone.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "Limits.maxStreamsTotal (6)" in everyone.value.details()
         # A user at their stream cap still looks up, and health checks are never capped.
-        answer = stub.LookupImage(pb.LookupImageRequest(system=SYSTEM, reference=STUCK),
-                                  timeout=10, metadata=metadata(munge_socket, "root"))
-        assert answer.image.state in (image_pb2.IMAGE_STATE_QUEUED, image_pb2.IMAGE_STATE_PULLING)
+        assert lookup("root").image.state in (image_pb2.IMAGE_STATE_QUEUED,
+                                              image_pb2.IMAGE_STATE_PULLING)
         for _ in range(20):
             assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
                 health_pb2.HealthCheckResponse.SERVING
+
+        # Two registry logins of root's hang at the registry: root's calls are all in flight,
+        # and every slow-pool thread is busy; nobody's lookups do not wait behind them.
+        logins = [stub.Login.future(pb.LoginRequest(system=SYSTEM, registry="loginreg",
+                                                    username="u", password="p"),
+                                    timeout=60, metadata=metadata(munge_socket, "root"))
+                  for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while login_registry.count("GET", r"^/v2/$") < 2:
+            assert time.monotonic() < deadline, "the logins never reached the registry"
+            time.sleep(0.05)
+        with pytest.raises(grpc.RpcError) as busy:
+            lookup("root")
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Limits.maxCallsPerCaller (2)" in busy.value.details()
+        assert lookup("nobody").image.state in (image_pb2.IMAGE_STATE_QUEUED,
+                                                image_pb2.IMAGE_STATE_PULLING)
+        held.release.set()
+        assert [login.result().registry for login in logins] == ["loginreg", "loginreg"]
+        assert lookup("root").image.state in (image_pb2.IMAGE_STATE_QUEUED,
+                                              image_pb2.IMAGE_STATE_PULLING)
     finally:
+        held.release.set()
         for stream in streams:
             stream.cancel()
         channel.close()
         service.stop()
+        login_registry.stop()
 
 
 def test_redis_progress_watchers_share_one_reader_thread(redis_url):  # noqa: F811
