@@ -188,6 +188,13 @@ def test_lookups_and_health_answer_while_callers_hold_every_stream_they_may(gate
                 assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert time.monotonic() < deadline, "the closed stream was never given back"
                 time.sleep(0.1)
+
+        # SIGTERM with every stream open: the gateway ends them and exits cleanly.
+        gateway.stop()
+        assert gateway.process.returncode == 0, gateway.log()[-3000:]
+        with pytest.raises(grpc.RpcError) as ended:
+            next(others[0].streams[0])
+        assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     finally:
         for caller in [hog, *others, probe]:
             caller.close()
