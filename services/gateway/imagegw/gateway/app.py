@@ -141,7 +141,8 @@ class GatewayApp:
         it returns a coroutine function that stops the server, awaited at `stop()` with
         the seconds of grace. Such a server runs blocking core calls through
         `self.blocking` (`await app.blocking.run(fn, *args)`) and charges each call to
-        its caller with `Admission(app.fair_share, Kind.CALL or Kind.STREAM, peer_host)`:
+        its caller with `imagegw.gateway.core.fairshare.Admission(app.fair_share,
+        Kind.CALL or Kind.STREAM, peer_host)`:
         `charge(None)` for a call without credential, `charge(uid)` once verified,
         `release()` when the call ends."""
         self._async_servers.append(start)
