@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from imagegw.domain.errors import ImageGatewayError
+from imagegw.domain.errors import ImageGatewayError, InvalidRequest
 from imagegw.gateway.aio import Blocking, watch_pull
 from imagegw.gateway.api.convert import status_to_image
 from imagegw.gateway.api.servicer import CallContext, GatewayServicer
@@ -89,19 +89,29 @@ def _open(share: FairShare, context: grpc.aio.ServicerContext, kind: Kind) -> _C
     return _Call(admission, CallContext(metadata, peer, context.auth_context(), admission))
 
 
+#: Seconds an import may wait for its next chunk before it is given up.
+IMPORT_IDLE_SECONDS = 120.0
+
+
 async def _next_request(requests: AsyncIterator[T]) -> T:
     return await anext(requests)
 
 
-def _blocking_requests(requests: AsyncIterator[T], loop: asyncio.AbstractEventLoop
+def _blocking_requests(first: T, requests: AsyncIterator[T], loop: asyncio.AbstractEventLoop
                        ) -> Iterator[T]:
-    """A client stream read from a pool thread: each message fetched on the loop."""
-    iterator = aiter(requests)
+    """A client stream read from a pool thread: `first` (read on the loop), then each
+    further message fetched on the loop, waiting at most IMPORT_IDLE_SECONDS for it."""
+    yield first
     while True:
+        future = asyncio.run_coroutine_threadsafe(_next_request(requests), loop)
         try:
-            yield asyncio.run_coroutine_threadsafe(_next_request(iterator), loop).result()
+            yield future.result(IMPORT_IDLE_SECONDS)
         except StopAsyncIteration:
             return
+        except TimeoutError as exc:
+            future.cancel()
+            raise InvalidRequest(f"no import data arrived for {IMPORT_IDLE_SECONDS:.0f} s",
+                                 hint="send the image's chunks without pausing") from exc
 
 
 class AsyncGatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
@@ -177,12 +187,20 @@ class AsyncGatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
 
     async def ImportImage(self, request_iterator: AsyncIterator[pb.ImportImageRequest],  # noqa: N802
                           context: grpc.aio.ServicerContext) -> pb.ImportImageResponse:
-        """A stream: its chunks are written by a slow-pool thread as they arrive."""
+        """A stream: once its header is in, a slow-pool thread checks it and writes the
+        chunks as they arrive."""
         call: _Call | None = None
         try:
             call = _open(self.share, context, Kind.STREAM)
-            requests = _blocking_requests(request_iterator, asyncio.get_running_loop())
-            return await call.run(self.blocking.slow, self.servicer.ImportImage, requests)
+            # The header is awaited here, so a caller who never sends it holds no thread;
+            # the servicer refuses callers who may not import before reading any chunk.
+            requests = aiter(request_iterator)
+            first = await anext(requests, None)
+            if first is None:
+                raise InvalidRequest("an import starts with a header message",
+                                     hint="send ImportHeader, then the image in chunks")
+            chunks = _blocking_requests(first, requests, asyncio.get_running_loop())
+            return await call.run(self.blocking.slow, self.servicer.ImportImage, chunks)
         except Exception as exc:
             await _abort(context, exc)
         finally:
