@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,7 @@ class CallContext:
 
     metadata: Sequence[tuple[str, Any]]
     peer_address: str
-    auth: Mapping[str, Sequence[bytes]]
+    auth: Mapping[str, Iterable[bytes]]
     admission: Admission
 
     def invocation_metadata(self) -> Sequence[tuple[str, Any]]:
@@ -76,7 +76,7 @@ class CallContext:
     def peer(self) -> str:
         return self.peer_address
 
-    def auth_context(self) -> Mapping[str, Sequence[bytes]]:
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]:
         return self.auth
 
 

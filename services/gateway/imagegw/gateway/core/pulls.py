@@ -207,7 +207,7 @@ class PullManager:
                 event = subscription.get(timeout=0.5)
                 if event is None and not watch.stale():
                     continue
-                if not watch.needs_store(event):
+                if event is not None and not watch.needs_store(event):
                     yield watch.progress(event)
                     continue
                 job_id = watch.job_id
