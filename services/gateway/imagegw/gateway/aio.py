@@ -10,7 +10,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -18,17 +18,16 @@ from imagegw.gateway.core.pulls import PullManager, PullTicket, PullWatch
 from imagegw.gateway.core.views import ImageStatus
 from imagegw.gateway.queue.base import ProgressHub, Subscription
 
-__all__ = ["AsyncServer", "Blocking", "EventLoopThread", "StopServer", "watch_pull"]
+__all__ = ["AsyncServer", "Blocking", "EventLoopThread", "watch_pull"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Stops an asynchronous server, given the seconds of grace.
-StopServer = Callable[[float], Coroutine[Any, Any, None]]
 #: An asynchronous server another edge adds to the gateway (see GatewayApp.add_async_server):
-#: a coroutine function run on the loop at start that returns its StopServer.
-AsyncServer = Callable[[], Coroutine[Any, Any, StopServer]]
+#: a coroutine function run on the loop at start that returns the coroutine function
+#: stopping it, which gets the seconds of grace.
+AsyncServer = Callable[[], Awaitable[Callable[[float], Awaitable[None]]]]
 
 
 class EventLoopThread:
@@ -115,7 +114,7 @@ def _subscribe(hub: ProgressHub, channel: str, wake: Callable[[], None]) -> Subs
 
 
 async def watch_pull(pulls: PullManager, ticket: PullTicket,
-                     blocking: Blocking) -> AsyncGenerator[ImageStatus, None]:
+                     blocking: Blocking) -> AsyncIterator[ImageStatus]:
     """The pull's status, then its progress, until READY or FAILED, as
     `PullManager.watch` yields them; between events it waits on the loop (the hub
     wakes it with `call_soon_threadsafe`), so a stream nobody reads costs no thread.
@@ -140,8 +139,8 @@ async def watch_pull(pulls: PullManager, ticket: PullTicket,
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(woken.wait(), max(watch.seconds_to_stale(), 0.01))
                     continue
-            if event is not None and not watch.needs_store(event):
-                yield watch.progress(event)
+            if not watch.needs_store(event):
+                yield watch.progress(event)  # type: ignore[arg-type]
                 continue
             job_id = watch.job_id
             statuses = await blocking.run(watch.reread, event)

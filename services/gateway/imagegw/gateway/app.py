@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2
 from imagegw import metrics
 from imagegw.domain.config import Config
 from imagegw.domain.errors import BackendUnavailable, ConfigError
-from imagegw.gateway.aio import AsyncServer, Blocking, EventLoopThread, StopServer
+from imagegw.gateway.aio import AsyncServer, Blocking, EventLoopThread
 from imagegw.gateway.api.edge import AsyncGatewayServicer
 from imagegw.gateway.api.servicer import GatewayServicer, Services
 from imagegw.gateway.core.dispatch import Dispatcher
@@ -110,7 +110,7 @@ class GatewayApp:
         self.loop = EventLoopThread()
         self.loop.start()
         self._async_servers: list[AsyncServer] = []
-        self._async_stops: list[StopServer] = []
+        self._async_stops: list = []
         self._started = False
         credentials = (server_credentials(config.tls_certificate, config.tls_key,
                                           config.tls_client_ca)
