@@ -17,14 +17,13 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagegw.domain.config import Limits
-from imagegw.gateway.queue import RedisProgressHub
+from imagegw.domain.model import ImageState, Progress, Stage
+from imagegw.gateway.queue import ProgressEvent, RedisProgressHub
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import gateway_service_pb2_grpc as pb_grpc
 from imagegw.v1 import image_pb2
 from tests.integration.trust_site import metadata, trust_config
-from tests.support.munge import munge_socket_fixture  # noqa: F401
 from tests.support.proxy import Fault, RegistryProxy, Reply, Request, SilentServer
-from tests.support.redis_server import redis_server, redis_url  # noqa: F401
 from tests.support.relay import SourceRelay
 from tests.support.services import embedded_config, start_service
 
@@ -201,7 +200,7 @@ def test_lookups_and_health_answer_while_callers_hold_every_stream_they_may(gate
 
 
 def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_never_capped(
-        tmp_path, silent, munge_socket):  # noqa: F811
+        tmp_path, silent, munge_socket):
     held = HeldLogin()
     login_registry = RegistryProxy(silent.url)
     login_registry.faults.append(held)
@@ -299,7 +298,7 @@ def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_nev
         login_registry.stop()
 
 
-def test_redis_progress_watchers_share_one_reader_thread(redis_url):  # noqa: F811
+def test_redis_progress_watchers_share_one_reader_thread(redis_url):
     """With a Redis Broker too, a watched pull costs no thread per watcher: one reader
     serves every subscription and wakes each waiter (as the asyncio edge waits)."""
     hub = RedisProgressHub(redis.Redis.from_url(redis_url))
@@ -310,10 +309,11 @@ def test_redis_progress_watchers_share_one_reader_thread(redis_url):  # noqa: F8
         assert threading.active_count() <= before + 1
         subscriptions[-1].notify(woken.set)
         woken.clear()
-        hub.publish("job-9", {"n": 1})
+        event = ProgressEvent(state=int(ImageState.PULLING), progress=Progress(Stage.DOWNLOADING))
+        hub.publish("job-9", event)
         assert woken.wait(5)
-        assert subscriptions[-1].get(0) == {"n": 1}
-        assert subscriptions[9].get(5) == {"n": 1}  # the same channel, subscribed once
+        assert subscriptions[-1].get(0) == event
+        assert subscriptions[9].get(5) == event  # the same channel, subscribed once
         assert subscriptions[0].get(0.2) is None
     finally:
         for subscription in subscriptions:

@@ -16,7 +16,8 @@ import grpc
 from imagegw.metrics import GRPC_REQUESTS, GRPC_SECONDS
 
 
-def _code_name(context: grpc.ServicerContext, default: grpc.StatusCode) -> str:
+def _code_name(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any],
+               default: grpc.StatusCode) -> str:
     code = context.code() if hasattr(context, "code") else None
     return (code if isinstance(code, grpc.StatusCode) else default).name
 

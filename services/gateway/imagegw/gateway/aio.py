@@ -10,7 +10,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ T = TypeVar("T")
 #: An asynchronous server another edge adds to the gateway (see GatewayApp.add_async_server):
 #: a coroutine function run on the loop at start that returns the coroutine function
 #: stopping it, which gets the seconds of grace.
-AsyncServer = Callable[[], Awaitable[Callable[[float], Awaitable[None]]]]
+AsyncServer = Callable[[], Coroutine[Any, Any, Callable[[float], Awaitable[None]]]]
 
 
 class EventLoopThread:
@@ -114,7 +114,7 @@ def _subscribe(hub: ProgressHub, channel: str, wake: Callable[[], None]) -> Subs
 
 
 async def watch_pull(pulls: PullManager, ticket: PullTicket,
-                     blocking: Blocking) -> AsyncIterator[ImageStatus]:
+                     blocking: Blocking) -> AsyncGenerator[ImageStatus, None]:
     """The pull's status, then its progress, until READY or FAILED, as
     `PullManager.watch` yields them; between events it waits on the loop (the hub
     wakes it with `call_soon_threadsafe`), so a stream nobody reads costs no thread.

@@ -86,11 +86,12 @@ class GatewayApp:
         self.config = config
         self.store = open_store(config)
         self.queue, self.hub = open_queue(config)
-        self.pulls = PullManager(config, self.store, self.queue, self.hub)
         vault = CredentialVault(
             _data_path(config, "credentials"),
             config.credential_key_file or _data_path(config, "credentials.key"))
         self.logins = Logins(config, vault)
+        self.pulls = PullManager(config, self.store, self.queue, self.hub,
+                                 registry_login=self.logins.credentials_for)
         self.expirer = Expirer(config, self.store, self.pulls)
         self.expiry = ExpiryLoop(self.expirer, check_interval(config))
         self.workers = open_worker_pool(config, worker_addresses)

@@ -82,7 +82,7 @@ class CallContext:
 
 def _secure_transport(context: CallContext) -> bool:
     """Loopback or TLS: where plain registry passwords may travel in a request."""
-    security = context.auth_context().get("transport_security_type", [])
+    security = list(context.auth_context().get("transport_security_type", []))
     return b"ssl" in security or context.peer().startswith(_LOOPBACK_PEERS)
 
 
@@ -191,7 +191,7 @@ class GatewayServicer:
                    ) -> pb.ListImagesResponse:
         _require_system(request.system)
         caller = self._caller(context, request.system)
-        state = ImageState(request.state) if request.state else None
+        state = _image_state(request.state)
         statuses, token = self.pulls.list_images(request.system, state, request.page_size,
                                                  request.page_token, caller)
         return pb.ListImagesResponse(images=[status_to_image(s) for s in statuses],
@@ -287,6 +287,17 @@ class GatewayServicer:
             removed = self.logins.logout(caller, request.registry)
             details["removed"] = removed
         return pb.LogoutResponse(removed=removed)
+
+
+def _image_state(number: int) -> ImageState | None:
+    """The state filter of ListImages: 0 for any state, else a known ImageState."""
+    if not number:
+        return None
+    try:
+        return ImageState(number)
+    except ValueError:
+        known = ", ".join(f"{state.value} ({state.name})" for state in ImageState if state)
+        raise InvalidRequest(f"unknown image state {number}", hint=f"one of {known}") from None
 
 
 def _chunks(requests: Iterator[pb.ImportImageRequest]) -> Iterator[bytes]:

@@ -10,9 +10,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
-from imagegw.gateway.queue.base import QueueUnavailable
+from imagegw.gateway.queue.base import ProgressEvent, QueueUnavailable
 
 DEFAULT_BUFFER_SIZE = 256
 
@@ -21,7 +20,7 @@ class EventBuffer:
     def __init__(self, size: int = DEFAULT_BUFFER_SIZE) -> None:
         if size < 1:
             raise ValueError(f"buffer size must be at least 1, got {size}")
-        self._events: deque[dict[str, Any]] = deque(maxlen=size)
+        self._events: deque[ProgressEvent] = deque(maxlen=size)
         self._cond = threading.Condition()
         self._dropped = 0
         self._closed = False
@@ -34,7 +33,7 @@ class EventBuffer:
         with self._cond:
             return self._dropped
 
-    def put(self, event: dict[str, Any]) -> None:
+    def put(self, event: ProgressEvent) -> None:
         with self._cond:
             if self._closed:
                 return
@@ -57,7 +56,7 @@ class EventBuffer:
         if wake is not None:
             wake()
 
-    def get(self, timeout: float) -> dict[str, Any] | None:
+    def get(self, timeout: float) -> ProgressEvent | None:
         """The oldest buffered event, or None after `timeout` seconds (or once closed).
 
         Raises the error given to `break_with` once the buffered events are read."""
