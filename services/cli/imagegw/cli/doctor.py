@@ -97,12 +97,16 @@ class Account:
 
 # -- the checks ---------------------------------------------------------------------------
 
-def check_tools(config: Config) -> Iterator[Finding]:
-    tools = (("tar2sqfs", FAIL, "every conversion", "squashfs-tools-ng"),
-             ("unsquashfs", FAIL, "imports and ready-made (ORAS) images", "squashfs-tools"),
-             ("sqfs2tar", WARN, "inspecting images", "squashfs-tools-ng"),
-             ("rdsquashfs", WARN, "the gzip engine's probe", "squashfs-tools-ng"))
-    for tool, missing_status, needed_for, package in tools:
+def check_tools(role: str) -> Iterator[Finding]:
+    worker = role in ("all", "worker")
+    tools = (("tar2sqfs", FAIL, "every conversion", "squashfs-tools-ng", worker),
+             ("unsquashfs", FAIL, "imports (gateway) and ready-made ORAS images (worker)",
+              "squashfs-tools", True),
+             ("sqfs2tar", WARN, "inspecting images", "squashfs-tools-ng", worker),
+             ("rdsquashfs", WARN, "the gzip engine's probe", "squashfs-tools-ng", worker))
+    for tool, missing_status, needed_for, package, needed in tools:
+        if not needed:
+            continue
         found = shutil.which(tool)
         if found:
             yield Finding(OK, f"tool {tool}", found)
@@ -110,6 +114,20 @@ def check_tools(config: Config) -> Iterator[Finding]:
             yield Finding(missing_status, f"tool {tool}", f"not on PATH (needed for {needed_for})",
                           f"install the Debian package {package}, or add its directory to the "
                           "service's PATH")
+
+
+def check_listen(config: Config) -> Iterator[Finding]:
+    from imagegw.gateway.app import check_listen_security
+    from imagegw.rpc.server import is_loopback
+
+    try:
+        check_listen_security(config, config.listen)
+    except ImageGatewayError as exc:
+        yield Finding(FAIL, "ListenAddress", exc.message, exc.hint)
+        return
+    how = ("loopback only" if is_loopback(config.listen)
+           else "TLS " + ("on" if config.tls_certificate else "off (AllowInsecureListen)"))
+    yield Finding(OK, "ListenAddress", f"{config.listen}: {how}")
 
 
 def check_shim(config: Config) -> Iterator[Finding]:
@@ -297,9 +315,11 @@ def check_tls_files(config: Config, role: str) -> Iterator[Finding]:
 def diagnose(config: Config, *, role: str = "all", account: Account | None = None) -> list[Finding]:
     account = account or Account.named(None)
     worker, gateway = role in ("all", "worker"), role in ("all", "gateway")
-    checks: list[Callable[[], Iterator[Finding]]] = []
+    checks: list[Callable[[], Iterator[Finding]]] = [lambda: check_tools(role)]
     if worker:
-        checks += [lambda: check_tools(config), lambda: check_shim(config)]
+        checks.append(lambda: check_shim(config))
+    if gateway:
+        checks.append(lambda: check_listen(config))
     checks.append(lambda: check_directories(config, role, account))
     if gateway:
         checks.append(lambda: check_munge(config))
