@@ -305,7 +305,7 @@ def check_tls_files(config: Config, role: str) -> Iterator[Finding]:
             Path(path).read_bytes()
         except OSError as exc:
             yield Finding(FAIL, key, f"cannot read {path}: {exc.strerror}",
-                          "the service account must be able to read it (keys: mode 0600)")
+                          "the service account must read it (a key: 0640 root:imagegw, or 0600 owned by it)")
         else:
             yield Finding(OK, key, f"{path} readable")
 
@@ -315,21 +315,29 @@ def check_tls_files(config: Config, role: str) -> Iterator[Finding]:
 def diagnose(config: Config, *, role: str = "all", account: Account | None = None) -> list[Finding]:
     account = account or Account.named(None)
     worker, gateway = role in ("all", "worker"), role in ("all", "gateway")
-    checks: list[Callable[[], Iterator[Finding]]] = [lambda: check_tools(role)]
+    checks: list[tuple[str, Callable[[], Iterator[Finding]]]] = [
+        ("tools", lambda: check_tools(role))]
     if worker:
-        checks.append(lambda: check_shim(config))
+        checks.append(("gzip engine", lambda: check_shim(config)))
     if gateway:
-        checks.append(lambda: check_listen(config))
-    checks.append(lambda: check_directories(config, role, account))
+        checks.append(("ListenAddress", lambda: check_listen(config)))
+    checks.append(("directories", lambda: check_directories(config, role, account)))
     if gateway:
-        checks.append(lambda: check_munge(config))
+        checks.append(("MUNGE", lambda: check_munge(config)))
     if worker:
-        checks.append(lambda: check_ssh(config))
-    checks.append(lambda: check_redis(config))
+        checks.append(("SSH", lambda: check_ssh(config)))
+    checks.append(("Redis", lambda: check_redis(config)))
     if gateway:
-        checks.append(lambda: check_mongodb(config))
-    checks.append(lambda: check_tls_files(config, role))
-    return [finding for check in checks for finding in check()]
+        checks.append(("MongoDB", lambda: check_mongodb(config)))
+    checks.append(("TLS files", lambda: check_tls_files(config, role)))
+    findings: list[Finding] = []
+    for name, check in checks:
+        try:
+            findings.extend(check())
+        except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
+            findings.append(Finding(FAIL, name, f"the check itself failed: {exc!r}",
+                                    "report this with the configuration (passwords removed)"))
+    return findings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
