@@ -195,7 +195,8 @@ def test_the_wheel_is_built_from_the_sdist_and_ships_the_shim_source_and_units(d
     assert not any(name.startswith(("imagegw/client/", "imagegw/v1/")) for name in members), \
         "the client's modules belong to imagegw-client only"
     with zipfile.ZipFile(dists.client_wheel) as wheel:
-        assert "imagegw/v1/gateway_service_pb2.pyi" in wheel.namelist()
+        client_members = wheel.namelist()
+    assert {"imagegw/v1/gateway_service_pb2.pyi", "imagegw/client/py.typed"} <= set(client_members)
 
 
 def test_installed_server_pulls_and_publishes_an_image_through_its_console_scripts(
