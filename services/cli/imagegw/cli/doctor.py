@@ -59,7 +59,14 @@ class Account:
 
     @classmethod
     def named(cls, name: str | None) -> Account:
-        entry = pwd.getpwuid(os.geteuid()) if name is None else pwd.getpwnam(name)
+        """`name`'s account (KeyError if there is none), or this process's when None."""
+        if name is None:
+            try:
+                entry = pwd.getpwuid(os.geteuid())
+            except KeyError:  # a uid without a passwd entry (containers)
+                return cls(str(os.geteuid()), os.geteuid(), frozenset(os.getgroups()))
+        else:
+            entry = pwd.getpwnam(name)
         groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem}
         return cls(entry.pw_name, entry.pw_uid, frozenset(groups))
 
