@@ -80,6 +80,8 @@ class Platform:
     #: Whether callers without a credential may pull (public images only). Defaults to
     #: true only for a system without mungeSocketPath, where nobody can authenticate.
     allow_anonymous_pull: bool = True
+    #: `signaturePolicy`: a containers-policy.json(5) file replacing the global one here.
+    signature_policy: str = ""
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,10 @@ class Config:
     #: HOST:PORT of the gateway's and the worker's Prometheus endpoints (None: off).
     metrics_listen: str | None = None
     worker_metrics_listen: str | None = None
+    #: `SignaturePolicy` (containers-policy.json(5)) and `SignatureRegistriesDir`
+    #: (containers-registries.d(5)); unset: every image is accepted, as before.
+    signature_policy: str = ""
+    signature_registries_dir: str = ""
     #: Problems that did not stop loading (unknown keys, ignored settings).
     warnings: tuple[str, ...] = ()
 
@@ -353,6 +359,7 @@ def _platform(name: str, reader: _Reader) -> Platform:
         architecture=reader.get("architecture", str, "amd64"),
         variant=reader.get("variant", str, ""),
         allow_anonymous_pull=reader.get("allowAnonymousPull", bool, not munge_socket),
+        signature_policy=reader.get("signaturePolicy", str, ""),
     )
     reader.finish()
     return platform
@@ -545,6 +552,8 @@ def parse_config(
         worker_tls=_worker_tls(top.sub("WorkerTLS")),
         metrics_listen=_host_port(top.get("MetricsListen", str), "MetricsListen"),
         worker_metrics_listen=_host_port(top.get("WorkerMetricsListen", str), "WorkerMetricsListen"),
+        signature_policy=top.get("SignaturePolicy", str, ""),
+        signature_registries_dir=top.get("SignatureRegistriesDir", str, ""),
     )
     top.ignore(*_IGNORED_TOP_KEYS, "DataDirectory")
     top.finish()
