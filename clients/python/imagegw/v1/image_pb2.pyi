@@ -94,7 +94,7 @@ class Failure(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("id", "system", "type", "reference", "tags", "manifest_digest", "state", "metadata", "user_acl", "group_acl", "format", "size_bytes", "last_pull_time", "expire_time", "failure", "image_file", "progress")
+    __slots__ = ("id", "system", "type", "reference", "tags", "manifest_digest", "state", "metadata", "user_acl", "group_acl", "format", "size_bytes", "last_pull_time", "expire_time", "failure", "image_file", "progress", "trust")
     ID_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class Image(_message.Message):
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FILE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    TRUST_FIELD_NUMBER: _ClassVar[int]
     id: str
     system: str
     type: str
@@ -129,4 +130,25 @@ class Image(_message.Message):
     failure: Failure
     image_file: str
     progress: Progress
-    def __init__(self, id: _Optional[str] = ..., system: _Optional[str] = ..., type: _Optional[str] = ..., reference: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., manifest_digest: _Optional[str] = ..., state: _Optional[_Union[ImageState, str]] = ..., metadata: _Optional[_Union[ImageMetadata, _Mapping]] = ..., user_acl: _Optional[_Iterable[int]] = ..., group_acl: _Optional[_Iterable[int]] = ..., format: _Optional[str] = ..., size_bytes: _Optional[int] = ..., last_pull_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., image_file: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    trust: ImageTrust
+    def __init__(self, id: _Optional[str] = ..., system: _Optional[str] = ..., type: _Optional[str] = ..., reference: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., manifest_digest: _Optional[str] = ..., state: _Optional[_Union[ImageState, str]] = ..., metadata: _Optional[_Union[ImageMetadata, _Mapping]] = ..., user_acl: _Optional[_Iterable[int]] = ..., group_acl: _Optional[_Iterable[int]] = ..., format: _Optional[str] = ..., size_bytes: _Optional[int] = ..., last_pull_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., image_file: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., trust: _Optional[_Union[ImageTrust, _Mapping]] = ...) -> None: ...
+
+class ImageSigner(_message.Message):
+    __slots__ = ("kind", "fingerprint", "identity")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    fingerprint: str
+    identity: str
+    def __init__(self, kind: _Optional[str] = ..., fingerprint: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class ImageTrust(_message.Message):
+    __slots__ = ("policy_digest", "scope", "signers")
+    POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SIGNERS_FIELD_NUMBER: _ClassVar[int]
+    policy_digest: str
+    scope: str
+    signers: _containers.RepeatedCompositeFieldContainer[ImageSigner]
+    def __init__(self, policy_digest: _Optional[str] = ..., scope: _Optional[str] = ..., signers: _Optional[_Iterable[_Union[ImageSigner, _Mapping]]] = ...) -> None: ...

@@ -16,7 +16,7 @@ class RegistryCredentials(_message.Message):
     def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
 
 class BuildImageRequest(_message.Message):
-    __slots__ = ("job_id", "system", "reference", "format", "user_acl", "group_acl", "credentials", "known_manifest_digest")
+    __slots__ = ("job_id", "system", "reference", "format", "user_acl", "group_acl", "credentials", "known_manifest_digest", "policy_digest")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class BuildImageRequest(_message.Message):
     GROUP_ACL_FIELD_NUMBER: _ClassVar[int]
     CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     KNOWN_MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     system: str
     reference: str
@@ -33,10 +34,11 @@ class BuildImageRequest(_message.Message):
     group_acl: _containers.RepeatedScalarFieldContainer[int]
     credentials: RegistryCredentials
     known_manifest_digest: str
-    def __init__(self, job_id: _Optional[str] = ..., system: _Optional[str] = ..., reference: _Optional[str] = ..., format: _Optional[str] = ..., user_acl: _Optional[_Iterable[int]] = ..., group_acl: _Optional[_Iterable[int]] = ..., credentials: _Optional[_Union[RegistryCredentials, _Mapping]] = ..., known_manifest_digest: _Optional[str] = ...) -> None: ...
+    policy_digest: str
+    def __init__(self, job_id: _Optional[str] = ..., system: _Optional[str] = ..., reference: _Optional[str] = ..., format: _Optional[str] = ..., user_acl: _Optional[_Iterable[int]] = ..., group_acl: _Optional[_Iterable[int]] = ..., credentials: _Optional[_Union[RegistryCredentials, _Mapping]] = ..., known_manifest_digest: _Optional[str] = ..., policy_digest: _Optional[str] = ...) -> None: ...
 
 class BuildResult(_message.Message):
-    __slots__ = ("image_id", "manifest_digest", "format", "metadata", "image_file", "meta_file", "size_bytes", "reused", "unchanged", "reference")
+    __slots__ = ("image_id", "manifest_digest", "format", "metadata", "image_file", "meta_file", "size_bytes", "reused", "unchanged", "reference", "trust")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +49,7 @@ class BuildResult(_message.Message):
     REUSED_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    TRUST_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     manifest_digest: str
     format: str
@@ -57,7 +60,8 @@ class BuildResult(_message.Message):
     reused: bool
     unchanged: bool
     reference: str
-    def __init__(self, image_id: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., format: _Optional[str] = ..., metadata: _Optional[_Union[_image_pb2.ImageMetadata, _Mapping]] = ..., image_file: _Optional[str] = ..., meta_file: _Optional[str] = ..., size_bytes: _Optional[int] = ..., reused: _Optional[bool] = ..., unchanged: _Optional[bool] = ..., reference: _Optional[str] = ...) -> None: ...
+    trust: _image_pb2.ImageTrust
+    def __init__(self, image_id: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., format: _Optional[str] = ..., metadata: _Optional[_Union[_image_pb2.ImageMetadata, _Mapping]] = ..., image_file: _Optional[str] = ..., meta_file: _Optional[str] = ..., size_bytes: _Optional[int] = ..., reused: _Optional[bool] = ..., unchanged: _Optional[bool] = ..., reference: _Optional[str] = ..., trust: _Optional[_Union[_image_pb2.ImageTrust, _Mapping]] = ...) -> None: ...
 
 class BuildImageResponse(_message.Message):
     __slots__ = ("progress", "result", "failure")
