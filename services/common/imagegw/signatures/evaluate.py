@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from imagegw.domain.errors import PermissionDenied
+from imagegw.domain.model import ImageSigner, ImageTrust
 
 from .dockerref import DockerRef
 from .gpg import SignatureInvalid
@@ -29,22 +29,9 @@ class SignatureRefused(PermissionDenied):
     """The site's signature policy does not accept the image."""
 
 
-@dataclass(frozen=True)
-class Signer:
-    """Who signed: "gpg" (primary key fingerprint) or "sigstore" (sha256 of the public key),
-    and the identity (docker-reference) the signature claims."""
-
-    kind: str
-    fingerprint: str
-    identity: str
-
-
-@dataclass(frozen=True)
-class Verdict:
-    policy_digest: str
-    scope: str
-    #: One signer per signature requirement of the scope, in the policy's order.
-    signers: tuple[Signer, ...] = ()
+#: Who signed, and the verdict: plain domain data the records keep.
+Signer = ImageSigner
+Verdict = ImageTrust
 
 
 def manifest_matches(manifest: bytes, claimed: str) -> bool:

@@ -29,6 +29,7 @@ from imagegw.rpc.server import (
     is_loopback,
     server_credentials,
 )
+from imagegw.signatures import load_site_trust
 from imagegw.v1 import gateway_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class GatewayApp:
         self.config = config
         self.store = open_store(config)
         self.queue, self.hub = open_queue(config)
-        self.pulls = PullManager(config, self.store, self.queue, self.hub)
+        self.trust = load_site_trust(config)
+        self.pulls = PullManager(config, self.store, self.queue, self.hub,
+                                 policy_digest=self.trust.policy_digest)
         vault = CredentialVault(
             _data_path(config, "credentials"),
             config.credential_key_file or _data_path(config, "credentials.key"))
