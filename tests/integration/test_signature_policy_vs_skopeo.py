@@ -12,8 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,12 @@ from imagegw.domain.config import parse_config
 from imagegw.domain.errors import PermissionDenied
 from imagegw.domain.reference import parse_reference
 from imagegw.registry.client import RegistryClient
+from imagegw.registry.resolve import resolve_image
 from imagegw.signatures import load_policy
 from imagegw.signatures.registries_d import load_registries_dir
 from imagegw.signatures.site import SystemTrust
 from tests.support import layers
-from tests.support.images import push_image
+from tests.support.images import push_image, push_index
 from tests.support.registry import RegistryServer, start_registry
 from tests.support.signing import (
     GpgKey,
@@ -81,12 +85,28 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         replayed.mkdir(parents=True)
         shutil.copy(site.signature_dir("team/replayed", one) / "signature-1",
                     replayed / "signature-1")
+        _signed_index(registry, site, alice)
         world = World(registry, site, alice, bob, carol, tmp, {"one": one, "two": two})
         try:
             yield world
         finally:
             for key in (alice, bob, carol):
                 key.stop_agent()
+
+
+def _signed_index(registry: RegistryServer, site: SignatureSite, alice: GpgKey) -> None:
+    """A two-platform index signed by `skopeo copy --all` (the index and each manifest),
+    then copies with only the index's or only the platform manifests' signatures."""
+    images = [push_image(registry.url, "src/multi", None,
+                         [layers.layer(layers.file("arch", arch.encode()))],
+                         platform={"os": "linux", "architecture": arch})
+              for arch in ("amd64", "arm64")]
+    index = push_index(registry.url, "src/multi", "1", images)
+    for name in ("index-only", "instances-only"):
+        site.copy_signed(alice, "src/multi:1", f"multi/{name}:1", all_platforms=True)
+    for image in images:
+        shutil.rmtree(site.signature_dir("multi/index-only", image.manifest_digest))
+    shutil.rmtree(site.signature_dir("multi/instances-only", index.digest))
 
 
 def _signed_by(key: GpgKey, identity: dict[str, Any] | None = None, **how: Any
@@ -102,22 +122,26 @@ ACCEPT = [{"type": "insecureAcceptAnything"}]
 REJECT = [{"type": "reject"}]
 
 
-def _judge(world: World, policy_file: Path, reference: str) -> None:
+def _judge(world: World, policy_file: Path, reference: str, *,
+           site: SignatureSite | None = None) -> None:
     """Our verdict on the manifest the registry serves: returns, or raises PermissionDenied."""
     config = parse_config({
         "Locations": {world.registry.host: {"url": world.registry.url}},
         "Platforms": {"x": {"local": {"imageDir": str(world.tmp)}}},
     })
-    trust = SystemTrust(load_policy(policy_file), load_registries_dir(world.site.registries_d))
+    registries_d = (site or world.site).registries_d
+    trust = SystemTrust(load_policy(policy_file), load_registries_dir(registries_d))
     parsed = parse_reference(f"{world.registry.host}/{reference}", config)
     with RegistryClient(parsed.registry_url, parsed.repository) as client:
-        body, _media_type, digest = client.get_manifest(parsed.manifest_ref)
-        trust.judge(parsed, body, digest, client)
+        # The worker's own hook: the platform manifest's bytes, before any blob is fetched.
+        resolve_image(client, parsed, config.platform("x"), on_manifest=lambda body, digest:
+                      trust.judge(parsed, body, digest, client))
 
 
-def _ours(world: World, policy_file: Path, reference: str) -> bool:
+def _ours(world: World, policy_file: Path, reference: str, *,
+          site: SignatureSite | None = None) -> bool:
     try:
-        _judge(world, policy_file, reference)
+        _judge(world, policy_file, reference, site=site)
     except PermissionDenied:
         return False
     return True
@@ -218,6 +242,11 @@ def _cases(world: World) -> list[tuple[str, dict[str, Any], str, bool]]:
          "team/plain:1", False),
         ("reject-and-signedBy", _scoped(world, host, [_signed_by(alice), *REJECT]),
          "team/app:1", False),
+        # An index: the platform manifest pulled is judged, not the index.
+        ("index-platform-manifests-signed", _scoped(world, host, [_signed_by(alice)]),
+         "multi/instances-only:1", True),
+        ("index-signed-only-at-the-top", _scoped(world, host, [_signed_by(alice)]),
+         "multi/index-only:1", False),
     ]
 
 
@@ -232,6 +261,7 @@ CASE_NAMES = [
     "scope-repository-over-namespace", "scope-tag-over-repository", "scope-wildcard-domain",
     "scope-host-over-wildcard", "scope-transport-default", "scope-no-match-default-rejects",
     "scope-no-match-default-accepts", "accept-and-signedBy", "reject-and-signedBy",
+    "index-platform-manifests-signed", "index-signed-only-at-the-top",
 ]
 
 
@@ -308,3 +338,37 @@ def test_refusal_names_scope_requirement_and_cause(world: World, reference: str,
     assert f'scope transports.docker."{host}/team"' in message
     assert f'requirement transports.docker."{host}/team"[0] signedBy (keyPath ' in message
     assert cause in message
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_site(world: World) -> Iterator[SignatureSite]:
+    """The same lookaside served over http://, named so in another registries.d."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(
+        _QuietHandler, directory=str(world.site.lookaside)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield SignatureSite(world.tmp / "http-site", world.registry.host,
+                            lookaside_url=f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("reference", "expected"), [
+    ("team/app:1", True), ("team/bobs:1", False), ("team/plain:1", False),
+    ("team/replayed:1", False),
+])
+def test_http_lookaside_verdict_equals_skopeo(world: World, http_site: SignatureSite,
+                                              reference: str, expected: bool) -> None:
+    policy_file = world.tmp / "policy-http.json"
+    policy_file.write_text(json.dumps(_scoped(world, world.registry.host,
+                                              [_signed_by(world.alice)])))
+    ours = _ours(world, policy_file, reference, site=http_site)
+    assert (ours, http_site.skopeo_accepts(policy_file, reference, world.tmp)) == \
+        (expected, expected)

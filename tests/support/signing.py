@@ -61,9 +61,10 @@ class GpgKey:
 
 class SignatureSite:
     """A registries.d whose lookaside (read and staging) is one file:// directory, for the
-    test registry at `host`, with sigstore attachments turned on."""
+    test registry at `host`, with sigstore attachments turned on; signatures are read from
+    `lookaside_url` instead when given (an http:// server of that directory)."""
 
-    def __init__(self, root: Path, host: str) -> None:
+    def __init__(self, root: Path, host: str, *, lookaside_url: str = "") -> None:
         self.root = root
         self.host = host
         self.lookaside = root / "lookaside"
@@ -71,7 +72,7 @@ class SignatureSite:
         self.lookaside.mkdir(parents=True, exist_ok=True)
         self.registries_d.mkdir(parents=True, exist_ok=True)
         (self.registries_d / "test.yaml").write_text(
-            f"docker:\n  {host}:\n    lookaside: file://{self.lookaside}\n"
+            f"docker:\n  {host}:\n    lookaside: {lookaside_url or f'file://{self.lookaside}'}\n"
             f"    lookaside-staging: file://{self.lookaside}\n"
             "    use-sigstore-attachments: true\n")
 
@@ -82,11 +83,12 @@ class SignatureSite:
                               capture_output=True, text=True, timeout=TIMEOUT, env=env,
                               check=False)
 
-    def copy_signed(self, key: GpgKey | None, source: str, dest: str) -> None:
-        """skopeo copy docker://host/source docker://host/dest [--sign-by key]."""
+    def copy_signed(self, key: GpgKey | None, source: str, dest: str, *,
+                    all_platforms: bool = False) -> None:
+        """skopeo copy docker://host/source docker://host/dest [--sign-by key] [--all]."""
         sign = ["--sign-by", key.fingerprint] if key is not None else []
         done = self._skopeo("copy", "--src-tls-verify=false", "--dest-tls-verify=false",
-                            *sign, f"docker://{self.host}/{source}",
+                            *sign, *(["--all"] if all_platforms else []), f"docker://{self.host}/{source}",
                             f"docker://{self.host}/{dest}",
                             gnupghome=key.home if key is not None else None)
         if done.returncode != 0:
