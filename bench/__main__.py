@@ -68,7 +68,7 @@ def start_tls_registry(workdir: Path, storage: Path):
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from tests.support.registry import free_port
+    from testbed.registry import free_port
 
     workdir.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -243,7 +243,7 @@ class Ours:
     """`imagegw serve` in its own process, pulled through with PullImage."""
 
     def __init__(self, workdir: Path, registry, name: str, jobs: int, engine: str = "auto") -> None:
-        from tests.support.services import embedded_config, start_service
+        from testbed.services import embedded_config, start_service
 
         self.workdir = workdir / f"ours-{name}"
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -339,8 +339,8 @@ def concurrent_pulls(workdir: Path, registry, jobs: int, count: int = 100) -> di
     from imagegw.v1 import gateway_service_pb2 as pb
     from imagegw.v1 import gateway_service_pb2_grpc as pb_grpc
     from imagegw.v1 import image_pb2
-    from tests.support import layers as L
-    from tests.support.images import push_image
+    from testbed import layers as L
+    from testbed.images import push_image
 
     layers = [L.layer(*[L.file(f"d{n}/f{i}", os.urandom(4096)) for i in range(200)])
               for n in range(3)]
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = gzip_engine.resolve(ConverterOptions()).gzip_engine
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    from tests.support.registry import start_registry
+    from testbed.registry import start_registry
 
     log(f"building test images at scale {args.scale:g} (reused when made before)")
     images = bench_images.build_images(workdir, args.scale)

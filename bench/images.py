@@ -262,7 +262,7 @@ def image_config(image: BenchImage) -> bytes:
 
 def push(registry_url: str, repository: str, tag: str, image: BenchImage) -> str:
     """Pushes the image (one layer in memory at a time); returns the manifest digest."""
-    from tests.support.images import push_blob, push_manifest
+    from testbed.images import push_blob, push_manifest
 
     for layer in image.layers:
         push_blob(registry_url, repository, layer.path.read_bytes())

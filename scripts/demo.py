@@ -12,10 +12,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support import layers as L  # noqa: E402
-from tests.support.images import default_config, push_image  # noqa: E402
-from tests.support.registry import start_registry  # noqa: E402
-from tests.support.services import SHIFTERIMG, embedded_config, start_service  # noqa: E402
+from testbed import layers as L  # noqa: E402
+from testbed.images import default_config, push_image  # noqa: E402
+from testbed.registry import start_registry  # noqa: E402
+from testbed.services import SHIFTERIMG, embedded_config, start_service  # noqa: E402
 
 
 def sample_layers() -> list[bytes]:

@@ -2,7 +2,6 @@
 real redis-server on 127.0.0.1."""
 
 # Fixtures are imported explicitly (no conftest), so test arguments shadow them.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -17,35 +16,41 @@ from redis.retry import Retry
 
 from imagegw.domain.config import Config
 from imagegw.domain.errors import ConfigError
+from imagegw.domain.model import ImageState, Progress, Stage
 from imagegw.gateway.queue import (
     Claim,
+    JobSpec,
     MemoryJobQueue,
     MemoryProgressHub,
+    ProgressEvent,
     QueuedJob,
     QueueUnavailable,
     RedisJobQueue,
     RedisProgressHub,
     open_queue,
 )
-from tests.support.backends import (  # noqa: F401
+from tests.support.backends import (
     HubFactory,
     QueueFactory,
-    job_queue_factory,
-    progress_hub_factory,
 )
-from tests.support.redis_server import (  # noqa: F401
+from tests.support.redis_server import (
     RedisServer,
     free_port,
-    redis_server,
-    redis_url,
 )
 
 LEASE = 0.4
 
 
 def job(job_id: str, system: str = "cluster") -> QueuedJob:
-    return QueuedJob(job_id, system, {"reference": f"docker.io/library/{job_id}:1",
-                                      "acl": [1000, 1001], "nested": {"n": 1}})
+    return QueuedJob(job_id, system, JobSpec(
+        reference=f"docker.io/library/{job_id}:1", acl_key="u1000-g100", user_acl=(1000, 1001),
+        group_acl=(100,), requester_uid=1000, known_manifest_digest="sha256:" + "ab" * 32))
+
+
+def event(n: int) -> ProgressEvent:
+    return ProgressEvent(state=int(ImageState.PULLING), progress=Progress(
+        Stage.DOWNLOADING, layer_index=n, layer_count=200, bytes_done=n, bytes_total=200,
+        message=f"layer {n}"))
 
 
 def claim_now(queue: object, consumer: str, systems: list[str] | None = None) -> Claim | None:
@@ -66,7 +71,7 @@ def test_jobs_of_one_system_are_claimed_in_submission_order(
     assert all(c is not None and c.attempt == 1 and c.consumer == "w1" for c in claims)
 
 
-def test_a_claimed_job_carries_its_payload_unchanged(job_queue_factory: QueueFactory) -> None:
+def test_a_claimed_job_carries_its_spec_unchanged(job_queue_factory: QueueFactory) -> None:
     queue = job_queue_factory()
     queue.submit(job("job-1"))
     claim = queue.claim("w1", ["cluster"], 1.0)
@@ -257,11 +262,11 @@ def test_redis_queue_and_hub_work_again_after_the_server_restarts(tmp_path: Path
         claim = queue.claim("w1", None, 2.0)
         assert claim is not None and claim.job.job_id == "after"
         deadline = time.monotonic() + 5.0
-        event = None
-        while event is None and time.monotonic() < deadline:
-            hub.publish("job-1", {"n": 1})  # lost until the subscriber has reconnected
-            event = subscription.get(0.1)
-        assert event == {"n": 1}
+        received = None
+        while received is None and time.monotonic() < deadline:
+            hub.publish("job-1", event(1))  # lost until the subscriber has reconnected
+            received = subscription.get(0.1)
+        assert received == event(1)
         subscription.close()
     finally:
         queue.close()
@@ -308,11 +313,12 @@ def test_open_queue_rejects_a_non_redis_broker() -> None:
 
 
 def drain(subscription: object, until: int, timeout: float = 5.0) -> list[int]:
-    """Reads events {"n": ...} until n == until (or nothing comes for `timeout`)."""
+    """Reads events `event(n)` until n == until (or nothing comes for `timeout`)."""
     seen: list[int] = []
-    while (event := subscription.get(timeout)) is not None:  # type: ignore[attr-defined]
-        seen.append(event["n"])
-        if event["n"] == until:
+    while (received := subscription.get(timeout)) is not None:  # type: ignore[attr-defined]
+        assert received == event(received.progress.layer_index)
+        seen.append(received.progress.layer_index)
+        if seen[-1] == until:
             break
     return seen
 
@@ -321,17 +327,19 @@ def test_a_subscriber_sees_events_in_order(progress_hub_factory: HubFactory) -> 
     hub = progress_hub_factory()
     subscription = hub.subscribe("job-1")
     for n in range(20):
-        hub.publish("job-1", {"n": n, "stage": "DOWNLOADING", "bytes": [n, 20]})
+        hub.publish("job-1", event(n))
     assert drain(subscription, 19) == list(range(20))
     subscription.close()
 
 
-def test_events_keep_their_json_shape(progress_hub_factory: HubFactory) -> None:
+def test_events_arrive_as_they_were_published(progress_hub_factory: HubFactory) -> None:
     hub = progress_hub_factory()
     subscription = hub.subscribe("job-1")
-    hub.publish("job-1", {"n": 0, "stage": "DONE", "progress": {"done": 5, "of": [1, 2]}})
-    assert subscription.get(5.0) == {"n": 0, "stage": "DONE", "progress": {"done": 5,
-                                                                            "of": [1, 2]}}
+    hub.publish("job-1", event(0))
+    hub.publish("job-1", ProgressEvent.ended())
+    assert subscription.get(5.0) == event(0)
+    ended = subscription.get(5.0)
+    assert ended == ProgressEvent.ended() and ended.final and ended.progress is None
     subscription.close()
 
 
@@ -339,7 +347,7 @@ def test_two_subscribers_both_see_every_event(progress_hub_factory: HubFactory) 
     hub = progress_hub_factory()
     first, second = hub.subscribe("job-1"), hub.subscribe("job-1")
     for n in range(10):
-        hub.publish("job-1", {"n": n})
+        hub.publish("job-1", event(n))
     assert drain(first, 9) == list(range(10))
     assert drain(second, 9) == list(range(10))
     first.close()
@@ -350,11 +358,11 @@ def test_a_subscriber_sees_only_its_channel_from_when_it_subscribed(
     progress_hub_factory: HubFactory,
 ) -> None:
     hub = progress_hub_factory()
-    hub.publish("job-1", {"n": -1})
+    hub.publish("job-1", event(-1))
     subscription = hub.subscribe("job-1")
-    hub.publish("job-2", {"n": 100})
-    hub.publish("job-1", {"n": 0})
-    assert subscription.get(5.0) == {"n": 0}
+    hub.publish("job-2", event(100))
+    hub.publish("job-1", event(0))
+    assert subscription.get(5.0) == event(0)
     assert subscription.get(0.2) is None
     subscription.close()
 
@@ -363,7 +371,7 @@ def test_a_slow_subscriber_keeps_only_the_newest_events(progress_hub_factory: Hu
     hub = progress_hub_factory(buffer_size=8)
     subscription = hub.subscribe("job-1")
     for n in range(200):
-        hub.publish("job-1", {"n": n})
+        hub.publish("job-1", event(n))
     deadline = time.monotonic() + 5.0
     while subscription.dropped < 192 and time.monotonic() < deadline:  # type: ignore[attr-defined]
         time.sleep(0.01)
@@ -376,5 +384,5 @@ def test_a_closed_subscription_receives_nothing(progress_hub_factory: HubFactory
     hub = progress_hub_factory()
     subscription = hub.subscribe("job-1")
     subscription.close()
-    hub.publish("job-1", {"n": 0})
+    hub.publish("job-1", event(0))
     assert subscription.get(0.1) is None

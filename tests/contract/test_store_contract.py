@@ -2,7 +2,6 @@
 IMAGEGW_TEST_MONGODB_URI is set) a real MongoDB."""
 
 # Fixtures are imported explicitly (no conftest), so test arguments shadow them.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -25,7 +24,6 @@ from imagegw.gateway.store import (
     StoreUnavailable,
     open_store,
 )
-from tests.support.backends import image_store  # noqa: F401
 from tests.support.redis_server import free_port
 
 KEY = PullKey("cluster", "docker.io/library/ubuntu:22.04")
@@ -95,7 +93,7 @@ def test_begin_pull_keeps_a_pull_that_became_ready_after_the_given_time(
     assert record.image_id == "img-a"
     record, started = image_store.begin_pull(KEY, "job-3", 11.0, keep_ready_since=10.0)
     assert started and record.job_id == "job-3"
-    image_store.fail_pull(KEY, "job-3", Failure(14, "registry down"), 12.0)
+    image_store.fail_pull(KEY, "job-3", Failure("RegistryUnavailable", "registry down"), 12.0)
     # A failed pull is never kept, whatever the time.
     record, started = image_store.begin_pull(KEY, "job-4", 13.0, keep_ready_since=0.0)
     assert started and record.job_id == "job-4"
@@ -133,7 +131,7 @@ def test_only_one_of_twenty_concurrent_begin_pulls_starts_the_pull(
 def test_failed_pull_restarts_with_a_fresh_record(image_store: ImageStore) -> None:
     image_store.begin_pull(KEY, "job-1", 10.0)
     image_store.note_attempt(KEY, "job-1", 11.0)
-    image_store.fail_pull(KEY, "job-1", Failure(14, "registry down"), 12.0)
+    image_store.fail_pull(KEY, "job-1", Failure("RegistryUnavailable", "registry down"), 12.0)
     record, started = image_store.begin_pull(KEY, "job-2", 20.0, requester_uid=7)
     assert started
     assert record.state == ImageState.QUEUED and record.job_id == "job-2"
@@ -153,13 +151,13 @@ def test_ready_pull_restarts_keeping_the_current_image(image_store: ImageStore) 
 
 def test_superseded_job_cannot_change_the_pull(image_store: ImageStore) -> None:
     image_store.begin_pull(KEY, "job-1", 10.0)
-    image_store.fail_pull(KEY, "job-1", Failure(13, "boom"), 11.0)
+    image_store.fail_pull(KEY, "job-1", Failure("ConversionFailed", "boom"), 11.0)
     image_store.begin_pull(KEY, "job-2", 12.0)
 
     assert not image_store.update_pull(KEY, "job-1", ImageState.PULLING, None, 13.0)
     assert image_store.note_attempt(KEY, "job-1", 13.0) == 0
     assert not image_store.complete_pull(KEY, "job-1", make_image("img-old"), 13.0)
-    assert not image_store.fail_pull(KEY, "job-1", Failure(13, "late"), 13.0)
+    assert not image_store.fail_pull(KEY, "job-1", Failure("ConversionFailed", "late"), 13.0)
     assert not image_store.refresh_pull(KEY, "job-1", 13.0)
 
     record = image_store.get_pull(KEY)
@@ -170,7 +168,7 @@ def test_superseded_job_cannot_change_the_pull(image_store: ImageStore) -> None:
 
 def test_finished_job_cannot_change_the_pull_again(image_store: ImageStore) -> None:
     pull_to_ready(image_store, KEY, "job-1", "img-a", 10.0)
-    assert not image_store.fail_pull(KEY, "job-1", Failure(13, "late"), 11.0)
+    assert not image_store.fail_pull(KEY, "job-1", Failure("ConversionFailed", "late"), 11.0)
     assert not image_store.update_pull(KEY, "job-1", ImageState.PULLING, None, 11.0)
     record = image_store.get_pull(KEY)
     assert record is not None and record.state == ImageState.READY
@@ -197,11 +195,11 @@ def test_note_attempt_counts_each_start(image_store: ImageStore) -> None:
 def test_failed_pull_keeps_its_cause_and_image(image_store: ImageStore) -> None:
     pull_to_ready(image_store, KEY, "job-1", "img-a", 10.0)
     image_store.begin_pull(KEY, "job-2", 20.0)
-    assert image_store.fail_pull(KEY, "job-2", Failure(14, "registry unreachable"), 21.0)
+    assert image_store.fail_pull(KEY, "job-2", Failure("RegistryUnavailable", "registry unreachable"), 21.0)
     record = image_store.get_pull(KEY)
     assert record is not None
     assert record.state == ImageState.FAILED
-    assert record.failure == Failure(14, "registry unreachable")
+    assert record.failure == Failure("RegistryUnavailable", "registry unreachable")
     assert record.image_id == "img-a"
 
 
@@ -466,7 +464,7 @@ def test_in_flight_pulls_lists_only_running_pulls(image_store: ImageStore) -> No
     image_store.update_pull(converting, "j-c", ImageState.CONVERTING, None, 3.0)
     pull_to_ready(image_store, ready, "j-r", "img-r", 4.0)
     image_store.begin_pull(failed, "j-f", 5.0)
-    image_store.fail_pull(failed, "j-f", Failure(2, "x"), 6.0)
+    image_store.fail_pull(failed, "j-f", Failure("InternalError", "x"), 6.0)
     assert {r.key for r in image_store.in_flight_pulls()} == {queued, converting}
 
 

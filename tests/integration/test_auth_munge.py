@@ -1,7 +1,6 @@
 """MUNGE authentication and admin rights at the real gateway (a real munged, users
 root, daemon and nobody): who may pull, list and expire, and the audit log."""
 
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ from tests.integration.trust_site import (
     rpc_error,
     start_trust_gateway,
 )
-from tests.support.munge import make_credential, munge_socket_fixture, other_munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, registry  # noqa: F401
+from tests.support.munge import make_credential
+from tests.support.registry import RegistryServer
 from tests.support.services import ServiceProcess
 
 

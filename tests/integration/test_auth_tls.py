@@ -1,7 +1,6 @@
 """TLS on the gateway's port (a self-signed certificate made here with `cryptography`)
 and the refusal to listen beyond loopback without TLS and MUNGE."""
 
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -19,8 +18,8 @@ from cryptography.x509.oid import NameOID
 
 from imagegw.client import GatewayClient, NotFound, Unavailable
 from tests.integration.trust_site import SYSTEM, trust_config
-from tests.support.munge import make_credential, munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, registry  # noqa: F401
+from tests.support.munge import make_credential
+from tests.support.registry import RegistryServer
 from tests.support.services import IMAGEGW, start_service
 
 

@@ -13,13 +13,13 @@ from typing import BinaryIO
 
 import pytest
 
+from imagegw.cache.layout import CacheLayout
 from imagegw.domain.config import Limits, Platform
 from imagegw.domain.errors import DigestMismatch
 from imagegw.domain.reference import ImageReference
 from imagegw.registry import BlobCache, RegistryClient, resolve_image
 from tests.support.images import push_image
 from tests.support.proxy import CorruptBody, RegistryProxy
-from tests.support.registry import registry  # noqa: F401
 
 DATA = os.urandom(256 * 1024)
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -40,7 +40,7 @@ def slow_writer(calls: list[int], pieces: int = 8, pause: float = 0.02):
 
 
 def test_concurrent_threads_download_a_blob_once_and_never_see_a_partial_file(tmp_path):
-    cache = BlobCache(tmp_path / "cache")
+    cache = CacheLayout(tmp_path / "cache").blob_cache()
     calls: list[int] = []
     seen_partial: list[int] = []
     done = threading.Event()
@@ -75,7 +75,7 @@ def test_concurrent_threads_download_a_blob_once_and_never_see_a_partial_file(tm
 
 _PROCESS_SCRIPT = """
 import sys, time, pathlib
-from imagegw.registry import BlobCache
+from imagegw.cache.layout import CacheLayout
 root, digest, source, counter = sys.argv[1:5]
 data = pathlib.Path(source).read_bytes()
 def fetch(out):
@@ -83,7 +83,7 @@ def fetch(out):
         f.write("x")
     time.sleep(0.3)
     out.write(data)
-path, downloaded = BlobCache(pathlib.Path(root)).ensure(digest, len(data), fetch)
+path, downloaded = CacheLayout(pathlib.Path(root)).blob_cache().ensure(digest, len(data), fetch)
 assert path.read_bytes() == data
 """
 
@@ -101,7 +101,7 @@ def test_concurrent_processes_download_a_blob_once(tmp_path):
 
 
 def test_cached_blob_is_not_fetched_again(tmp_path):
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
     calls: list[int] = []
     first = cache.ensure(DIGEST, len(DATA), slow_writer(calls, pause=0))
     second = cache.ensure(DIGEST, len(DATA), slow_writer(calls, pause=0))
@@ -112,7 +112,7 @@ def test_cached_blob_is_not_fetched_again(tmp_path):
 
 
 def test_cached_blob_of_the_wrong_size_is_fetched_again(tmp_path):
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
     cache.path(DIGEST).write_bytes(DATA[:100])
     calls: list[int] = []
     path, downloaded = cache.ensure(DIGEST, len(DATA), slow_writer(calls, pause=0))
@@ -121,7 +121,7 @@ def test_cached_blob_of_the_wrong_size_is_fetched_again(tmp_path):
 
 
 def test_wrong_bytes_are_never_published(tmp_path):
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
 
     def liar(out: BinaryIO) -> None:
         out.write(b"x" * len(DATA))
@@ -133,7 +133,7 @@ def test_wrong_bytes_are_never_published(tmp_path):
 
 
 def test_failed_fetch_leaves_no_temporary_file(tmp_path):
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
 
     def broken(out: BinaryIO) -> None:
         out.write(DATA[:10])
@@ -159,9 +159,9 @@ def _resolve_and_fetch(url: str, cache: BlobCache) -> list[bool]:
     return downloads
 
 
-def test_refetch_with_everything_cached_makes_zero_blob_gets(registry, tmp_path):  # noqa: F811
+def test_refetch_with_everything_cached_makes_zero_blob_gets(registry, tmp_path):
     push_image(registry.url, "test/cached", "v1", [os.urandom(5000), os.urandom(7000)])
-    cache = BlobCache(tmp_path / "cache")
+    cache = CacheLayout(tmp_path / "cache").blob_cache()
     with RegistryProxy(registry.url) as proxy:
         assert _resolve_and_fetch(proxy.url, cache) == [True, True]
         assert proxy.blob_gets() == 3  # the config and two layers
@@ -171,9 +171,9 @@ def test_refetch_with_everything_cached_makes_zero_blob_gets(registry, tmp_path)
         assert proxy.count("GET", r"/manifests/") == 1
 
 
-def test_corrupt_download_through_the_cache_publishes_nothing(registry, tmp_path):  # noqa: F811
+def test_corrupt_download_through_the_cache_publishes_nothing(registry, tmp_path):
     pushed = push_image(registry.url, "test/corrupt", "v1", [os.urandom(5000)])
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
     digest = pushed.layer_digests[0]
     with RegistryProxy(registry.url) as proxy, \
             RegistryClient(proxy.url, "test/corrupt", limits=Limits(http_timeout=10.0)) as client:

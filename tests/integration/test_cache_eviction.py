@@ -14,14 +14,13 @@ import pytest
 
 from imagegw.cache import WorkerCaches
 from imagegw.cache.eviction import evict
-from imagegw.cache.layout import WorkerPaths
+from imagegw.cache.layout import CacheLayout, WorkerPaths
 from imagegw.domain.config import parse_config
 from imagegw.domain.errors import ConfigError
 from imagegw.domain.model import BuildJob
 from imagegw.worker.build import Builder
 from tests.support import layers as L
 from tests.support.images import push_image
-from tests.support.registry import registry  # noqa: F401
 from tests.support.squashfs_tree import read_squashfs
 
 KIB = 1024
@@ -47,7 +46,7 @@ def add_conversion(caches: WorkerCaches, tmp_path: Path, key: str, size: int, ag
 
 
 def test_least_recently_used_entries_go_first_until_under_the_limit(tmp_path: Path) -> None:
-    caches = WorkerCaches(tmp_path / "cache", max_bytes=250 * KIB)
+    caches = WorkerCaches(CacheLayout(tmp_path / "cache"), max_bytes=250 * KIB)
     oldest = add_blob(caches, 100 * KIB, age=3000)
     old_image = add_conversion(caches, tmp_path, "a" * 64, 100 * KIB, age=2000)
     recent = add_blob(caches, 100 * KIB, age=1000)
@@ -59,7 +58,7 @@ def test_least_recently_used_entries_go_first_until_under_the_limit(tmp_path: Pa
 
 
 def test_an_entry_leased_by_a_running_job_is_never_evicted(tmp_path: Path) -> None:
-    caches = WorkerCaches(tmp_path / "cache", max_bytes=0)
+    caches = WorkerCaches(CacheLayout(tmp_path / "cache"), max_bytes=0)
     leased = add_blob(caches, 50 * KIB, age=3000)
     image = add_conversion(caches, tmp_path, "b" * 64, 50 * KIB, age=3000)
     other = add_blob(caches, 50 * KIB, age=3000)
@@ -70,12 +69,12 @@ def test_an_entry_leased_by_a_running_job_is_never_evicted(tmp_path: Path) -> No
 
 
 def test_a_lease_held_by_another_worker_process_protects_the_blob(tmp_path: Path) -> None:
-    caches = WorkerCaches(tmp_path / "cache", max_bytes=0)
+    caches = WorkerCaches(CacheLayout(tmp_path / "cache"), max_bytes=0)
     digest = add_blob(caches, 10 * KIB, age=3000)
     script = (
         "import sys, time; from pathlib import Path\n"
-        "from imagegw.cache import WorkerCaches\n"
-        "caches = WorkerCaches(Path(sys.argv[1]))\n"
+        "from imagegw.cache import CacheLayout, WorkerCaches\n"
+        "caches = WorkerCaches(CacheLayout(Path(sys.argv[1])))\n"
         "with caches.lease(digests=[sys.argv[2]]):\n"
         "    print('held', flush=True); sys.stdin.readline()\n"
     )
@@ -95,14 +94,14 @@ def test_a_lease_held_by_another_worker_process_protects_the_blob(tmp_path: Path
 
 
 def test_entries_used_within_the_grace_period_stay(tmp_path: Path) -> None:
-    caches = WorkerCaches(tmp_path / "cache")
+    caches = WorkerCaches(CacheLayout(tmp_path / "cache"))
     fresh = add_blob(caches, 10 * KIB, age=0)
     report = evict(caches.blobs, caches.conversions, caches.leases, 0, grace=60)
     assert report.evicted == 0 and report.kept_in_use == 1 and caches.blobs.has(fresh)
 
 
 def test_unbounded_caches_are_never_evicted(tmp_path: Path) -> None:
-    caches = WorkerCaches(tmp_path / "cache")
+    caches = WorkerCaches(CacheLayout(tmp_path / "cache"))
     add_blob(caches, 10 * KIB, age=3000)
     assert caches.evict() is None
 
@@ -115,7 +114,7 @@ def test_cache_max_bytes_is_read_and_checked() -> None:
 
 
 def test_a_bounded_worker_keeps_its_cache_under_the_limit_across_builds(
-        tmp_path, registry) -> None:  # noqa: F811
+        tmp_path, registry) -> None:
     config = parse_config({
         "CacheDirectory": str(tmp_path / "cache"), "ExpandDirectory": str(tmp_path / "expand"),
         "CacheMaxBytes": 0, "Locations": {"testreg": {"url": registry.url}},

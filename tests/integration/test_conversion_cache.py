@@ -16,7 +16,6 @@ from imagegw.worker.build import Builder
 from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.proxy import RegistryProxy
-from tests.support.registry import registry  # noqa: F401
 from tests.support.squashfs_tree import read_squashfs, summary
 
 LAYERS = [L.layer(L.dir("etc"), L.file("etc/motd", b"hello\n"), L.file("bin/tool", b"v1", 0o755)),
@@ -25,7 +24,7 @@ MOVED = [L.layer(L.file("bin/tool", b"v2", 0o755))]
 
 
 @pytest.fixture
-def proxy(registry):  # noqa: F811
+def proxy(registry):
     proxy = RegistryProxy(registry.url)
     yield proxy
     proxy.stop()
@@ -59,7 +58,7 @@ def conversions(caplog) -> int:
 
 
 def test_pull_for_a_second_system_publishes_the_stored_conversion(
-        tmp_path, registry, proxy, caplog):  # noqa: F811
+        tmp_path, registry, proxy, caplog):
     caplog.set_level(logging.INFO, logger="imagegw.pipeline.squashfs")
     push_image(registry.url, "cc/app", "1", LAYERS)
     builder = builder_for(tmp_path, proxy.url)
@@ -75,7 +74,7 @@ def test_pull_for_a_second_system_publishes_the_stored_conversion(
     assert (tmp_path / "images" / "beta" / second.meta_file).read_text().startswith("FORMAT:")
 
 
-def test_other_converter_options_convert_again(tmp_path, registry, proxy, caplog):  # noqa: F811
+def test_other_converter_options_convert_again(tmp_path, registry, proxy, caplog):
     caplog.set_level(logging.INFO, logger="imagegw.pipeline.squashfs")
     push_image(registry.url, "cc/opts", "1", LAYERS)
     build(builder_for(tmp_path, proxy.url), "testreg/cc/opts:1", "alpha")
@@ -88,7 +87,7 @@ def test_other_converter_options_convert_again(tmp_path, registry, proxy, caplog
 
 
 def test_tag_moved_back_publishes_the_stored_conversion(
-        tmp_path, registry, proxy, caplog):  # noqa: F811
+        tmp_path, registry, proxy, caplog):
     caplog.set_level(logging.INFO, logger="imagegw.pipeline.squashfs")
     old = push_image(registry.url, "cc/moving", "stable", LAYERS)
     builder = builder_for(tmp_path, proxy.url)

@@ -16,8 +16,7 @@ import pytest
 
 from tests.support.images import PushedImage, push_image
 from tests.support.layers import executables
-from tests.support.munge import munge_socket_fixture, other_munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, free_port, registry  # noqa: F401
+from tests.support.registry import RegistryServer
 from tests.support.services import ServiceProcess, embedded_config, refused_address, start_service
 from tests.support.slurm import build_cpp_client
 
@@ -45,8 +44,8 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(
-    registry: RegistryServer,  # noqa: F811
-    munge_socket: str,  # noqa: F811
+    registry: RegistryServer,
+    munge_socket: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Site]:
     cli = build_cpp_client()
@@ -143,7 +142,7 @@ def test_silent_gateway_hits_the_deadline(site: Site) -> None:
 
 def test_credential_from_another_munge_key_is_refused(
     site: Site,
-    other_munge_socket: str,  # noqa: F811
+    other_munge_socket: str,
 ) -> None:
     command = [str(site.cli), "--gateway", site.gateway.address, "--munge-socket",
                other_munge_socket, "lookup", f"testreg/{REPOSITORY}:1"]

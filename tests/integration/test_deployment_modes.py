@@ -24,10 +24,8 @@ from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.proxy import RegistryProxy, Trickle
 from tests.support.redis_server import RedisServer
-from tests.support.registry import registry  # noqa: F401
 from tests.support.services import start_service
 from tests.support.squashfs_tree import read_squashfs, sha256
-from tests.support.sshd import sshd_target  # noqa: F401
 
 SEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 
@@ -105,7 +103,7 @@ def stop_all(*services):
         service.stop()
 
 
-def test_local_mode_with_local_worker(tmp_path, registry, redis_url):  # noqa: F811
+def test_local_mode_with_local_worker(tmp_path, registry, redis_url):
     pushed = push_image(registry.url, "modes/local", "1", [L.layer(L.file("m", b"local"))])
     config = seed("local_mode_local_worker", tmp_path, redis_url, registry.url)
     gateway, (worker,) = start_pair(config, tmp_path)
@@ -120,7 +118,7 @@ def test_local_mode_with_local_worker(tmp_path, registry, redis_url):  # noqa: F
         stop_all(gateway, worker)
 
 
-def test_remote_mode_publishes_over_ssh(tmp_path, registry, redis_url, sshd_target):  # noqa: F811
+def test_remote_mode_publishes_over_ssh(tmp_path, registry, redis_url, sshd_target):
     push_image(registry.url, "modes/remote", "1", [L.layer(L.file("r", b"remote bytes"))])
     config = remote_paths(seed("remote_mode_local_worker", tmp_path, redis_url, registry.url),
                           sshd_target)
@@ -142,7 +140,7 @@ def test_remote_mode_publishes_over_ssh(tmp_path, registry, redis_url, sshd_targ
         stop_all(gateway, worker)
 
 
-def test_one_gateway_serves_two_clusters_each_with_its_own_worker(tmp_path, registry, redis_url):  # noqa: F811
+def test_one_gateway_serves_two_clusters_each_with_its_own_worker(tmp_path, registry, redis_url):
     push_image(registry.url, "modes/multi", "1", [L.layer(L.file("x", b"x"))])
     config = seed("local_gateway_remote_worker", tmp_path, redis_url, registry.url)
     base = config["Platforms"]["mycluster"]
@@ -169,7 +167,7 @@ def test_one_gateway_serves_two_clusters_each_with_its_own_worker(tmp_path, regi
         stop_all(gateway, *workers)
 
 
-def test_worker_killed_mid_job_the_job_completes_on_another(tmp_path, registry, fresh_redis):  # noqa: F811
+def test_worker_killed_mid_job_the_job_completes_on_another(tmp_path, registry, fresh_redis):
     proxy = RegistryProxy(registry.url)
     push_image(registry.url, "modes/kill", "1",
                [L.layer(L.file("big", os.urandom(3 * 1024 * 1024)), compression="none")])
@@ -201,7 +199,7 @@ def test_worker_killed_mid_job_the_job_completes_on_another(tmp_path, registry, 
 
 
 def test_two_gateways_on_one_redis_a_pull_is_watched_through_the_other(
-        tmp_path, registry, fresh_redis):  # noqa: F811
+        tmp_path, registry, fresh_redis):
     proxy = RegistryProxy(registry.url)
     push_image(registry.url, "modes/twogw", "1",
                [L.layer(L.file("big", os.urandom(1024 * 1024)), compression="none")])
@@ -222,7 +220,7 @@ def test_two_gateways_on_one_redis_a_pull_is_watched_through_the_other(
         proxy.stop()
 
 
-def test_worker_drains_on_sigterm_and_unregisters(tmp_path, registry, fresh_redis):  # noqa: F811
+def test_worker_drains_on_sigterm_and_unregisters(tmp_path, registry, fresh_redis):
     push_image(registry.url, "modes/drain", "1", [L.layer(L.file("d", b"d"))])
     config = seed("local_mode_local_worker", tmp_path, fresh_redis.url, registry.url)
     gateway, (worker,) = start_pair(config, tmp_path)
@@ -268,7 +266,7 @@ def test_seed_configs_start_unchanged_and_report_mongodb_unreachable(tmp_path, n
         gateway.stop()
 
 
-def test_redis_restart_loses_no_pull(tmp_path, registry, fresh_redis):  # noqa: F811
+def test_redis_restart_loses_no_pull(tmp_path, registry, fresh_redis):
     proxy = RegistryProxy(registry.url)
     push_image(registry.url, "modes/redis", "1",
                [L.layer(L.file("big", os.urandom(2 * 1024 * 1024)), compression="none")])

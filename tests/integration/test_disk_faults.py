@@ -24,7 +24,6 @@ from imagegw.worker.build import Builder
 from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.proxy import RegistryProxy
-from tests.support.registry import registry  # noqa: F401
 
 TMPFS_SIZE = "2m"
 #: Incompressible, so neither the blob nor the squashfs image fits in TMPFS_SIZE.
@@ -96,7 +95,7 @@ def builder_for(root: Path, registry_url: str) -> Builder:
 
 
 @pytest.fixture(scope="module")
-def big_image(registry):  # noqa: F811
+def big_image(registry):
     layer = L.layer(L.file("payload.bin", PAYLOAD), compression="none")
     return push_image(registry.url, "disk/big", "1", [layer])
 
@@ -126,7 +125,7 @@ def leftovers(root: Path, image_id: str) -> list[str]:
 
 
 def test_full_scratch_file_system_fails_naming_it_and_leaves_nothing(
-        tmp_path, registry, big_image, record_property):  # noqa: F811
+        tmp_path, registry, big_image, record_property):
     with tmpfs(tmp_path / "expand") as expand:
         builder = builder_for(tmp_path, registry.url)
         started = time.monotonic()
@@ -138,14 +137,14 @@ def test_full_scratch_file_system_fails_naming_it_and_leaves_nothing(
 
 
 def test_full_scratch_file_system_failure_says_the_disk_is_full(
-        tmp_path, registry, big_image):  # noqa: F811
+        tmp_path, registry, big_image):
     with tmpfs(tmp_path / "expand"):
         error = build(builder_for(tmp_path, registry.url), "scratch-full-cause")
         assert "No space left on device" in str(error) or "is full" in str(error)
 
 
 def test_full_layer_cache_fails_naming_it_and_leaves_nothing(
-        tmp_path, registry, big_image, record_property):  # noqa: F811
+        tmp_path, registry, big_image, record_property):
     with tmpfs(tmp_path / "cache") as cache:
         builder = builder_for(tmp_path, registry.url)
         started = time.monotonic()
@@ -160,7 +159,7 @@ def test_full_layer_cache_fails_naming_it_and_leaves_nothing(
 
 @pytest.mark.parametrize("protect", [read_only, immutable], ids=["read-only-mount", "chattr+i"])
 def test_unwritable_image_directory_fails_naming_it_and_leaves_nothing(
-        tmp_path, registry, big_image, protect, record_property):  # noqa: F811
+        tmp_path, registry, big_image, protect, record_property):
     with protect(tmp_path / "images") as images:
         builder = builder_for(tmp_path, registry.url)
         started = time.monotonic()
@@ -173,7 +172,7 @@ def test_unwritable_image_directory_fails_naming_it_and_leaves_nothing(
 
 
 def test_blob_download_onto_a_full_disk_names_the_directory_and_is_not_retried(
-        tmp_path, registry, big_image, record_property):  # noqa: F811
+        tmp_path, registry, big_image, record_property):
     """The registry client blames the local disk, not the registry, and does not retry."""
     with tmpfs(tmp_path / "cache") as cache, RegistryProxy(registry.url) as proxy, \
             RegistryClient(proxy.url, "disk/big") as client:
@@ -189,7 +188,7 @@ def test_blob_download_onto_a_full_disk_names_the_directory_and_is_not_retried(
 
 
 def test_unwritable_scratch_directory_fails_naming_it(
-        tmp_path, registry, big_image, record_property):  # noqa: F811
+        tmp_path, registry, big_image, record_property):
     builder = builder_for(tmp_path, registry.url)
     with read_only(tmp_path / "expand") as expand:
         error = build(builder, "scratch-read-only")

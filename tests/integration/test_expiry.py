@@ -2,7 +2,6 @@
 schedule removes unused images' files and marks them EXPIRED, while a pull that
 runs meanwhile is unaffected; an admin expires one image by hand."""
 
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -14,8 +13,7 @@ import pytest
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import image_pb2
 from tests.integration.trust_site import SYSTEM, call, push_small_image, start_trust_gateway
-from tests.support.munge import munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, registry  # noqa: F401
+from tests.support.registry import RegistryServer
 
 EXPIRY_SECONDS = 3
 

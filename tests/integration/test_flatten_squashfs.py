@@ -20,6 +20,7 @@ import zstandard
 
 from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
+from imagegw.pipeline.layer import FileLayer
 from imagegw.pipeline.squashfs import (
     FlattenStats,
     build_squashfs,
@@ -51,8 +52,8 @@ def build(tmp_path: Path, *blobs: bytes, options: ConverterOptions = OPTIONS,
           limits: Limits = LIMITS) -> tuple[Path, FlattenStats]:
     paths = [write_blob(tmp_path, blob) for blob in blobs]
     output = tmp_path / "image.squashfs"
-    stats = flatten_to_squashfs(paths, output, options=options, limits=limits,
-                                layer_names=[digest(blob) for blob in blobs])
+    layers = [FileLayer.of(path, digest(blob)) for path, blob in zip(paths, blobs, strict=True)]
+    stats = flatten_to_squashfs(layers, output, options=options, limits=limits)
     return output, stats
 
 
@@ -224,8 +225,8 @@ def test_progress_goes_from_zero_to_the_total(tmp_path: Path) -> None:
     path = write_blob(tmp_path, blob)
     reports: list[tuple[int, int]] = []
     stats = flatten_to_squashfs(
-        [path], tmp_path / "i.squashfs", options=OPTIONS, limits=Limits(),
-        layer_names=[digest(blob)], on_progress=lambda done, total: reports.append((done, total)))
+        [FileLayer.of(path, digest(blob))], tmp_path / "i.squashfs", options=OPTIONS,
+        limits=Limits(), on_progress=lambda done, total: reports.append((done, total)))
     # One pass: the compressed bytes read (the file data is known only at the end).
     assert stats.one_pass
     assert reports[0] == (0, len(blob)) and reports[-1] == (len(blob), len(blob))
@@ -233,8 +234,8 @@ def test_progress_goes_from_zero_to_the_total(tmp_path: Path) -> None:
     # Two passes (the index known): the file data written.
     reports.clear()
     flatten_to_squashfs(
-        [path], tmp_path / "j.squashfs", options=OPTIONS, limits=Limits(),
-        layer_names=[digest(blob)], indexes=stats.indexes,
+        [FileLayer.of(path, digest(blob))], tmp_path / "j.squashfs", options=OPTIONS,
+        limits=Limits(), indexes=stats.indexes,
         on_progress=lambda done, total: reports.append((done, total)))
     total = (3 << 20) + 1
     assert reports[0] == (0, total) and reports[-1] == (total, total)
@@ -271,10 +272,11 @@ def test_large_layer_streams_through_with_bounded_memory(tmp_path: Path) -> None
         "import json, sys\n"
         "from pathlib import Path\n"
         "from imagegw.domain.config import ConverterOptions, Limits\n"
+        "from imagegw.pipeline.layer import FileLayer\n"
         "from imagegw.pipeline.squashfs import flatten_to_squashfs\n"
-        "stats = flatten_to_squashfs([Path(sys.argv[1])], Path(sys.argv[2]),\n"
-        "    options=ConverterOptions(compressor='lz4', jobs=2), limits=Limits(),\n"
-        "    layer_names=['sha256:big'])\n"
+        "stats = flatten_to_squashfs([FileLayer.of(Path(sys.argv[1]), 'sha256:big')],\n"
+        "    Path(sys.argv[2]), options=ConverterOptions(compressor='lz4', jobs=2),\n"
+        "    limits=Limits())\n"
         # VmHWM: this process's peak resident set (ru_maxrss would include the parent's)
         "peak = [line for line in open('/proc/self/status') if line.startswith('VmHWM')]\n"
         "print(json.dumps({'peak_kib': int(peak[0].split()[1]), 'bytes': stats.data_bytes}))\n"
@@ -317,12 +319,10 @@ def common_layers() -> list[bytes]:
 
 def test_one_pass_image_equals_the_two_pass_image_of_the_same_layers(tmp_path: Path) -> None:
     blobs = common_layers()
-    paths = [write_blob(tmp_path, blob) for blob in blobs]
-    names = [digest(blob) for blob in blobs]
-    one = flatten_to_squashfs(paths, tmp_path / "one.squashfs", options=OPTIONS, limits=LIMITS,
-                              layer_names=names)
-    two = flatten_to_squashfs(paths, tmp_path / "two.squashfs", options=OPTIONS, limits=LIMITS,
-                              layer_names=names, indexes=one.indexes)
+    layers = [FileLayer.of(write_blob(tmp_path, blob), digest(blob)) for blob in blobs]
+    one = flatten_to_squashfs(layers, tmp_path / "one.squashfs", options=OPTIONS, limits=LIMITS)
+    two = flatten_to_squashfs(layers, tmp_path / "two.squashfs", options=OPTIONS, limits=LIMITS,
+                              indexes=one.indexes)
     assert one.one_pass and not two.one_pass
     assert dataclasses.replace(one, one_pass=False) == two
     tree = read_squashfs(tmp_path / "one.squashfs")

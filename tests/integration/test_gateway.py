@@ -14,14 +14,13 @@ from imagegw.v1 import image_pb2
 from tests.support import layers as L
 from tests.support.images import default_config, push_image
 from tests.support.proxy import RegistryProxy, Trickle
-from tests.support.registry import registry  # noqa: F401
 from tests.support.services import embedded_config, restart, start_service
 
 SYSTEM = "default"
 
 
 @pytest.fixture(scope="module")
-def proxy(registry):  # noqa: F811
+def proxy(registry):
     proxy = RegistryProxy(registry.url)
     yield proxy
     proxy.stop()
@@ -42,7 +41,7 @@ def pull(stub, reference, **kwargs):
     return list(stub.PullImage(request, timeout=120))
 
 
-def test_pull_streams_progress_until_ready_and_publishes_files(gateway, registry):  # noqa: F811
+def test_pull_streams_progress_until_ready_and_publishes_files(gateway, registry):
     service, workdir = gateway
     layers = [L.layer(L.file("bin/entry", b"x", 0o755)), L.layer(L.file("w/data", b"y"))]
     config = default_config(layers)
@@ -77,7 +76,7 @@ def test_pull_streams_progress_until_ready_and_publishes_files(gateway, registry
     assert by_id.image.metadata.workdir == "/w"
 
 
-def test_twenty_concurrent_pulls_make_one_job(gateway, registry, proxy):  # noqa: F811
+def test_twenty_concurrent_pulls_make_one_job(gateway, registry, proxy):
     service, _ = gateway
     push_image(registry.url, "gw/dedup", "1", [L.layer(L.file("f", os.urandom(200_000))),
                                                L.layer(L.file("g", b"g"))])
@@ -103,7 +102,7 @@ def test_twenty_concurrent_pulls_make_one_job(gateway, registry, proxy):  # noqa
     assert proxy.blob_gets() == 3, "two layers and the config, downloaded once"
 
 
-def test_ready_image_is_served_without_a_new_pull_within_update_timeout(gateway, registry, proxy):  # noqa: F811
+def test_ready_image_is_served_without_a_new_pull_within_update_timeout(gateway, registry, proxy):
     service, _ = gateway
     push_image(registry.url, "gw/fresh", "1", [L.layer(L.file("f", b"fresh"))])
     first = pull(service.stub(), "testreg/gw/fresh:1")[-1].image
@@ -117,7 +116,7 @@ def test_ready_image_is_served_without_a_new_pull_within_update_timeout(gateway,
 
 
 def test_old_image_is_rechecked_by_digest_and_rebuilt_only_when_changed(
-        tmp_path, registry, proxy):  # noqa: F811
+        tmp_path, registry, proxy):
     config = embedded_config(tmp_path, registry_url=proxy.url, PullUpdateTimeout=0)
     service = start_service("serve", config, tmp_path)
     try:
@@ -140,7 +139,7 @@ def test_old_image_is_rechecked_by_digest_and_rebuilt_only_when_changed(
         service.stop()
 
 
-def test_failed_pull_keeps_its_cause_and_can_be_retried(gateway, registry):  # noqa: F811
+def test_failed_pull_keeps_its_cause_and_can_be_retried(gateway, registry):
     service, _ = gateway
     failed = pull(service.stub(), "testreg/gw/later:1")[-1].image
     assert failed.state == image_pb2.IMAGE_STATE_FAILED
@@ -158,7 +157,7 @@ def test_failed_pull_keeps_its_cause_and_can_be_retried(gateway, registry):  # n
     assert retried.state == image_pb2.IMAGE_STATE_READY and not retried.failure.message
 
 
-def test_no_wait_returns_the_current_record_at_once(gateway, registry):  # noqa: F811
+def test_no_wait_returns_the_current_record_at_once(gateway, registry):
     service, _ = gateway
     push_image(registry.url, "gw/nowait", "1", [L.layer(L.file("n", b"n"))])
     responses = pull(service.stub(), "testreg/gw/nowait:1", no_wait=True)
@@ -177,7 +176,7 @@ def test_no_wait_returns_the_current_record_at_once(gateway, registry):  # noqa:
     assert image.state == image_pb2.IMAGE_STATE_READY
 
 
-def test_list_images_pages_through_a_systems_images(gateway, registry):  # noqa: F811
+def test_list_images_pages_through_a_systems_images(gateway, registry):
     service, _ = gateway
     for n in range(3):
         push_image(registry.url, f"gw/list{n}", "1", [L.layer(L.file("n", str(n).encode()))])
@@ -212,6 +211,17 @@ def test_bad_requests_get_actionable_status_codes(gateway, request_, code, fragm
     assert fragment in info.value.details()
 
 
+@pytest.mark.parametrize("state", [99, -1])
+def test_list_images_with_an_unknown_state_is_invalid_argument(gateway, state):
+    service, _ = gateway
+    with pytest.raises(grpc.RpcError) as info:
+        service.stub().ListImages(pb.ListImagesRequest(system=SYSTEM, state=state), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"unknown image state {state}" in info.value.details()
+    assert "5 (READY)" in info.value.details()
+    assert "Traceback" not in service.log()
+
+
 def test_pull_of_unknown_system_names_the_known_ones(gateway):
     service, _ = gateway
     with pytest.raises(grpc.RpcError) as info:
@@ -220,7 +230,7 @@ def test_pull_of_unknown_system_names_the_known_ones(gateway):
     assert "known systems: default, second" in info.value.details()
 
 
-def test_gateway_restart_in_the_middle_of_a_pull_resumes_it(tmp_path, registry):  # noqa: F811
+def test_gateway_restart_in_the_middle_of_a_pull_resumes_it(tmp_path, registry):
     proxy = RegistryProxy(registry.url)
     service = start_service("serve", embedded_config(tmp_path, registry_url=proxy.url), tmp_path)
     try:

@@ -15,7 +15,6 @@ import pytest
 
 from tests.support import layers as L
 from tests.support.images import default_config, push_image
-from tests.support.registry import registry  # noqa: F401
 from tests.support.services import ROOT, embedded_config, start_service
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
@@ -26,7 +25,7 @@ TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, registry):  # noqa: F811
+def gateway(tmp_path_factory, registry):
     workdir = tmp_path_factory.mktemp("curl")
     config = embedded_config(workdir, registry_url=registry.url)
     config["Platforms"][SYSTEM]["allowAnonymousPull"] = True  # the tools send no MUNGE credential
@@ -36,7 +35,7 @@ def gateway(tmp_path_factory, registry):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def image(registry):  # noqa: F811
+def image(registry):
     layers = [L.layer(L.file("bin/hello", b"#!/bin/sh\necho hi\n", 0o755))]
     config = default_config(layers)
     config["config"] = {"Env": ["PATH=/bin"], "Cmd": ["/bin/hello"]}

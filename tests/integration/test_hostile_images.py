@@ -38,7 +38,6 @@ from tests.support.hostile_corpus import (
     push_case,
 )
 from tests.support.proxy import RegistryProxy
-from tests.support.registry import registry  # noqa: F401
 from tests.support.squashfs_tree import read_squashfs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hostile"
@@ -149,7 +148,7 @@ def describe(result: BuildResult | None, error: Exception | None) -> str:
 
 @pytest.mark.parametrize("case", params(REJECTED))
 def test_hostile_input_is_refused_with_an_actionable_cause_and_nothing_escapes(
-        case: Case, registry, tmp_path: Path, record_property) -> None:  # noqa: F811
+        case: Case, registry, tmp_path: Path, record_property) -> None:
     surroundings = Surroundings(tmp_path)
     started = time.monotonic()
     result, error = build(case, registry.url, tmp_path)
@@ -165,7 +164,7 @@ def test_hostile_input_is_refused_with_an_actionable_cause_and_nothing_escapes(
 
 @pytest.mark.parametrize("case", params(NEUTRALISED))
 def test_hostile_member_is_neutralised_inside_the_image_and_nothing_escapes(
-        case: Case, registry, tmp_path: Path, record_property) -> None:  # noqa: F811
+        case: Case, registry, tmp_path: Path, record_property) -> None:
     surroundings = Surroundings(tmp_path)
     started = time.monotonic()
     result, error = build(case, registry.url, tmp_path)

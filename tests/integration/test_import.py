@@ -2,11 +2,12 @@
 image in chunks; it is checked (size, sha256, squashfs content), published like any
 image and found as "import/<tag>"; anything else is refused and nothing published."""
 
-# ruff: noqa: F811
 
 from __future__ import annotations
 
 import hashlib
+import os
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,8 @@ from imagegw.client import GatewayClient, GatewayError, PermissionDenied
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import image_pb2
 from tests.integration.trust_site import SYSTEM, UIDS, call, start_trust_gateway
-from tests.support.munge import make_credential, munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, registry  # noqa: F401
+from tests.support.munge import make_credential
+from tests.support.registry import RegistryServer
 from tests.support.services import ServiceProcess
 
 
@@ -141,3 +142,51 @@ def test_shifterimg_import_and_expire_as_an_admin(site, squashfs_image) -> None:
     assert shifterimg("lookup", "import/cli:1").stdout == f"{digest}\n"
     expired = shifterimg("expire", "import/cli:1")
     assert expired.returncode == 0 and expired.stdout == f"Image expired: {digest}\n"
+
+
+def raw_import(site, tag: str, data: bytes, **metadata) -> image_pb2.Image:
+    service, _workdir, socket = site
+    header = pb.ImportHeader(system=SYSTEM, tag=tag, format="squashfs", size_bytes=len(data),
+                             sha256=hashlib.sha256(data).hexdigest(),
+                             metadata=image_pb2.ImageMetadata(**metadata))
+    requests = [pb.ImportImageRequest(header=header), pb.ImportImageRequest(chunk=data)]
+    return call(service, socket, "ImportImage", iter(requests), user="root").image
+
+
+def test_a_truncated_squashfs_with_matching_size_and_sha256_is_refused(
+        site, tmp_path: Path) -> None:
+    """Issue 18: the first half of a valid image, announced with that half's size and sha256."""
+    root = tmp_path / "tree"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "blob").write_bytes(os.urandom(300_000))
+    image = tmp_path / "whole.squashfs"
+    subprocess.run(["mksquashfs", str(root), str(image), "-noappend", "-quiet", "-no-progress"],
+                   check=True, capture_output=True, timeout=60)
+    whole = image.read_bytes()
+    before = published(site)
+    (bytes_used,) = struct.unpack_from("<Q", whole, 40)  # the superblock's image size
+    for cut in (len(whole) // 2, bytes_used - 1):
+        with pytest.raises(grpc.RpcError) as refused:
+            raw_import(site, "half:1", whole[:cut])
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "truncated squashfs image" in refused.value.details()
+    assert published(site) == before
+    # The same image whole is fine: the check is not a false alarm.
+    assert raw_import(site, "half:1", whole).state == image_pb2.IMAGE_STATE_READY
+
+
+def test_importing_the_same_bytes_under_another_tag_leaves_the_first_alone(
+        site, squashfs_image) -> None:
+    service, workdir, socket = site
+    data = squashfs_image.read_bytes()
+    first = raw_import(site, "meta:first", data, env=["FIRST=1"], entrypoint=["/bin/tool"])
+    second = raw_import(site, "meta:second", data, env=["SECOND=2"], entrypoint=["/bin/sh"])
+    assert first.id != second.id
+    looked_up = call(service, socket, "LookupImage", pb.LookupImageRequest(
+        system=SYSTEM, reference="import/meta:first"), user=None).image
+    assert looked_up.id == first.id
+    assert list(looked_up.metadata.env) == ["FIRST=1"]
+    assert list(looked_up.metadata.entrypoint) == ["/bin/tool"]
+    meta = (workdir / "images" / SYSTEM / looked_up.image_file).with_suffix(".meta").read_text()
+    assert "FIRST=1" in meta and "SECOND" not in meta
+    assert list(looked_up.tags) == ["import/meta:first"]

@@ -2,7 +2,6 @@
 wonderland): checked at login, sealed in MUNGE or sent over loopback, used for the
 user's own pulls only, and never written anywhere in the clear."""
 
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -12,12 +11,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from imagegw.client import GatewayClient, PermissionDenied, Unauthenticated
+from imagegw.client import GatewayClient, InvalidArgument, PermissionDenied, Unauthenticated
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import image_pb2
-from tests.integration.trust_site import SYSTEM, call, push_small_image, start_trust_gateway
-from tests.support.munge import make_credential, munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, basic_registry, registry  # noqa: F401
+from tests.integration.trust_site import (
+    SYSTEM,
+    UIDS,
+    call,
+    push_small_image,
+    start_trust_gateway,
+)
+from tests.support.munge import make_credential
+from tests.support.registry import RegistryServer
 from tests.support.services import ServiceProcess
 
 PASSWORD = "wonderland"
@@ -81,6 +86,55 @@ def test_plain_login_over_loopback_works_and_logout_forgets(site) -> None:
     responses = call(service, socket, "PullImage", pb.PullImageRequest(
         system=SYSTEM, reference=REFERENCE, force=True), user="bin")
     assert responses[-1].image.state == image_pb2.IMAGE_STATE_FAILED
+
+
+@pytest.mark.parametrize("username", ["alice:admin", "alice\nadmin", "alice\x1b[2J", "al\x7fice"])
+@pytest.mark.parametrize("sealed", [True, False])
+def test_user_names_basic_auth_cannot_carry_are_refused_before_the_registry(
+        site, basic_registry, username, sealed) -> None:
+    requests_before = basic_registry.log().count("/v2/")
+    with client_as(site, "daemon", sealed=sealed) as client, pytest.raises(InvalidArgument) as no:
+        client.login(SYSTEM, "private", username, PASSWORD)
+    assert "contains ':' or a control character" in no.value.message
+    assert "\n" not in no.value.message and "\x1b" not in no.value.message
+    assert basic_registry.log().count("/v2/") == requests_before, "no registry was asked"
+
+
+def test_an_image_pulled_with_a_registry_login_stays_private_to_its_puller(
+        site, basic_registry) -> None:
+    """Issue 18: user A's pull with their registry login became public, and user B, whom the
+    registry had refused, was served it from the READY record."""
+    service, _workdir, socket = site
+    reference = "private/secret/app:1"
+    with client_as(site, "daemon", sealed=True) as client:
+        client.login(SYSTEM, "private", "alice", PASSWORD)
+    pulled = call(service, socket, "PullImage", pb.PullImageRequest(
+        system=SYSTEM, reference=reference), user="daemon")[-1].image
+    assert pulled.state == image_pb2.IMAGE_STATE_READY, pulled
+    assert list(pulled.user_acl) == [UIDS["daemon"]]
+    # nobody has no login: not served from daemon's record, and the registry refuses them.
+    try:  # NOT_FOUND, or the FAILED public pull of an earlier test: never daemon's image
+        seen = call(service, socket, "LookupImage", pb.LookupImageRequest(
+            system=SYSTEM, reference=reference), user="nobody").image
+        assert seen.state != image_pb2.IMAGE_STATE_READY and seen.id != pulled.id, seen
+    except grpc.RpcError as missing:
+        assert missing.code() == grpc.StatusCode.NOT_FOUND
+    refused = call(service, socket, "PullImage", pb.PullImageRequest(
+        system=SYSTEM, reference=reference), user="nobody")[-1].image
+    assert refused.state == image_pb2.IMAGE_STATE_FAILED
+    assert refused.failure.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    # bin logs in: the registry is asked for the manifest with bin's login before bin gets
+    # a copy of their own (force: bin's copy from an earlier test would answer for
+    # PullUpdateTimeout, the registry having authorised bin then).
+    manifests = basic_registry.log().count("/manifests/")
+    with client_as(site, "bin", sealed=True) as client:
+        client.login(SYSTEM, "private", "alice", PASSWORD)
+        own = call(service, socket, "PullImage", pb.PullImageRequest(
+            system=SYSTEM, reference=reference, force=True), user="bin")[-1].image
+        client.logout(SYSTEM, "private")
+    assert own.state == image_pb2.IMAGE_STATE_READY and list(own.user_acl) == [UIDS["bin"]]
+    assert own.id == pulled.id and own.image_file != pulled.image_file
+    assert basic_registry.log().count("/manifests/") > manifests
 
 
 def test_anonymous_login_is_refused(site) -> None:

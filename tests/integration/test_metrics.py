@@ -18,7 +18,6 @@ from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import gateway_service_pb2_grpc, image_pb2
 from tests.support import layers as L
 from tests.support.images import default_config, push_image
-from tests.support.registry import registry  # noqa: F401
 from tests.support.services import ServiceProcess, embedded_config, start_service
 
 SYSTEM = "default"
@@ -26,7 +25,7 @@ STAGES = ("resolving", "downloading", "converting", "publishing")
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory, registry):  # noqa: F811
+def services(tmp_path_factory, registry):
     workdir = tmp_path_factory.mktemp("metrics")
     worker_config = embedded_config(workdir, registry_url=registry.url,
                                     WorkerMetricsListen="127.0.0.1:0")
@@ -81,7 +80,7 @@ def pb_stub(channel: grpc.Channel) -> gateway_service_pb2_grpc.GatewayServiceStu
     return gateway_service_pb2_grpc.GatewayServiceStub(channel)
 
 
-def test_a_pull_moves_gateway_and_worker_counters(services, registry):  # noqa: F811
+def test_a_pull_moves_gateway_and_worker_counters(services, registry):
     gateway, worker, workdir = services
     gateway_url = metrics_url(gateway, "MetricsListen")
     worker_url = metrics_url(worker, "WorkerMetricsListen")
@@ -125,7 +124,7 @@ def test_a_pull_moves_gateway_and_worker_counters(services, registry):  # noqa: 
     assert final.image.id == pushed.config_digest.removeprefix("sha256:")
 
 
-def test_a_second_image_sharing_a_layer_counts_a_cache_hit(services, registry):  # noqa: F811
+def test_a_second_image_sharing_a_layer_counts_a_cache_hit(services, registry):
     gateway, worker, _workdir = services
     worker_url = metrics_url(worker, "WorkerMetricsListen")
     base = L.layer(L.file("usr/lib/base.so", b"b" * 3000))

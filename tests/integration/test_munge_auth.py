@@ -16,12 +16,9 @@ from imagegw.gateway.auth import (
     authenticate,
     encode,
 )
-from tests.support.munge import (  # noqa: F401
+from tests.support.munge import (
     MungeDaemon,
     make_credential,
-    munge_daemon_fixture,
-    munge_socket_fixture,
-    other_munge_socket_fixture,
 )
 
 NOBODY = 65534

@@ -16,7 +16,6 @@ from imagegw.artifacts import SIF_MEDIA_TYPE, SQUASHFS_MEDIA_TYPE
 from imagegw.pipeline.meta import parse_meta
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import image_pb2
-from tests.support.registry import registry  # noqa: F401
 from tests.support.services import embedded_config, start_service
 from tests.support.squashfs_tree import read_squashfs
 
@@ -65,7 +64,7 @@ def oras_push(registry_url: str, target: str, files: list[tuple[Path, str]], *,
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, registry):  # noqa: F811
+def gateway(tmp_path_factory, registry):
     workdir = tmp_path_factory.mktemp("oras-gateway")
     config = embedded_config(workdir, registry_url=registry.url)
     config["Platforms"][SYSTEM]["allowAnonymousPull"] = True
@@ -81,7 +80,7 @@ def pull(service, reference: str):
 
 
 def test_squashfs_artifact_pulls_through_an_oras_location_with_config_metadata(
-        gateway, registry, tmp_path):  # noqa: F811
+        gateway, registry, tmp_path):
     service, workdir = gateway
     squashfs = make_squashfs(tmp_path, {"bin/tool": b"#!/bin/sh\necho hi\n", "etc/motd": b"hello"})
     config = tmp_path / "config.json"
@@ -110,7 +109,7 @@ def test_squashfs_artifact_pulls_through_an_oras_location_with_config_metadata(
     assert meta["WORKDIR"] == ["/etc"] and meta["ENV"] == ["PATH=/bin", "MODE=ready"]
 
 
-def test_oras_prefix_selects_an_artifact_on_a_docker_location(gateway, registry, tmp_path):  # noqa: F811
+def test_oras_prefix_selects_an_artifact_on_a_docker_location(gateway, registry, tmp_path):
     service, _ = gateway
     squashfs = make_squashfs(tmp_path, {"data": b"prefixed"})
     oras_push(registry.url, "tools/prefixed:2", [(squashfs, SQUASHFS_MEDIA_TYPE)])
@@ -123,7 +122,7 @@ def test_oras_prefix_selects_an_artifact_on_a_docker_location(gateway, registry,
 
 
 def test_sif_artifact_publishes_its_squashfs_partition_with_annotation_metadata(
-        gateway, registry, tmp_path):  # noqa: F811
+        gateway, registry, tmp_path):
     service, workdir = gateway
     squashfs = make_squashfs(tmp_path, {"opt/app/run": b"sif payload"})
     sif = make_sif(squashfs.read_bytes(), tmp_path / "app.sif")
@@ -142,7 +141,7 @@ def test_sif_artifact_publishes_its_squashfs_partition_with_annotation_metadata(
 
 
 def test_artifact_whose_bytes_are_not_squashfs_fails_and_publishes_nothing(
-        gateway, registry, tmp_path):  # noqa: F811
+        gateway, registry, tmp_path):
     service, workdir = gateway
     fake = tmp_path / "fake.squashfs"
     fake.write_bytes(b"this is not a file system" * 100)
@@ -157,7 +156,7 @@ def test_artifact_whose_bytes_are_not_squashfs_fails_and_publishes_nothing(
 
 
 def test_artifact_with_a_truncated_squashfs_is_refused_by_unsquashfs(
-        gateway, registry, tmp_path):  # noqa: F811
+        gateway, registry, tmp_path):
     service, _ = gateway
     squashfs = make_squashfs(tmp_path, {"big": bytes(range(256)) * 4096})
     broken = tmp_path / "broken.squashfs"
@@ -171,7 +170,7 @@ def test_artifact_with_a_truncated_squashfs_is_refused_by_unsquashfs(
 
 
 def test_artifact_without_an_image_layer_names_the_media_types_it_needs(
-        gateway, registry, tmp_path):  # noqa: F811
+        gateway, registry, tmp_path):
     service, _ = gateway
     readme = tmp_path / "README.txt"
     readme.write_text("just text")

@@ -19,7 +19,6 @@ from imagegw.v1 import image_pb2
 from tests.support import layers as L
 from tests.support.images import default_config, push_image
 from tests.support.proxy import RegistryProxy
-from tests.support.registry import registry, token_registry  # noqa: F401
 from tests.support.services import embedded_config, start_service
 from tests.support.squashfs_tree import read_squashfs
 
@@ -28,7 +27,7 @@ REPOSITORY = "imagegw/conversions"
 
 
 @pytest.fixture(scope="module")
-def proxy(registry):  # noqa: F811
+def proxy(registry):
     proxy = RegistryProxy(registry.url)
     yield proxy
     proxy.stop()
@@ -41,7 +40,7 @@ def open_config(workdir, **kwargs):
     return config
 
 
-def gateway_config(workdir, proxy, registry, *, push=True, converter=None):  # noqa: F811
+def gateway_config(workdir, proxy, registry, *, push=True, converter=None):
     """Source images through the counting proxy; the shared registry directly."""
     config = open_config(workdir, registry_url=proxy.url)
     config["Locations"]["shared"] = {"remotetype": "dockerv2", "url": registry.url}
@@ -61,7 +60,7 @@ def layer_gets(proxy, pushed):
     return sum(proxy.count("GET", rf"/blobs/{digest}$") for digest in pushed.layer_digests)
 
 
-def shared_manifest(registry, tag):  # noqa: F811
+def shared_manifest(registry, tag):
     reply = urllib3.request("GET", f"{registry.url}/v2/{REPOSITORY}/manifests/{tag}", timeout=10,
                             headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
     assert reply.status == 200, reply.data
@@ -69,7 +68,7 @@ def shared_manifest(registry, tag):  # noqa: F811
 
 
 def test_second_gateway_uses_the_shared_conversion_without_downloading_layers(
-        tmp_path, registry, proxy):  # noqa: F811
+        tmp_path, registry, proxy):
     layers = [L.layer(L.file("bin/app", os.urandom(50_000), 0o755)),
               L.layer(L.file("etc/conf", b"shared=yes"), L.symlink("etc/link", "conf"))]
     config = default_config(layers)
@@ -118,7 +117,7 @@ def test_second_gateway_uses_the_shared_conversion_without_downloading_layers(
             == image_a.with_suffix(".meta").read_text())
 
 
-def test_gateway_with_other_converter_options_converts_for_itself(tmp_path, registry, proxy):  # noqa: F811
+def test_gateway_with_other_converter_options_converts_for_itself(tmp_path, registry, proxy):
     layers = [L.layer(L.file("data", os.urandom(20_000)))]
     pushed = push_image(registry.url, "share/options", "1", layers)
     a = start_service("serve", gateway_config(tmp_path / "a", proxy, registry), tmp_path / "a")
@@ -139,7 +138,7 @@ def test_gateway_with_other_converter_options_converts_for_itself(tmp_path, regi
     assert layer_gets(proxy, pushed) == 1, "different block size: a different conversion"
 
 
-def test_unreachable_shared_registry_does_not_fail_the_pull(tmp_path, registry, proxy):  # noqa: F811
+def test_unreachable_shared_registry_does_not_fail_the_pull(tmp_path, registry, proxy):
     layers = [L.layer(L.file("f", b"offline share"))]
     push_image(registry.url, "share/offline", "1", layers)
     config = gateway_config(tmp_path, proxy, registry)
@@ -188,7 +187,7 @@ def test_conversion_key_ignores_thread_count_but_not_output_settings():
 
 
 def test_shared_conversions_authenticate_with_the_configured_auth_file(
-        tmp_path, registry, token_registry):  # noqa: F811
+        tmp_path, registry, token_registry):
     user, password = next(iter(token_registry.users.items()))
     pushed = push_image(registry.url, "share/private", "1",
                         [L.layer(L.file("secret", b"shared behind a token"))])

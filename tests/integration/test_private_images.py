@@ -2,7 +2,6 @@
 separate from the public copy of the same image down to the files, and their
 ACLs changeable only by the puller or an admin."""
 
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -22,8 +21,7 @@ from tests.integration.trust_site import (
     rpc_error,
     start_trust_gateway,
 )
-from tests.support.munge import munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, registry  # noqa: F401
+from tests.support.registry import RegistryServer
 from tests.support.services import ServiceProcess
 
 REFERENCE = "testreg/private/app:1"
@@ -118,3 +116,31 @@ def test_private_pull_needs_a_credential(site) -> None:
         call(service, socket, "PullImage", pb.PullImageRequest(
             system=SYSTEM, reference=REFERENCE, user_acl=[1]), user=None)
     assert rpc_error(refused)[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_files_are_readable_only_by_whom_they_are_for(site) -> None:
+    """Issue 18: private images were 0644 and hard-linked to the public copy; the records
+    were 0644 in a 0755 data directory."""
+    import os
+    import stat
+
+    service, images, socket = site
+    call(service, socket, "PullImage", pb.PullImageRequest(system=SYSTEM, reference=REFERENCE),
+         user="bin")
+    private, public = lookup(site, "nobody"), lookup(site, None)
+    assert private.image_file != public.image_file
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    for image, wanted in ((private, 0o600), (public, 0o644)):
+        assert mode(images / image.image_file) == wanted, image.image_file
+        assert mode(images / image.image_file.replace(".squashfs", ".meta")) == wanted
+    private_file = os.stat(images / private.image_file)
+    assert private_file.st_ino != os.stat(images / public.image_file).st_ino
+    assert private_file.st_nlink == 1, "a private image is a copy of its own, linked nowhere"
+    workdir = images.parent.parent
+    for directory in ("data", "cache", "expand"):
+        assert mode(workdir / directory) == 0o700, directory
+    records = sorted((workdir / "data").glob("*.sqlite3*"))
+    assert records and {mode(path) for path in records} == {0o600}, records

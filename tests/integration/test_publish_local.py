@@ -86,6 +86,24 @@ def test_same_filesystem_publish_links_the_built_image_without_copying(tmp_path:
     assert leftovers(images) == []
 
 
+def test_a_private_image_is_a_0600_copy_never_a_link(tmp_path: Path) -> None:
+    source = built_image(tmp_path / "scratch", 2 * MIB)
+    images = tmp_path / "images"
+    publisher = LocalPublisher(images)
+    publisher.publish(source, "abc.squashfs", META, "abc.meta")
+    publisher.publish(source, "abc-1.squashfs", META + b"USERACL: 1\n", "abc-1.meta",
+                      private=True)
+
+    private = os.stat(images / "abc-1.squashfs")
+    assert private.st_ino not in (os.stat(source).st_ino, os.stat(images / "abc.squashfs").st_ino)
+    assert private.st_nlink == 1 and sha256(images / "abc-1.squashfs") == sha256(source)
+    for name in ("abc-1.squashfs", "abc-1.meta"):
+        assert stat.S_IMODE(os.stat(images / name).st_mode) == 0o600, name
+    for name in ("abc.squashfs", "abc.meta"):
+        assert stat.S_IMODE(os.stat(images / name).st_mode) == 0o644, name
+    assert leftovers(images) == []
+
+
 def test_forced_copy_writes_identical_bytes_in_4mib_chunks(tmp_path: Path) -> None:
     source = built_image(tmp_path / "scratch", 9 * MIB + 7)
     images = tmp_path / "images"

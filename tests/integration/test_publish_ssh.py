@@ -15,7 +15,7 @@ import pytest
 from imagegw.domain.errors import TransferFailed
 from imagegw.publish import SshPublisher
 from tests.support.services import refused_address
-from tests.support.sshd import SshdServer, sshd_target  # noqa: F401
+from tests.support.sshd import SshdServer
 
 MIB = 1024 * 1024
 META = b"FORMAT: squashfs\nENTRY: /bin/sh\n"
@@ -29,7 +29,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def image_dir(sshd_target: SshdServer) -> Path:  # noqa: F811
+def image_dir(sshd_target: SshdServer) -> Path:
     """A fresh, empty image directory owned by the ssh user for each test."""
     path = sshd_target.image_dir
     for entry in path.iterdir():
@@ -51,7 +51,7 @@ def closed_port() -> int:
 
 @pytest.mark.parametrize("key_kind", ["ed25519", "rsa"])
 def test_publish_lands_exact_bytes_readable_by_all(
-    sshd_target: SshdServer, image_dir: Path, source: Path, key_kind: str  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path, key_kind: str
 ) -> None:
     key = sshd_target.ed25519_key if key_kind == "ed25519" else sshd_target.rsa_key
     publisher = SshPublisher(sshd_target.target(key=str(key)))
@@ -67,8 +67,21 @@ def test_publish_lands_exact_bytes_readable_by_all(
     assert publisher.image_size("abc.squashfs") == source.stat().st_size
 
 
+def test_a_private_image_and_its_meta_land_0600(
+    sshd_target: SshdServer, image_dir: Path, source: Path
+) -> None:
+    publisher = SshPublisher(sshd_target.target(key=str(sshd_target.ed25519_key)))
+
+    publisher.publish(source, "abc-1.squashfs", META, "abc-1.meta", private=True)
+
+    assert sha256(image_dir / "abc-1.squashfs") == sha256(source)
+    for name in ("abc-1.squashfs", "abc-1.meta"):
+        assert stat.S_IMODE(os.stat(image_dir / name).st_mode) == 0o600, name
+    assert leftovers(image_dir) == []
+
+
 def test_progress_counts_up_to_the_image_size(
-    sshd_target: SshdServer, image_dir: Path, source: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path
 ) -> None:
     progress: list[tuple[int, int]] = []
 
@@ -83,7 +96,7 @@ def test_progress_counts_up_to_the_image_size(
 
 
 def test_unknown_host_key_is_refused(
-    sshd_target: SshdServer, image_dir: Path, source: Path, tmp_path: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path, tmp_path: Path
 ) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
@@ -98,7 +111,7 @@ def test_unknown_host_key_is_refused(
 
 
 def test_changed_host_key_is_refused(
-    sshd_target: SshdServer, image_dir: Path, source: Path, tmp_path: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path, tmp_path: Path
 ) -> None:
     # Another ed25519 key under the server's name: what an impostor would present.
     impostor = " ".join(Path(f"{sshd_target.ed25519_key}.pub").read_text().split()[:2])
@@ -113,7 +126,7 @@ def test_changed_host_key_is_refused(
 
 
 def test_key_not_authorized_is_refused(
-    sshd_target: SshdServer, image_dir: Path, source: Path, tmp_path: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path, tmp_path: Path
 ) -> None:
     stranger = tmp_path / "id_stranger"
     paramiko.RSAKey.generate(2048).write_private_key_file(str(stranger))
@@ -126,7 +139,7 @@ def test_key_not_authorized_is_refused(
 
 
 def test_first_host_down_then_second_host_is_used(
-    sshd_target: SshdServer, image_dir: Path, source: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path
 ) -> None:
     hosts = (f"127.0.0.1:{closed_port()}", "127.0.0.1")
     publisher = SshPublisher(sshd_target.target(hosts=hosts))
@@ -137,7 +150,7 @@ def test_first_host_down_then_second_host_is_used(
 
 
 def test_all_hosts_down_is_a_retryable_failure_naming_them(
-    sshd_target: SshdServer, source: Path  # noqa: F811
+    sshd_target: SshdServer, source: Path
 ) -> None:
     first, second = closed_port(), closed_port()
     hosts = (f"127.0.0.1:{first}", f"127.0.0.1:{second}")
@@ -152,7 +165,7 @@ def test_all_hosts_down_is_a_retryable_failure_naming_them(
 
 
 def test_image_dir_with_spaces_quotes_and_shell_syntax_is_used_literally(
-    sshd_target: SshdServer, image_dir: Path, source: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path
 ) -> None:
     odd = image_dir / "it's a \"dir\" $(touch pwned); `touch pwned2`"
     publisher = SshPublisher(sshd_target.target(image_dir=str(odd)))
@@ -167,7 +180,7 @@ def test_image_dir_with_spaces_quotes_and_shell_syntax_is_used_literally(
 
 
 def test_unwritable_remote_directory_fails_without_leftovers(
-    sshd_target: SshdServer, image_dir: Path, source: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path
 ) -> None:
     root_owned = image_dir / "root-owned"
     root_owned.mkdir(mode=0o755)  # the test runs as root; the ssh user may not write here
@@ -181,7 +194,7 @@ def test_unwritable_remote_directory_fails_without_leftovers(
 
 
 def test_remove_deletes_meta_and_image(
-    sshd_target: SshdServer, image_dir: Path, source: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path
 ) -> None:
     publisher = SshPublisher(sshd_target.target())
     publisher.publish(source, "abc.squashfs", META, "abc.meta")
@@ -194,7 +207,7 @@ def test_remove_deletes_meta_and_image(
 
 
 def test_cleanup_temporaries_removes_a_planted_partial_only(
-    sshd_target: SshdServer, image_dir: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path
 ) -> None:
     (image_dir / ".x.squashfs.abc.partial").write_bytes(b"killed publish")
     (image_dir / "x.squashfs").write_bytes(b"image")
@@ -206,7 +219,7 @@ def test_cleanup_temporaries_removes_a_planted_partial_only(
 
 
 def test_a_stalled_server_fails_the_publish_after_the_stall_timeout(
-    sshd_target: SshdServer, image_dir: Path, source: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path
 ) -> None:
     frozen: list[int] = []
 

@@ -36,7 +36,6 @@ from tests.support.proxy import (
     ServerErrors,
     Trickle,
 )
-from tests.support.registry import basic_registry, registry, token_registry  # noqa: F401
 
 ALICE = RegistryCredentials("alice", "wonderland")
 FAST = Limits(http_timeout=10.0, http_retries=4)
@@ -76,14 +75,14 @@ def fetch(client: RegistryClient, digest: str, size: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def big_image(registry):  # noqa: F811
+def big_image(registry):
     """An image with one 3 MiB layer of random bytes (several 1 MiB chunks)."""
     layer = tar_layer({"data.bin": os.urandom(3 * 1024 * 1024)}, compression="none")
     return push_image(registry.url, "test/big", "1", [layer]), layer
 
 
 @pytest.mark.parametrize("media", ["oci", "docker"])
-def test_anonymous_pull_resolves_and_fetches_layers(registry, media):  # noqa: F811
+def test_anonymous_pull_resolves_and_fetches_layers(registry, media):
     layers = [tar_layer({"etc/hello": b"hi\n"}), tar_layer({"bin/tool": b"#!/bin/sh\n"})]
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Env": ["A=1"], "Entrypoint": ["/bin/tool"], "WorkingDir": "/w"},
@@ -105,7 +104,7 @@ def test_anonymous_pull_resolves_and_fetches_layers(registry, media):  # noqa: F
             assert fetch(client, layer.digest, layer.size) == data
 
 
-def test_zstd_and_uncompressed_layers_keep_their_compression(registry):  # noqa: F811
+def test_zstd_and_uncompressed_layers_keep_their_compression(registry):
     layers = [tar_layer({"a": b"1"}, "zstd"), tar_layer({"b": b"2"}, "none")]
     push_image(registry.url, "test/mixed", "v1", layers)
     with RegistryClient(registry.url, "test/mixed", limits=FAST) as client:
@@ -113,7 +112,7 @@ def test_zstd_and_uncompressed_layers_keep_their_compression(registry):  # noqa:
     assert [layer.compression for layer in image.layers] == ["zstd", "none"]
 
 
-def test_get_manifest_by_digest_and_head_agree(registry):  # noqa: F811
+def test_get_manifest_by_digest_and_head_agree(registry):
     pushed = push_image(registry.url, "test/pinned", "v1", [tar_layer({"x": b"x"})])
     with RegistryClient(registry.url, "test/pinned", limits=FAST) as client:
         body, media_type, digest = client.get_manifest(pushed.manifest_digest)
@@ -124,7 +123,7 @@ def test_get_manifest_by_digest_and_head_agree(registry):  # noqa: F811
 
 
 @pytest.mark.parametrize("media,index_type", [("oci", OCI_INDEX), ("docker", DOCKER_MANIFEST_LIST)])
-def test_multi_arch_index_picks_each_architecture(registry, media, index_type):  # noqa: F811
+def test_multi_arch_index_picks_each_architecture(registry, media, index_type):
     repo = f"test/multi-{media}"
     amd64 = push_image(registry.url, repo, None, [tar_layer({"arch": b"amd64"})], media=media,
                        platform={"os": "linux", "architecture": "amd64"})
@@ -148,7 +147,7 @@ def test_multi_arch_index_picks_each_architecture(registry, media, index_type): 
     assert "linux/amd64" in str(caught.value) and "linux/arm64/v8" in str(caught.value)
 
 
-def test_missing_tag_is_image_not_found_naming_the_image(registry):  # noqa: F811
+def test_missing_tag_is_image_not_found_naming_the_image(registry):
     push_image(registry.url, "test/exists", "v1", [tar_layer({"x": b"x"})])
     with RegistryClient(registry.url, "test/exists", limits=FAST) as client, \
             pytest.raises(ImageNotFound) as caught:
@@ -156,20 +155,20 @@ def test_missing_tag_is_image_not_found_naming_the_image(registry):  # noqa: F81
     assert f"registry {registry.host} has no image test/exists:no-such-tag" in str(caught.value)
 
 
-def test_missing_repository_is_image_not_found(registry):  # noqa: F811
+def test_missing_repository_is_image_not_found(registry):
     with RegistryClient(registry.url, "test/never-pushed", limits=FAST) as client, \
             pytest.raises(ImageNotFound):
         client.get_manifest("latest")
 
 
-def test_manifest_over_the_size_cap_is_rejected(registry):  # noqa: F811
+def test_manifest_over_the_size_cap_is_rejected(registry):
     push_image(registry.url, "test/capped", "v1", [tar_layer({"x": b"x"})])
     with RegistryClient(registry.url, "test/capped", limits=Limits(max_manifest_bytes=100)) as c, \
             pytest.raises(ContentRejected, match="over 100 bytes"):
         c.get_manifest("v1")
 
 
-def test_manifest_asked_by_digest_must_hash_to_it(registry):  # noqa: F811
+def test_manifest_asked_by_digest_must_hash_to_it(registry):
     pushed = push_image(registry.url, "test/digest-check", "v1", [tar_layer({"x": b"x"})])
     proxy = RegistryProxy(registry.url)
     try:
@@ -184,7 +183,7 @@ def test_manifest_asked_by_digest_must_hash_to_it(registry):  # noqa: F811
 # -- authentication -----------------------------------------------------------
 
 
-def test_basic_auth_with_right_credentials_pulls(basic_registry):  # noqa: F811
+def test_basic_auth_with_right_credentials_pulls(basic_registry):
     pushed = push_image(basic_registry.url, "team/private", "v1", [tar_layer({"x": b"x"})],
                         auth=("alice", "wonderland"))
     with RegistryClient(basic_registry.url, "team/private", credentials=ALICE,
@@ -209,7 +208,7 @@ def test_threads_sharing_a_client_all_authenticate(request, server):
     assert results == layers
 
 
-def test_basic_auth_with_wrong_password_fails_without_revealing_it(basic_registry):  # noqa: F811
+def test_basic_auth_with_wrong_password_fails_without_revealing_it(basic_registry):
     wrong = RegistryCredentials("alice", "not-the-password")
     with RegistryClient(basic_registry.url, "team/private", credentials=wrong,
                         limits=FAST) as client, pytest.raises(RegistryAuthFailed) as caught:
@@ -219,13 +218,13 @@ def test_basic_auth_with_wrong_password_fails_without_revealing_it(basic_registr
     assert "not-the-password" not in message
 
 
-def test_basic_auth_without_credentials_asks_to_log_in(basic_registry):  # noqa: F811
+def test_basic_auth_without_credentials_asks_to_log_in(basic_registry):
     with RegistryClient(basic_registry.url, "team/private", limits=FAST) as client, \
             pytest.raises(RegistryAuthFailed, match="shifterimg login"):
         client.check_access()
 
 
-def test_token_auth_with_right_credentials_pulls(token_registry):  # noqa: F811
+def test_token_auth_with_right_credentials_pulls(token_registry):
     pushed = push_image(token_registry.url, "team/secret", "v1", [tar_layer({"x": b"x"})],
                         auth=("alice", "wonderland"))
     with RegistryClient(token_registry.url, "team/secret", credentials=ALICE,
@@ -239,7 +238,7 @@ def test_token_auth_with_right_credentials_pulls(token_registry):  # noqa: F811
     assert any("scope=repository%3Ateam%2Fsecret%3Apull" in r["path"] for r in token_requests)
 
 
-def test_token_is_fetched_once_for_the_life_of_the_client(token_registry):  # noqa: F811
+def test_token_is_fetched_once_for_the_life_of_the_client(token_registry):
     push_image(token_registry.url, "team/once", "v1", [tar_layer({"x": b"x"})],
                auth=("alice", "wonderland"))
     before = len(token_registry.token_server.requests)
@@ -250,7 +249,7 @@ def test_token_is_fetched_once_for_the_life_of_the_client(token_registry):  # no
     assert len(token_registry.token_server.requests) - before == 1
 
 
-def test_token_auth_with_wrong_credentials_fails(token_registry):  # noqa: F811
+def test_token_auth_with_wrong_credentials_fails(token_registry):
     wrong = RegistryCredentials("alice", "bad-secret")
     with RegistryClient(token_registry.url, "team/secret", credentials=wrong,
                         limits=FAST) as client, pytest.raises(RegistryAuthFailed) as caught:
@@ -258,7 +257,7 @@ def test_token_auth_with_wrong_credentials_fails(token_registry):  # noqa: F811
     assert "team/secret" in str(caught.value) and "bad-secret" not in str(caught.value)
 
 
-def test_token_auth_anonymous_pull_is_refused(token_registry):  # noqa: F811
+def test_token_auth_anonymous_pull_is_refused(token_registry):
     push_image(token_registry.url, "team/secret2", "v1", [tar_layer({"x": b"x"})],
                auth=("alice", "wonderland"))
     with RegistryClient(token_registry.url, "team/secret2", limits=FAST) as client, \
@@ -266,7 +265,7 @@ def test_token_auth_anonymous_pull_is_refused(token_registry):  # noqa: F811
         client.get_manifest("v1")
 
 
-def test_redirected_blob_does_not_leak_the_authorization_header(token_registry):  # noqa: F811
+def test_redirected_blob_does_not_leak_the_authorization_header(token_registry):
     pushed = push_image(token_registry.url, "team/redirect", "v1", [tar_layer({"x": b"y"})],
                         auth=("alice", "wonderland"))
     with RegistryProxy(token_registry.url, redirect_blobs=True) as proxy, \
@@ -285,7 +284,7 @@ def test_redirected_blob_does_not_leak_the_authorization_header(token_registry):
 # -- integrity ----------------------------------------------------------------
 
 
-def test_corrupted_blob_is_a_digest_mismatch_and_not_retried(registry, big_image):  # noqa: F811
+def test_corrupted_blob_is_a_digest_mismatch_and_not_retried(registry, big_image):
     pushed, layer = big_image
     with RegistryProxy(registry.url) as proxy, \
             RegistryClient(proxy.url, "test/big", limits=FAST) as client:
@@ -295,14 +294,14 @@ def test_corrupted_blob_is_a_digest_mismatch_and_not_retried(registry, big_image
         assert proxy.blob_gets() == 1
 
 
-def test_blob_bigger_than_the_manifest_says_is_rejected(registry, big_image):  # noqa: F811
+def test_blob_bigger_than_the_manifest_says_is_rejected(registry, big_image):
     pushed, layer = big_image
     with RegistryClient(registry.url, "test/big", limits=FAST) as client, \
             pytest.raises(DigestMismatch, match="larger than its manifest says"):
         fetch(client, pushed.layer_digests[0], len(layer) - 10)
 
 
-def test_blob_that_grows_in_transit_stops_at_the_declared_size(registry, big_image):  # noqa: F811
+def test_blob_that_grows_in_transit_stops_at_the_declared_size(registry, big_image):
     pushed, layer = big_image
     written = []
     with RegistryProxy(registry.url) as proxy, \
@@ -314,14 +313,14 @@ def test_blob_that_grows_in_transit_stops_at_the_declared_size(registry, big_ima
     assert sum(written) <= len(layer)
 
 
-def test_blob_shorter_than_the_manifest_says_is_rejected(registry, big_image):  # noqa: F811
+def test_blob_shorter_than_the_manifest_says_is_rejected(registry, big_image):
     pushed, layer = big_image
     with RegistryClient(registry.url, "test/big", limits=FAST) as client, \
             pytest.raises(DigestMismatch, match="ended after"):
         fetch(client, pushed.layer_digests[0], len(layer) + 10)
 
 
-def test_blob_over_max_bytes_is_rejected_before_download(registry, big_image):  # noqa: F811
+def test_blob_over_max_bytes_is_rejected_before_download(registry, big_image):
     pushed, layer = big_image
     with RegistryProxy(registry.url) as proxy, \
             RegistryClient(proxy.url, "test/big", limits=FAST) as client:
@@ -333,7 +332,7 @@ def test_blob_over_max_bytes_is_rejected_before_download(registry, big_image):  
 # -- retries ------------------------------------------------------------------
 
 
-def test_503_burst_is_retried_until_success(registry, big_image):  # noqa: F811
+def test_503_burst_is_retried_until_success(registry, big_image):
     pushed, layer = big_image
     with RegistryProxy(registry.url) as proxy, \
             RegistryClient(proxy.url, "test/big", limits=FAST) as client:
@@ -342,7 +341,7 @@ def test_503_burst_is_retried_until_success(registry, big_image):  # noqa: F811
         assert proxy.blob_gets() == 3
 
 
-def test_persistent_5xx_gives_up_after_the_configured_attempts(registry, big_image):  # noqa: F811
+def test_persistent_5xx_gives_up_after_the_configured_attempts(registry, big_image):
     pushed, layer = big_image
     limits = Limits(http_timeout=10.0, http_retries=2)
     with RegistryProxy(registry.url) as proxy, \
@@ -353,7 +352,7 @@ def test_persistent_5xx_gives_up_after_the_configured_attempts(registry, big_ima
         assert proxy.blob_gets() == 2
 
 
-def test_429_waits_for_retry_after(registry, big_image):  # noqa: F811
+def test_429_waits_for_retry_after(registry, big_image):
     pushed, layer = big_image
     with RegistryProxy(registry.url) as proxy, \
             RegistryClient(proxy.url, "test/big", limits=FAST) as client:
@@ -364,7 +363,7 @@ def test_429_waits_for_retry_after(registry, big_image):  # noqa: F811
         assert proxy.blob_gets() == 2
 
 
-def test_4xx_other_than_429_is_not_retried(registry):  # noqa: F811
+def test_4xx_other_than_429_is_not_retried(registry):
     with RegistryProxy(registry.url) as proxy, \
             RegistryClient(proxy.url, "test/big", limits=FAST) as client:
         proxy.faults.append(ServerErrors(r"/manifests/", status=400, times=None))
@@ -374,7 +373,7 @@ def test_4xx_other_than_429_is_not_retried(registry):  # noqa: F811
         assert proxy.count("GET", r"/manifests/") == 1
 
 
-def test_connection_reset_mid_blob_resumes_with_a_range_request(registry, big_image):  # noqa: F811
+def test_connection_reset_mid_blob_resumes_with_a_range_request(registry, big_image):
     pushed, layer = big_image
     with RegistryProxy(registry.url) as proxy, \
             RegistryClient(proxy.url, "test/big", limits=FAST) as client:
@@ -388,7 +387,7 @@ def test_connection_reset_mid_blob_resumes_with_a_range_request(registry, big_im
         assert 0 < resumed_from <= 1_500_000
 
 
-def test_connection_reset_without_range_support_restarts_cleanly(registry, big_image):  # noqa: F811
+def test_connection_reset_without_range_support_restarts_cleanly(registry, big_image):
     pushed, layer = big_image
     with RegistryProxy(registry.url) as proxy, \
             RegistryClient(proxy.url, "test/big", limits=FAST) as client:
@@ -415,7 +414,7 @@ class _NoRanges(ResetMidBody):
         return reply
 
 
-def test_slow_trickle_within_the_timeout_still_completes(registry):  # noqa: F811
+def test_slow_trickle_within_the_timeout_still_completes(registry):
     data = tar_layer({"small": b"s" * 2000}, compression="none")
     pushed = push_image(registry.url, "test/slow", "1", [data])
     with RegistryProxy(registry.url) as proxy, \
@@ -424,7 +423,7 @@ def test_slow_trickle_within_the_timeout_still_completes(registry):  # noqa: F81
         assert fetch(client, pushed.layer_digests[0], len(data)) == data
 
 
-def test_read_timeout_on_a_stalled_blob_is_retryable(registry):  # noqa: F811
+def test_read_timeout_on_a_stalled_blob_is_retryable(registry):
     data = tar_layer({"small": b"s" * 2000}, compression="none")
     pushed = push_image(registry.url, "test/stall", "1", [data])
     limits = Limits(http_timeout=0.3, http_retries=2)

@@ -38,7 +38,6 @@ from tests.support.proxy import (
     ServerErrors,
     Trickle,
 )
-from tests.support.registry import registry  # noqa: F401
 from tests.support.services import refused_address
 from tests.support.squashfs_tree import read_squashfs, sha256
 
@@ -63,12 +62,12 @@ def build(builder: Builder, reference: str = "testreg/faults/app:1") -> BuildRes
 
 
 @pytest.fixture(scope="module")
-def pushed(registry):  # noqa: F811
+def pushed(registry):
     return push_image(registry.url, "faults/app", "1", [LAYER])
 
 
 @pytest.fixture
-def proxy(registry):  # noqa: F811
+def proxy(registry):
     with RegistryProxy(registry.url) as running:
         yield running
 
@@ -284,7 +283,7 @@ def test_worker_slot_is_freed_when_a_silent_registry_times_out(
 
 
 def test_a_conversion_that_fails_does_not_wait_for_the_other_downloads(
-        tmp_path, proxy, registry, record_property):  # noqa: F811
+        tmp_path, proxy, registry, record_property):
     # The newest layer is refused as soon as it is read; the older one trickles in (all of
     # it would take ~10 s). Its download stops after the 1 MiB read in progress (~3 s here)
     # and is not cached.

@@ -20,8 +20,7 @@ import pytest
 from imagegw.client import GatewayClient, NotFound, PullFailed, munge_credential_provider
 from tests.support.images import PushedImage, push_image
 from tests.support.layers import executables
-from tests.support.munge import munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, free_port, registry  # noqa: F401
+from tests.support.registry import RegistryServer
 from tests.support.services import SHIFTERIMG, ServiceProcess, embedded_config, refused_address, start_service
 
 RUN_TIMEOUT = 120.0
@@ -53,8 +52,8 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(
-    registry: RegistryServer,  # noqa: F811
-    munge_socket: str,  # noqa: F811
+    registry: RegistryServer,
+    munge_socket: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Site]:
     workdir = tmp_path_factory.mktemp("shifterimg")

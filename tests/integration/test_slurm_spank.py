@@ -17,8 +17,7 @@ from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import gateway_service_pb2_grpc, image_pb2
 from tests.support.images import PushedImage, push_image
 from tests.support.layers import executables
-from tests.support.munge import munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, free_port, registry  # noqa: F401
+from tests.support.registry import RegistryServer
 from tests.support.services import ServiceProcess, embedded_config, refused_address, start_service
 from tests.support.slurm import SlurmCluster, build_spank_plugin, running_slurm
 
@@ -42,8 +41,8 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(
-    registry: RegistryServer,  # noqa: F811
-    munge_socket: str,  # noqa: F811
+    registry: RegistryServer,
+    munge_socket: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Site]:
     plugin = build_spank_plugin()

@@ -19,7 +19,6 @@ from imagegw.worker.build import Builder
 from tests.support import layers as L
 from tests.support.images import default_config, push_image, push_index
 from tests.support.proxy import CorruptBody, RegistryProxy
-from tests.support.registry import basic_registry, registry, token_registry  # noqa: F401
 from tests.support.squashfs_tree import read_squashfs, sha256
 
 CONFIG = {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "GREETING=hello world"],
@@ -104,12 +103,12 @@ def expected_tree() -> dict[str, tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def pushed(registry):  # noqa: F811
+def pushed(registry):
     return push_image(registry.url, "cases/flatten", "1", [BASE, MIDDLE, TOP],
                       image_config([BASE, MIDDLE, TOP], CONFIG))
 
 
-def test_image_is_flattened_exactly_and_published_with_meta(tmp_path, registry, pushed):  # noqa: F811
+def test_image_is_flattened_exactly_and_published_with_meta(tmp_path, registry, pushed):
     builder = builder_for(tmp_path, registry.url)
     result, events = run(builder, "testreg/cases/flatten:1")
     assert result.image_id == pushed.config_digest.removeprefix("sha256:")
@@ -141,7 +140,7 @@ def test_image_is_flattened_exactly_and_published_with_meta(tmp_path, registry, 
     assert not [p for p in (tmp_path / "expand").iterdir()], "scratch space cleaned"
 
 
-def test_rerun_downloads_nothing_and_same_content_gets_same_id(tmp_path, registry, pushed):  # noqa: F811
+def test_rerun_downloads_nothing_and_same_content_gets_same_id(tmp_path, registry, pushed):
     proxy = RegistryProxy(registry.url)
     try:
         builder = builder_for(tmp_path, proxy.url)
@@ -158,7 +157,7 @@ def test_rerun_downloads_nothing_and_same_content_gets_same_id(tmp_path, registr
         proxy.stop()
 
 
-def test_multi_arch_index_picks_the_systems_platform(tmp_path, registry):  # noqa: F811
+def test_multi_arch_index_picks_the_systems_platform(tmp_path, registry):
     amd = push_image(registry.url, "cases/multi", None, [L.layer(L.file("arch", b"amd64"))],
                      platform={"os": "linux", "architecture": "amd64"})
     arm = push_image(registry.url, "cases/multi", None, [L.layer(L.file("arch", b"arm64"))],
@@ -194,7 +193,7 @@ def test_private_registries_need_the_right_credentials(tmp_path, request, fixtur
     assert not list((tmp_path / "images").glob(".*"))
 
 
-def test_redirected_blobs_are_fetched_without_leaking_authorization(tmp_path, token_registry):  # noqa: F811
+def test_redirected_blobs_are_fetched_without_leaking_authorization(tmp_path, token_registry):
     push_image(token_registry.url, "redirect/app", "1", [L.layer(L.file("x", b"redirected"))],
                auth=("alice", "wonderland"))
     proxy = RegistryProxy(token_registry.url, redirect_blobs=True)
@@ -212,7 +211,7 @@ def test_redirected_blobs_are_fetched_without_leaking_authorization(tmp_path, to
         proxy.stop()
 
 
-def test_corrupted_blob_fails_and_publishes_nothing(tmp_path, registry):  # noqa: F811
+def test_corrupted_blob_fails_and_publishes_nothing(tmp_path, registry):
     push_image(registry.url, "cases/corrupt", "1", [L.layer(L.file("f", b"x" * 5000))])
     proxy = RegistryProxy(registry.url)
     proxy.faults.append(CorruptBody(times=None))
@@ -228,7 +227,7 @@ def test_corrupted_blob_fails_and_publishes_nothing(tmp_path, registry):  # noqa
     assert not list((tmp_path / "expand").iterdir())
 
 
-def test_a_second_conversion_of_the_layers_uses_their_kept_indexes(tmp_path, registry, pushed,  # noqa: F811
+def test_a_second_conversion_of_the_layers_uses_their_kept_indexes(tmp_path, registry, pushed,
                                                                      caplog):
     caplog.set_level("INFO", logger="imagegw.pipeline.squashfs")
     first, _ = run(builder_for(tmp_path, registry.url), "testreg/cases/flatten:1")
@@ -252,7 +251,7 @@ def test_a_second_conversion_of_the_layers_uses_their_kept_indexes(tmp_path, reg
 
 
 def test_a_layer_read_to_its_end_keeps_its_index_when_an_older_layer_is_refused(
-        tmp_path, registry):  # noqa: F811
+        tmp_path, registry):
     refused = L.layer(L.file("ok", b"fine"), L.raw_member("a/../../escape", data=b"x"))
     newest = L.layer(L.file("app/run", b"#!/bin/sh\n", 0o755))
     pushed = push_image(registry.url, "cases/refused-below", "1", [refused, newest])

@@ -12,14 +12,14 @@ from imagegw.v1 import image_pb2, worker_service_pb2, worker_service_pb2_grpc
 from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.proxy import RegistryProxy, Trickle
-from tests.support.registry import registry  # noqa: F401
 from tests.support.services import start_service
 
 BIG = os.urandom(3 * 1024 * 1024)
+TOKEN = "a-site-secret-shared-by-gateways-and-workers-" + os.urandom(8).hex()
 
 
 @pytest.fixture(scope="module")
-def proxy(registry):  # noqa: F811
+def proxy(registry):
     proxy = RegistryProxy(registry.url)
     yield proxy
     proxy.stop()
@@ -28,8 +28,12 @@ def proxy(registry):  # noqa: F811
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory, proxy):
     workdir = tmp_path_factory.mktemp("worker")
+    token_file = workdir / "worker.token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     config = {
         "CacheDirectory": str(workdir / "cache"), "ExpandDirectory": str(workdir / "expand"),
+        "WorkerTokenFile": str(token_file),
         "Locations": {"testreg": {"url": proxy.url}},
         "Platforms": {"cluster": {"accesstype": "local",
                                   "local": {"imageDir": str(workdir / "images")}}},
@@ -39,15 +43,16 @@ def worker(tmp_path_factory, proxy):
     service.stop()
 
 
-def build(service, job_id: str, reference: str):
+def build(service, job_id: str, reference: str, token: str | None = TOKEN, **request):
+    metadata = () if token is None else (("imagegw-worker-token", token),)
     with grpc.insecure_channel(service.address) as channel:
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
-        request = worker_service_pb2.BuildImageRequest(job_id=job_id, system="cluster",
-                                                       reference=reference)
-        return list(stub.BuildImage(request, timeout=120))
+        message = worker_service_pb2.BuildImageRequest(job_id=job_id, system="cluster",
+                                                       reference=reference, **request)
+        return list(stub.BuildImage(message, timeout=120, metadata=metadata))
 
 
-def test_build_streams_progress_then_the_result(worker, registry):  # noqa: F811
+def test_build_streams_progress_then_the_result(worker, registry):
     service, workdir = worker
     pushed = push_image(registry.url, "svc/app", "1",
                         [L.layer(L.file("a", b"first")), L.layer(L.file("b", b"second"))])
@@ -69,7 +74,7 @@ def test_build_streams_progress_then_the_result(worker, registry):  # noqa: F811
     assert result.reference.endswith("svc/app:1")
 
 
-def test_second_call_with_the_same_job_id_attaches(worker, registry, proxy):  # noqa: F811
+def test_second_call_with_the_same_job_id_attaches(worker, registry, proxy):
     service, _ = worker
     push_image(registry.url, "svc/slow", "1", [L.layer(L.file("big", BIG), compression="none")])
     proxy.faults.append(Trickle(chunk_size=64 * 1024, delay=0.05))  # ~2.5 s download
@@ -105,3 +110,20 @@ def test_bad_requests_are_refused_with_invalid_argument(worker):
     messages = build(service, "job-bad-ref", "testreg/UPPER:1")
     assert messages[-1].failure.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "UPPER" in messages[-1].failure.message
+
+
+@pytest.mark.parametrize("token", [None, "a-guess-of-the-right-length-" + "x" * 36, TOKEN + "x"])
+def test_a_call_without_the_worker_secret_is_unauthenticated_and_writes_nothing(
+        worker, registry, token):
+    """The attack of issue 18: a direct BuildImage with made-up ACLs and no gateway record."""
+    service, workdir = worker
+    push_image(registry.url, "svc/intruder", "1", [L.layer(L.file("i", b"not for you"))])
+    before = sorted(p.name for p in (workdir / "images").glob("*"))
+    with pytest.raises(grpc.RpcError) as info:
+        build(service, "job-intruder", "testreg/svc/intruder:1", token=token,
+              user_acl=[1234], group_acl=[99])
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "WorkerTokenFile" in info.value.details()
+    assert TOKEN not in info.value.details()
+    assert sorted(p.name for p in (workdir / "images").glob("*")) == before
+    assert TOKEN not in service.log()

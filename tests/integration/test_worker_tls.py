@@ -12,7 +12,6 @@ from imagegw.v1 import image_pb2, worker_service_pb2, worker_service_pb2_grpc
 from tests.support import layers as L
 from tests.support.certs import ScratchCA
 from tests.support.images import push_image
-from tests.support.registry import registry  # noqa: F401
 from tests.support.services import embedded_config, start_service
 
 
@@ -28,7 +27,7 @@ def tls_section(ca, issued) -> dict:
             "key": str(issued.key)}
 
 
-def test_gateway_and_worker_talk_over_mutual_tls(tmp_path, registry, pki):  # noqa: F811
+def test_gateway_and_worker_talk_over_mutual_tls(tmp_path, registry, pki):
     ca, worker_cert, gateway_cert, rogue = pki
     push_image(registry.url, "tls/app", "1", [L.layer(L.file("t", b"over tls"))])
     worker_config = embedded_config(tmp_path, registry_url=registry.url,

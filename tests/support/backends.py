@@ -25,7 +25,7 @@ from imagegw.gateway.queue import (
     RedisProgressHub,
 )
 from imagegw.gateway.store import ImageStore, MongoImageStore, SqliteImageStore
-from tests.support.redis_server import RedisServer, redis_server  # noqa: F401
+from tests.support.redis_server import RedisServer
 
 QueueFactory = Callable[..., JobQueue]
 HubFactory = Callable[..., ProgressHub]

@@ -1,7 +1,8 @@
 """Real MUNGE daemons for tests: each with its own key, socket and files in a temp dir.
 
 Fixtures `munge_socket`, `other_munge_socket` (module scope, different keys) and `munge_daemon`
-(one test), imported as `*_fixture`; `make_credential` runs `munge`, as another user if asked.
+(one test), registered for every test by tests/conftest.py; `make_credential` runs `munge`, as
+another user if asked.
 """
 
 from __future__ import annotations

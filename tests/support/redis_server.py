@@ -1,7 +1,7 @@
 """A real redis-server on 127.0.0.1 for tests: start, stop, restart on the same port.
 
-No persistence, its files in a temporary directory. Import the fixtures explicitly:
-`from tests.support.redis_server import redis_server, redis_url  # noqa: F401`.
+No persistence, its files in a temporary directory. Fixtures `redis_server`, `redis_url`
+(registered for every test by tests/conftest.py).
 """
 
 from __future__ import annotations

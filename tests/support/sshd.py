@@ -2,7 +2,7 @@
 
 Owns the test account, a per-server authorized_keys file and image directory in its
 home, the host key, a known_hosts file for clients and the server process.
-Use the `sshd_target` fixture: `from tests.support.sshd import sshd_target  # noqa: F401`.
+Use the `sshd_target` fixture (registered for every test by tests/conftest.py).
 """
 
 from __future__ import annotations

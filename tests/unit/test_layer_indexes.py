@@ -9,12 +9,12 @@ from typing import BinaryIO
 
 import pytest
 
+from imagegw.cache.layout import CacheLayout
 from imagegw.domain.errors import DigestMismatch
 from imagegw.pipeline.decompress import open_layer
 from imagegw.pipeline.flatten import LayerIndex, index_layer
 from imagegw.pipeline.indexes import index_name, load_index, store_index
 from imagegw.pipeline.members import MemberPolicy
-from imagegw.registry.blobcache import BlobCache
 from tests.support import layers as L
 
 CAP = 1 << 30
@@ -61,7 +61,7 @@ def index_of(path: Path, digest: str, policy: MemberPolicy = POLICY) -> LayerInd
 
 def test_a_cached_layer_is_not_downloaded_again(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
     calls: list[int] = []
     first, first_downloaded = cache.ensure_verified(digest, len(data),
                                                     verifying_fetch(data, digest, calls))
@@ -74,7 +74,7 @@ def test_a_cached_layer_is_not_downloaded_again(tmp_path: Path) -> None:
 
 def test_the_index_kept_by_one_conversion_is_found_by_the_next(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
     path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
     assert load_index(cache, digest, POLICY) is None
     index = index_of(path, digest)
@@ -85,7 +85,7 @@ def test_the_index_kept_by_one_conversion_is_found_by_the_next(tmp_path: Path) -
 
 def test_indexes_are_kept_per_member_policy(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
     path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
     keep = MemberPolicy(keep_setuid=True)
     store_index(cache, index_of(path, digest), POLICY)
@@ -99,7 +99,7 @@ def test_indexes_are_kept_per_member_policy(tmp_path: Path) -> None:
 
 def test_a_restarted_download_keeps_exactly_the_blob(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
     path, _ = cache.ensure_verified(digest, len(data),
                                     verifying_fetch(data, digest, [], restart_after=len(data) // 2))
     assert path.read_bytes() == data
@@ -107,7 +107,7 @@ def test_a_restarted_download_keeps_exactly_the_blob(tmp_path: Path) -> None:
 
 def test_a_failed_download_leaves_neither_blob_nor_index(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
     wrong = "sha256:" + "0" * 64
     with pytest.raises(DigestMismatch):
         cache.ensure_verified(wrong, len(data), verifying_fetch(data, wrong, []))
@@ -119,7 +119,7 @@ def test_a_failed_download_leaves_neither_blob_nor_index(tmp_path: Path) -> None
 def test_an_unreadable_or_foreign_index_is_not_used(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
     other, other_digest = blob_of(L.file("x", b"y"))
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
     path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
     sidecar = cache.sidecar_path(digest, index_name(POLICY))
     sidecar.write_text("{not json")
@@ -133,7 +133,7 @@ def test_an_unreadable_or_foreign_index_is_not_used(tmp_path: Path) -> None:
 
 def test_ensure_verified_trusts_the_fetchers_hash_but_still_checks_the_size(tmp_path: Path
                                                                              ) -> None:
-    cache = BlobCache(tmp_path)
+    cache = CacheLayout(tmp_path).blob_cache()
     digest = "sha256:" + hashlib.sha256(b"abc").hexdigest()
     with pytest.raises(DigestMismatch, match="2 bytes; expected 3"):
         cache.ensure_verified(digest, 3, lambda out: out.write(b"ab"))

@@ -14,7 +14,7 @@ from imagegw.domain.config import parse_config
 from imagegw.domain.model import ImageMetadata, ImageState
 from imagegw.gateway.core.access import ANONYMOUS_CALLER
 from imagegw.gateway.core.pulls import PullManager, PullRequest, PullTicket
-from imagegw.gateway.queue import MemoryJobQueue, MemoryProgressHub
+from imagegw.gateway.queue import MemoryJobQueue, MemoryProgressHub, ProgressEvent
 from imagegw.gateway.records import ImageRecord
 from imagegw.gateway.store import SqliteImageStore
 
@@ -46,7 +46,7 @@ def complete(store: SqliteImageStore, ticket: PullTicket) -> None:
 def finish(store: SqliteImageStore, hub: MemoryProgressHub, ticket: PullTicket) -> None:
     """What the dispatcher does when a worker reports the image published."""
     complete(store, ticket)
-    hub.publish(ticket.job_id, {"final": True})
+    hub.publish(ticket.job_id, ProgressEvent.ended())
 
 
 def test_a_stream_ends_ready_when_its_job_does(world) -> None:
@@ -68,7 +68,7 @@ def test_a_stream_whose_job_ends_as_a_newer_one_begins_follows_the_newer_one(wor
     complete(store, first)
     second = pulls.request_pull(PullRequest(SYSTEM, REFERENCE, force=True), ANONYMOUS_CALLER)
     assert second.started and second.job_id != first.job_id
-    hub.publish(first.job_id, {"final": True})
+    hub.publish(first.job_id, ProgressEvent.ended())
     # The stream does not end on the newer job's QUEUED state: it follows that job.
     following = next(stream)
     assert following.state == ImageState.QUEUED and following.pull.job_id == second.job_id

@@ -51,6 +51,10 @@ def test_digest_wins_over_tag_for_the_manifest_request():
     ("ubuntu\n", "ubuntu"),  # stripped: still fine
     ("x" * 600, "longer than"),
     ("team//app", "invalid repository name component ''"),
+    ("host:99999/app", "invalid registry port 99999"),
+    ("host:0/app", "invalid registry port 0"),
+    ("[::1]:0/app", "invalid registry port 0"),
+    ("host:65536/app:1", "invalid registry port 65536"),
 ])
 def test_bad_references_get_a_clear_error(text, fragment):
     if text == "ubuntu\n":
@@ -58,3 +62,9 @@ def test_bad_references_get_a_clear_error(text, fragment):
         return
     with pytest.raises(InvalidReference, match=fragment):
         parse_reference(text, CONFIG)
+
+
+def test_a_location_written_by_its_address_is_reached_through_the_location():
+    ref = parse_reference("127.0.0.1:5000/team/app:1", CONFIG)
+    assert ref.registry_url == "http://127.0.0.1:5000"
+    assert parse_reference("host:65535/app", CONFIG).registry_url == "https://host:65535"

@@ -42,7 +42,7 @@ def test_the_stream_is_read_to_its_end_before_the_result_is_acted_on():
 
 
 def test_the_stream_is_read_to_its_end_before_a_failure_is_acted_on():
-    stream = Stream(BuildEvent(failure=Failure(9, "refused")))
+    stream = Stream(BuildEvent(failure=Failure("ContentRejected", "refused")))
     final = [event for event in WorkerPool._events("127.0.0.1:1", stream)][-1]
-    assert final.failure is not None and final.failure.message == "refused"
+    assert final.failure == Failure("ContentRejected", "refused")
     assert stream.ended

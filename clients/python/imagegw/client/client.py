@@ -31,6 +31,7 @@ from imagegw.client.models import (
 )
 from imagegw.v1 import gateway_service_pb2 as gw_pb2
 from imagegw.v1 import gateway_service_pb2_grpc as gw_grpc
+from imagegw.v1 import image_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class GatewayClient:
 
     def list_images(self, system: str, *, state: str | None = None) -> Iterator[ImageInfo]:
         """A system's images, newest pull first, fetching further pages as needed."""
-        state_value = image_state_value(state) if state else 0
+        state_value = image_state_value(state) if state else image_pb2.IMAGE_STATE_UNSPECIFIED
         token = ""
         while True:
             request = gw_pb2.ListImagesRequest(

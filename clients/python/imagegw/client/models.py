@@ -113,11 +113,11 @@ def image_state_name(value: int) -> str:
     return _enum_name(image_pb2.ImageState, value, "IMAGE_STATE_")
 
 
-def image_state_value(name: str) -> int:
+def image_state_value(name: str) -> image_pb2.ImageState.ValueType:
     """The proto value of a state name such as "READY" (case-insensitive)."""
     if name.upper() not in IMAGE_STATES:
         raise ValueError(f"unknown image state {name!r}; expected one of {', '.join(IMAGE_STATES)}")
-    return int(image_pb2.ImageState.Value("IMAGE_STATE_" + name.upper()))
+    return image_pb2.ImageState.Value("IMAGE_STATE_" + name.upper())
 
 
 def _stage_name(value: int) -> str:

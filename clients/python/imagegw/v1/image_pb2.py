@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16imagegw/v1/image.proto\x12\nimagegw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x01\n\rImageMetadata\x12\x0b\n\x03\x65nv\x18\x01 \x03(\t\x12\x12\n\nentrypoint\x18\x02 \x03(\t\x12\x0b\n\x03\x63md\x18\x03 \x03(\t\x12\x0f\n\x07workdir\x18\x04 \x01(\t\x12\x0c\n\x04user\x18\x05 \x01(\t\x12\x35\n\x06labels\x18\x06 \x03(\x0b\x32%.imagegw.v1.ImageMetadata.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x08Progress\x12 \n\x05stage\x18\x01 \x01(\x0e\x32\x11.imagegw.v1.Stage\x12\x13\n\x0blayer_index\x18\x02 \x01(\r\x12\x13\n\x0blayer_count\x18\x03 \x01(\r\x12\x12\n\nbytes_done\x18\x04 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x04\x12\x0f\n\x07message\x18\x06 \x01(\t\"(\n\x07\x46\x61ilure\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xf6\x03\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06system\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\treference\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x17\n\x0fmanifest_digest\x18\x06 \x01(\t\x12%\n\x05state\x18\x07 \x01(\x0e\x32\x16.imagegw.v1.ImageState\x12+\n\x08metadata\x18\x08 \x01(\x0b\x32\x19.imagegw.v1.ImageMetadata\x12\x10\n\x08user_acl\x18\t \x03(\r\x12\x11\n\tgroup_acl\x18\n \x03(\r\x12\x0e\n\x06\x66ormat\x18\x0b \x01(\t\x12\x12\n\nsize_bytes\x18\x0c \x01(\x04\x12\x32\n\x0elast_pull_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x07\x66\x61ilure\x18\x0f \x01(\x0b\x32\x13.imagegw.v1.Failure\x12\x12\n\nimage_file\x18\x10 \x01(\t\x12&\n\x08progress\x18\x11 \x01(\x0b\x32\x14.imagegw.v1.Progress\x12%\n\x05trust\x18\x18 \x01(\x0b\x32\x16.imagegw.v1.ImageTrust\"B\n\x0bImageSigner\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\"\\\n\nImageTrust\x12\x15\n\rpolicy_digest\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12(\n\x07signers\x18\x03 \x03(\x0b\x32\x17.imagegw.v1.ImageSigner*\xdc\x01\n\nImageState\x12\x1b\n\x17IMAGE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12IMAGE_STATE_QUEUED\x10\x01\x12\x17\n\x13IMAGE_STATE_PULLING\x10\x02\x12\x1a\n\x16IMAGE_STATE_CONVERTING\x10\x03\x12\x1c\n\x18IMAGE_STATE_TRANSFERRING\x10\x04\x12\x15\n\x11IMAGE_STATE_READY\x10\x05\x12\x16\n\x12IMAGE_STATE_FAILED\x10\x06\x12\x17\n\x13IMAGE_STATE_EXPIRED\x10\x07*\x98\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_QUEUED\x10\x01\x12\x13\n\x0fSTAGE_RESOLVING\x10\x02\x12\x15\n\x11STAGE_DOWNLOADING\x10\x03\x12\x14\n\x10STAGE_CONVERTING\x10\x04\x12\x14\n\x10STAGE_PUBLISHING\x10\x05\x12\x0e\n\nSTAGE_DONE\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16imagegw/v1/image.proto\x12\nimagegw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x01\n\rImageMetadata\x12\x0b\n\x03\x65nv\x18\x01 \x03(\t\x12\x12\n\nentrypoint\x18\x02 \x03(\t\x12\x0b\n\x03\x63md\x18\x03 \x03(\t\x12\x0f\n\x07workdir\x18\x04 \x01(\t\x12\x0c\n\x04user\x18\x05 \x01(\t\x12\x35\n\x06labels\x18\x06 \x03(\x0b\x32%.imagegw.v1.ImageMetadata.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x08Progress\x12 \n\x05stage\x18\x01 \x01(\x0e\x32\x11.imagegw.v1.Stage\x12\x13\n\x0blayer_index\x18\x02 \x01(\r\x12\x13\n\x0blayer_count\x18\x03 \x01(\r\x12\x12\n\nbytes_done\x18\x04 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x04\x12\x0f\n\x07message\x18\x06 \x01(\t\"6\n\x07\x46\x61ilure\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\"\xf6\x03\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06system\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\treference\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x17\n\x0fmanifest_digest\x18\x06 \x01(\t\x12%\n\x05state\x18\x07 \x01(\x0e\x32\x16.imagegw.v1.ImageState\x12+\n\x08metadata\x18\x08 \x01(\x0b\x32\x19.imagegw.v1.ImageMetadata\x12\x10\n\x08user_acl\x18\t \x03(\r\x12\x11\n\tgroup_acl\x18\n \x03(\r\x12\x0e\n\x06\x66ormat\x18\x0b \x01(\t\x12\x12\n\nsize_bytes\x18\x0c \x01(\x04\x12\x32\n\x0elast_pull_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x07\x66\x61ilure\x18\x0f \x01(\x0b\x32\x13.imagegw.v1.Failure\x12\x12\n\nimage_file\x18\x10 \x01(\t\x12&\n\x08progress\x18\x11 \x01(\x0b\x32\x14.imagegw.v1.Progress\x12%\n\x05trust\x18\x18 \x01(\x0b\x32\x16.imagegw.v1.ImageTrust\"B\n\x0bImageSigner\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\"\\\n\nImageTrust\x12\x15\n\rpolicy_digest\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12(\n\x07signers\x18\x03 \x03(\x0b\x32\x17.imagegw.v1.ImageSigner*\xdc\x01\n\nImageState\x12\x1b\n\x17IMAGE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12IMAGE_STATE_QUEUED\x10\x01\x12\x17\n\x13IMAGE_STATE_PULLING\x10\x02\x12\x1a\n\x16IMAGE_STATE_CONVERTING\x10\x03\x12\x1c\n\x18IMAGE_STATE_TRANSFERRING\x10\x04\x12\x15\n\x11IMAGE_STATE_READY\x10\x05\x12\x16\n\x12IMAGE_STATE_FAILED\x10\x06\x12\x17\n\x13IMAGE_STATE_EXPIRED\x10\x07*\x98\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_QUEUED\x10\x01\x12\x13\n\x0fSTAGE_RESOLVING\x10\x02\x12\x15\n\x11STAGE_DOWNLOADING\x10\x03\x12\x14\n\x10STAGE_CONVERTING\x10\x04\x12\x14\n\x10STAGE_PUBLISHING\x10\x05\x12\x0e\n\nSTAGE_DONE\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMAGEMETADATA_LABELSENTRY']._loaded_options = None
   _globals['_IMAGEMETADATA_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_IMAGESTATE']._serialized_start=1125
-  _globals['_IMAGESTATE']._serialized_end=1345
-  _globals['_STAGE']._serialized_start=1348
-  _globals['_STAGE']._serialized_end=1500
+  _globals['_IMAGESTATE']._serialized_start=1139
+  _globals['_IMAGESTATE']._serialized_end=1359
+  _globals['_STAGE']._serialized_start=1362
+  _globals['_STAGE']._serialized_end=1514
   _globals['_IMAGEMETADATA']._serialized_start=72
   _globals['_IMAGEMETADATA']._serialized_end=266
   _globals['_IMAGEMETADATA_LABELSENTRY']._serialized_start=221
@@ -45,11 +45,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROGRESS']._serialized_start=269
   _globals['_PROGRESS']._serialized_end=413
   _globals['_FAILURE']._serialized_start=415
-  _globals['_FAILURE']._serialized_end=455
-  _globals['_IMAGE']._serialized_start=458
-  _globals['_IMAGE']._serialized_end=960
-  _globals['_IMAGESIGNER']._serialized_start=962
-  _globals['_IMAGESIGNER']._serialized_end=1028
-  _globals['_IMAGETRUST']._serialized_start=1030
-  _globals['_IMAGETRUST']._serialized_end=1122
+  _globals['_FAILURE']._serialized_end=469
+  _globals['_IMAGE']._serialized_start=472
+  _globals['_IMAGE']._serialized_end=974
+  _globals['_IMAGESIGNER']._serialized_start=976
+  _globals['_IMAGESIGNER']._serialized_end=1042
+  _globals['_IMAGETRUST']._serialized_start=1044
+  _globals['_IMAGETRUST']._serialized_end=1136
 # @@protoc_insertion_point(module_scope)

@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
+from imagegw.cache.layout import private_directory
+from imagegw.cli import doctor, units
 from imagegw.domain.config import Config, default_config, load_config
 from imagegw.domain.errors import ImageGatewayError
 from imagegw.signatures import load_site_trust
@@ -40,7 +44,7 @@ def _config(args: argparse.Namespace) -> Config:
         config = default_config(data_dir, listen=listen)
     for warning in config.warnings:
         log.warning("config: %s", warning)
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    private_directory(config.data_dir)  # records, credentials, worker secret: 0700
     return config
 
 
@@ -57,15 +61,21 @@ def _serve(args: argparse.Namespace) -> int:
     from imagegw.worker.app import WorkerApp
 
     config = _config(args)
-    worker = WorkerApp(config, "127.0.0.1:0")
-    worker.start()
-    gateway = GatewayApp(config, config.listen, [worker.address])
-    gateway.start()
-    _announce(args, gateway.address)
-    _wait_for_signal()
-    log.info("shutting down")
-    gateway.stop()
-    worker.stop(drain_timeout=5.0)
+    # The local worker listens on a Unix socket in a directory only this account can enter,
+    # not on a loopback port every local user could call (it also checks the worker secret).
+    run_dir = tempfile.mkdtemp(prefix="imagegw-")
+    try:
+        worker = WorkerApp(config, f"unix:{run_dir}/worker.sock")
+        worker.start()
+        gateway = GatewayApp(config, config.listen, [worker.address])
+        gateway.start()
+        _announce(args, gateway.address)
+        _wait_for_signal()
+        log.info("shutting down")
+        gateway.stop()
+        worker.stop(drain_timeout=5.0)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 
 
@@ -140,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--worker-id", help="name in the worker directory (default: host-pid)")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
+    doctor.add_arguments(sub.add_parser("doctor", help="check a configuration against this host"))
+    units.add_arguments(sub.add_parser("units", help="the systemd units, ready to install"))
     return parser
 
 
@@ -149,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check-config": _check}
+    handlers = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check-config": _check,
+                "doctor": doctor.run, "units": units.run}
     try:
         return handlers[args.command](args)
     except ImageGatewayError as exc:

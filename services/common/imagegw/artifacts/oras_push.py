@@ -44,7 +44,7 @@ class _TimeoutSession(requests.Session):
         self.trust_env = False  # no proxies or .netrc credentials picked up implicitly
         self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
         return super().request(method, url, *args, **kwargs)
 
@@ -73,7 +73,7 @@ class _Registry(oras.provider.Registry):
     """oras' registry client without its retry-and-sleep loop."""
 
     def do_request(self, *args: Any, **kwargs: Any) -> requests.Response:
-        return oras.provider.Registry.do_request.__wrapped__(self, *args, **kwargs)  # type: ignore[attr-defined]
+        return oras.provider.Registry.do_request.__wrapped__(self, *args, **kwargs)
 
 
 def _registry(location: Location, credentials: RegistryCredentials | None,
@@ -89,7 +89,7 @@ def _registry(location: Location, credentials: RegistryCredentials | None,
     auth: oras.auth.AuthBackend = _BasicAuth() if scheme == "basic" else _TokenAuth()
     auth.session = session
     auth.prefix = "http" if insecure else "https"
-    auth._tls_verify = tls_verify  # type: ignore[assignment]
+    auth._tls_verify = tls_verify
     if credentials is not None:
         auth.set_basic_auth(credentials.username, credentials.password)
     registry.auth = auth

@@ -198,6 +198,7 @@ def build_ready_made(job: BuildJob, reference: ImageReference, client: RegistryC
                           message=f"publishing {image_file} to {job.system}"))
             publisher.publish(squashfs, image_file, meta, meta_file, on_bytes=lambda d, t: emit(
                 Progress(Stage.PUBLISHING, bytes_done=d, bytes_total=t,
-                         message=f"publishing {image_file}")))
+                         message=f"publishing {image_file}")),
+                private=bool(job.user_acl or job.group_acl))
     log.info("job %s: published ready-made %s as %s", job.job_id, reference, image_id)
     return result(size)

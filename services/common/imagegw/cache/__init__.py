@@ -9,28 +9,26 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-
-from imagegw.registry.blobcache import BlobCache
 
 from .conversions import ConversionCache
 from .eviction import EvictionReport, blob_lease, conversion_lease, evict
+from .layout import CacheLayout
 from .leases import Leases
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WorkerCaches", "ConversionCache", "EvictionReport", "Leases"]
+__all__ = ["CacheLayout", "ConversionCache", "EvictionReport", "Leases", "WorkerCaches"]
 
 _EVICTOR = "evictor"
 
 
 class WorkerCaches:
-    def __init__(self, root: Path, *, max_bytes: int | None = None) -> None:
-        self.root = Path(root)
+    def __init__(self, layout: CacheLayout, *, max_bytes: int | None = None) -> None:
+        self.layout = layout
         self.max_bytes = max_bytes
-        self.blobs = BlobCache(self.root)
-        self.conversions = ConversionCache(self.root)
-        self.leases = Leases(self.root)
+        self.blobs = layout.blob_cache()
+        self.conversions = layout.conversion_cache()
+        self.leases = layout.lease_table()
 
     @contextlib.contextmanager
     def lease(self, *, digests: Iterable[str] = (), conversions: Iterable[str] = ()

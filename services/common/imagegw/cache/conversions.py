@@ -21,8 +21,8 @@ __all__ = ["ConversionCache"]
 
 
 class ConversionCache:
-    def __init__(self, root: Path) -> None:
-        self.dir = Path(root) / "conversions"
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str, image_format: str) -> Path:

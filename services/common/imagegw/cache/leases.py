@@ -17,8 +17,8 @@ __all__ = ["Leases"]
 
 
 class Leases:
-    def __init__(self, root: Path) -> None:
-        self.dir = Path(root) / "leases"
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> Path:

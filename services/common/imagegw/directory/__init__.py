@@ -48,6 +48,11 @@ def redis_from_url(url: str) -> redis.Redis:
         raise ConfigError(f"Broker: not a usable Redis URL: {exc}") from exc
 
 
+def _text(value: bytes | str) -> str:
+    """A reply as text (bytes unless the client was made with decode_responses)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class WorkerDirectory:
     def __init__(self, client: redis.Redis, *, ttl: float = 15.0) -> None:
         self._redis = client
@@ -73,7 +78,7 @@ class WorkerDirectory:
 
     def live(self) -> list[WorkerInfo]:
         try:
-            ids = sorted(member.decode() for member in self._redis.smembers(MEMBERS))
+            ids = sorted(_text(member) for member in self._redis.smembers(MEMBERS))
             if not ids:
                 return []
             records = self._redis.mget([f"{PREFIX}:{worker_id}" for worker_id in ids])

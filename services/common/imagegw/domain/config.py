@@ -203,6 +203,12 @@ class Config:
     #: (containers-registries.d(5)); unset: every image is accepted, as before.
     signature_policy: str = ""
     signature_registries_dir: str = ""
+    #: Registry host patterns ("*.example.org", "ghcr.io", "host:5000") pulled from besides
+    #: the Locations; they must resolve to public addresses (imagegw.registry.policy).
+    allowed_registries: tuple[str, ...] = ()
+    #: The secret gateways and workers share when WorkerTLS is not set
+    #: ("" = <data dir>/worker.token, created 0600; imagegw.rpc.worker_auth).
+    worker_token_file: str = ""
     #: Problems that did not stop loading (unknown keys, ignored settings).
     warnings: tuple[str, ...] = ()
 
@@ -554,11 +560,28 @@ def parse_config(
         worker_metrics_listen=_host_port(top.get("WorkerMetricsListen", str), "WorkerMetricsListen"),
         signature_policy=top.get("SignaturePolicy", str, ""),
         signature_registries_dir=top.get("SignatureRegistriesDir", str, ""),
+        allowed_registries=_allowed_registries(top.strings("AllowedRegistries")),
+        worker_token_file=top.get("WorkerTokenFile", str, ""),
     )
     top.ignore(*_IGNORED_TOP_KEYS, "DataDirectory")
     top.finish()
     config = _with_directories(config)
     return replace(config, warnings=tuple(warnings))
+
+
+_REGISTRY_PATTERN = re.compile(
+    r"^(?:[a-z0-9*?](?:[a-z0-9*?.-]*[a-z0-9*?])?|\[[0-9a-f:.]+\])(?::(?:[0-9]{1,5}|\*))?$")
+
+
+def _allowed_registries(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    for pattern in patterns:
+        port = pattern.rpartition("]")[2].partition(":")[2]
+        if not _REGISTRY_PATTERN.match(pattern.lower()) or (
+                port.isdigit() and not 0 < int(port) < 65536):
+            raise ConfigError(f"AllowedRegistries: {pattern!r} is not a host pattern",
+                              hint='a host with * wildcards and an optional port (or :* for '
+                                   'any), like "*.example.org" or "registry.example.org:5000"')
+    return tuple(pattern.lower() for pattern in patterns)
 
 
 def _cache_max_bytes(value: int | None) -> int | None:

@@ -140,3 +140,34 @@ class ConfigError(ImageGatewayError):
 
 class Cancelled(ImageGatewayError):
     """The job was cancelled (shutdown, client gone)."""
+
+
+#: The kind of an error that is not in the tree (a bug): its cause still reaches the user.
+INTERNAL_KIND = "InternalError"
+
+
+def _tree() -> dict[str, type[ImageGatewayError]]:
+    kinds: dict[str, type[ImageGatewayError]] = {}
+    pending: list[type[ImageGatewayError]] = [ImageGatewayError]
+    while pending:
+        cls = pending.pop()
+        kinds[cls.__name__] = cls
+        pending.extend(cls.__subclasses__())
+    return kinds
+
+
+def kind_of(error: BaseException) -> str:
+    """The name of the most specific class of the tree that `error` is (subclasses
+    defined outside this module count as their nearest listed ancestor), or
+    INTERNAL_KIND. A kind crosses process boundaries (worker to gateway, records)."""
+    listed = _tree()
+    for cls in type(error).__mro__:
+        if listed.get(cls.__name__) is cls and cls.__module__ == __name__:
+            return cls.__name__
+    return INTERNAL_KIND
+
+
+def error_class(kind: str) -> type[ImageGatewayError] | None:
+    """The class of the tree a kind names; None for INTERNAL_KIND or an unknown kind."""
+    cls = _tree().get(kind)
+    return cls if cls is not None and cls.__module__ == __name__ else None

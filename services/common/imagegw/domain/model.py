@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from imagegw.domain.errors import kind_of
 
 
 class Stage(enum.IntEnum):
@@ -64,13 +68,31 @@ class Progress:
     bytes_total: int = 0
     message: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (records, progress channels)."""
+        return {"stage": int(self.stage), "layer_index": self.layer_index,
+                "layer_count": self.layer_count, "bytes_done": self.bytes_done,
+                "bytes_total": self.bytes_total, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Progress:
+        return cls(stage=Stage(data.get("stage", 0)), layer_index=data.get("layer_index", 0),
+                   layer_count=data.get("layer_count", 0), bytes_done=data.get("bytes_done", 0),
+                   bytes_total=data.get("bytes_total", 0), message=data.get("message", ""))
+
 
 @dataclass(frozen=True)
 class Failure:
-    """A failed job: a gRPC status code number and a message a person can act on."""
+    """A failed job: the kind of error in the tree of `imagegw.domain.errors` (its class
+    name, e.g. "RegistryAuthFailed"; INTERNAL_KIND for a bug) and a message a person can
+    act on. The edges map the kind to their status codes."""
 
-    code: int
+    kind: str
     message: str
+
+    @classmethod
+    def of(cls, error: BaseException, message: str | None = None) -> Failure:
+        return cls(kind_of(error), str(error) if message is None else message)
 
 
 @dataclass(frozen=True)

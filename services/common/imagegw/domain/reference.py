@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from imagegw.domain.config import DOCKER_HUB_HOSTS, Config
+from imagegw.domain.config import DOCKER_HUB_HOSTS, Config, Location
 from imagegw.domain.errors import InvalidReference
 
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
@@ -93,6 +94,23 @@ def _looks_like_host(component: str) -> bool:
     )
 
 
+def _location_at(config: Config, host: str) -> Location | None:
+    """The Location whose URL is at `host` ("127.0.0.1:5000"): a registry written by its
+    address is reached as that Location says (scheme, CA), and counts as configured."""
+    host = host.lower()
+    return next((location for location in config.locations.values()
+                 if urlsplit(location.url).netloc.lower() == host), None)
+
+
+def _check_port(host: str, original: str) -> None:
+    """A registry port is 1-65535: "host:0" or "host:99999" is a typo, never a registry."""
+    after_address = host.rpartition("]")[2]  # an IPv6 literal's colons are not a port
+    _, colon, port = after_address.rpartition(":")
+    if colon and not 1 <= int(port) <= 65535:
+        raise InvalidReference(f"invalid registry port {port} in {original!r}",
+                               hint="a port is a number from 1 to 65535")
+
+
 def parse_reference(text: str, config: Config) -> ImageReference:
     """Parses `text` ("ubuntu:24.04", "host:5000/team/app:1@sha256:...") against `config`."""
     original = text
@@ -118,9 +136,10 @@ def parse_reference(text: str, config: Config) -> ImageReference:
     elif len(parts) > 1 and _looks_like_host(first):
         if not _HOST.match(first):
             raise InvalidReference(f"invalid registry host {first!r} in {original!r}")
+        _check_port(first, original)
         location_name, path = first, parts[1:]
         hub = first in DOCKER_HUB_HOSTS
-        configured = config.locations.get(first)
+        configured = config.locations.get(first) or _location_at(config, first)
         if configured is not None:
             url = configured.url
         elif hub:

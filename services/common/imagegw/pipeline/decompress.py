@@ -11,18 +11,20 @@ from __future__ import annotations
 import io
 import logging
 import os
+import types
 import zlib
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import IO, BinaryIO, Protocol, cast
 
 import zstandard
 
 from imagegw.domain.errors import ContentRejected
 
+_inflate_module: types.ModuleType  # isal_zlib or zlib: the same decompressobj API
 try:
     from isal import isal_zlib as _inflate_module
 except ImportError:  # optional speed-up: zlib gives the same bytes
-    _inflate_module = zlib  # type: ignore[assignment, unused-ignore]
+    _inflate_module = zlib
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,17 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ZSTD_SKIPPABLE_LOW = 0x184D2A50
 
-__all__ = ["open_layer", "open_layer_stream", "LayerStream", "detect_format", "GZIP_BACKEND"]
+__all__ = ["open_layer", "open_layer_stream", "LayerStream", "RawReader", "detect_format",
+           "GZIP_BACKEND"]
+
+
+class RawReader(Protocol):
+    """What a layer stream reads its compressed bytes from: a file, or any object that
+    reads and closes like one (a download in progress, a counting wrapper)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 def detect_format(head: bytes) -> str:
@@ -73,7 +85,7 @@ def open_layer(
 
 
 def open_layer_stream(
-    raw: BinaryIO, *, max_uncompressed: int, layer: str
+    raw: RawReader, *, max_uncompressed: int, layer: str
 ) -> BinaryIO:
     """Like open_layer, over a stream that cannot seek (a download in progress).
 
@@ -86,7 +98,7 @@ def open_layer_stream(
     return cast(BinaryIO, stream)
 
 
-def _read_head(raw: BinaryIO, count: int) -> bytes:
+def _read_head(raw: RawReader, count: int) -> bytes:
     head = b""
     while len(head) < count:
         more = raw.read(count - len(head))
@@ -99,7 +111,7 @@ def _read_head(raw: BinaryIO, count: int) -> bytes:
 class _Prefixed:
     """`head` followed by the rest of `raw` (a peek for streams that cannot seek)."""
 
-    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+    def __init__(self, head: bytes, raw: RawReader) -> None:
         self._head = head
         self._raw = raw
 
@@ -119,7 +131,7 @@ class _Prefixed:
 class LayerStream(io.RawIOBase):
     """Decompressed bytes of one layer, counted against a cap."""
 
-    def __init__(self, raw: BinaryIO, kind: str, *, layer: str, max_uncompressed: int) -> None:
+    def __init__(self, raw: RawReader, kind: str, *, layer: str, max_uncompressed: int) -> None:
         super().__init__()
         self.kind = kind
         self.layer = layer
@@ -175,7 +187,7 @@ class _Source:
 
 
 class _PlainSource(_Source):
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: RawReader) -> None:
         self._raw = raw
 
     def read(self, size: int) -> bytes:
@@ -185,7 +197,7 @@ class _PlainSource(_Source):
 class _GzipSource(_Source):
     """gzip with concatenated members and trailing zero padding (as gzip(1) accepts)."""
 
-    def __init__(self, raw: BinaryIO, layer: str) -> None:
+    def __init__(self, raw: RawReader, layer: str) -> None:
         self._raw = raw
         self._layer = layer
         self._inflate = _inflate_module.decompressobj(wbits=31)
@@ -238,11 +250,13 @@ class _GzipSource(_Source):
 
 
 class _ZstdSource(_Source):
-    def __init__(self, raw: BinaryIO, layer: str) -> None:
+    def __init__(self, raw: RawReader, layer: str) -> None:
         self._layer = layer
         self._framing = _ZstdFraming(raw, layer)
+        # zstandard's stub asks for IO[bytes]; its reader calls only read() (or readinto()).
         self._reader = zstandard.ZstdDecompressor().stream_reader(
-            self._framing, read_size=READ_SIZE, read_across_frames=True, closefd=False
+            cast(IO[bytes], self._framing), read_size=READ_SIZE, read_across_frames=True,
+            closefd=False,
         )
 
     def read(self, size: int) -> bytes:
@@ -267,7 +281,7 @@ class _ZstdFraming:
     """Watches the compressed bytes as they are read and follows zstd's frame and
     block headers, so a truncated layer is caught while streaming (headers only)."""
 
-    def __init__(self, raw: BinaryIO, layer: str) -> None:
+    def __init__(self, raw: RawReader, layer: str) -> None:
         self._raw = raw
         self._layer = layer
         self._pending = bytearray()  # bytes of the header being collected

@@ -9,6 +9,7 @@ streams the surviving file data out of the layers, each decompressed once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -333,7 +334,7 @@ def _write_layer_files(
                 hint="pull the image again",
             )
         writer.file(names[0], mode=data.mode, mtime=data.mtime, size=data.size,
-                    copy=lambda out, m=member: reader.copy_data(m, out, on_bytes))
+                    copy=functools.partial(reader.copy_data, member, on_bytes=on_bytes))
         for name in names[1:]:
             writer.hardlink(name, names[0], mode=data.mode, mtime=data.mtime)
         if not needed:

@@ -107,11 +107,11 @@ def tar2sqfs_environment(options: ConverterOptions) -> dict[str, str] | None:
     """The environment to run tar2sqfs in for `options` (None: the worker's own)."""
     if options.compressor != "gzip" or options.gzip_engine == "zlib":
         return None
-    shim, problem = usable_shim()
-    if problem is None:
-        return _preloaded(shim)
-    if options.gzip_engine == "libdeflate":
-        raise _unavailable(problem)
+    match usable_shim():
+        case (Path() as shim, None):
+            return _preloaded(shim)
+        case (None, str(problem)) if options.gzip_engine == "libdeflate":
+            raise _unavailable(problem)
     return None
 
 

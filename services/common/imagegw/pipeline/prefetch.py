@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 from .members import Admitted, Dropped, Kind, Marker, MemberPolicy, admit
 from .tarstream import REGULAR, RawMember, TarReader
@@ -36,7 +36,7 @@ AHEAD_BYTES = 8 << 20
 Result = Admitted | Marker | Dropped
 #: How a member's data is reached: bytes read ahead, SKIPPED, or IN_STREAM (read it now).
 Data = bytes | None
-SKIPPED: Data = None
+SKIPPED: Final = None  # Final: `data is SKIPPED` narrows Data to bytes
 IN_STREAM = b"\0in-stream"  # a sentinel compared by identity
 
 

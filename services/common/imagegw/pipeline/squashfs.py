@@ -27,14 +27,15 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
 
-from .decompress import open_layer, open_layer_stream
+from .decompress import open_layer_stream
 from .flatten import FlatTree, LayerIndex, index_layer, merge_layers, write_flat_tar
 from .gzip_engine import tar2sqfs_environment
+from .layer import Layer
 from .members import MemberPolicy
 from .streaming import SpeculationFailed, StreamedFlatten, stream_flat_tar
 from .writeback import EarlyWriteback
@@ -134,7 +135,8 @@ def _feed(process: subprocess.Popen[bytes], write_tar: Callable[[BinaryIO], None
     """Writes the tar into tar2sqfs, runs `check` while it finishes, waits for it."""
     assert process.stdin is not None
     try:
-        write_tar(process.stdin)
+        # Popen (bufsize > 0) opened it as an io.BufferedWriter; typeshed says IO[bytes].
+        write_tar(cast(BinaryIO, process.stdin))
         process.stdin.close()
         if check is not None:
             check()
@@ -155,7 +157,7 @@ def _feed(process: subprocess.Popen[bytes], write_tar: Callable[[BinaryIO], None
                                hint=space_hint())
 
 
-def _widen_pipe(pipe: BinaryIO) -> None:
+def _widen_pipe(pipe: IO[bytes]) -> None:
     """Lets the tar writer run up to PIPE_BUFFER ahead of tar2sqfs (64 KiB by default):
     with a small pipe the two take turns instead of working at the same time."""
     with contextlib.suppress(OSError, AttributeError):
@@ -201,17 +203,14 @@ def _tail(stderr: BinaryIO) -> str:
 
 
 def flatten_to_squashfs(
-    layer_paths: Sequence[Path],
+    layers: Sequence[Layer],
     output: Path,
     *,
     options: ConverterOptions,
     limits: Limits,
-    layer_names: Sequence[str],
     on_progress: Callable[[int, int], None] | None = None,
     indexes: Sequence[LayerIndex | None] | None = None,
-    layer_sizes: Sequence[int] | None = None,
     on_index: Callable[[int, LayerIndex], None] | None = None,
-    open_blob: Callable[[int], BinaryIO] | None = None,
 ) -> FlattenStats:
     """Flattens the layers (oldest first) into the squashfs image `output`.
 
@@ -219,34 +218,26 @@ def flatten_to_squashfs(
     are merged first and each is decompressed once for its file data. Otherwise each
     layer is decompressed once, newest first, writing files as it goes (streaming.py);
     when that result cannot be proven exact, the partial image is dropped and the
-    two-pass flatten runs with the indexes made. `layer_paths[i]` may block until
-    layer i is downloaded: layers are asked for newest first.
+    two-pass flatten runs with the indexes made. A layer's blob may still be downloading
+    (its reads wait): layers are opened newest first.
     `on_progress(bytes_done, bytes_total)` follows the file data written (two passes) or
-    the compressed layer bytes read (one pass; `layer_sizes`, the blobs' sizes, give the
-    total without waiting for the downloads). `on_index(i, index)` gets the index of
-    layer i as soon as it is made here (a layer read to its end), to keep it.
-    `open_blob(i)`, when given, opens layer i's blob instead of `layer_paths[i]` (a
-    download still in progress: see worker/following.py); then the layer paths are
-    not used, only their number.
+    the compressed layer bytes read (one pass; the layers' sizes give the total without
+    waiting for the downloads). `on_index(i, index)` gets the index of layer i as soon as
+    it is made here (a layer read to its end), to keep it.
     """
-    if len(layer_paths) != len(layer_names):
-        raise ValueError("layer_paths and layer_names differ in length")
-    if len(layer_paths) > limits.max_layers:
-        raise ContentRejected(f"the image has {len(layer_paths)} layers; the limit is "
+    if len(layers) > limits.max_layers:
+        raise ContentRejected(f"the image has {len(layers)} layers; the limit is "
                               f"{limits.max_layers}")
-    known = list(indexes) if indexes is not None else [None] * len(layer_paths)
-    if len(known) != len(layer_names) or any(
-            index is not None and index.layer != name
-            for index, name in zip(known, layer_names, strict=True)):
-        raise ValueError("indexes do not match layer_names")
-    flatten = _Flatten(layer_paths, layer_names, options, limits, on_progress, on_index,
-                       open_blob)
+    known: list[LayerIndex | None] = list(indexes) if indexes is not None else [None] * len(layers)
+    if len(known) != len(layers) or any(
+            index is not None and index.layer != layer.name
+            for index, layer in zip(known, layers, strict=True)):
+        raise ValueError("indexes do not match the layers")
+    flatten = _Flatten(layers, options, limits, on_progress, on_index)
     if all(index is not None for index in known):
         return flatten.two_passes([index for index in known if index is not None], output)
-    sizes = list(layer_sizes) if layer_sizes is not None else [
-        Path(path).stat().st_size for path in layer_paths]
     try:
-        return flatten.one_pass(output, sizes)
+        return flatten.one_pass(output, [layer.size for layer in layers])
     except SpeculationFailed as failed:
         log.info("one-pass flatten of %s not exact (%s); flattening in two passes",
                  output.name, failed.reason)
@@ -260,14 +251,11 @@ def flatten_to_squashfs(
 class _Flatten:
     """The two ways of flattening the same layers into one image."""
 
-    def __init__(self, layer_paths: Sequence[Path], layer_names: Sequence[str],
-                 options: ConverterOptions, limits: Limits,
+    def __init__(self, layers: Sequence[Layer], options: ConverterOptions, limits: Limits,
                  on_progress: Callable[[int, int], None] | None,
-                 on_index: Callable[[int, LayerIndex], None] | None = None,
-                 open_blob: Callable[[int], BinaryIO] | None = None) -> None:
-        self.layer_paths = layer_paths
-        self.open_blob = open_blob
-        self.layer_names = layer_names
+                 on_index: Callable[[int, LayerIndex], None] | None = None) -> None:
+        self.layers = layers
+        self.layer_names = [layer.name for layer in layers]
         self.options = options
         self.cap = limits.max_unpacked_bytes
         self.policy = MemberPolicy(keep_setuid=options.keep_setuid)
@@ -275,11 +263,7 @@ class _Flatten:
         self.on_index = on_index
 
     def open(self, number: int, on_raw_bytes: Callable[[int], None] | None = None) -> BinaryIO:
-        if self.open_blob is None and on_raw_bytes is None:
-            return open_layer(self.layer_paths[number], max_uncompressed=self.cap,
-                              layer=self.layer_names[number])
-        blob = (self.open_blob(number) if self.open_blob is not None
-                else open(self.layer_paths[number], "rb"))  # noqa: SIM115 - closed by the stream
+        blob = self.layers[number].open()
         raw = blob if on_raw_bytes is None else _CountingReader(blob, on_raw_bytes)
         try:
             return open_layer_stream(raw, max_uncompressed=self.cap,

@@ -28,6 +28,7 @@ implicit directory the mode and mtime of its entry when that arrives (see squash
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
@@ -225,7 +226,7 @@ class _NewestFirst:
                     raise SpeculationFailed("the data written passes the unpacked-size limit",
                                             indexes)
                 writer.file(path, mode=result.mode, mtime=result.mtime, size=result.size,
-                            copy=lambda out, m=member, d=data: source.copy(m, d, out, on_bytes))
+                            copy=functools.partial(source.copy, member, data, on_bytes=on_bytes))
                 self.written[(number, member.ordinal)] = path
                 self._layer_files[path] = (result.mode, result.mtime)
             elif kind is Kind.DIR:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from imagegw.domain.errors import ContentRejected
 
@@ -33,7 +33,13 @@ _HEADER_ONLY = frozenset("123456")
 _USTAR_MAGIC = b"ustar\x00"
 _USTAR_MAX_NUMBER = 8**11 - 1
 
-__all__ = ["RawMember", "TarReader", "TarWriter", "BLOCK", "CHUNK"]
+__all__ = ["DataSink", "RawMember", "TarReader", "TarWriter", "BLOCK", "CHUNK"]
+
+
+class DataSink(Protocol):
+    """Where copy_data writes a member's data: a file, or anything that takes bytes."""
+
+    def write(self, data: memoryview, /) -> object: ...
 
 
 @dataclass(slots=True)
@@ -77,7 +83,7 @@ class TarReader:
             yield member
 
     def copy_data(
-        self, member: RawMember, out: BinaryIO, on_bytes: Callable[[int], None] | None = None
+        self, member: RawMember, out: DataSink, on_bytes: Callable[[int], None] | None = None
     ) -> None:
         """Writes the current member's data (exactly member.size bytes) to `out`."""
         if self._data_left != member.size:

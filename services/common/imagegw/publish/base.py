@@ -19,6 +19,9 @@ ProgressCallback = Callable[[int, int], None]
 
 CHUNK_SIZE = 4 * 1024 * 1024
 FILE_MODE = 0o644
+#: Private images (ACLs) and their meta files: the service account only. Shifter's runtime
+#: reads images as root (NERSC/shifter#181 chose 0600 too).
+PRIVATE_FILE_MODE = 0o600
 DIR_MODE = 0o755
 
 _TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_-]+\.partial")
@@ -43,8 +46,11 @@ class Publisher(Protocol):
         meta_file: str,
         *,
         on_bytes: ProgressCallback | None = None,
+        private: bool = False,
     ) -> None:
-        """Places the image, then the meta file; raises TransferFailed with the cause."""
+        """Places the image, then the meta file; raises TransferFailed with the cause.
+        A `private` image (one with ACLs) and its meta file are PRIVATE_FILE_MODE from
+        creation on, and the image is always a copy of its own, never a hard link."""
         ...
 
     def remove(self, image_file: str, meta_file: str) -> None:

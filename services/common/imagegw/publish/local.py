@@ -19,6 +19,7 @@ from imagegw.publish.base import (
     CHUNK_SIZE,
     DIR_MODE,
     FILE_MODE,
+    PRIVATE_FILE_MODE,
     ProgressCallback,
     check_file_name,
     is_temporary,
@@ -65,9 +66,12 @@ class LocalPublisher:
         meta_file: str,
         *,
         on_bytes: ProgressCallback | None = None,
+        private: bool = False,
     ) -> None:
         image_path, meta_path = self._path(image_file), self._path(meta_file)
         source = Path(source)
+        # A link would share one inode (and its mode) with the public copy and the cache.
+        mode, link = (PRIVATE_FILE_MODE, False) if private else (FILE_MODE, self._hardlink)
         try:
             source.stat()
         except OSError as exc:
@@ -75,8 +79,8 @@ class LocalPublisher:
         temporaries: list[Path] = []
         try:
             self._ensure_directory()
-            image_tmp = self._place_image(source, image_file, temporaries, on_bytes)
-            meta_tmp = self._write_meta(meta, meta_file, temporaries)
+            image_tmp = self._place_image(source, image_file, temporaries, on_bytes, mode, link)
+            meta_tmp = self._write_meta(meta, meta_file, temporaries, mode)
             # The runtime reads the meta file first: it must never name a missing image.
             os.rename(image_tmp, image_path)
             temporaries.remove(image_tmp)
@@ -146,11 +150,13 @@ class LocalPublisher:
         image_file: str,
         temporaries: list[Path],
         on_bytes: ProgressCallback | None,
+        mode: int,
+        link: bool,
     ) -> Path:
         temporary = self.image_dir / temporary_name(image_file)
-        if self._hardlink and self._link(source, temporary):
+        if link and self._link(source, temporary):
             temporaries.append(temporary)
-            os.chmod(temporary, FILE_MODE)
+            os.chmod(temporary, mode)
             _fsync_file(temporary)
             size = temporary.stat().st_size
             if on_bytes is not None:
@@ -158,7 +164,7 @@ class LocalPublisher:
             return temporary
         total = source.stat().st_size
         with open(source, "rb") as reader:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
             temporaries.append(temporary)
             with open(fd, "wb") as writer:
                 done = 0
@@ -168,7 +174,7 @@ class LocalPublisher:
                     if on_bytes is not None:
                         on_bytes(done, total)
                 writer.flush()
-                os.fchmod(fd, FILE_MODE)
+                os.fchmod(fd, mode)
                 os.fsync(fd)
         return temporary
 
@@ -183,14 +189,15 @@ class LocalPublisher:
             raise
         return True
 
-    def _write_meta(self, meta: bytes, meta_file: str, temporaries: list[Path]) -> Path:
+    def _write_meta(self, meta: bytes, meta_file: str, temporaries: list[Path],
+                    mode: int) -> Path:
         temporary = self.image_dir / temporary_name(meta_file)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         temporaries.append(temporary)
         with open(fd, "wb") as writer:
             writer.write(meta)
             writer.flush()
-            os.fchmod(fd, FILE_MODE)
+            os.fchmod(fd, mode)
             os.fsync(fd)
         return temporary
 

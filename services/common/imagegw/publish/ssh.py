@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 import paramiko
 
@@ -29,6 +29,7 @@ from imagegw.publish.base import (
     CHUNK_SIZE,
     DIR_MODE,
     FILE_MODE,
+    PRIVATE_FILE_MODE,
     ProgressCallback,
     check_file_name,
     is_temporary,
@@ -56,7 +57,7 @@ class _RefuseUnknownHosts(paramiko.RejectPolicy):
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
+    ) -> NoReturn:
         raise _UnknownHostKey(hostname, key.get_name())
 
 
@@ -103,8 +104,10 @@ class SshPublisher:
         meta_file: str,
         *,
         on_bytes: ProgressCallback | None = None,
+        private: bool = False,
     ) -> None:
         image_path, meta_path = self._path(image_file), self._path(meta_file)
+        mode = PRIVATE_FILE_MODE if private else FILE_MODE
         try:
             total = Path(source).stat().st_size
             reader = open(source, "rb")  # noqa: SIM115 - closed by the with below
@@ -117,9 +120,9 @@ class SshPublisher:
             try:
                 self._ensure_directory(session)
                 image_tmp = self._upload(session, reader, image_file, total, temporaries,
-                                         on_bytes)
+                                         on_bytes, mode)
                 meta_tmp = self._upload(session, io.BytesIO(meta), meta_file, len(meta),
-                                        temporaries, None)
+                                        temporaries, None, mode)
                 # The runtime reads the meta file first: it must never name a missing image.
                 session.sftp.posix_rename(image_tmp, image_path)
                 temporaries.remove(image_tmp)
@@ -318,6 +321,7 @@ class SshPublisher:
         total: int,
         temporaries: list[str],
         on_bytes: ProgressCallback | None,
+        mode: int,
     ) -> str:
         """Streams `reader` to a fresh temporary, verifies it remotely, returns its path."""
         temporary = posixpath.join(self.image_dir, temporary_name(final_name))
@@ -326,6 +330,7 @@ class SshPublisher:
         remote = session.sftp.open(temporary, "wbx")
         temporaries.append(temporary)
         with remote:
+            remote.chmod(mode)  # before any byte of a private image is there to read
             remote.set_pipelined(True)
             while chunk := reader.read(CHUNK_SIZE):
                 remote.write(chunk)
@@ -334,7 +339,7 @@ class SshPublisher:
                 if on_bytes is not None:
                     on_bytes(done, total)
         self._verify(session, temporary, final_name, done, digest.hexdigest())
-        session.sftp.chmod(temporary, FILE_MODE)
+        session.sftp.chmod(temporary, mode)
         return temporary
 
     def _verify(
@@ -430,7 +435,8 @@ def _addresses(target: SshTarget) -> list[tuple[str, int]]:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        causes = {error.strerror or str(error) for error in exc.errors.values()}
+        causes = {(error.strerror if isinstance(error, OSError) else None) or str(error)
+                  for error in exc.errors.values()}
         return "; ".join(sorted(causes)) or "cannot connect"
     text = str(exc).strip()
     return text or type(exc).__name__

@@ -33,11 +33,12 @@ _HASH_CHUNK = 1024 * 1024
 class BlobCache:
     """Verified blobs on disk, named by their sha256."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self._blobs = self.root / "blobs" / "sha256"
-        self._locks = self.root / "locks"
-        self._sidecars = self.root / "sidecars"
+    def __init__(self, blobs: Path, *, locks: Path, sidecars: Path) -> None:
+        """Blobs in `blobs`, their download locks in `locks`, derived files in `sidecars`
+        (directories named by the worker's cache layout, `imagegw.cache.layout`)."""
+        self._blobs = Path(blobs)
+        self._locks = Path(locks)
+        self._sidecars = Path(sidecars)
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._locks.mkdir(parents=True, exist_ok=True)
         self._sidecars.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,7 @@ class BlobCache:
     def _finish(self, out: BinaryIO, temp: Path, final: Path) -> None:
         try:
             os.fsync(out.fileno())
-            os.chmod(temp, 0o644)
+            os.chmod(temp, 0o600)  # a blob fetched with one user's login is theirs
             os.replace(temp, final)
         except OSError as exc:
             raise self._unwritable(exc) from exc

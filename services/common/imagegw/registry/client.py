@@ -39,6 +39,7 @@ from .manifest import (
 )
 from .transport import (
     RETRYABLE_STATUS,
+    AddressCheck,
     Transport,
     abandon,
     backoff_delay,
@@ -66,13 +67,14 @@ class RegistryClient:
         credentials: RegistryCredentials | None = None,
         limits: Limits = DEFAULT_LIMITS,
         ca_bundle: str | None = None,
+        address_check: AddressCheck | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.repository = repository
         self.limits = limits
         self.host = self.base_url.split("://", 1)[-1]
         self._origin = origin(self.base_url)
-        self._transport = Transport(limits, ca_bundle)
+        self._transport = Transport(limits, ca_bundle, address_check)
         self._auth = Authenticator(self._transport, self.host, repository, credentials)
 
     def close(self) -> None:

@@ -16,9 +16,12 @@ import random
 import ssl
 import time
 from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError
 
@@ -98,15 +101,56 @@ def error_detail(response: urllib3.BaseHTTPResponse) -> str:
         return ""
 
 
-class Transport:
-    """Sends single requests with explicit timeouts through one connection pool."""
+class AddressCheck(Protocol):
+    def address(self, host: str, port: int) -> str:
+        """The checked address to connect to for host:port; raises when refused."""
 
-    def __init__(self, limits: Limits, ca_bundle: str | None = None) -> None:
+
+def _guarded_pools(check: AddressCheck) -> dict[str, type[HTTPConnectionPool]]:
+    """Pool classes whose connections resolve their host through `check` and connect to the
+    address it returned (the name is not resolved a second time, so it cannot change
+    between the check and the connection). TLS still verifies the certificate's name."""
+
+    def new_conn(base: type[HTTPConnection], connection: HTTPConnection):  # noqa: ANN202
+        host = connection._dns_host  # noqa: SLF001 - urllib3's resolvable host
+        connection._dns_host = check.address(host, connection.port)  # noqa: SLF001
+        try:
+            return base._new_conn(connection)  # noqa: SLF001
+        finally:
+            connection._dns_host = host  # noqa: SLF001
+
+    class CheckedConnection(HTTPConnection):
+        def _new_conn(self):  # noqa: ANN202
+            return new_conn(HTTPConnection, self)
+
+    class CheckedTLSConnection(HTTPSConnection):
+        def _new_conn(self):  # noqa: ANN202
+            return new_conn(HTTPSConnection, self)
+
+    class CheckedPool(HTTPConnectionPool):
+        ConnectionCls = CheckedConnection
+
+    class CheckedTLSPool(HTTPSConnectionPool):
+        ConnectionCls = CheckedTLSConnection
+
+    return {"http": CheckedPool, "https": CheckedTLSPool}
+
+
+class Transport:
+    """Sends single requests with explicit timeouts through one connection pool.
+
+    With an `AddressCheck` (a registry no Location names: imagegw.registry.policy) every
+    connection, redirects and token servers included, goes only where the check allows."""
+
+    def __init__(self, limits: Limits, ca_bundle: str | None = None,
+                 address_check: AddressCheck | None = None) -> None:
         self._timeout = urllib3.Timeout(connect=limits.http_timeout, read=limits.http_timeout)
         pool_args: dict[str, object] = {"retries": False, "timeout": self._timeout, "maxsize": 4}
         if ca_bundle:
             pool_args["ca_certs"] = ca_bundle
         self._pool = urllib3.PoolManager(**pool_args)  # type: ignore[arg-type]
+        if address_check is not None:
+            self._pool.pool_classes_by_scheme = _guarded_pools(address_check)
 
     def close(self) -> None:
         self._pool.clear()

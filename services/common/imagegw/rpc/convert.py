@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import grpc
+
 from imagegw.domain.model import (
     BuildJob,
     BuildResult,
@@ -13,6 +15,7 @@ from imagegw.domain.model import (
     RegistryCredentials,
     Stage,
 )
+from imagegw.rpc.status import kind_for_status, status_for_kind
 from imagegw.v1 import image_pb2, worker_service_pb2
 
 
@@ -32,7 +35,7 @@ def metadata_from_proto(msg: image_pb2.ImageMetadata) -> ImageMetadata:
 
 def progress_to_proto(p: Progress) -> image_pb2.Progress:
     return image_pb2.Progress(
-        stage=int(p.stage), layer_index=p.layer_index, layer_count=p.layer_count,
+        stage=image_pb2.Stage.ValueType(p.stage), layer_index=p.layer_index, layer_count=p.layer_count,
         bytes_done=p.bytes_done, bytes_total=p.bytes_total, message=p.message,
     )
 
@@ -45,11 +48,15 @@ def progress_from_proto(msg: image_pb2.Progress) -> Progress:
 
 
 def failure_to_proto(f: Failure) -> image_pb2.Failure:
-    return image_pb2.Failure(code=f.code, message=f.message)
+    return image_pb2.Failure(code=status_for_kind(f.kind).value[0], message=f.message, kind=f.kind)
 
 
 def failure_from_proto(msg: image_pb2.Failure) -> Failure:
-    return Failure(code=msg.code, message=msg.message)
+    kind = msg.kind or kind_for_status(_STATUS_BY_NUMBER.get(msg.code, grpc.StatusCode.UNKNOWN))
+    return Failure(kind=kind, message=msg.message)
+
+
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def job_to_proto(job: BuildJob) -> worker_service_pb2.BuildImageRequest:

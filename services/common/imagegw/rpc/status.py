@@ -39,5 +39,23 @@ def status_for(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def code_number(error: BaseException) -> int:
-    return int(status_for(error).value[0])
+def status_for_kind(kind: str) -> grpc.StatusCode:
+    """The gRPC status for an error kind (`imagegw.domain.errors.kind_of`); INTERNAL for
+    INTERNAL_KIND, UNKNOWN for a kind this version does not know."""
+    if kind == errors.INTERNAL_KIND:
+        return grpc.StatusCode.INTERNAL
+    cls = errors.error_class(kind)
+    return grpc.StatusCode.UNKNOWN if cls is None else status_for(cls(""))
+
+
+#: A failure from a worker or record older than error kinds carries only a status number.
+_KIND_FOR_STATUS: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.INTERNAL: errors.INTERNAL_KIND,
+    **{code: cls.__name__ for cls, code in reversed(ERROR_STATUS.items())},
+}
+
+
+def kind_for_status(code: grpc.StatusCode) -> str:
+    """The first error kind the table lists with this status (for peers and records from
+    before error kinds)."""
+    return _KIND_FOR_STATUS.get(code, errors.INTERNAL_KIND)

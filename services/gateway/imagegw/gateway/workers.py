@@ -14,10 +14,13 @@ import grpc
 
 from imagegw.directory import WorkerDirectory, redis_from_url
 from imagegw.domain.config import Config
-from imagegw.domain.errors import WorkerUnavailable
+from imagegw.domain.errors import INTERNAL_KIND, WorkerUnavailable
 from imagegw.domain.model import BuildEvent, BuildJob, Failure
+from imagegw.gateway.core.workers import WorkerLost
 from imagegw.rpc import convert
 from imagegw.rpc.server import worker_channel_credentials
+from imagegw.rpc.status import kind_for_status
+from imagegw.rpc.worker_auth import call_metadata, load_worker_token
 from imagegw.v1 import worker_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -26,21 +29,20 @@ log = logging.getLogger(__name__)
 STREAM_IDLE_TIMEOUT = 600.0
 
 
-class WorkerLost(WorkerUnavailable):
-    """The connection to a worker broke in the middle of a job."""
-
-
 class WorkerPool:
-    """Workers from a fixed address list, or from the Redis worker directory."""
+    """Workers from a fixed address list, or from the Redis worker directory (the gRPC
+    implementation of `imagegw.gateway.core.workers.Workers`)."""
 
     def __init__(self, addresses: Sequence[str] = (), *,
                  directory: WorkerDirectory | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None) -> None:
         if not addresses and directory is None:
             raise WorkerUnavailable("no worker addresses configured")
         self._addresses = list(addresses)
         self._directory = directory
         self._credentials = credentials
+        self._metadata = call_metadata(token)
         self._channels: dict[str, grpc.Channel] = {}
         self._counter = itertools.count()
         self._lock = threading.Lock()
@@ -76,7 +78,7 @@ class WorkerPool:
             except grpc.FutureTimeoutError:
                 errors.append(f"{address}: not reachable")
                 continue
-            stream = stub.BuildImage(convert.job_to_proto(job))
+            stream = stub.BuildImage(convert.job_to_proto(job), metadata=self._metadata)
             return address, self._events(address, stream)
         raise WorkerUnavailable("no worker reachable: " + "; ".join(errors),
                                 hint="check that `imagegw worker` runs and WorkerAddresses")
@@ -104,8 +106,9 @@ class WorkerPool:
                         grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
                         grpc.StatusCode.UNKNOWN):
                 raise WorkerLost(f"lost worker {address}: {exc.details()}") from exc
-            yield BuildEvent(failure=Failure(code.value[0] if code else 2,
-                                              exc.details() or "worker refused the job"))
+            yield BuildEvent(failure=Failure(
+                kind_for_status(code) if code else INTERNAL_KIND,
+                exc.details() or "worker refused the job"))
             return
         raise WorkerLost(f"worker {address} ended the job stream without a result")
 
@@ -131,11 +134,12 @@ def open_worker_pool(config: Config, static_addresses: Sequence[str]) -> WorkerP
     """The workers the gateway dispatches to: the given addresses, else (with a
     Broker) the workers registered in Redis."""
     credentials = worker_channel_credentials(config.worker_tls) if config.worker_tls else None
+    token = load_worker_token(config)
     if static_addresses:
-        return WorkerPool(static_addresses, credentials=credentials)
+        return WorkerPool(static_addresses, credentials=credentials, token=token)
     if config.broker:
         return WorkerPool(directory=WorkerDirectory(redis_from_url(config.broker)),
-                          credentials=credentials)
+                          credentials=credentials, token=token)
     raise WorkerUnavailable("no workers: set WorkerAddresses, or a Broker that workers register with")
 
 

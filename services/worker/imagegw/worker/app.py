@@ -17,6 +17,7 @@ from imagegw.rpc.server import (
     create_server,
     worker_server_credentials,
 )
+from imagegw.rpc.worker_auth import load_worker_token
 from imagegw.v1 import worker_service_pb2_grpc
 from imagegw.worker.build import Builder
 from imagegw.worker.jobs import JobRegistry
@@ -41,7 +42,7 @@ class WorkerApp:
         self.jobs = JobRegistry(metrics.instrument_build(self.builder.build), slots=config.worker_slots)
         self.server = create_server()
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-            WorkerServicer(self.jobs), self.server)
+            WorkerServicer(self.jobs, load_worker_token(config)), self.server)
         self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
         credentials = worker_server_credentials(config.worker_tls) if config.worker_tls else None
         self.address = bind(self.server, listen, credentials)

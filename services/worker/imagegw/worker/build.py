@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, overload
+from typing import BinaryIO
 
 from imagegw import metrics
 from imagegw.artifacts import ConversionKey, build_ready_made, shared_conversions_for
@@ -28,12 +28,14 @@ from imagegw.domain.reference import parse_reference
 from imagegw.pipeline import gzip_engine
 from imagegw.pipeline.flatten import LayerIndex
 from imagegw.pipeline.indexes import load_index, store_index
+from imagegw.pipeline.layer import WaitedLayer
 from imagegw.pipeline.members import MemberPolicy
 from imagegw.pipeline.meta import render_meta
 from imagegw.pipeline.squashfs import flatten_to_squashfs
 from imagegw.publish import publisher_for
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.following import DownloadRestarted, GrowingBlob
+from imagegw.registry.policy import guard_for_reference
 from imagegw.registry.resolve import ResolvedImage, resolve_image
 from imagegw.signatures import load_site_trust
 from imagegw.worker.signature_check import SignatureCheck
@@ -71,7 +73,7 @@ class Builder:
         # The gzip engine is settled once, here: conversion keys name the one really used.
         self.config = replace(config, converter=gzip_engine.resolve(config.converter))
         self.paths = paths
-        self.caches = WorkerCaches(paths.cache_root, max_bytes=config.cache_max_bytes)
+        self.caches = WorkerCaches(paths.layout, max_bytes=config.cache_max_bytes)
         self.cache = self.caches.blobs
         self.shared = shared_conversions_for(config)
         self.trust = load_site_trust(config)
@@ -84,6 +86,7 @@ class Builder:
         client = RegistryClient(
             reference.registry_url, reference.repository, credentials=job.credentials,
             limits=self.config.limits, ca_bundle=location.sslcacert if location else None,
+            address_check=guard_for_reference(self.config, reference),
         )
         with client:
             check = SignatureCheck(self.trust, job, reference, client)
@@ -142,7 +145,8 @@ class Builder:
                 emit(Progress(Stage.PUBLISHING, bytes_total=size,
                               message=f"publishing {image_file} to {job.system}"), force=True)
                 publisher.publish(output, image_file, meta, meta_file,
-                                  on_bytes=_publish_progress(emit, image_file))
+                                  on_bytes=_publish_progress(emit, image_file),
+                                  private=bool(job.user_acl or job.group_acl))
                 if not shared:
                     self._share_conversion(image, image_format, output)
         self.caches.evict()
@@ -220,18 +224,17 @@ class Builder:
         futures: dict[int, Future[Path]] = {}
         convert = partial(
             flatten_to_squashfs, output=output, options=self.config.converter,
-            limits=self.config.limits, layer_names=[layer.digest for layer in layers],
-            indexes=indexes, layer_sizes=[layer.size for layer in layers],
-            on_progress=progress.converted, on_index=keep)
+            limits=self.config.limits, indexes=indexes, on_progress=progress.converted,
+            on_index=keep)
         try:
             # Newest first: the conversion starts with the newest layer.
             futures.update((index, pool.submit(fetch, index)) for index in reversed(range(count)))
-            paths = _Downloads([futures[index] for index in range(count)])
             try:
-                convert(paths, open_blob=lambda number: blobs[number].open())
+                convert(blobs)  # each layer read as it downloads
             except DownloadRestarted as restarted:
                 log.info("%s; converting again from the complete downloads", restarted)
-                convert(paths)
+                convert([WaitedLayer(layer.digest, layer.size, futures[number].result)
+                         for number, layer in enumerate(layers)])
             except Exception as exc:
                 error = _download_error(blobs, futures)
                 if error is None:
@@ -280,25 +283,6 @@ class _DownloadStopped(Exception):
 
     def __init__(self, digest: str) -> None:
         super().__init__(f"download of {digest} stopped: the conversion ended")
-
-
-class _Downloads(Sequence[Path]):
-    """Layer paths that become available as their downloads finish (item access waits)."""
-
-    def __init__(self, futures: list[Future[Path]]) -> None:
-        self._futures = futures
-
-    def __len__(self) -> int:
-        return len(self._futures)
-
-    @overload
-    def __getitem__(self, index: int) -> Path: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Path]: ...
-    def __getitem__(self, index: int | slice) -> Path | Sequence[Path]:
-        if isinstance(index, slice):
-            return [future.result() for future in self._futures[index]]
-        return self._futures[index].result()
 
 
 class _PullProgress:

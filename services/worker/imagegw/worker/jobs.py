@@ -112,8 +112,6 @@ class JobRegistry:
             del self._jobs[job_id]
 
     def _execute(self, running: RunningJob) -> None:
-        from imagegw.rpc.status import code_number  # table lookup only, no servicer code
-
         job = running.job
         with self._slots:
             started = time.monotonic()
@@ -122,11 +120,11 @@ class JobRegistry:
             except ImageGatewayError as exc:
                 log.warning("job %s (%s on %s) failed: %s", job.job_id, job.reference,
                             job.system, exc)
-                running.publish(BuildEvent(failure=Failure(code_number(exc), str(exc))))
+                running.publish(BuildEvent(failure=Failure.of(exc)))
             except Exception as exc:  # the cause still reaches the user
                 log.exception("job %s crashed", job.job_id)
-                running.publish(BuildEvent(failure=Failure(
-                    code_number(exc), f"internal error in the worker: {type(exc).__name__}: {exc}")))
+                running.publish(BuildEvent(failure=Failure.of(
+                    exc, f"internal error in the worker: {type(exc).__name__}: {exc}")))
             else:
                 log.info("job %s: %s -> %s in %.1fs%s", job.job_id, job.reference,
                          result.image_id[:12], time.monotonic() - started,

@@ -14,6 +14,7 @@ from imagegw.domain.errors import ImageGatewayError, InvalidRequest
 from imagegw.domain.model import BuildEvent
 from imagegw.rpc import convert
 from imagegw.rpc.status import status_for
+from imagegw.rpc.worker_auth import authorized
 from imagegw.v1 import worker_service_pb2, worker_service_pb2_grpc
 from imagegw.worker.jobs import JobRegistry
 
@@ -32,12 +33,20 @@ def event_to_proto(event: BuildEvent) -> worker_service_pb2.BuildImageResponse:
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, jobs: JobRegistry) -> None:
+    def __init__(self, jobs: JobRegistry, token: str | None = None) -> None:
         self.jobs = jobs
+        #: The site's gateway-worker secret (None: WorkerTLS authenticates the caller).
+        self.token = token
 
     def BuildImage(  # noqa: N802 (gRPC method name)
         self, request: worker_service_pb2.BuildImageRequest, context: grpc.ServicerContext
     ) -> Iterator[worker_service_pb2.BuildImageResponse]:
+        if self.token is not None and not authorized(context.invocation_metadata(), self.token):
+            log.warning("refused a BuildImage call without the worker secret from %s",
+                        context.peer())
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "this worker takes jobs only from its gateways: the call did not "
+                          "carry the secret of WorkerTokenFile")
         try:
             if not request.job_id or not request.system or not request.reference:
                 raise InvalidRequest("job_id, system and reference are required")

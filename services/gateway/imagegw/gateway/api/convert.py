@@ -31,7 +31,7 @@ def timestamp(seconds: float) -> Timestamp | None:
 
 def status_to_image(status: ImageStatus) -> image_pb2.Image:
     message = image_pb2.Image(system=status.system, type="docker", reference=status.reference,
-                              state=int(status.state))
+                              state=image_pb2.ImageState.ValueType(status.state))
     image = status.image
     if image is not None:
         message.id = image.image_id

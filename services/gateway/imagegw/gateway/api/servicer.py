@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -91,7 +91,9 @@ def _require_system(system: str) -> None:
 
 def _secure_transport(context: grpc.ServicerContext) -> bool:
     """Loopback or TLS: where plain registry passwords may travel in a request."""
-    security = context.auth_context().get("transport_security_type", [])
+    # grpc gives every auth property as a list of values; types-grpcio says one bytes.
+    properties: Mapping[str, list[bytes]] = context.auth_context()  # type: ignore[assignment]
+    security = properties.get("transport_security_type", [])
     return b"ssl" in security or context.peer().startswith(_LOOPBACK_PEERS)
 
 
@@ -205,7 +207,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
                    ) -> pb.ListImagesResponse:
         _require_system(request.system)
         caller = self._caller(context, request.system)
-        state = ImageState(request.state) if request.state else None
+        state = _image_state(request.state)
         statuses, token = self.pulls.list_images(request.system, state, request.page_size,
                                                  request.page_token, caller)
         return pb.ListImagesResponse(images=[status_to_image(s) for s in statuses],
@@ -307,6 +309,17 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             removed = self.logins.logout(caller, request.registry)
             details["removed"] = removed
         return pb.LogoutResponse(removed=removed)
+
+
+def _image_state(number: int) -> ImageState | None:
+    """The state filter of ListImages: 0 for any state, else a known ImageState."""
+    if not number:
+        return None
+    try:
+        return ImageState(number)
+    except ValueError:
+        known = ", ".join(f"{state.value} ({state.name})" for state in ImageState if state)
+        raise InvalidRequest(f"unknown image state {number}", hint=f"one of {known}") from None
 
 
 def _chunks(requests: Iterator[pb.ImportImageRequest]) -> Iterator[bytes]:

@@ -14,24 +14,23 @@ import time
 from collections.abc import Callable
 
 from imagegw import metrics
-from imagegw.domain.errors import ImageGatewayError
+from imagegw.domain.errors import ImageGatewayError, WorkerUnavailable
 from imagegw.domain.model import STAGE_STATE, BuildJob, Failure, ImageState, RegistryCredentials
 from imagegw.gateway.core.pulls import image_record_for, progress_event
-from imagegw.gateway.queue.base import Claim, JobQueue, ProgressHub
+from imagegw.gateway.core.workers import WorkerLost, Workers
+from imagegw.gateway.queue.base import Claim, JobQueue, ProgressEvent, ProgressHub
 from imagegw.gateway.records import PullKey
 from imagegw.gateway.store.base import ImageStore
-from imagegw.gateway.workers import WorkerLost, WorkerPool
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 #: Store writes for progress happen at most this often per job (events go out always).
 STORE_PROGRESS_INTERVAL = 1.0
-UNAVAILABLE = 14
 
 
 class Dispatcher:
-    def __init__(self, store: ImageStore, queue: JobQueue, hub: ProgressHub, workers: WorkerPool,
+    def __init__(self, store: ImageStore, queue: JobQueue, hub: ProgressHub, workers: Workers,
                  *, consumers: int = 2, name: str | None = None,
                  credentials: Callable[[int, str], RegistryCredentials | None] = (
                      lambda _uid, _reference: None),
@@ -96,8 +95,8 @@ class Dispatcher:
 
     def _run(self, claim: Claim) -> None:
         job = claim.job
-        payload = job.payload
-        key = PullKey(job.system, payload["reference"], payload.get("acl_key", ""))
+        spec = job.spec
+        key = PullKey(job.system, spec.reference, spec.acl_key)
         pull = self.store.get_pull(key)
         if pull is None or pull.job_id != job.job_id or not pull.state.in_flight:
             log.info("dropping stale job %s", job.job_id)
@@ -105,19 +104,17 @@ class Dispatcher:
             return
         attempts = self.store.note_attempt(key, job.job_id, self.clock())
         if attempts > MAX_ATTEMPTS:
-            self._fail(claim, key, Failure(UNAVAILABLE, (
+            self._fail(claim, key, Failure.of(WorkerUnavailable(
                 f"gave up after {MAX_ATTEMPTS} attempts: the worker or gateway was lost "
-                "each time; pull again to retry")))
+                "each time", hint="pull again to retry")))
             return
         build = BuildJob(
-            job_id=job.job_id, system=job.system, reference=payload["reference"],
-            user_acl=tuple(payload.get("user_acl", ())),
-            group_acl=tuple(payload.get("group_acl", ())),
-            # Looked up now, for the puller only: secrets never enter the queue payload.
-            credentials=self.credentials(int(payload.get("requester_uid", -1)),
-                                         payload["reference"]),
-            known_manifest_digest=payload.get("known_manifest_digest", ""),
-            policy_digest=payload.get("policy_digest", ""),
+            job_id=job.job_id, system=job.system, reference=spec.reference,
+            user_acl=spec.user_acl, group_acl=spec.group_acl,
+            # Looked up now, for the puller only: secrets never enter the queue.
+            credentials=self.credentials(spec.requester_uid, spec.reference),
+            known_manifest_digest=spec.known_manifest_digest,
+            policy_digest=spec.policy_digest,
         )
         keeper = _LeaseKeeper(self.queue, claim, self.lease_seconds / 3)
         keeper.start()
@@ -127,15 +124,14 @@ class Dispatcher:
         except WorkerLost as exc:
             log.warning("job %s: %s (attempt %d)", job.job_id, exc, attempts)
             if attempts >= MAX_ATTEMPTS:
-                self._fail(claim, key, Failure(UNAVAILABLE, f"{exc}; gave up after "
-                                               f"{attempts} attempts"))
+                self._fail(claim, key, Failure.of(exc, f"{exc}; gave up after {attempts} attempts"))
             else:
                 self._stop.wait(min(2.0 * attempts, 10.0))
                 self.queue.release(claim)
         except ImageGatewayError as exc:  # no worker reachable right now
             log.warning("job %s: %s", job.job_id, exc)
-            self.store.fail_pull(key, job.job_id, Failure(UNAVAILABLE, str(exc)), self.clock())
-            self.hub.publish(job.job_id, {"final": True})
+            self.store.fail_pull(key, job.job_id, Failure.of(exc), self.clock())
+            self.hub.publish(job.job_id, ProgressEvent.ended())
             self.queue.ack(claim)
         finally:
             keeper.stop()
@@ -162,7 +158,7 @@ class Dispatcher:
                 else:  # with a verdict: the record keeps the one of the policy now in force
                     image = image_record_for(key, pull, result, self.clock())
                     self.store.complete_pull(key, build.job_id, image, self.clock())
-                self.hub.publish(build.job_id, {"final": True})
+                self.hub.publish(build.job_id, ProgressEvent.ended())
                 self.queue.ack(claim)
                 return
             elif event.failure is not None:
@@ -172,7 +168,7 @@ class Dispatcher:
 
     def _fail(self, claim: Claim, key: PullKey, failure: Failure) -> None:
         self.store.fail_pull(key, claim.job.job_id, failure, self.clock())
-        self.hub.publish(claim.job.job_id, {"final": True})
+        self.hub.publish(claim.job.job_id, ProgressEvent.ended())
         self.queue.ack(claim)
 
 

@@ -1,19 +1,26 @@
 """Imports of ready squashfs images (ImportImage), by admins and ImportUsers.
 
 The upload streams into a private temporary file (0600) under the data
-directory while its size and sha256 are checked; the content must be squashfs
-(the `hsqs` magic and `unsquashfs -s` accepting it). It is then published like a
-pulled image (image file, then meta file with the ACLs) and recorded READY under
-the reference "import/<name>:<tag>". The image id is the file's sha256.
+directory while its size and sha256 are checked; the content must be a whole squashfs
+image (the `hsqs` magic, the superblock's size within the file, and `unsquashfs -l`
+reading every directory and inode). It is then published like a pulled image (image
+file, then meta file with the ACLs) and recorded READY under the reference
+"import/<name>:<tag>". The image id is the file's sha256, or, for an import with
+metadata (ENV, ENTRYPOINT...), a digest of the file's sha256 and that metadata: like a
+pulled image's config digest it names content and metadata together, so importing the
+same bytes with other metadata under another tag never changes the first import.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
+import struct
 import subprocess
 import tempfile
 import time
@@ -25,7 +32,13 @@ from typing import BinaryIO
 
 from imagegw.domain.acl import acl_file_suffix, acl_key, normalized_acl
 from imagegw.domain.config import Config, Platform
-from imagegw.domain.errors import ContentRejected, InvalidRequest, PermissionDenied, ResourceExhausted
+from imagegw.domain.errors import (
+    Cancelled,
+    ContentRejected,
+    InvalidRequest,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from imagegw.domain.model import Failure, ImageMetadata, ImageState
 from imagegw.gateway.core.access import Caller
 from imagegw.gateway.core.pulls import PullManager, import_reference
@@ -35,14 +48,16 @@ from imagegw.gateway.store.base import ImageStore
 from imagegw.pipeline.meta import render_meta
 from imagegw.publish import Publisher, publisher_for
 
-__all__ = ["ImportHeader", "Importer"]
+__all__ = ["ImportHeader", "Importer", "import_image_id"]
 
 log = logging.getLogger(__name__)
 
 SQUASHFS_MAGIC = b"hsqs"
+#: The squashfs 4.0 superblock: 96 bytes; `bytes_used` (u64, little-endian) at offset 40.
+SUPERBLOCK_SIZE = 96
+BYTES_USED_OFFSET = 40
 UNSQUASHFS_TIMEOUT = 120.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-FAILED_PRECONDITION = 9
 
 
 @dataclass(frozen=True)
@@ -109,12 +124,12 @@ class Importer:
         private = bool(header.user_acl or header.group_acl)
         users = normalized_acl((*header.user_acl, caller.uid)) if private else ()
         groups = normalized_acl(header.group_acl)
-        image_id = header.sha256
+        image_id = import_image_id(header.sha256, header.metadata)
         suffix = acl_file_suffix(users, groups)
         image_file, meta_file = f"{image_id}{suffix}.squashfs", f"{image_id}{suffix}.meta"
         meta = render_meta("squashfs", header.metadata, user_acl=users, group_acl=groups)
         platform = self.config.platform(header.system)
-        self.publishers(platform).publish(path, image_file, meta, meta_file)
+        self.publishers(platform).publish(path, image_file, meta, meta_file, private=private)
         key = PullKey(header.system, reference, acl_key(users, groups))
         now = self.clock()
         job_id = f"import-{uuid.uuid4().hex}"
@@ -130,11 +145,20 @@ class Importer:
             user_acl=users, group_acl=groups, acl_key=key.acl_key, last_pull=now,
             last_used=now, extra={"imported_by": str(caller.uid)})
         if not self.store.complete_pull(key, job_id, image, now):
-            self.store.fail_pull(key, job_id, Failure(FAILED_PRECONDITION, "import superseded"),
+            self.store.fail_pull(key, job_id, Failure.of(Cancelled("import superseded")),
                                  now)
         log.info("imported %s on %s as %s (%d bytes)", reference, header.system, image_id,
                  header.size_bytes)
         return self.pulls.status(key)
+
+
+def import_image_id(file_sha256: str, metadata: ImageMetadata) -> str:
+    """The file's sha256 without metadata, else a digest of it and the metadata."""
+    if metadata == ImageMetadata():
+        return file_sha256
+    canonical = json.dumps({"sha256": file_sha256, "metadata": dataclasses.asdict(metadata)},
+                           sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _receive(out: BinaryIO, chunks: Iterable[bytes], header: ImportHeader) -> None:
@@ -158,13 +182,24 @@ def _receive(out: BinaryIO, chunks: Iterable[bytes], header: ImportHeader) -> No
 
 
 def _check_squashfs(path: Path) -> None:
+    """A whole squashfs image: magic, the superblock's size within the file, and every
+    directory and inode readable (`unsquashfs -l`); a truncated file fails here."""
+    size = path.stat().st_size
     with open(path, "rb") as image:
-        magic = image.read(len(SQUASHFS_MAGIC))
-    if magic != SQUASHFS_MAGIC:
+        superblock = image.read(SUPERBLOCK_SIZE)
+    if superblock[:len(SQUASHFS_MAGIC)] != SQUASHFS_MAGIC:
         raise ContentRejected("the upload is not a squashfs image (no 'hsqs' superblock); "
                               "nothing was imported")
+    if len(superblock) < SUPERBLOCK_SIZE:
+        raise ContentRejected("the upload is shorter than a squashfs superblock; "
+                              "nothing was imported")
+    (bytes_used,) = struct.unpack_from("<Q", superblock, BYTES_USED_OFFSET)
+    if bytes_used > size:
+        raise ContentRejected(f"the upload is a truncated squashfs image: its superblock says "
+                              f"{bytes_used} bytes, the file has {size}; nothing was imported")
     try:
-        done = subprocess.run(["unsquashfs", "-s", str(path)], capture_output=True, text=True,
+        done = subprocess.run(["unsquashfs", "-l", "-no-progress", str(path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               timeout=UNSQUASHFS_TIMEOUT, check=False)
     except FileNotFoundError as exc:
         raise ContentRejected("cannot check the upload: unsquashfs is not installed on the "

@@ -8,6 +8,7 @@ Locations key and a pull by registry host (or the other way round) meet.
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from imagegw.domain.config import DOCKER_HUB_HOSTS, Config
 from imagegw.domain.errors import InvalidRequest, RegistryAuthFailed, Unauthenticated
@@ -16,9 +17,10 @@ from imagegw.domain.reference import parse_reference
 from imagegw.gateway.core.access import Caller
 from imagegw.gateway.core.vault import CredentialVault
 from imagegw.registry.client import RegistryClient
+from imagegw.registry.policy import guard_for_url
 from imagegw.registry.transport import origin
 
-__all__ = ["Logins", "registry_endpoint"]
+__all__ = ["Logins", "check_username", "registry_endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,17 @@ def registry_endpoint(url: str) -> str:
     """"host:port" of a registry base URL: the key credentials are kept under."""
     _scheme, host, port = origin(url)
     return f"{host}:{port}"
+
+
+def check_username(username: str) -> None:
+    """Refuses a registry user name Basic auth cannot carry: a ':' would move the rest of
+    the name into the password (the registry reads another user), and control characters
+    (newlines included) would reach logs and replies raw."""
+    if ":" in username or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in username):
+        raise InvalidRequest(
+            f"registry user name {username!r} "
+            "contains ':' or a control character",
+            hint="registries take user names without ':', newlines or control characters")
 
 
 class Logins:
@@ -53,6 +66,13 @@ class Logins:
         if "/" in registry or any(c.isspace() for c in registry):
             raise InvalidRequest(f"invalid registry {registry!r}",
                                  hint="a Locations key or a host[:port]")
+        try:
+            port = urlsplit(f"https://{registry}").port
+        except ValueError:
+            port = 0
+        if port is not None and not 1 <= port <= 65535:
+            raise InvalidRequest(f"invalid registry {registry!r}: the port must be 1 to 65535",
+                                 hint="a Locations key or a host[:port]")
         return f"https://{registry}"
 
     def login(self, caller: Caller, registry: str, username: str, password: str) -> str:
@@ -64,13 +84,16 @@ class Logins:
             raise InvalidRequest("username and password are required")
         if len(username) > MAX_FIELD or len(password) > MAX_FIELD:
             raise InvalidRequest(f"username and password are limited to {MAX_FIELD} characters")
+        check_username(username)
         url = self.registry_url(registry)
         endpoint = registry_endpoint(url)
         credentials = RegistryCredentials(username, password)
         location = next((loc for loc in self.config.locations.values() if loc.url == url), None)
+        guard = guard_for_url(self.config, url)  # the registries pulls may use, no others
         client = RegistryClient(url, CHECK_REPOSITORY, credentials=credentials,
                                 limits=self.config.limits,
-                                ca_bundle=location.sslcacert if location else None)
+                                ca_bundle=location.sslcacert if location else None,
+                                address_check=guard)
         with client:
             try:
                 client.check_access()

@@ -15,16 +15,23 @@ from dataclasses import dataclass
 
 from imagegw.domain.acl import acl_key, normalized_acl
 from imagegw.domain.config import Config
-from imagegw.domain.errors import ImageNotFound, InvalidRequest, PermissionDenied, Unauthenticated
+from imagegw.domain.errors import (
+    Cancelled,
+    ImageNotFound,
+    InvalidRequest,
+    PermissionDenied,
+    Unauthenticated,
+)
 from imagegw.domain.model import Failure, ImageState, Progress, Stage
 from imagegw.domain.reference import parse_reference
 from imagegw.gateway.core.access import ANONYMOUS_CALLER, Caller
 from imagegw.gateway.core.limits import PullLimiter
 from imagegw.gateway.core.signed_images import judged_by_other_policy, trust_extra
 from imagegw.gateway.core.views import ImageStatus, lookup_status, pull_status
-from imagegw.gateway.queue.base import JobQueue, ProgressHub, QueuedJob
+from imagegw.gateway.queue.base import JobQueue, JobSpec, ProgressEvent, ProgressHub, QueuedJob
 from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
 from imagegw.gateway.store.base import ImageStore
+from imagegw.registry.policy import guard_for_reference
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +46,6 @@ LOOKUP_CACHE_ENTRIES = 10000
 TOUCH_INTERVAL = 60.0
 #: References of imported images ("import/<tag>"); they never come from a registry.
 IMPORT_PREFIX = "import/"
-FAILED_PRECONDITION = 9
 
 
 @dataclass(frozen=True)
@@ -79,24 +85,22 @@ def _lookup_rank(pull: PullRecord) -> tuple[bool, bool, float]:
             pull.ready_time or pull.updated)
 
 
-def job_payload(key: PullKey, record: PullRecord, known_manifest_digest: str = "",
-                policy_digest: str = "") -> dict:
-    return {
-        "policy_digest": policy_digest,
-        "reference": key.reference,
-        "acl_key": key.acl_key,
-        "user_acl": list(record.user_acl),
-        "group_acl": list(record.group_acl),
-        "known_manifest_digest": known_manifest_digest,
-        "requester_uid": record.requester_uid,
-    }
+def job_spec(key: PullKey, record: PullRecord, known_manifest_digest: str = "",
+             policy_digest: str = "") -> JobSpec:
+    return JobSpec(reference=key.reference, acl_key=key.acl_key, user_acl=record.user_acl,
+                   group_acl=record.group_acl, requester_uid=record.requester_uid,
+                   known_manifest_digest=known_manifest_digest, policy_digest=policy_digest)
 
 
 class PullManager:
     def __init__(self, config: Config, store: ImageStore, queue: JobQueue, hub: ProgressHub,
                  *, clock: Callable[[], float] = time.time,
+                 registry_login: Callable[[int, str], object | None] = lambda uid, ref: None,
                  policy_digest: Callable[[str], str] = lambda _system: "") -> None:
         self.config = config
+        #: The caller's stored registry login for a reference's registry (None: none); a
+        #: pull made with one is private to its puller (Logins.credentials_for).
+        self.registry_login = registry_login
         #: The digest of the signature policy a system's images are judged by ("": none).
         self.policy_digest = policy_digest
         self.store = store
@@ -142,10 +146,16 @@ class PullManager:
         if reference.startswith(IMPORT_PREFIX):
             raise InvalidRequest(f"{reference} is an imported image and cannot be pulled",
                                  hint="look it up, or import it again (shifterimg import)")
+        explicit_acl = private
+        if not caller.anonymous and self.registry_login(caller.uid, reference) is not None:
+            # Pulled with the caller's own registry login: what the registry let them read
+            # stays theirs (and their ACL's). Others pull with their own login, and the
+            # registry decides for them again (the worker always asks it for the manifest).
+            private = True
         users = normalized_acl((*request.user_acl, caller.uid)) if private else ()
         groups = normalized_acl(request.group_acl)
         key = PullKey(request.system, reference, acl_key(users, groups))
-        if private and not caller.is_admin(request.system):
+        if explicit_acl and not caller.is_admin(request.system):
             self._check_acl_change(key, caller)
         now = self.clock()
         current = self.store.get_pull(key)
@@ -163,13 +173,15 @@ class PullManager:
                     known_digest = image.manifest_digest
             else:
                 fresh_since = None  # its image is gone: pull again
+        # Only registries the site allows, before any job exists (the worker checks again).
+        guard_for_reference(self.config, parse_reference(reference, self.config))
         job_id = uuid.uuid4().hex
         with self.limiter.admit(caller, key):
             record, started = self.store.begin_pull(
                 key, job_id, now, requester_uid=caller.uid, user_acl=users, group_acl=groups,
                 keep_ready_since=fresh_since)
         if started:
-            self.queue.submit(QueuedJob(job_id, key.system, job_payload(
+            self.queue.submit(QueuedJob(job_id, key.system, job_spec(
                 key, record, known_digest, self.policy_digest(key.system))))
             log.info("pull %s on %s: job %s queued%s", reference, key.system, job_id,
                      " (re-check)" if known_digest else "")
@@ -224,7 +236,7 @@ class PullManager:
                 stale = time.monotonic() - last_read > WATCH_POLL_SECONDS
                 if event is None and not stale:
                     continue
-                if event is not None and not event.get("final") and not stale:
+                if event is not None and not event.final and not stale:
                     yield self._progress_status(status, event)
                     continue
                 status = self.status(ticket.key)
@@ -239,15 +251,15 @@ class PullManager:
                     subscription = self.hub.subscribe(job_id)
                     yield status
                     continue
-                if event is not None and not event.get("final"):
+                if event is not None and not event.final:
                     yield self._progress_status(status, event)
         finally:
             subscription.close()
 
     @staticmethod
-    def _progress_status(status: ImageStatus, event: dict) -> ImageStatus:
-        progress = progress_from_event(event)
-        state = ImageState(event.get("state", int(status.state)))
+    def _progress_status(status: ImageStatus, event: ProgressEvent) -> ImageStatus:
+        progress = event.progress or Progress(Stage.UNSPECIFIED)
+        state = ImageState(event.state or int(status.state))
         return ImageStatus(system=status.system, reference=status.reference, state=state,
                            pull=status.pull, image=status.image, progress=progress,
                            expiration_timeout=status.expiration_timeout)
@@ -373,11 +385,11 @@ class PullManager:
                 continue
             if pull.key.reference.startswith(IMPORT_PREFIX):
                 # An upload cannot resume: its bytes went with the connection.
-                self.store.fail_pull(pull.key, pull.job_id, Failure(
-                    FAILED_PRECONDITION, "the import was interrupted by a gateway restart; "
-                    "import the image again"), now)
+                self.store.fail_pull(pull.key, pull.job_id, Failure.of(Cancelled(
+                    "the import was interrupted by a gateway restart",
+                    hint="import the image again")), now)
                 continue
-            self.queue.submit(QueuedJob(pull.job_id, pull.key.system, job_payload(
+            self.queue.submit(QueuedJob(pull.job_id, pull.key.system, job_spec(
                 pull.key, pull, policy_digest=self.policy_digest(pull.key.system))))
             resumed += 1
             log.info("resuming pull %s on %s (job %s) after restart", pull.key.reference,
@@ -395,20 +407,8 @@ def import_reference(tag: str) -> str:
     return f"{IMPORT_PREFIX}{parsed.repository}:{parsed.tag}"
 
 
-def progress_event(state: ImageState, progress: Progress) -> dict:
-    return {
-        "state": int(state), "stage": int(progress.stage), "layer_index": progress.layer_index,
-        "layer_count": progress.layer_count, "bytes_done": progress.bytes_done,
-        "bytes_total": progress.bytes_total, "message": progress.message,
-    }
-
-
-def progress_from_event(event: dict) -> Progress:
-    return Progress(
-        stage=Stage(event.get("stage", 0)), layer_index=event.get("layer_index", 0),
-        layer_count=event.get("layer_count", 0), bytes_done=event.get("bytes_done", 0),
-        bytes_total=event.get("bytes_total", 0), message=event.get("message", ""),
-    )
+def progress_event(state: ImageState, progress: Progress) -> ProgressEvent:
+    return ProgressEvent(state=int(state), progress=progress)
 
 
 def image_record_for(key: PullKey, pull: PullRecord, result, now: float) -> ImageRecord:

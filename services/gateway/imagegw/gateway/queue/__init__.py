@@ -11,6 +11,8 @@ from imagegw.domain.config import Config
 from imagegw.gateway.queue.base import (
     Claim,
     JobQueue,
+    JobSpec,
+    ProgressEvent,
     ProgressHub,
     QueuedJob,
     QueueUnavailable,
@@ -20,7 +22,8 @@ from imagegw.gateway.queue.memory import MemoryJobQueue, MemoryProgressHub
 from imagegw.gateway.queue.redis import RedisJobQueue, RedisProgressHub
 
 __all__ = [
-    "Claim", "JobQueue", "MemoryJobQueue", "MemoryProgressHub", "ProgressHub", "QueuedJob",
+    "Claim", "JobQueue", "JobSpec", "MemoryJobQueue", "MemoryProgressHub", "ProgressEvent",
+    "ProgressHub", "QueuedJob",
     "QueueUnavailable", "RedisJobQueue", "RedisProgressHub", "Subscription", "open_queue",
 ]
 

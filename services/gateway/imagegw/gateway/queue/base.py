@@ -6,11 +6,12 @@ renewing it (it died) loses the job to the next claimer, with the attempt counte
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from imagegw.domain.errors import BackendUnavailable
+from imagegw.domain.model import Progress
 
 
 class QueueUnavailable(BackendUnavailable):
@@ -22,11 +23,68 @@ class QueueUnavailable(BackendUnavailable):
 
 
 @dataclass(frozen=True)
+class JobSpec:
+    """What a queued pull asks a worker for. Travels as JSON through shared queues, so it
+    never holds credentials: the dispatcher looks those up for the requester."""
+
+    reference: str
+    acl_key: str = ""
+    user_acl: tuple[int, ...] = ()
+    group_acl: tuple[int, ...] = ()
+    requester_uid: int = -1
+    #: The manifest digest of the READY image a re-check compares with ("" for none).
+    known_manifest_digest: str = ""
+    #: The digest of the signature policy the gateway judges the system's images by.
+    policy_digest: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reference": self.reference, "acl_key": self.acl_key,
+                "user_acl": list(self.user_acl), "group_acl": list(self.group_acl),
+                "requester_uid": self.requester_uid,
+                "known_manifest_digest": self.known_manifest_digest,
+                "policy_digest": self.policy_digest}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobSpec:
+        return cls(reference=data["reference"], acl_key=data.get("acl_key", ""),
+                   user_acl=tuple(int(u) for u in data.get("user_acl", ())),
+                   group_acl=tuple(int(g) for g in data.get("group_acl", ())),
+                   requester_uid=int(data.get("requester_uid", -1)),
+                   known_manifest_digest=data.get("known_manifest_digest", ""),
+                   policy_digest=data.get("policy_digest", ""))
+
+
+@dataclass(frozen=True)
 class QueuedJob:
     job_id: str
     system: str
-    #: JSON-serialisable job description (never credentials).
-    payload: dict[str, Any]
+    spec: JobSpec
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One message on a job's progress channel: where the job is, or that it ended (the
+    watchers then read the outcome from the records)."""
+
+    state: int = 0
+    progress: Progress | None = None
+    final: bool = False
+
+    @classmethod
+    def ended(cls) -> ProgressEvent:
+        return cls(final=True)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"state": self.state, "final": self.final}
+        if self.progress is not None:
+            data["progress"] = self.progress.to_dict()
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProgressEvent:
+        progress = data.get("progress")
+        return cls(state=int(data.get("state", 0)), final=bool(data.get("final", False)),
+                   progress=None if progress is None else Progress.from_dict(progress))
 
 
 @dataclass(frozen=True)
@@ -81,7 +139,7 @@ class JobQueue(Protocol):
 
 
 class Subscription(Protocol):
-    def get(self, timeout: float) -> dict[str, Any] | None:
+    def get(self, timeout: float) -> ProgressEvent | None:
         """The next event, or None when none came within `timeout` seconds."""
         ...
 
@@ -93,8 +151,8 @@ class Subscription(Protocol):
 class ProgressHub(Protocol):
     """Fan-out of job progress events to whoever watches a channel (a job)."""
 
-    def publish(self, channel: str, event: dict[str, Any]) -> None:
-        """Sends a JSON-serialisable event to every current subscriber of `channel`."""
+    def publish(self, channel: str, event: ProgressEvent) -> None:
+        """Sends an event to every current subscriber of `channel`."""
         ...
 
     def subscribe(self, channel: str) -> Subscription:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any
 
-from imagegw.gateway.queue.base import QueueUnavailable
+from imagegw.gateway.queue.base import ProgressEvent, QueueUnavailable
 
 DEFAULT_BUFFER_SIZE = 256
 
@@ -20,7 +19,7 @@ class EventBuffer:
     def __init__(self, size: int = DEFAULT_BUFFER_SIZE) -> None:
         if size < 1:
             raise ValueError(f"buffer size must be at least 1, got {size}")
-        self._events: deque[dict[str, Any]] = deque(maxlen=size)
+        self._events: deque[ProgressEvent] = deque(maxlen=size)
         self._cond = threading.Condition()
         self._dropped = 0
         self._closed = False
@@ -32,7 +31,7 @@ class EventBuffer:
         with self._cond:
             return self._dropped
 
-    def put(self, event: dict[str, Any]) -> None:
+    def put(self, event: ProgressEvent) -> None:
         with self._cond:
             if self._closed:
                 return
@@ -41,7 +40,7 @@ class EventBuffer:
             self._events.append(event)
             self._cond.notify_all()
 
-    def get(self, timeout: float) -> dict[str, Any] | None:
+    def get(self, timeout: float) -> ProgressEvent | None:
         """The oldest buffered event, or None after `timeout` seconds (or once closed).
 
         Raises the error given to `break_with` once the buffered events are read."""

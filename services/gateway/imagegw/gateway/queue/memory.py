@@ -12,9 +12,8 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
 
-from imagegw.gateway.queue.base import Claim, QueuedJob
+from imagegw.gateway.queue.base import Claim, JobSpec, ProgressEvent, QueuedJob
 from imagegw.gateway.queue.buffer import DEFAULT_BUFFER_SIZE, EventBuffer
 
 
@@ -43,8 +42,8 @@ class MemoryJobQueue:
     def submit(self, job: QueuedJob) -> None:
         # The same JSON round trip as a shared backend: callers find out early
         # when a payload does not serialise, and never share mutable state.
-        payload = json.loads(json.dumps(job.payload))
-        entry = _Entry(QueuedJob(job.job_id, job.system, payload), next(self._seq))
+        spec = JobSpec.from_json(json.loads(json.dumps(job.spec.to_json())))
+        entry = _Entry(QueuedJob(job.job_id, job.system, spec), next(self._seq))
         with self._cond:
             heapq.heappush(self._waiting.setdefault(job.system, []), (entry.seq, entry))
             self._cond.notify_all()
@@ -141,10 +140,10 @@ class MemorySubscription:
         """Events lost because this subscriber read too slowly."""
         return self._buffer.dropped
 
-    def deliver(self, event: dict[str, Any]) -> None:
+    def deliver(self, event: ProgressEvent) -> None:
         self._buffer.put(event)
 
-    def get(self, timeout: float) -> dict[str, Any] | None:
+    def get(self, timeout: float) -> ProgressEvent | None:
         return self._buffer.get(timeout)
 
     def close(self) -> None:
@@ -160,13 +159,13 @@ class MemoryProgressHub:
         self._lock = threading.Lock()
         self._subscribers: dict[str, list[MemorySubscription]] = {}
 
-    def publish(self, channel: str, event: dict[str, Any]) -> None:
-        text = json.dumps(event)
+    def publish(self, channel: str, event: ProgressEvent) -> None:
+        text = json.dumps(event.to_json())
         # Delivered under the lock, so every subscriber sees concurrent publishers'
         # events in the same order.
         with self._lock:
             for subscription in self._subscribers.get(channel, ()):
-                subscription.deliver(json.loads(text))
+                subscription.deliver(ProgressEvent.from_json(json.loads(text)))
 
     def subscribe(self, channel: str) -> MemorySubscription:
         subscription = MemorySubscription(self, channel, self.buffer_size)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from imagegw.gateway.queue.base import Claim, QueuedJob, QueueUnavailable
+from imagegw.gateway.queue.base import Claim, JobSpec, ProgressEvent, QueuedJob, QueueUnavailable
 from imagegw.gateway.queue.buffer import DEFAULT_BUFFER_SIZE, EventBuffer
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _submit_order(fields: dict[Any, Any]) -> int:
-    """The queue-wide sequence number a job was submitted with."""
+def _submit_order(fields: Any) -> int:
+    """The queue-wide sequence number a job was submitted with (`fields`: an entry's
+    fields as redis-py returns them, bytes or str keys; its reply types are loose)."""
     return int(fields.get(b"seq", fields.get("seq", 0)))
 
 
@@ -138,7 +139,7 @@ class RedisJobQueue:
         def add() -> None:
             self._ensure_group(stream)
             self._submit(keys=[f"{self.stream}#seq", self.stream, stream],
-                         args=[job.system, job.job_id, json.dumps(job.payload)])
+                         args=[job.system, job.job_id, json.dumps(job.spec.to_json())])
 
         self._run("queue a job", add)
 
@@ -170,7 +171,7 @@ class RedisJobQueue:
         return found if found is not None else self._read_new(consumer, streams, block)
 
     def _streams(self, systems: Collection[str] | None) -> list[str]:
-        names = (sorted(_text(s) for s in self._redis.smembers(self.stream))  # type: ignore[union-attr]
+        names = (sorted(_text(s) for s in self._redis.smembers(self.stream))
                  if systems is None else sorted(systems))
         return [self._stream(name) for name in names]
 
@@ -216,12 +217,13 @@ class RedisJobQueue:
         return Claim(self._job(fields), consumer, attempt, entry_id)
 
     @staticmethod
-    def _job(fields: dict[Any, Any]) -> QueuedJob:
+    def _job(fields: Any) -> QueuedJob:
         text = {_text(k): _text(v) for k, v in fields.items()}
-        return QueuedJob(text["job_id"], text["system"], json.loads(text["payload"]))
+        return QueuedJob(text["job_id"], text["system"],
+                         JobSpec.from_json(json.loads(text["payload"])))
 
     def _act(self, claim: Claim, action: str) -> bool:
-        args = [self.group, claim.token, claim.consumer, claim.attempt, action,
+        args: list[str | int] = [self.group, claim.token, claim.consumer, claim.attempt, action,
                 RELEASED_CONSUMER, _RELEASED_IDLE_MS]
         done = self._run(f"{action} a job", lambda: self._held_action(
             keys=[self._stream(claim.job.system)], args=args))
@@ -252,7 +254,7 @@ class RedisJobQueue:
                 for p in self._redis.xpending_range(stream, self.group, "-", "+",
                                                     count=1_000_000)
             }
-            for entry_id, fields in self._redis.xrange(stream):
+            for entry_id, fields in self._redis.xrange(stream) or []:
                 consumer, attempt = held.get(_text(entry_id), (None, 0))
                 if consumer == RELEASED_CONSUMER:
                     consumer = None
@@ -306,11 +308,11 @@ class RedisSubscription:
             if message is None or message["type"] not in ("message", b"message"):
                 continue
             try:
-                self._buffer.put(json.loads(message["data"]))
+                self._buffer.put(ProgressEvent.from_json(json.loads(message["data"])))
             except ValueError:
                 log.warning("ignored a progress event on %s that is not JSON", self.name)
 
-    def get(self, timeout: float) -> dict[str, Any] | None:
+    def get(self, timeout: float) -> ProgressEvent | None:
         return self._buffer.get(timeout)
 
     def close(self) -> None:
@@ -330,8 +332,8 @@ class RedisProgressHub:
         self.prefix = prefix
         self.buffer_size = buffer_size
 
-    def publish(self, channel: str, event: dict[str, Any]) -> None:
-        text = json.dumps(event)
+    def publish(self, channel: str, event: ProgressEvent) -> None:
+        text = json.dumps(event.to_json())
         with _redis_errors("publish progress"):
             self._redis.publish(f"{self.prefix}:{channel}", text)
 

@@ -8,38 +8,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from imagegw.domain.model import Failure, ImageMetadata, ImageState, Progress, Stage
+from imagegw.domain.errors import INTERNAL_KIND
+from imagegw.domain.model import Failure, ImageMetadata, ImageState, Progress
 from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
 
 IN_FLIGHT_STATES: tuple[int, ...] = tuple(int(s) for s in ImageState if s.in_flight)
 
 
 def progress_to_doc(progress: Progress | None) -> dict[str, Any] | None:
-    if progress is None:
-        return None
-    return {
-        "stage": int(progress.stage), "layer_index": progress.layer_index,
-        "layer_count": progress.layer_count, "bytes_done": progress.bytes_done,
-        "bytes_total": progress.bytes_total, "message": progress.message,
-    }
+    return None if progress is None else progress.to_dict()
 
 
 def progress_from_doc(doc: dict[str, Any] | None) -> Progress | None:
-    if doc is None:
-        return None
-    return Progress(
-        stage=Stage(doc["stage"]), layer_index=doc["layer_index"],
-        layer_count=doc["layer_count"], bytes_done=doc["bytes_done"],
-        bytes_total=doc["bytes_total"], message=doc["message"],
-    )
+    return None if doc is None else Progress.from_dict(doc)
 
 
 def failure_to_doc(failure: Failure | None) -> dict[str, Any] | None:
-    return None if failure is None else {"code": failure.code, "message": failure.message}
+    return None if failure is None else {"kind": failure.kind, "message": failure.message}
+
+
+#: Records written before error kinds kept a status number (google.rpc.Code numbering).
+_KIND_OF_LEGACY_CODE = {
+    1: "Cancelled", 3: "InvalidRequest", 5: "ImageNotFound", 7: "PermissionDenied",
+    8: "ResourceExhausted", 9: "ContentRejected", 14: "WorkerUnavailable", 15: "DigestMismatch",
+    16: "Unauthenticated",
+}
 
 
 def failure_from_doc(doc: dict[str, Any] | None) -> Failure | None:
-    return None if doc is None else Failure(code=doc["code"], message=doc["message"])
+    if doc is None:
+        return None
+    kind = doc.get("kind") or _KIND_OF_LEGACY_CODE.get(doc.get("code", 0), INTERNAL_KIND)
+    return Failure(kind=kind, message=doc["message"])
 
 
 def metadata_to_doc(metadata: ImageMetadata) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
+import stat
 import threading
 import weakref
 from collections.abc import Iterator
@@ -107,6 +109,20 @@ def _image(row: sqlite3.Row) -> ImageRecord:
     return codec.image_from_doc(_row_doc(row, _IMAGE_JSON_COLUMNS))
 
 
+def _private_files(path: str) -> None:
+    """The records (private references and ACLs) are the service account's only: the file
+    is created 0600 before SQLite opens it (SQLite gives its -wal and -shm files the
+    database file's mode), and older files are made 0600."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    with contextlib.suppress(FileExistsError, FileNotFoundError):  # SQLite reports the latter
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(os.stat(name).st_mode) != 0o600:
+                os.chmod(name, 0o600)
+
+
 class _Connection(sqlite3.Connection):
     """A connection that can be weakly referenced: the store closes the ones still
     alive, and a finished thread's connection is closed when collected."""
@@ -121,6 +137,7 @@ class SqliteImageStore:
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
         self._closed = False
+        _private_files(path)
         self._create_schema()
 
     # -- connections and transactions -------------------------------------------------

@@ -1,0 +1,68 @@
+"""The embedded worker of `imagegw serve` takes jobs only from its gateway: it listens on a
+Unix socket in a directory only the service account can enter, and even that account's
+calls must carry the worker secret (issue 18: a direct BuildImage published an image)."""
+
+
+from __future__ import annotations
+
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import grpc
+
+from imagegw.v1 import gateway_service_pb2 as pb
+from imagegw.v1 import image_pb2, worker_service_pb2, worker_service_pb2_grpc
+from tests.support import layers as L
+from tests.support.images import push_image
+from tests.support.registry import RegistryServer
+from tests.support.services import embedded_config, start_service
+
+CONNECT = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+
+
+def test_embedded_worker_refuses_other_users_and_calls_without_the_secret(
+        tmp_path: Path, registry: RegistryServer) -> None:
+    push_image(registry.url, "door/app", "1", [L.layer(L.file("d", b"door"))])
+    service = start_service("serve", embedded_config(tmp_path, registry_url=registry.url),
+                            tmp_path)
+    try:
+        listening = re.search(r"worker listening on (\S+)", service.log())
+        assert listening and listening[1].startswith("unix:"), service.log()[-2000:]
+        socket_path = Path(listening[1].removeprefix("unix:"))
+        assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
+        token_file = tmp_path / "data" / "worker.token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+
+        # Another local user cannot even connect: the kernel refuses the directory.
+        other = subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c",
+                                CONNECT, str(socket_path)], capture_output=True, text=True,
+                               timeout=30, check=False)
+        assert other.returncode != 0 and "PermissionError" in other.stderr, other.stderr
+
+        # The service account itself (root here) without the secret: refused, nothing written.
+        request = worker_service_pb2.BuildImageRequest(
+            job_id="intruder", system="default", reference="testreg/door/app:1",
+            user_acl=[4242], group_acl=[4242])
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+            stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+            try:
+                list(stub.BuildImage(request, timeout=30))
+                raise AssertionError("the worker took a job without the secret")
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, exc
+        images = tmp_path / "images" / "default"
+        assert not images.exists() or not any(images.iterdir())
+
+        # Its gateway still gets the image built.
+        with service.channel() as channel:
+            from imagegw.v1 import gateway_service_pb2_grpc
+
+            final = list(gateway_service_pb2_grpc.GatewayServiceStub(channel).PullImage(
+                pb.PullImageRequest(system="default", reference="testreg/door/app:1"),
+                timeout=120))[-1].image
+        assert final.state == image_pb2.IMAGE_STATE_READY, final.failure.message
+    finally:
+        service.stop()
+    assert not socket_path.parent.exists(), "the socket's directory goes with the service"
