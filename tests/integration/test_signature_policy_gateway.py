@@ -21,7 +21,7 @@ from imagegw.client import GatewayClient, NotFound, PullFailed
 from tests.integration.test_oras_ready_made import SQUASHFS_MEDIA_TYPE, make_squashfs, oras_push
 from tests.support import layers
 from tests.support.images import push_image
-from tests.support.registry import RegistryServer, registry  # noqa: F401
+from tests.support.registry import RegistryServer
 from tests.support.services import (
     SHIFTERIMG,
     ServiceProcess,
@@ -80,7 +80,7 @@ def _signed_by(*keys: GpgKey) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def site(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+def site(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[Site]:
     workdir = tmp_path_factory.mktemp("trust-gateway")
     alice = GpgKey.generate(workdir / "alice", "alice")

@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from imagegw.cli import main
+from imagegw.cli.doctor import FAIL, OK, check_signature_policy
+from imagegw.domain.config import load_config
 from imagegw.signatures import PolicyFormatError, load_policy
 from imagegw.signatures.dockerref import parse_named, policy_namespaces
 from imagegw.signatures.gpg import SignatureInvalid
@@ -210,3 +212,21 @@ def test_check_config_names_the_policy_file_and_key(tmp_path: Path,
     assert main(["check-config", str(_site_config(tmp_path, policy))]) != 0
     err = capsys.readouterr().err
     assert f'{policy}: transports.docker."reg.example.com"[0]: missing field \'keyType\'' in err
+
+
+def test_doctor_loads_the_signature_policy(tmp_path: Path, pem: Path) -> None:
+    (tmp_path / "open").mkdir()
+    good = _write(tmp_path, _docker("reg.example.com", [
+        {"type": "sigstoreSigned", "keyPath": str(pem)}]))
+    findings = list(check_signature_policy(load_config(_site_config(tmp_path, good))))
+    assert [(f.status, f.what) for f in findings if f.what.startswith("signature")] == [
+        (OK, "signature policy of cluster"), (OK, "signature policy of open")]
+    bad = _write(tmp_path, _docker("reg.example.com", [{"type": "sigstoreSigned",
+                                                        "keyPath": "/nonexistent.pub"}]))
+    findings = list(check_signature_policy(load_config(_site_config(tmp_path, bad))))
+    assert [(f.status, f.what) for f in findings] == [(FAIL, "signature policy")]
+    assert f'{bad}: transports.docker."reg.example.com"[0].keyPath: cannot read key file' \
+        in findings[0].detail
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"Platforms": {"c": {"local": {"imageDir": str(tmp_path)}}}}))
+    assert list(check_signature_policy(load_config(plain))) == []
