@@ -31,6 +31,8 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 #: containers/image reads at most this many signatures of one image.
 MAX_SIGNATURES = 128
 HTTP_TIMEOUT = urllib3.Timeout(connect=10.0, read=30.0)
+#: Redirects are followed (as containers/image's HTTP client does); nothing is retried.
+HTTP_RETRIES = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
 
 
 class BlobSource(Protocol):
@@ -76,7 +78,7 @@ def lookaside_url(base: str, image: DockerRef, manifest_digest: str, number: int
 
 def _lookaside(base: str, image: DockerRef, digest: str, signatures: Signatures) -> None:
     signatures.looked.append(lookaside_url(base, image, digest, 1))
-    http = urllib3.PoolManager(timeout=HTTP_TIMEOUT, retries=False) \
+    http = urllib3.PoolManager(timeout=HTTP_TIMEOUT, retries=HTTP_RETRIES) \
         if not base.startswith("file://") else None
     try:
         for number in range(1, MAX_SIGNATURES + 1):
@@ -106,7 +108,7 @@ def _read_file(url: str) -> bytes | None:
 
 def _read_http(http: urllib3.PoolManager, url: str) -> bytes | None:
     try:
-        response = http.request("GET", url, preload_content=False, redirect=False)
+        response = http.request("GET", url, preload_content=False)
     except urllib3.exceptions.HTTPError as exc:
         raise RegistryUnavailable(f"cannot read signature {url}: {exc}") from exc
     try:
