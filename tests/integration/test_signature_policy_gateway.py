@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ def site(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory
         layers.executables({"bin/hello": b"#!/bin/sh\necho hello\n"})])
     signing.copy_signed(alice, "src/app:1", "team/app:1")
     signing.copy_signed(None, "src/app:1", "team/unsigned:1")
+    signing.copy_signed(alice, "src/app:1", "team/shared:1")
     policy = workdir / "policy.json"
     config = embedded_config(workdir, registry_url=registry.url, SignaturePolicy=str(policy),
                              SignatureRegistriesDir=str(signing.registries_d))
@@ -138,6 +140,19 @@ def test_accepted_pull_records_the_signer_shown_by_lookup_and_images(site: Site)
     listed = json.loads(site.shifterimg("-v", "images").stdout)
     assert [image["signers"][0]["fingerprint"] for image in listed
             if image["id"] == shown["id"]] == [site.alice.fingerprint]
+
+
+def test_concurrent_pulls_share_one_verification(site: Site) -> None:
+    def pull() -> str:
+        with site.client() as client:
+            return client.pull_and_wait(SYSTEM, "testreg/team/shared:1").signers[0].fingerprint
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        signers = list(pool.map(lambda _n: pull(), range(4)))
+    assert signers == [site.alice.fingerprint] * 4
+    checks = [line for line in site.gateway.log().splitlines()
+              if '"action":"signature-check"' in line and 'team/shared:1"' in line]
+    assert len(checks) == 1
 
 
 def test_ready_made_oras_image_obeys_the_policy(site: Site, tmp_path: Path) -> None:

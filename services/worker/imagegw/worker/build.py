@@ -77,6 +77,11 @@ class Builder:
         self.cache = self.caches.blobs
         self.shared = shared_conversions_for(config)
         self.trust = load_site_trust(config)
+        for warning in self.trust.warnings:
+            log.warning("signature policy: %s", warning)
+        for system, judged in sorted(self.trust.systems.items()):
+            log.info("system %s: images judged by signature policy %s (%s)", system,
+                     judged.policy.path, judged.digest)
 
     def build(self, job: BuildJob, report: Report) -> BuildResult:
         emit = Throttle(report)
