@@ -8,10 +8,8 @@ slot beyond them. Elapsed times are recorded for docs/hostile-input-report.md.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import socket
 import threading
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ from tests.support.proxy import (
     Request,
     ResetMidBody,
     ServerErrors,
+    SilentServer,
     Trickle,
 )
 from tests.support.services import refused_address
@@ -102,31 +101,6 @@ class RedirectTo(Fault):
 
     def apply(self, request: Request, reply: Reply | None) -> Reply:
         return Reply(307, [("Location", self.url)])
-
-
-class SilentServer:
-    """A loopback socket that accepts connections and never answers."""
-
-    def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                connection, _ = self._sock.accept()
-                self.accepted.append(connection)
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
-        self._sock.close()
-        for connection in self.accepted:
-            connection.close()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -5,12 +5,15 @@ calls must carry the worker secret (issue 18: a direct BuildImage published an i
 
 from __future__ import annotations
 
+import contextlib
 import re
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 
 from imagegw.v1 import gateway_service_pb2 as pb
 from imagegw.v1 import image_pb2, worker_service_pb2, worker_service_pb2_grpc
@@ -66,3 +69,39 @@ def test_embedded_worker_refuses_other_users_and_calls_without_the_secret(
     finally:
         service.stop()
     assert not socket_path.parent.exists(), "the socket's directory goes with the service"
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[Path]:
+    """`path` seen read-only (a read-only bind mount over itself), as the shipped worker
+    unit sees the data directory (systemd ProtectSystem=strict)."""
+    for args in (["mount", "--bind", str(path), str(path)],
+                 ["mount", "-o", "remount,ro,bind", str(path)]):
+        done = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)
+        if done.returncode != 0:
+            subprocess.run(["umount", str(path)], capture_output=True, timeout=10, check=False)
+            pytest.fail(f"cannot bind-mount read-only here (run the tests as root): {done.stderr}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True, timeout=10)
+
+
+def test_a_worker_with_a_read_only_data_directory_uses_the_gateways_secret(
+        tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o750)
+    data.chmod(0o750)
+    config = {"DataDirectory": str(data), "CacheDirectory": str(tmp_path / "cache"),
+              "ExpandDirectory": str(tmp_path / "expand"),
+              "Platforms": {"default": {"local": {"imageDir": str(tmp_path / "images")}}}}
+    with read_only(data), pytest.raises(RuntimeError, match="start the gateway first"):
+        start_service("worker", config, tmp_path / "first", name="worker")
+    (data / "worker.token").write_text("s" * 48 + "\n")  # what the gateway makes
+    (data / "worker.token").chmod(0o600)
+    with read_only(data):
+        worker = start_service("worker", config, tmp_path / "second", name="worker")
+        try:
+            assert f"cannot make {data} 0700" in worker.log()
+        finally:
+            worker.stop()

@@ -416,3 +416,28 @@ def _blob_store_handler(store: BlobStore) -> type[BaseHTTPRequestHandler]:
         do_GET = do_HEAD = handle_any  # noqa: N815
 
     return BlobStoreHandler
+
+
+class SilentServer:
+    """A loopback socket that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self._sock.accept()
+                self.accepted.append(connection)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
+        self._sock.close()
+        for connection in self.accepted:
+            connection.close()
+        self._thread.join(timeout=5)

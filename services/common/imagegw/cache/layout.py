@@ -78,7 +78,11 @@ def private_directory(path: str | os.PathLike[str]) -> Path:
     info = directory.stat()
     if info.st_uid == os.geteuid() and not info.st_mode & stat.S_ISVTX:
         if stat.S_IMODE(info.st_mode) != 0o700:
-            os.chmod(directory, 0o700)
+            try:
+                os.chmod(directory, 0o700)
+            except OSError as exc:  # e.g. read-only for this process (a worker's data dir)
+                log.warning("cannot make %s 0700 (mode %04o): %s", directory,
+                            stat.S_IMODE(info.st_mode), exc.strerror or exc)
     else:
         log.warning("%s is a shared directory (owner uid %d, mode %04o): other users may "
                     "see what is kept there; configure a directory of the service account",

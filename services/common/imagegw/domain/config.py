@@ -124,6 +124,15 @@ class Limits:
     max_layers: int = 512
     http_timeout: float = 60.0
     http_retries: int = 4
+    #: Fair share of the gateway (issue 18): open streams and calls in flight per caller
+    #: (a MUNGE uid, or the peer host of anonymous calls) and for everyone together.
+    max_streams_per_caller: int = 32
+    max_calls_per_caller: int = 32
+    max_streams_total: int = 1024
+    max_calls_total: int = 256
+    #: Threads the gateway's asynchronous server runs blocking work on (records, MUNGE);
+    #: as many again for slow work (registry logins, imports).
+    gateway_threads: int = 8
 
 
 @dataclass(frozen=True)
@@ -413,7 +422,17 @@ def _limits(reader: _Reader | None) -> Limits:
         max_layers=reader.get("maxLayers", int, base.max_layers),
         http_timeout=float(reader.get("httpTimeout", (int, float), base.http_timeout)),
         http_retries=reader.get("httpRetries", int, base.http_retries),
+        max_streams_per_caller=reader.get("maxStreamsPerCaller", int,
+                                          base.max_streams_per_caller),
+        max_calls_per_caller=reader.get("maxCallsPerCaller", int, base.max_calls_per_caller),
+        max_streams_total=reader.get("maxStreamsTotal", int, base.max_streams_total),
+        max_calls_total=reader.get("maxCallsTotal", int, base.max_calls_total),
+        gateway_threads=reader.get("gatewayThreads", int, base.gateway_threads),
     )
+    for key in ("maxStreamsPerCaller", "maxCallsPerCaller", "maxStreamsTotal",
+                "maxCallsTotal", "gatewayThreads"):
+        if reader.get(key, int, 1) < 1:
+            raise ConfigError(f"{reader.key(key)}: must be at least 1")
     reader.finish()
     return limits
 

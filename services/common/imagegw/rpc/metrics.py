@@ -1,10 +1,14 @@
-"""gRPC request metrics (edge code): a server interceptor counting every request
-by service, method and final status code into `imagegw.metrics`' registry."""
+"""gRPC request metrics (edge code): server interceptors, for the threaded and for the
+asyncio server, counting every request by service, method and final status code into
+`imagegw.metrics`' registry."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -12,7 +16,8 @@ import grpc
 from imagegw.metrics import GRPC_REQUESTS, GRPC_SECONDS
 
 
-def _code_name(context: grpc.ServicerContext, default: grpc.StatusCode) -> str:
+def _code_name(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any],
+               default: grpc.StatusCode) -> str:
     code = context.code() if hasattr(context, "code") else None
     return (code if isinstance(code, grpc.StatusCode) else default).name
 
@@ -79,9 +84,72 @@ def _streamed(behavior: Callable[..., Any], labels: tuple[str, str]) -> Callable
     return handle
 
 
+class _AioRequestMetrics(grpc.aio.ServerInterceptor):
+    """The same for the asyncio server, whose handlers are coroutines (unary, and
+    streaming handlers that write with `context.write`) or async generators."""
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        labels = (service, method)
+        for kind, make in (("unary_unary", grpc.unary_unary_rpc_method_handler),
+                           ("stream_unary", grpc.stream_unary_rpc_method_handler),
+                           ("unary_stream", grpc.unary_stream_rpc_method_handler),
+                           ("stream_stream", grpc.stream_stream_rpc_method_handler)):
+            behavior = getattr(handler, kind)
+            if behavior is None:
+                continue
+            wrapped = (_aio_generator(behavior, labels) if inspect.isasyncgenfunction(behavior)
+                       else _aio_coroutine(behavior, labels))
+            return make(wrapped, handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+def _aio_coroutine(behavior: Callable[..., Any], labels: tuple[str, str]) -> Callable[..., Any]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.monotonic()
+        try:
+            response = await behavior(request, context)
+        except asyncio.CancelledError:  # the client went away
+            _record(labels, grpc.StatusCode.CANCELLED.name, started)
+            raise
+        except BaseException:
+            _record(labels, _code_name(context, grpc.StatusCode.UNKNOWN), started)
+            raise
+        _record(labels, _code_name(context, grpc.StatusCode.OK), started)
+        return response
+    return handle
+
+
+def _aio_generator(behavior: Callable[..., Any], labels: tuple[str, str]) -> Callable[..., Any]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        started = time.monotonic()
+        try:
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    yield response
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
+            _record(labels, grpc.StatusCode.CANCELLED.name, started)
+            raise
+        except BaseException:
+            _record(labels, _code_name(context, grpc.StatusCode.UNKNOWN), started)
+            raise
+        _record(labels, _code_name(context, grpc.StatusCode.OK), started)
+    return handle
+
+
 _INTERCEPTOR = _RequestMetrics()
+_AIO_INTERCEPTOR = _AioRequestMetrics()
 
 
 def server_interceptor() -> grpc.ServerInterceptor:
     """The interceptor every server of the process shares (see grpcserver.create_server)."""
     return _INTERCEPTOR
+
+
+def aio_server_interceptor() -> grpc.aio.ServerInterceptor:
+    """The interceptor of the asyncio servers (see rpc.server.create_aio_server)."""
+    return _AIO_INTERCEPTOR

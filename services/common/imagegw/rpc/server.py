@@ -1,6 +1,7 @@
-"""gRPC server plumbing shared by the gateway and the worker: thread pool,
-health checking (grpc.health.v1), server reflection, binding (plain or TLS, with
-client certificates when asked) and shutdown."""
+"""gRPC server plumbing shared by the gateway and the worker: the threaded server
+(the worker's) and the asyncio one (the gateway's, `create_aio_server`), health
+checking (grpc.health.v1, either flavour), server reflection, binding (plain or
+TLS, with client certificates when asked) and shutdown."""
 
 from __future__ import annotations
 
@@ -11,29 +12,39 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from imagegw.domain.config import WorkerTls
 from imagegw.domain.errors import ConfigError
-from imagegw.rpc.metrics import server_interceptor
+from imagegw.rpc.metrics import aio_server_interceptor, server_interceptor
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
 
 
 def create_server(max_workers: int = 64) -> grpc.Server:
+    """A threaded server: each call holds one of `max_workers` threads while it runs."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=_OPTIONS,
         maximum_concurrent_rpcs=max_workers * 4,
         interceptors=[server_interceptor()],
     )
+
+
+def create_aio_server() -> grpc.aio.Server:
+    """An asyncio server (create it on the loop that will run it): calls are coroutines,
+    so a waiting stream holds no thread. It sets no overall cap on calls, which would
+    refuse health checks too: callers are capped one by one by the servicer's limits."""
+    return grpc.aio.server(options=_OPTIONS, interceptors=[aio_server_interceptor()])
 
 
 def add_health_and_reflection(server: grpc.Server, service_names: Iterable[str]
@@ -43,10 +54,27 @@ def add_health_and_reflection(server: grpc.Server, service_names: Iterable[str]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    _add_reflection(server, names)
+    return health_servicer
+
+
+async def add_aio_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]
+                                        ) -> health_aio.HealthServicer:
+    """The same on an asyncio server (on its loop): the aio health servicer, whose `set`
+    is a coroutine."""
+    names = list(service_names)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    _add_reflection(server, names)
+    return health_servicer
+
+
+def _add_reflection(server: grpc.Server | grpc.aio.Server, names: list[str]) -> None:
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME], server)
-    return health_servicer
 
 
 def server_credentials(certificate: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:
@@ -100,7 +128,7 @@ def is_loopback(address: str) -> bool:
         return False  # a host name may resolve to anything
 
 
-def bind(server: grpc.Server, address: str,
+def bind(server: grpc.Server | grpc.aio.Server, address: str,
          credentials: grpc.ServerCredentials | None = None) -> str:
     """Binds a port, TLS when `credentials` are given; returns the address with the
     real port (for port 0)."""

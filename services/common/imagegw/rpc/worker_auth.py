@@ -58,7 +58,14 @@ def load_worker_token(config: Config) -> str | None:
         return None
     path = token_path(config)
     if not config.worker_token_file and not path.exists():
-        _create(path)
+        try:
+            _create(path)
+        except OSError as exc:
+            raise ConfigError(
+                f"WorkerTokenFile: cannot create the worker secret {path}: "
+                f"{exc.strerror or exc}",
+                hint="start the gateway first (it creates the file when it can write there), "
+                     "or set WorkerTokenFile to a secret every gateway and worker reads") from exc
     try:
         mode = path.stat().st_mode
         token = path.read_text(encoding="utf-8").strip()

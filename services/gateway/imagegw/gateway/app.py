@@ -1,4 +1,10 @@
-"""Assembles a gateway process: store, queue, pull manager, dispatcher, gRPC server."""
+"""Assembles a gateway process: store, queue, pull manager, dispatcher, gRPC server.
+
+The process owns one asyncio event loop (`GatewayApp.loop`, on a thread of its own)
+that runs the gRPC server (grpc.aio) and any other asynchronous server added with
+`GatewayApp.add_async_server` (the REST API); they share the bounded thread pools
+the synchronous core runs on (`GatewayApp.blocking`) and the per-caller limits
+(`GatewayApp.fair_share`)."""
 
 from __future__ import annotations
 
@@ -7,14 +13,18 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 from grpc_health.v1 import health_pb2
 
 from imagegw import metrics
 from imagegw.domain.config import Config
 from imagegw.domain.errors import BackendUnavailable, ConfigError
+from imagegw.gateway.aio import AsyncServer, Blocking, EventLoopThread
+from imagegw.gateway.api.edge import AsyncGatewayServicer
 from imagegw.gateway.api.servicer import GatewayServicer, Services
 from imagegw.gateway.core.dispatch import Dispatcher
 from imagegw.gateway.core.expiry import Expirer, ExpiryLoop, check_interval
+from imagegw.gateway.core.fairshare import FairShare, ShareLimits
 from imagegw.gateway.core.imports import Importer
 from imagegw.gateway.core.logins import Logins
 from imagegw.gateway.core.pulls import PullManager
@@ -23,9 +33,9 @@ from imagegw.gateway.queue import open_queue
 from imagegw.gateway.store import open_store
 from imagegw.gateway.workers import open_worker_pool
 from imagegw.rpc.server import (
-    add_health_and_reflection,
+    add_aio_health_and_reflection,
     bind,
-    create_server,
+    create_aio_server,
     is_loopback,
     server_credentials,
 )
@@ -59,6 +69,14 @@ def check_listen_security(config: Config, listen: str) -> None:
             hint="configure them, listen on 127.0.0.1, or set AllowInsecureListen: true")
 
 
+def share_limits(config: Config) -> ShareLimits:
+    limits = config.limits
+    return ShareLimits(max_streams_per_caller=limits.max_streams_per_caller,
+                       max_calls_per_caller=limits.max_calls_per_caller,
+                       max_streams_total=limits.max_streams_total,
+                       max_calls_total=limits.max_calls_total)
+
+
 def _data_path(config: Config, name: str) -> Path:
     return Path(config.data_dir or ".") / name
 
@@ -85,23 +103,61 @@ class GatewayApp:
             consumers=self.workers.consumers(config.worker_slots),
             credentials=self.logins.credentials_for,
         )
-        self.server = create_server()
         services = Services(
             config=config, pulls=self.pulls, expirer=self.expirer, logins=self.logins,
             importer=Importer(config, self.store, self.pulls, str(_data_path(config, "imports"))))
-        gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(services), self.server)
-        self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
+        #: The per-caller limits every edge charges (Limits.maxStreamsPerCaller, ...).
+        self.fair_share = FairShare(share_limits(config))
+        #: The bounded thread pools asynchronous edges run the synchronous core on.
+        self.blocking = Blocking(config.limits.gateway_threads)
+        #: The process's one asyncio loop, running on its own thread from here on.
+        self.loop = EventLoopThread()
+        self.loop.start()
+        self._async_servers: list[AsyncServer] = []
+        self._async_stops: list = []
+        self._started = False
         credentials = (server_credentials(config.tls_certificate, config.tls_key,
                                           config.tls_client_ca)
                        if config.tls_certificate else None)
-        self.address = bind(self.server, listen, credentials)
+        try:
+            self.address = self.loop.run(self._build_server(
+                AsyncGatewayServicer(GatewayServicer(services), self.fair_share, self.blocking),
+                listen, credentials))
+        except BaseException:
+            self.loop.stop()
+            self.blocking.shutdown()
+            raise
         metrics.watch_queue(self.queue.pending)
         self.metrics = metrics.serve(config.metrics_listen, "MetricsListen")
         self._stopping = threading.Event()
 
+    async def _build_server(self, servicer: AsyncGatewayServicer, listen: str,
+                            credentials: grpc.ServerCredentials | None) -> str:
+        self.server = create_aio_server()
+        gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, self.server)
+        self.health = await add_aio_health_and_reflection(self.server, [SERVICE_NAME])
+        return bind(self.server, listen, credentials)
+
+    def add_async_server(self, start: AsyncServer) -> None:
+        """Runs another asynchronous server (e.g. the REST API) on the gateway's loop.
+
+        `await start()` runs on `self.loop` when the gateway starts (at once if it has);
+        it returns a coroutine function that stops the server, awaited at `stop()` with
+        the seconds of grace. Such a server runs blocking core calls through
+        `self.blocking` (`await app.blocking.run(fn, *args)`) and charges each call to
+        its caller with `imagegw.gateway.core.fairshare.Admission(app.fair_share,
+        Kind.CALL or Kind.STREAM, peer_host)`:
+        `charge(None)` for a call without credential, `charge(uid)` once verified,
+        `release()` when the call ends."""
+        self._async_servers.append(start)
+        if self._started:
+            self._async_stops.append(self.loop.run(start()))
+
     def start(self) -> None:
-        self.server.start()
+        self.loop.run(self.server.start())
+        self._started = True
+        for start in self._async_servers:
+            self._async_stops.append(self.loop.run(start()))
         self.expiry.start()
         log.info("gateway listening on %s (systems: %s)", self.address,
                  ", ".join(sorted(self.config.platforms)))
@@ -146,12 +202,19 @@ class GatewayApp:
 
     def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
-            self.health.set(name, status)
+            self.loop.run(self.health.set(name, status))
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 2.0) -> None:
         self._stopping.set()
         self.expiry.stop()
-        self.server.stop(grace=2.0).wait()
+        for stop in self._async_stops:
+            try:
+                self.loop.run(stop(grace))
+            except Exception:
+                log.exception("an asynchronous server did not stop cleanly")
+        self.loop.run(self.server.stop(grace))
+        self.loop.stop()
+        self.blocking.shutdown()
         metrics.watch_queue(None)
         if self.metrics is not None:
             self.metrics.close()

@@ -1,42 +1,40 @@
-"""The public GatewayService servicer: authenticate, parse, call the core, translate.
+"""The public GatewayService's translation: authenticate, parse, call the core, answer.
 
 Every call is authenticated here (the `authentication` metadata, decoded by the
 munged of the request's system) and the resulting `Caller` goes to the core,
-which makes every authorisation decision. Every error from our tree becomes its
-gRPC status (one table, imagegw.rpc.status) with the message and hint; anything
-else is logged and becomes INTERNAL. State-changing calls are audited."""
+which makes every authorisation decision; the caller's fair-share charge is made
+as soon as they are known. These methods block (records, MUNGE, registries): the
+asynchronous edge (`imagegw.gateway.api.edge`) runs them on its bounded thread
+pools with a `CallContext` captured from the call, and turns every error from our
+tree into its gRPC status (one table, imagegw.rpc.status). State-changing calls
+are audited."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import grpc
+from typing import Any
 
 from imagegw.domain.config import Config
-from imagegw.domain.errors import ImageGatewayError, InvalidRequest, Unauthenticated
+from imagegw.domain.errors import InvalidRequest, Unauthenticated
 from imagegw.domain.model import ImageState
 from imagegw.gateway.api.convert import pull_to_job, status_to_image
 from imagegw.gateway.auth import MungeDecoder, authenticate_with_payload, is_admin
 from imagegw.gateway.core import audit
 from imagegw.gateway.core.access import ANONYMOUS_CALLER, Caller
 from imagegw.gateway.core.expiry import Expirer
+from imagegw.gateway.core.fairshare import Admission
 from imagegw.gateway.core.imports import Importer, ImportHeader
 from imagegw.gateway.core.logins import Logins
-from imagegw.gateway.core.pulls import PullManager, PullRequest
+from imagegw.gateway.core.pulls import PullManager, PullRequest, PullTicket
 from imagegw.gateway.core.views import ImageStatus, lookup_status
 from imagegw.rpc import convert
-from imagegw.rpc.status import status_for
 from imagegw.v1 import gateway_service_pb2 as pb
-from imagegw.v1 import gateway_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Any])
 MAX_FIELD = 1024
 MAX_ACL_ENTRIES = 256
 #: Most bytes of one import chunk message (the proto says up to 4 MiB).
@@ -44,33 +42,6 @@ MAX_CHUNK = 4 * 1024 * 1024
 #: Lookup answers kept for reuse at most (dropped all at once beyond).
 MAX_SHARED_ANSWERS = 1024
 _LOOPBACK_PEERS = ("ipv4:127.", "ipv6:[::1]", "unix:")
-
-
-def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
-    if isinstance(exc, ImageGatewayError):
-        context.abort(status_for(exc), str(exc))
-    log.exception("unexpected error")
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
-
-
-def unary(method: F) -> F:
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except Exception as exc:  # translated in one place
-            _abort(context, exc)
-    return wrapper  # type: ignore[return-value]
-
-
-def streaming(method: F) -> F:
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            yield from method(self, request, context)
-        except Exception as exc:
-            _abort(context, exc)
-    return wrapper  # type: ignore[return-value]
 
 
 def _check_fields(**fields: str) -> None:
@@ -89,11 +60,29 @@ def _require_system(system: str) -> None:
         raise InvalidRequest("system is required", hint="pass the cluster name, e.g. --system")
 
 
-def _secure_transport(context: grpc.ServicerContext) -> bool:
+@dataclass(frozen=True)
+class CallContext:
+    """What the methods need of a call, read from it on the event loop: its metadata,
+    peer and transport security, and the fair-share `admission` to charge."""
+
+    metadata: Sequence[tuple[str, Any]]
+    peer_address: str
+    auth: Mapping[str, Iterable[bytes]]
+    admission: Admission
+
+    def invocation_metadata(self) -> Sequence[tuple[str, Any]]:
+        return self.metadata
+
+    def peer(self) -> str:
+        return self.peer_address
+
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]:
+        return self.auth
+
+
+def _secure_transport(context: CallContext) -> bool:
     """Loopback or TLS: where plain registry passwords may travel in a request."""
-    # grpc gives every auth property as a list of values; types-grpcio says one bytes.
-    properties: Mapping[str, list[bytes]] = context.auth_context()  # type: ignore[assignment]
-    security = properties.get("transport_security_type", [])
+    security = list(context.auth_context().get("transport_security_type", []))
     return b"ssl" in security or context.peer().startswith(_LOOPBACK_PEERS)
 
 
@@ -108,7 +97,7 @@ class Services:
     logins: Logins
 
 
-class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
+class GatewayServicer:
     def __init__(self, services: Services) -> None:
         self.config = services.config
         self.pulls = services.pulls
@@ -122,21 +111,22 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
 
     # -- authentication ------------------------------------------------------------
 
-    def _authenticate(self, context: grpc.ServicerContext, system: str
+    def _authenticate(self, context: CallContext, system: str
                       ) -> tuple[Caller, bytes]:
         platform = self.config.platform(system)
         identity, payload = authenticate_with_payload(
             context.invocation_metadata(), platform, self._decoders)
+        context.admission.charge(None if identity.is_anonymous else identity.uid)
         if identity.is_anonymous:
             return ANONYMOUS_CALLER, b""
         admin_of = frozenset({system}) if is_admin(identity, platform) else frozenset()
         return Caller(uid=identity.uid, gid=identity.gid, user=identity.user,
                       groups=identity.groups, admin_of=admin_of), payload
 
-    def _caller(self, context: grpc.ServicerContext, system: str) -> Caller:
+    def _caller(self, context: CallContext, system: str) -> Caller:
         return self._authenticate(context, system)[0]
 
-    def _caller_any_system(self, context: grpc.ServicerContext) -> Caller:
+    def _caller_any_system(self, context: CallContext) -> Caller:
         """For calls that name no system: decoded by the one munged every system shares."""
         sockets = {p.munge_socket for p in self.config.platforms.values()}
         if len(sockets) == 1 and self.config.platforms:
@@ -148,9 +138,8 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
 
     # -- pulls and lookups ---------------------------------------------------------------
 
-    @streaming
-    def PullImage(self, request: pb.PullImageRequest, context: grpc.ServicerContext  # noqa: N802
-                  ) -> Iterator[pb.PullImageResponse]:
+    def begin_pull(self, request: pb.PullImageRequest, context: CallContext) -> PullTicket:
+        """Starts or joins the pull (PullImage before any answer is streamed)."""
         _check_fields(system=request.system, reference=request.reference, type=request.type)
         _require_system(request.system)
         _check_acl(request.user_acl, request.group_acl)
@@ -165,21 +154,17 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             details.update(job=ticket.job_id, private=bool(ticket.key.acl_key),
                            outcome="fresh" if ticket.fresh else
                            "started" if ticket.started else "joined")
-        if ticket.answer is not None:
-            yield pb.PullImageResponse(image=status_to_image(ticket.answer))
-            return
-        if request.no_wait:
-            status = self.pulls.status(ticket.key)
-            yield pb.PullImageResponse(image=status_to_image(status))
-            return
-        for status in self.pulls.watch(ticket, alive=context.is_active):
-            response = pb.PullImageResponse(image=status_to_image(status))
-            if status.progress is not None and status.state.in_flight:
-                response.progress.CopyFrom(response.image.progress)
-            yield response
+        return ticket
 
-    @unary
-    def LookupImage(self, request: pb.LookupImageRequest, context: grpc.ServicerContext  # noqa: N802
+    @staticmethod
+    def pull_response(status: ImageStatus) -> pb.PullImageResponse:
+        """One message of a PullImage stream: the image, and its progress while in flight."""
+        response = pb.PullImageResponse(image=status_to_image(status))
+        if status.progress is not None and status.state.in_flight:
+            response.progress.CopyFrom(response.image.progress)
+        return response
+
+    def LookupImage(self, request: pb.LookupImageRequest, context: CallContext  # noqa: N802
                     ) -> pb.LookupImageResponse:
         _check_fields(system=request.system, reference=request.reference, type=request.type)
         _require_system(request.system)
@@ -202,8 +187,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             self._answers[id(status)] = (status, answer)
         return answer
 
-    @unary
-    def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext  # noqa: N802
+    def ListImages(self, request: pb.ListImagesRequest, context: CallContext  # noqa: N802
                    ) -> pb.ListImagesResponse:
         _require_system(request.system)
         caller = self._caller(context, request.system)
@@ -213,8 +197,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         return pb.ListImagesResponse(images=[status_to_image(s) for s in statuses],
                                      next_page_token=token)
 
-    @unary
-    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext  # noqa: N802
+    def ListJobs(self, request: pb.ListJobsRequest, context: CallContext  # noqa: N802
                  ) -> pb.ListJobsResponse:
         caller = (self._caller(context, request.system) if request.system
                   else self._caller_any_system(context))
@@ -223,8 +206,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
 
     # -- admin: expiry and import --------------------------------------------------------
 
-    @unary
-    def ExpireImage(self, request: pb.ExpireImageRequest, context: grpc.ServicerContext  # noqa: N802
+    def ExpireImage(self, request: pb.ExpireImageRequest, context: CallContext  # noqa: N802
                     ) -> pb.ExpireImageResponse:
         _check_fields(system=request.system, reference=request.reference, type=request.type)
         _require_system(request.system)
@@ -240,9 +222,8 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
                                expiration=self.config.image_expiration_timeout)
         return pb.ExpireImageResponse(image=status_to_image(status))
 
-    @unary
     def ExpireUnusedImages(self, request: pb.ExpireUnusedImagesRequest,  # noqa: N802
-                           context: grpc.ServicerContext) -> pb.ExpireUnusedImagesResponse:
+                           context: CallContext) -> pb.ExpireUnusedImagesResponse:
         _require_system(request.system)
         caller = self._caller(context, request.system)
         with audit.audited("expire-unused", caller, system=request.system) as details:
@@ -250,9 +231,8 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             details["image_ids"] = [image.image_id for image in expired]
         return pb.ExpireUnusedImagesResponse(image_ids=[image.image_id for image in expired])
 
-    @unary
     def ImportImage(self, request_iterator: Iterator[pb.ImportImageRequest],  # noqa: N802
-                    context: grpc.ServicerContext) -> pb.ImportImageResponse:
+                    context: CallContext) -> pb.ImportImageResponse:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidRequest("an import starts with a header message",
@@ -279,8 +259,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
 
     # -- registry credentials ------------------------------------------------------------
 
-    @unary
-    def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext  # noqa: N802
+    def Login(self, request: pb.LoginRequest, context: CallContext  # noqa: N802
               ) -> pb.LoginResponse:
         _check_fields(system=request.system, registry=request.registry)
         _require_system(request.system)
@@ -298,8 +277,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             message = self.logins.login(caller, request.registry, username, password)
         return pb.LoginResponse(registry=request.registry, username=username, message=message)
 
-    @unary
-    def Logout(self, request: pb.LogoutRequest, context: grpc.ServicerContext  # noqa: N802
+    def Logout(self, request: pb.LogoutRequest, context: CallContext  # noqa: N802
                ) -> pb.LogoutResponse:
         _check_fields(system=request.system, registry=request.registry)
         _require_system(request.system)

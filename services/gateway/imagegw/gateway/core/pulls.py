@@ -218,41 +218,25 @@ class PullManager:
                            progress=progress)
 
     def watch(self, ticket: PullTicket, alive: Callable[[], bool]) -> Iterator[ImageStatus]:
-        """Yields the pull's status, then progress, until READY or FAILED.
-
-        When the job ends and a newer job of the same pull has begun meanwhile (another
-        caller's re-check or retry), the stream follows that job: it ends with the
-        pull's outcome, never with the newer job's QUEUED state."""
-        job_id = ticket.job_id
-        subscription = self.hub.subscribe(job_id)
+        """Yields the pull's status, then progress, until READY or FAILED (see `PullWatch`),
+        waiting for events on this thread."""
+        watch = PullWatch(self, ticket)
+        subscription = self.hub.subscribe(watch.job_id)
         try:
-            status = self.status(ticket.key)
-            yield status
-            if not status.state.in_flight:
-                return
-            last_read = time.monotonic()
-            while alive():
+            yield watch.begin()
+            while not watch.done and alive():
                 event = subscription.get(timeout=0.5)
-                stale = time.monotonic() - last_read > WATCH_POLL_SECONDS
-                if event is None and not stale:
+                if event is None and not watch.stale():
                     continue
-                if event is not None and not event.final and not stale:
-                    yield self._progress_status(status, event)
+                if event is not None and not watch.needs_store(event):
+                    yield watch.progress(event)
                     continue
-                status = self.status(ticket.key)
-                last_read = time.monotonic()
-                if not status.state.in_flight:
-                    self._forget(ticket.key.system, ticket.key.reference)
-                    yield status
-                    return
-                if status.pull is not None and status.pull.job_id != job_id:
+                job_id = watch.job_id
+                statuses = watch.reread(event)
+                if watch.job_id != job_id:
                     subscription.close()
-                    job_id = status.pull.job_id
-                    subscription = self.hub.subscribe(job_id)
-                    yield status
-                    continue
-                if event is not None and not event.final:
-                    yield self._progress_status(status, event)
+                    subscription = self.hub.subscribe(watch.job_id)
+                yield from statuses
         finally:
             subscription.close()
 
@@ -395,6 +379,68 @@ class PullManager:
             log.info("resuming pull %s on %s (job %s) after restart", pull.key.reference,
                      pull.key.system, pull.job_id)
         return resumed
+
+
+class PullWatch:
+    """What one progress stream of a pull has told its caller, and what it says next.
+
+    `PullManager.watch` drives it on a thread; an asynchronous edge drives it from an
+    event loop, woken by the progress hub, calling `begin` and `reread` (which read
+    the records, so they block) off the loop. When the job ends and a newer job of
+    the same pull has begun meanwhile (another caller's re-check or retry), the
+    stream follows that job (`job_id` changes: subscribe to it): it ends with the
+    pull's outcome, never with the newer job's QUEUED state."""
+
+    def __init__(self, pulls: PullManager, ticket: PullTicket) -> None:
+        self.pulls = pulls
+        self.key = ticket.key
+        self.job_id = ticket.job_id
+        self.done = False
+        self._status: ImageStatus | None = None
+        self._last_read = 0.0
+
+    def begin(self) -> ImageStatus:
+        """The pull's status now (blocks on the records)."""
+        return self._read()
+
+    def _read(self) -> ImageStatus:
+        status = self.pulls.status(self.key)
+        self._status = status
+        self._last_read = time.monotonic()
+        if not status.state.in_flight:
+            self.done = True
+        return status
+
+    def stale(self) -> bool:
+        """Whether the records are due a re-read (no event came for a while)."""
+        return self.seconds_to_stale() <= 0
+
+    def seconds_to_stale(self) -> float:
+        return self._last_read + WATCH_POLL_SECONDS - time.monotonic()
+
+    def needs_store(self, event: ProgressEvent | None) -> bool:
+        """Whether `event` (None: none came) must be answered by `reread` rather than
+        `progress`."""
+        return event is None or event.final or self.stale()
+
+    def progress(self, event: ProgressEvent) -> ImageStatus:
+        """The status a progress event makes (no I/O)."""
+        assert self._status is not None, "begin() first"
+        return PullManager._progress_status(self._status, event)
+
+    def reread(self, event: ProgressEvent | None) -> list[ImageStatus]:
+        """Reads the records after a final event or a quiet spell (blocks); the statuses
+        to send, in order. Sets `done` at the outcome, and `job_id` to a newer job."""
+        status = self._read()
+        if not status.state.in_flight:
+            self.pulls._forget(self.key.system, self.key.reference)
+            return [status]
+        if status.pull is not None and status.pull.job_id != self.job_id:
+            self.job_id = status.pull.job_id
+            return [status]
+        if event is not None and not event.final:
+            return [self.progress(event)]
+        return []
 
 
 def import_reference(tag: str) -> str:

@@ -6,7 +6,7 @@ renewing it (it died) loses the job to the next claimer, with the attempt counte
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -141,6 +141,12 @@ class JobQueue(Protocol):
 class Subscription(Protocol):
     def get(self, timeout: float) -> ProgressEvent | None:
         """The next event, or None when none came within `timeout` seconds."""
+        ...
+
+    def notify(self, wake: Callable[[], None] | None) -> None:
+        """Calls `wake()` from the delivering thread after each event (and on failure or
+        close), so a reader can wait without a thread of its own and read with `get(0)`.
+        `wake` must not block (e.g. `loop.call_soon_threadsafe(event.set)`)."""
         ...
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from imagegw.gateway.queue.base import ProgressEvent, QueueUnavailable
 
@@ -24,6 +25,7 @@ class EventBuffer:
         self._dropped = 0
         self._closed = False
         self._broken: QueueUnavailable | None = None
+        self._wake: Callable[[], None] | None = None
 
     @property
     def dropped(self) -> int:
@@ -39,6 +41,20 @@ class EventBuffer:
                 self._dropped += 1
             self._events.append(event)
             self._cond.notify_all()
+        self._wake_reader()
+
+    def notify(self, wake: Callable[[], None] | None) -> None:
+        """Calls `wake()` (from the putting thread; it must not block) after every event,
+        failure and close, for a reader that waits elsewhere than in `get` (an event loop:
+        `loop.call_soon_threadsafe`); then `get(0)` reads without blocking."""
+        with self._cond:
+            self._wake = wake
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            wake()
 
     def get(self, timeout: float) -> ProgressEvent | None:
         """The oldest buffered event, or None after `timeout` seconds (or once closed).
@@ -60,9 +76,11 @@ class EventBuffer:
         with self._cond:
             self._broken = error
             self._cond.notify_all()
+        self._wake_reader()
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._events.clear()
             self._cond.notify_all()
+        self._wake_reader()

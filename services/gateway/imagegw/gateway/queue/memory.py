@@ -10,7 +10,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from imagegw.gateway.queue.base import Claim, JobSpec, ProgressEvent, QueuedJob
@@ -145,6 +145,9 @@ class MemorySubscription:
 
     def get(self, timeout: float) -> ProgressEvent | None:
         return self._buffer.get(timeout)
+
+    def notify(self, wake: Callable[[], None] | None) -> None:
+        self._buffer.notify(wake)
 
     def close(self) -> None:
         self._hub._unsubscribe(self)

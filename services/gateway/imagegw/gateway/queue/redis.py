@@ -3,7 +3,8 @@
 Jobs: one stream per system (`<stream>:<system>`) read through one consumer group;
 the set `<stream>` names the systems, the counter `<stream>#seq` orders jobs across
 them, and a lease is a pending entry's idle time.
-Progress: pub/sub channels `<prefix>:<channel>`, read by one thread per subscription.
+Progress: pub/sub channels `<prefix>:<channel>`, read by one thread per hub for all its
+subscriptions.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -267,70 +269,55 @@ class RedisJobQueue:
 
 
 class RedisSubscription:
-    """One channel's events, read by a background thread into a bounded buffer."""
+    """One subscriber's events, delivered by its hub's reader into a bounded buffer."""
 
-    def __init__(self, redis_client: redis.Redis, name: str, buffer_size: int) -> None:
+    def __init__(self, hub: RedisProgressHub, name: str, buffer_size: int) -> None:
         self.name = name
+        self._hub = hub
         self._buffer = EventBuffer(buffer_size)
-        self._stop = threading.Event()
-        self._pubsub = redis_client.pubsub()
-        with _redis_errors("subscribe to progress"):
-            self._pubsub.subscribe(name)
-            self._await_confirmation()
-        self._reader = threading.Thread(target=self._read, name=f"progress:{name}", daemon=True)
-        self._reader.start()
-
-    def _await_confirmation(self) -> None:
-        # Only once Redis confirmed are later publications sure to reach us.
-        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            message = self._pubsub.get_message(timeout=deadline - time.monotonic())
-            if message is not None and message["type"] in ("subscribe", b"subscribe"):
-                return
-        self._pubsub.close()
-        raise QueueUnavailable(f"Redis did not confirm the subscription to {self.name}")
 
     @property
     def dropped(self) -> int:
         """Events lost because this subscriber read too slowly."""
         return self._buffer.dropped
 
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                message = self._pubsub.get_message(ignore_subscribe_messages=True,
-                                                   timeout=0.2)
-            except redis.RedisError as exc:
-                log.warning("progress subscription %s lost: %s", self.name, exc)
-                self._buffer.break_with(QueueUnavailable(
-                    f"lost the Redis progress subscription {self.name}: {exc}"))
-                return
-            if message is None or message["type"] not in ("message", b"message"):
-                continue
-            try:
-                self._buffer.put(ProgressEvent.from_json(json.loads(message["data"])))
-            except ValueError:
-                log.warning("ignored a progress event on %s that is not JSON", self.name)
+    def deliver(self, event: ProgressEvent) -> None:
+        self._buffer.put(event)
+
+    def break_with(self, error: QueueUnavailable) -> None:
+        self._buffer.break_with(error)
 
     def get(self, timeout: float) -> ProgressEvent | None:
         return self._buffer.get(timeout)
 
+    def notify(self, wake: Callable[[], None] | None) -> None:
+        self._buffer.notify(wake)
+
     def close(self) -> None:
-        self._stop.set()
-        if self._reader.is_alive() and self._reader is not threading.current_thread():
-            self._reader.join(timeout=5.0)
-        self._pubsub.close()
+        self._hub._unsubscribe(self)
         self._buffer.close()
 
 
 class RedisProgressHub:
-    """ProgressHub on Redis pub/sub; publishers and subscribers may be in other processes."""
+    """ProgressHub on Redis pub/sub; publishers and subscribers may be in other processes.
+
+    One connection and one reader thread serve every subscription of the hub (a channel
+    with several subscribers is subscribed to once), so watchers cost no thread each.
+    Only the reader touches the pub/sub connection; `subscribe` hands it the channel and
+    waits until Redis has confirmed it, so every later publication reaches the subscriber."""
 
     def __init__(self, redis_client: redis.Redis, *, prefix: str = "imagegw:progress",
                  buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
         self._redis = redis_client
         self.prefix = prefix
         self.buffer_size = buffer_size
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, list[RedisSubscription]] = {}
+        self._confirmed: set[str] = set()
+        self._pending: dict[str, threading.Event] = {}
+        self._commands: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
 
     def publish(self, channel: str, event: ProgressEvent) -> None:
         text = json.dumps(event.to_json())
@@ -338,8 +325,106 @@ class RedisProgressHub:
             self._redis.publish(f"{self.prefix}:{channel}", text)
 
     def subscribe(self, channel: str) -> RedisSubscription:
-        return RedisSubscription(self._redis, f"{self.prefix}:{channel}", self.buffer_size)
+        name = f"{self.prefix}:{channel}"
+        subscription = RedisSubscription(self, name, self.buffer_size)
+        with self._lock:
+            if self._reader is None:
+                self._reader = threading.Thread(target=self._read, name="progress-reader",
+                                                daemon=True)
+                self._reader.start()
+            self._subscribers.setdefault(name, []).append(subscription)
+            if name in self._confirmed:
+                return subscription
+            confirmed = self._pending.get(name)
+            if confirmed is None:
+                confirmed = self._pending[name] = threading.Event()
+                self._commands.put(("subscribe", name))
+        confirmed.wait(SUBSCRIBE_TIMEOUT_SECONDS)
+        with self._lock:
+            ok = name in self._confirmed
+        if not ok:
+            subscription.close()
+            raise QueueUnavailable(f"Redis did not confirm the subscription to {name}")
+        return subscription
+
+    def _unsubscribe(self, subscription: RedisSubscription) -> None:
+        with self._lock:
+            subscribers = self._subscribers.get(subscription.name, [])
+            if subscription in subscribers:
+                subscribers.remove(subscription)
+            if not subscribers and self._subscribers.pop(subscription.name, None) is not None:
+                self._confirmed.discard(subscription.name)
+                self._commands.put(("unsubscribe", subscription.name))
+
+    def _read(self) -> None:
+        pubsub = self._redis.pubsub()
+        while not self._stop.is_set():
+            try:
+                self._send_commands(pubsub)
+                message = pubsub.get_message(timeout=0.05)
+            except redis.RedisError as exc:
+                log.warning("progress subscriptions lost: %s", exc)
+                self._fail_all(QueueUnavailable(f"lost the Redis progress subscriptions: {exc}"))
+                with contextlib.suppress(redis.RedisError):
+                    pubsub.close()
+                pubsub = self._redis.pubsub()
+                self._stop.wait(0.2)
+                continue
+            if message is not None:
+                self._dispatch(message)
+        with contextlib.suppress(redis.RedisError):
+            pubsub.close()
+
+    def _send_commands(self, pubsub: Any) -> None:
+        while True:
+            try:
+                command, name = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command == "subscribe":
+                pubsub.subscribe(name)
+            else:
+                pubsub.unsubscribe(name)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = _text(message["type"])
+        name = _text(message.get("channel", ""))
+        if kind == "subscribe":
+            with self._lock:
+                confirmed = self._pending.pop(name, None)
+                if name in self._subscribers:
+                    self._confirmed.add(name)
+            if confirmed is not None:
+                confirmed.set()
+            return
+        if kind != "message":
+            return
+        with self._lock:
+            subscribers = list(self._subscribers.get(name, ()))
+        try:
+            event = ProgressEvent.from_json(json.loads(message["data"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a progress event on %s that is not one", name)
+            return
+        # One event object for every subscriber: it is frozen.
+        for subscription in subscribers:
+            subscription.deliver(event)
+
+    def _fail_all(self, error: QueueUnavailable) -> None:
+        with self._lock:
+            subscribers = [s for group in self._subscribers.values() for s in group]
+            self._subscribers.clear()
+            self._confirmed.clear()
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for subscription in subscribers:
+            subscription.break_with(error)
+        for confirmed in pending:
+            confirmed.set()
 
     def close(self) -> None:
-        """Closes the client (the hub owns it)."""
+        """Stops the reader and closes the client (the hub owns it)."""
+        self._stop.set()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=5.0)
         self._redis.close()
