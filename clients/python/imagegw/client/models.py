@@ -20,6 +20,18 @@ IMAGE_STATES = ("QUEUED", "PULLING", "CONVERTING", "TRANSFERRING", "READY", "FAI
 
 
 @dataclass(frozen=True)
+class SignerInfo:
+    """Who signed an image the site's signature policy accepted."""
+
+    #: "gpg" or "sigstore".
+    kind: str
+    #: The OpenPGP key fingerprint, or the sha256 (hex) of the sigstore public key.
+    fingerprint: str
+    #: The identity (docker-reference) the signature claims.
+    identity: str
+
+
+@dataclass(frozen=True)
 class ImageInfo:
     """An image record on one system."""
 
@@ -49,6 +61,11 @@ class ImageInfo:
     failure_code: str = ""
     #: The image file name in the system's image directory ("<id>.squashfs").
     image_file: str = ""
+    #: The signature policy the image was accepted by ("sha256:<hex>"; "" without a policy),
+    #: the scope that applied and who signed it (one signer per signature requirement).
+    signature_policy_digest: str = ""
+    signature_scope: str = ""
+    signers: tuple[SignerInfo, ...] = ()
 
     def runtime_path(self, runtime: str, image_dir: str) -> str:
         """The path of the file `runtime` ("shifter", "enroot", "apptainer",
@@ -155,6 +172,9 @@ def image_from_proto(image: image_pb2.Image) -> ImageInfo:
         failure_message=image.failure.message if failed else "",
         failure_code=_status_name(image.failure.code) if failed else "",
         image_file=image.image_file,
+        signature_policy_digest=image.trust.policy_digest,
+        signature_scope=image.trust.scope,
+        signers=tuple(SignerInfo(s.kind, s.fingerprint, s.identity) for s in image.trust.signers),
     )
 
 

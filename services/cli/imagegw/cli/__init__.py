@@ -19,6 +19,7 @@ from imagegw.cache.layout import private_directory
 from imagegw.cli import doctor, units
 from imagegw.domain.config import Config, default_config, load_config
 from imagegw.domain.errors import ImageGatewayError
+from imagegw.signatures import load_site_trust
 
 log = logging.getLogger("imagegw")
 
@@ -109,8 +110,11 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     config = load_config(args.file)
-    for warning in config.warnings:
+    trust = load_site_trust(config)  # PolicyFormatError names the file and the key
+    for warning in (*config.warnings, *trust.warnings):
         print(f"warning: {warning}")
+    for system, judged in sorted(trust.systems.items()):
+        print(f"signature policy of {system}: {judged.policy.path} ({judged.digest})")
     print(f"ok: {len(config.platforms)} systems ({', '.join(sorted(config.platforms))}), "
           f"{len(config.locations)} locations, records in "
           f"{'MongoDB' if config.mongodb_uri else 'SQLite'}, queue "

@@ -317,6 +317,30 @@ def check_tls_files(config: Config, role: str) -> Iterator[Finding]:
             yield Finding(OK, key, f"{path} readable")
 
 
+def check_signature_policy(config: Config) -> Iterator[Finding]:
+    """The signature policies and registries.d load, with their keys (docs/trust.md)."""
+    from imagegw.signatures import load_site_trust
+
+    if not config.signature_policy and not any(
+            p.signature_policy for p in config.platforms.values()):
+        return
+    for tool in ("gpg", "gpgv"):
+        if not shutil.which(tool):
+            yield Finding(FAIL, f"tool {tool}", "not on PATH (needed for signedBy requirements "
+                          "of the signature policy)", f"install the Debian package {tool}")
+    try:
+        trust = load_site_trust(config)
+    except ImageGatewayError as exc:
+        yield Finding(FAIL, "signature policy", str(exc),
+                      "correct the file named (docs/trust.md), then restart the services")
+        return
+    for warning in trust.warnings:
+        yield Finding(WARN, "signature policy", warning)
+    for system, judged in sorted(trust.systems.items()):
+        yield Finding(OK, f"signature policy of {system}",
+                      f"{judged.policy.path} loaded ({judged.digest})")
+
+
 # -- running them -------------------------------------------------------------------------
 
 def diagnose(config: Config, *, role: str = "all", account: Account | None = None) -> list[Finding]:
@@ -337,6 +361,7 @@ def diagnose(config: Config, *, role: str = "all", account: Account | None = Non
     if gateway:
         checks.append(("MongoDB", lambda: check_mongodb(config)))
     checks.append(("TLS files", lambda: check_tls_files(config, role)))
+    checks.append(("signature policy", lambda: check_signature_policy(config)))
     findings: list[Finding] = []
     for name, check in checks:
         try:

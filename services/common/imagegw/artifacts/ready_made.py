@@ -151,11 +151,16 @@ def download_image_layer(
 
 
 def build_ready_made(job: BuildJob, reference: ImageReference, client: RegistryClient, *,
-                     config: Config, paths: WorkerPaths, emit: Report) -> BuildResult:
-    """Fetches, checks and publishes the ready-made image `reference` names."""
+                     config: Config, paths: WorkerPaths, emit: Report,
+                     on_manifest: Callable[[bytes, str], None] | None = None) -> BuildResult:
+    """Fetches, checks and publishes the ready-made image `reference` names; `on_manifest`
+    sees the artifact manifest's exact bytes and digest before any blob is fetched."""
     platform = config.platform(job.system)
     emit(Progress(Stage.RESOLVING, message=f"resolving artifact {reference}"))
-    artifact = get_artifact(client, reference.manifest_ref)
+    body, media_type, digest = client.get_manifest(reference.manifest_ref)
+    if on_manifest is not None:
+        on_manifest(body, digest)
+    artifact = parse_artifact(body, media_type, digest)
     layer = artifact.image_layer()
     metadata = read_metadata(client, artifact, config.limits)
     image_id = layer.digest.split(":", 1)[1]

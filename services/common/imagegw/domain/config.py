@@ -83,6 +83,8 @@ class Platform:
     allow_anonymous_pull: bool = True
     #: The container runtimes this system publishes for (imagegw.domain.runtimes).
     runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
+    #: `signaturePolicy`: a containers-policy.json(5) file replacing the global one here.
+    signature_policy: str = ""
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,10 @@ class Config:
     #: HOST:PORT of the gateway's and the worker's Prometheus endpoints (None: off).
     metrics_listen: str | None = None
     worker_metrics_listen: str | None = None
+    #: `SignaturePolicy` (containers-policy.json(5)) and `SignatureRegistriesDir`
+    #: (containers-registries.d(5)); unset: every image is accepted, as before.
+    signature_policy: str = ""
+    signature_registries_dir: str = ""
     #: Registry host patterns ("*.example.org", "ghcr.io", "host:5000") pulled from besides
     #: the Locations; they must resolve to public addresses (imagegw.registry.policy).
     allowed_registries: tuple[str, ...] = ()
@@ -372,6 +378,7 @@ def _platform(name: str, reader: _Reader) -> Platform:
         variant=reader.get("variant", str, ""),
         allow_anonymous_pull=reader.get("allowAnonymousPull", bool, not munge_socket),
         runtimes=_runtimes(reader),
+        signature_policy=reader.get("signaturePolicy", str, ""),
     )
     reader.finish()
     return platform
@@ -598,6 +605,8 @@ def parse_config(
         worker_tls=_worker_tls(top.sub("WorkerTLS")),
         metrics_listen=_host_port(top.get("MetricsListen", str), "MetricsListen"),
         worker_metrics_listen=_host_port(top.get("WorkerMetricsListen", str), "WorkerMetricsListen"),
+        signature_policy=top.get("SignaturePolicy", str, ""),
+        signature_registries_dir=top.get("SignatureRegistriesDir", str, ""),
         allowed_registries=_allowed_registries(top.strings("AllowedRegistries")),
         worker_token_file=top.get("WorkerTokenFile", str, ""),
     )

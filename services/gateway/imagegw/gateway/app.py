@@ -39,6 +39,7 @@ from imagegw.rpc.server import (
     is_loopback,
     server_credentials,
 )
+from imagegw.signatures import load_site_trust
 from imagegw.v1 import gateway_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,14 @@ class GatewayApp:
         self.config = config
         self.store = open_store(config)
         self.queue, self.hub = open_queue(config)
+        self.trust = load_site_trust(config)
         vault = CredentialVault(
             _data_path(config, "credentials"),
             config.credential_key_file or _data_path(config, "credentials.key"))
         self.logins = Logins(config, vault)
         self.pulls = PullManager(config, self.store, self.queue, self.hub,
-                                 registry_login=self.logins.credentials_for)
+                                 registry_login=self.logins.credentials_for,
+                                 policy_digest=self.trust.policy_digest)
         self.expirer = Expirer(config, self.store, self.pulls)
         self.expiry = ExpiryLoop(self.expirer, check_interval(config))
         self.workers = open_worker_pool(config, worker_addresses)

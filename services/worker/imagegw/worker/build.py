@@ -42,6 +42,8 @@ from imagegw.registry.client import RegistryClient
 from imagegw.registry.following import DownloadRestarted, GrowingBlob
 from imagegw.registry.policy import guard_for_reference
 from imagegw.registry.resolve import ResolvedImage, resolve_image
+from imagegw.signatures import load_site_trust
+from imagegw.worker.signature_check import SignatureCheck
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,12 @@ class Builder:
         self.caches = WorkerCaches(paths.layout, max_bytes=config.cache_max_bytes)
         self.cache = self.caches.blobs
         self.shared = shared_conversions_for(config)
+        self.trust = load_site_trust(config)
+        for warning in self.trust.warnings:
+            log.warning("signature policy: %s", warning)
+        for system, judged in sorted(self.trust.systems.items()):
+            log.info("system %s: images judged by signature policy %s (%s)", system,
+                     judged.policy.path, judged.digest)
 
     def build(self, job: BuildJob, report: Report) -> BuildResult:
         emit = Throttle(report)
@@ -91,15 +99,18 @@ class Builder:
             address_check=guard_for_reference(self.config, reference),
         )
         with client:
+            check = SignatureCheck(self.trust, job, reference, client)
             if reference.artifact or (location is not None and location.remotetype == "oras"):
-                return build_ready_made(job, reference, client, config=self.config,
-                                        paths=self.paths, emit=emit)
-            return self._build(job, reference, platform, client, emit)
+                return check.stamp(build_ready_made(job, reference, client, config=self.config,
+                                                    paths=self.paths, emit=emit,
+                                                    on_manifest=check))
+            return check.stamp(self._build(job, reference, platform, client, emit, check))
 
     def _build(self, job: BuildJob, reference, platform, client: RegistryClient,
-               emit: Throttle) -> BuildResult:
+               emit: Throttle, check: SignatureCheck) -> BuildResult:
         emit(Progress(Stage.RESOLVING, message=f"resolving {reference}"), force=True)
-        image = resolve_image(client, reference, platform, self.config.limits, cache=self.cache)
+        image = resolve_image(client, reference, platform, self.config.limits, cache=self.cache,
+                              on_manifest=check)
         image_format = job.format or self.config.default_image_format
         image_file = f"{image.image_id}{acl_file_suffix(job.user_acl, job.group_acl)}.{image_format}"
         meta_file = f"{image.image_id}{acl_file_suffix(job.user_acl, job.group_acl)}.meta"

@@ -26,6 +26,7 @@ from imagegw.domain.model import Failure, ImageState, Progress, Stage
 from imagegw.domain.reference import parse_reference
 from imagegw.gateway.core.access import ANONYMOUS_CALLER, Caller
 from imagegw.gateway.core.limits import PullLimiter
+from imagegw.gateway.core.signed_images import judged_by_other_policy, trust_extra
 from imagegw.gateway.core.views import ImageStatus, lookup_status, pull_status
 from imagegw.gateway.queue.base import JobQueue, JobSpec, ProgressEvent, ProgressHub, QueuedJob
 from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
@@ -84,21 +85,24 @@ def _lookup_rank(pull: PullRecord) -> tuple[bool, bool, float]:
             pull.ready_time or pull.updated)
 
 
-def job_spec(key: PullKey, record: PullRecord, known_manifest_digest: str = "") -> JobSpec:
+def job_spec(key: PullKey, record: PullRecord, known_manifest_digest: str = "",
+             policy_digest: str = "") -> JobSpec:
     return JobSpec(reference=key.reference, acl_key=key.acl_key, user_acl=record.user_acl,
                    group_acl=record.group_acl, requester_uid=record.requester_uid,
-                   known_manifest_digest=known_manifest_digest)
+                   known_manifest_digest=known_manifest_digest, policy_digest=policy_digest)
 
 
 class PullManager:
     def __init__(self, config: Config, store: ImageStore, queue: JobQueue, hub: ProgressHub,
                  *, clock: Callable[[], float] = time.time,
                  registry_login: Callable[[int, str], object | None] = lambda uid, ref: None,
-                 ) -> None:
+                 policy_digest: Callable[[str], str] = lambda _system: "") -> None:
         self.config = config
         #: The caller's stored registry login for a reference's registry (None: none); a
         #: pull made with one is private to its puller (Logins.credentials_for).
         self.registry_login = registry_login
+        #: The digest of the signature policy a system's images are judged by ("": none).
+        self.policy_digest = policy_digest
         self.store = store
         self.queue = queue
         self.hub = hub
@@ -161,6 +165,8 @@ class PullManager:
         if current is not None and current.state == ImageState.READY and current.image_id:
             image = self.store.get_image(key.system, current.image_id, key.acl_key)
             if image is not None and image.state == ImageState.READY:
+                if judged_by_other_policy(image, self.policy_digest(key.system)):
+                    fresh_since = None  # a worker judges it by the current policy first
                 if fresh_since is not None and current.ready_time > fresh_since:
                     return self._fresh(key, current, image)
                 if not request.force:
@@ -175,7 +181,8 @@ class PullManager:
                 key, job_id, now, requester_uid=caller.uid, user_acl=users, group_acl=groups,
                 keep_ready_since=fresh_since)
         if started:
-            self.queue.submit(QueuedJob(job_id, key.system, job_spec(key, record, known_digest)))
+            self.queue.submit(QueuedJob(job_id, key.system, job_spec(
+                key, record, known_digest, self.policy_digest(key.system))))
             log.info("pull %s on %s: job %s queued%s", reference, key.system, job_id,
                      " (re-check)" if known_digest else "")
         elif record.state == ImageState.READY:
@@ -284,9 +291,19 @@ class PullManager:
                 f"image {normalized} is not on system {system}",
                 hint=f"pull it first: shifterimg -s {system} pull {reference}")
         if image is not None:
+            self._check_policy(image, f"shifterimg -s {system} pull {reference}")
             self._note_use(image)
         return lookup_status(pull, image, reference=normalized, system=system,
                              expiration=self.config.image_expiration_timeout)
+
+    def _check_policy(self, image: ImageRecord, pull_command: str) -> None:
+        """A READY image accepted under another signature policy is not answered."""
+        if image.state == ImageState.READY and judged_by_other_policy(
+                image, self.policy_digest(image.system)):
+            raise ImageNotFound(
+                f"image {image.image_id} on system {image.system} was accepted under another "
+                "signature policy than the system's current one",
+                hint=f"pull it again to have it judged by the current policy: {pull_command}")
 
     def _note_use(self, image: ImageRecord) -> None:
         """Records a lookup for expiry; at most once per TOUCH_INTERVAL per image, so
@@ -308,6 +325,8 @@ class PullManager:
             raise ImageNotFound(f"no image with id {image_id} on system {system}")
         image = max(usable, key=lambda i: (i.state == ImageState.READY, bool(i.acl_key),
                                            i.last_pull))
+        tag = image.tags[0] if image.tags else "<reference>"
+        self._check_policy(image, f"shifterimg -s {system} pull {tag}")
         self._note_use(image)
         return lookup_status(None, image, reference=image.tags[0] if image.tags else "",
                              system=system, expiration=self.config.image_expiration_timeout)
@@ -354,7 +373,8 @@ class PullManager:
                     "the import was interrupted by a gateway restart",
                     hint="import the image again")), now)
                 continue
-            self.queue.submit(QueuedJob(pull.job_id, pull.key.system, job_spec(pull.key, pull)))
+            self.queue.submit(QueuedJob(pull.job_id, pull.key.system, job_spec(
+                pull.key, pull, policy_digest=self.policy_digest(pull.key.system))))
             resumed += 1
             log.info("resuming pull %s on %s (job %s) after restart", pull.key.reference,
                      pull.key.system, pull.job_id)
@@ -445,4 +465,5 @@ def image_record_for(key: PullKey, pull: PullRecord, result, now: float) -> Imag
         image_file=result.image_file, meta_file=result.meta_file, size_bytes=result.size_bytes,
         tags=(key.reference,), state=ImageState.READY, user_acl=pull.user_acl,
         group_acl=pull.group_acl, acl_key=key.acl_key, last_pull=now, last_used=now,
+        extra=trust_extra(result.trust),
     )
