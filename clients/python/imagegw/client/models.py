@@ -49,6 +49,9 @@ class ImageInfo:
     failure_code: str = ""
     #: The image file name in the system's image directory ("<id>.squashfs").
     image_file: str = ""
+    #: What the runtime opens: `<name>.squashfs` and `<name>.meta` in the image directory
+    #: (the id; "<id>-<12 hex>" for a private image). What `shifterimg lookup` prints.
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ def image_from_proto(image: image_pb2.Image) -> ImageInfo:
         failure_message=image.failure.message if failed else "",
         failure_code=_status_name(image.failure.code) if failed else "",
         image_file=image.image_file,
+        name=image.name or image.id,
     )
 
 

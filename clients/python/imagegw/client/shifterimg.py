@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_image(image: ImageInfo, verbose: bool, out: TextIO) -> None:
-    print(to_json(image) if verbose else f"Image ready: {image.id}", file=out)
+    print(to_json(image) if verbose else f"Image ready: {image.name or image.id}", file=out)
 
 
 def _pull(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
@@ -183,13 +183,13 @@ def _lookup(client: GatewayClient, args: argparse.Namespace, system: str, out: T
         image = client.lookup(system, reference, type=kind)
     if args.verbose:
         print(to_json(image), file=out)
-    if image.state != "READY" or not image.id:
+    if image.state != "READY" or not (image.name or image.id):
         cause = f": {image.failure_message}" if image.failure_message else ""
         print(f"{PROG}: {args.image} is not ready on {system} (state "
               f"{image.state or 'unknown'}{cause})", file=err)
         return EXIT_ERROR
     if not args.verbose:
-        print(image.id, file=out)
+        print(image.name or image.id, file=out)
     return EXIT_OK
 
 
@@ -249,7 +249,7 @@ def _expire(client: GatewayClient, args: argparse.Namespace, system: str, out: T
         raise UsageError("expire needs an image (or --unused)")
     kind, reference = parse_image_argument(args.image)
     image = client.expire_image(system, reference, type=kind)
-    print(to_json(image) if args.verbose else f"Image expired: {image.id}", file=out)
+    print(to_json(image) if args.verbose else f"Image expired: {image.name or image.id}", file=out)
     return EXIT_OK
 
 

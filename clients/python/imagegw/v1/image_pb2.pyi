@@ -94,7 +94,7 @@ class Failure(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("id", "system", "type", "reference", "tags", "manifest_digest", "state", "metadata", "user_acl", "group_acl", "format", "size_bytes", "last_pull_time", "expire_time", "failure", "image_file", "progress")
+    __slots__ = ("id", "system", "type", "reference", "tags", "manifest_digest", "state", "metadata", "user_acl", "group_acl", "format", "size_bytes", "last_pull_time", "expire_time", "failure", "image_file", "progress", "name")
     ID_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class Image(_message.Message):
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FILE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     id: str
     system: str
     type: str
@@ -129,4 +130,5 @@ class Image(_message.Message):
     failure: Failure
     image_file: str
     progress: Progress
-    def __init__(self, id: _Optional[str] = ..., system: _Optional[str] = ..., type: _Optional[str] = ..., reference: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., manifest_digest: _Optional[str] = ..., state: _Optional[_Union[ImageState, str]] = ..., metadata: _Optional[_Union[ImageMetadata, _Mapping]] = ..., user_acl: _Optional[_Iterable[int]] = ..., group_acl: _Optional[_Iterable[int]] = ..., format: _Optional[str] = ..., size_bytes: _Optional[int] = ..., last_pull_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., image_file: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    name: str
+    def __init__(self, id: _Optional[str] = ..., system: _Optional[str] = ..., type: _Optional[str] = ..., reference: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., manifest_digest: _Optional[str] = ..., state: _Optional[_Union[ImageState, str]] = ..., metadata: _Optional[_Union[ImageMetadata, _Mapping]] = ..., user_acl: _Optional[_Iterable[int]] = ..., group_acl: _Optional[_Iterable[int]] = ..., format: _Optional[str] = ..., size_bytes: _Optional[int] = ..., last_pull_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., image_file: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...

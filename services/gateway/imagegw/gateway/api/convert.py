@@ -42,6 +42,7 @@ def status_to_image(status: ImageStatus) -> image_pb2.Image:
         message.format = image.format
         message.size_bytes = image.size_bytes
         message.image_file = image.image_file
+        message.name = image.name
         if stamp := timestamp(image.last_pull):
             message.last_pull_time.CopyFrom(stamp)
         if stamp := timestamp(status.expire_time):

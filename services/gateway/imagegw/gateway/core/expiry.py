@@ -18,7 +18,7 @@ from imagegw.domain.config import Config, Platform
 from imagegw.domain.errors import ImageGatewayError, ImageNotFound, PermissionDenied
 from imagegw.domain.model import ImageState
 from imagegw.gateway.core.access import Caller
-from imagegw.gateway.core.pulls import PullManager
+from imagegw.gateway.core.pulls import PullManager, split_image_name
 from imagegw.gateway.records import ImageRecord
 from imagegw.gateway.store.base import ImageStore
 from imagegw.publish import Publisher, publisher_for
@@ -55,8 +55,9 @@ class Expirer:
         """Expires the image a reference (every ACL's copy) or an id names, now."""
         self._require_admin(system, caller, "expire images")
         if image_type == "id":
-            image_id = reference.removeprefix("sha256:").lower()
-            candidates = self.store.find_images(system, image_id)
+            image_id, name = split_image_name(reference)
+            candidates = [image for image in self.store.find_images(system, image_id)
+                          if not name or image.name == name]
         else:
             normalized = self.pulls.normalize(system, image_type, reference)
             candidates = [image for pull in self.store.pulls_of(system, normalized)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from imagegw.domain.acl import acl_key, normalized_acl
+from imagegw.domain.acl import SUFFIX_DIGITS, acl_key, normalized_acl
 from imagegw.domain.config import Config
 from imagegw.domain.errors import ImageNotFound, InvalidRequest, PermissionDenied, Unauthenticated
 from imagegw.domain.model import Failure, ImageState, Progress, Stage
@@ -301,11 +301,10 @@ class PullManager:
     def lookup_id(self, system: str, image_id: str,
                   caller: Caller = ANONYMOUS_CALLER) -> ImageStatus:
         self.config.platform(system)
-        image_id = image_id.removeprefix("sha256:").lower()
-        if not image_id or len(image_id) > 64 or any(c not in "0123456789abcdef" for c in image_id):
-            raise InvalidRequest(f"invalid image id {image_id!r}", hint="64 hex digits")
+        image_id, name = split_image_name(image_id)
         usable = [i for i in self.store.find_images(system, image_id)
-                  if caller.can_use(i.acl_key, i.user_acl, i.group_acl)]
+                  if caller.can_use(i.acl_key, i.user_acl, i.group_acl)
+                  and (not name or i.name == name)]
         if not usable:
             raise ImageNotFound(f"no image with id {image_id} on system {system}")
         image = max(usable, key=lambda i: (i.state == ImageState.READY, bool(i.acl_key),
@@ -361,6 +360,22 @@ class PullManager:
             log.info("resuming pull %s on %s (job %s) after restart", pull.key.reference,
                      pull.key.system, pull.job_id)
         return resumed
+
+
+def split_image_name(text: str) -> tuple[str, str]:
+    """(image id, runtime name) from an image id ("<hex>", "sha256:<hex>") or a runtime
+    name ("<id>-<12 hex>", a private image's file stem); the name is "" for a bare id."""
+    text = text.strip().removeprefix("sha256:").lower()
+    image_id, dash, suffix = text.partition("-")
+    if (not image_id or len(image_id) > 64 or not _is_hex(image_id)
+            or (dash and (len(suffix) != SUFFIX_DIGITS or not _is_hex(suffix)))):
+        raise InvalidRequest(f"invalid image id {text!r}",
+                             hint="64 hex digits, or the name lookup printed (<id>-<12 hex>)")
+    return image_id, (text if dash else "")
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def import_reference(tag: str) -> str:
