@@ -197,6 +197,8 @@ class Config:
     #: HOST:PORT of the gateway's and the worker's Prometheus endpoints (None: off).
     metrics_listen: str | None = None
     worker_metrics_listen: str | None = None
+    #: HOST:PORT of the gateway's Shifter REST API (None: off).
+    rest_listen: str | None = None
     #: Problems that did not stop loading (unknown keys, ignored settings).
     warnings: tuple[str, ...] = ()
 
@@ -545,6 +547,7 @@ def parse_config(
         worker_tls=_worker_tls(top.sub("WorkerTLS")),
         metrics_listen=_host_port(top.get("MetricsListen", str), "MetricsListen"),
         worker_metrics_listen=_host_port(top.get("WorkerMetricsListen", str), "WorkerMetricsListen"),
+        rest_listen=_host_port(top.get("RestListen", str), "RestListen"),
     )
     top.ignore(*_IGNORED_TOP_KEYS, "DataDirectory")
     top.finish()

@@ -20,6 +20,7 @@ from imagegw.gateway.core.logins import Logins
 from imagegw.gateway.core.pulls import PullManager
 from imagegw.gateway.core.vault import CredentialVault
 from imagegw.gateway.queue import open_queue
+from imagegw.gateway.rest import RestApi, RestServices, RestThread
 from imagegw.gateway.store import open_store
 from imagegw.gateway.workers import open_worker_pool
 from imagegw.rpc.server import (
@@ -40,7 +41,7 @@ RECOVER_INTERVAL = 5.0
 RECONCILE_INTERVAL = 10.0
 
 
-def check_listen_security(config: Config, listen: str) -> None:
+def check_listen_security(config: Config, listen: str, key: str = "ListenAddress") -> None:
     """Refuses a non-loopback listen address without TLS and MUNGE on every system,
     unless AllowInsecureListen says so."""
     if is_loopback(listen) or config.allow_insecure_listen:
@@ -53,7 +54,7 @@ def check_listen_security(config: Config, listen: str) -> None:
         missing.append("authentication (mungeSocketPath on " + ", ".join(unauthenticated) + ")")
     if missing:
         raise ConfigError(
-            f"ListenAddress {listen} is reachable from other hosts, but the gateway has no "
+            f"{key} {listen} is reachable from other hosts, but the gateway has no "
             + " and no ".join(missing),
             hint="configure them, listen on 127.0.0.1, or set AllowInsecureListen: true")
 
@@ -85,6 +86,7 @@ class GatewayApp:
         services = Services(
             config=config, pulls=self.pulls, expirer=self.expirer, logins=self.logins,
             importer=Importer(config, self.store, self.pulls, str(_data_path(config, "imports"))))
+        self.rest = _rest_thread(config, services)
         gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
             GatewayServicer(services), self.server)
         self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
@@ -98,6 +100,8 @@ class GatewayApp:
 
     def start(self) -> None:
         self.server.start()
+        if self.rest is not None:
+            self.rest.start()
         self.expiry.start()
         log.info("gateway listening on %s (systems: %s)", self.address,
                  ", ".join(sorted(self.config.platforms)))
@@ -148,6 +152,8 @@ class GatewayApp:
         self._stopping.set()
         self.expiry.stop()
         self.server.stop(grace=2.0).wait()
+        if self.rest is not None:
+            self.rest.stop()
         metrics.watch_queue(None)
         if self.metrics is not None:
             self.metrics.close()
@@ -156,3 +162,13 @@ class GatewayApp:
         self.queue.close()
         self.hub.close()
         self.store.close()
+
+
+def _rest_thread(config: Config, services: Services) -> RestThread | None:
+    """Shifter's REST API on RestListen (off when unset), over the same core objects."""
+    if not config.rest_listen:
+        return None
+    check_listen_security(config, config.rest_listen, "RestListen")
+    return RestThread(RestApi(RestServices(
+        config=config, pulls=services.pulls, expirer=services.expirer,
+        importer=services.importer, logins=services.logins)), config, config.rest_listen)

@@ -83,6 +83,21 @@ class Logins:
         log.info("stored registry credentials of uid %d for %s", caller.uid, endpoint)
         return f"credentials accepted by {endpoint}"
 
+    def adopt(self, caller: Caller, reference: str, offered: dict[str, tuple[str, str]]
+              ) -> None:
+        """Logs in with the credentials a request carried ({location or registry:
+        (username, password)}) for the registry of `reference`, unless the same ones are
+        stored already: Shifter's clients send them with every request."""
+        if caller.anonymous or not offered or reference.startswith("import/"):
+            return
+        endpoint = registry_endpoint(parse_reference(reference, self.config).registry_url)
+        for registry, (username, password) in offered.items():
+            if registry_endpoint(self.registry_url(registry)) != endpoint:
+                continue
+            if self.vault.get(caller.uid, endpoint) != RegistryCredentials(username, password):
+                self.login(caller, registry, username, password)
+            return
+
     def logout(self, caller: Caller, registry: str) -> bool:
         if caller.anonymous:
             raise Unauthenticated("logout needs a MUNGE credential")

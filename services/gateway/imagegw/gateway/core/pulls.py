@@ -50,6 +50,9 @@ class PullRequest:
     user_acl: tuple[int, ...] = ()
     group_acl: tuple[int, ...] = ()
     requester_uid: int = -1
+    #: Seconds a failed pull is answered with its failure instead of being retried
+    #: (0: retry at once). For clients that re-send the pull to poll it (Shifter's REST).
+    failure_hold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,15 @@ class PullTicket:
     job_id: str
     #: True when this request started a new job (False: joined one, or fresh image).
     started: bool
-    #: When a READY image younger than PullUpdateTimeout answered the pull: the status it
-    #: was decided on (a pull another caller starts a moment later does not change it).
+    #: When a READY image younger than PullUpdateTimeout (or a failure within
+    #: PullRequest.failure_hold) answered the pull: the status it was decided on (a pull
+    #: another caller starts a moment later does not change it).
     answer: ImageStatus | None = None
 
     @property
     def fresh(self) -> bool:
         """Whether a READY image answered the pull without a job."""
-        return self.answer is not None
+        return self.answer is not None and self.answer.state == ImageState.READY
 
 
 def _visible_pull(caller: Caller, pull: PullRecord) -> bool:
@@ -143,6 +147,10 @@ class PullManager:
             self._check_acl_change(key, caller)
         now = self.clock()
         current = self.store.get_pull(key)
+        if (current is not None and current.state == ImageState.FAILED
+                and now - current.updated < request.failure_hold):
+            return PullTicket(key, current.job_id, started=False, answer=pull_status(
+                current, None, expiration=self.config.image_expiration_timeout))
         known_digest = ""
         # A READY image younger than this answers the pull without a job.
         fresh_since: float | None = None if request.force else now - self.config.pull_update_timeout
