@@ -125,6 +125,8 @@ class Expirer:
             self.store.set_image_state(image.system, image.image_id, ImageState.READY,
                                        image.acl_key)
             raise
+        for tag in image.tags:
+            self.pulls.forget(image.system, tag)
         log.info("expired image %s on %s (%s)", image.image_id, image.system,
                  ", ".join(image.tags) or "untagged")
         return True

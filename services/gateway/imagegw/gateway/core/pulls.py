@@ -269,6 +269,10 @@ class PullManager:
             self._remember(cache_key, status)
         return status
 
+    def forget(self, system: str, reference: str) -> None:
+        """Drops cached lookups of a reference whose image changed here (expired)."""
+        self._forget(system, reference)
+
     def _forget(self, system: str, reference: str) -> None:
         """Drops cached lookups of a reference this gateway is pulling again."""
         with self._cache_lock:
