@@ -30,7 +30,7 @@ from tests.support.registry import (  # noqa: F401
     free_port,
     registry,
 )
-from tests.support.services import ServiceProcess, start_service
+from tests.support.services import SHIFTERIMG, ServiceProcess, start_service
 from tests.support.shifter_meta import read_image_data
 
 #: Shifter's C client polls while the status is one of these.
@@ -280,3 +280,45 @@ def test_bad_credentials_are_refused_like_the_grpc_path(site: Site) -> None:
     assert replayed.code == 401 and "replayed" in replayed.json()["message"]
     garbage = curl(site, "GET", path, credential="MUNGE:nonsense:")
     assert garbage.code == 401 and "MUNGE" in garbage.json()["message"]
+
+
+def shifterimg(site: Site, *args: str, udiroot: Path | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGW_")}
+    env.update(MUNGE_SOCKET=site.socket, IMAGEGW_SYSTEM=SYSTEM, TZ="UTC",
+               UDIROOT_CONF=str(udiroot or site.workdir / "absent.conf"))
+    return subprocess.run([SHIFTERIMG, *args], capture_output=True, text=True, env=env,
+                          timeout=180, check=False)
+
+
+def test_our_shifterimg_prints_and_exits_the_same_over_rest_and_grpc(site: Site) -> None:
+    udiroot = site.workdir / "udiRoot.conf"
+    udiroot.write_text(f"system={SYSTEM}\nimageGateway={site.rest}\n")
+    grpc_args = ("-g", site.service.address)
+    for command in (("pull", "testreg/rest/app:1"), ("lookup", "testreg/rest/app:1"),
+                    ("lookup", "testreg/rest/none:1"), ("pull", "testreg/rest/newline:1"),
+                    ("lookup", "id:0123"), ("images",)):
+        over_grpc = shifterimg(site, *grpc_args, *command)
+        over_rest = shifterimg(site, *command, udiroot=udiroot)  # http:// in udiRoot.conf
+        flagged = shifterimg(site, "--rest", "-g", site.rest.removeprefix("http://"), *command)
+        assert over_rest.returncode == over_grpc.returncode == flagged.returncode, command
+        assert over_grpc.returncode == (1 if "none" in command[-1] or "newline" in command[-1]
+                                        or "id:" in command[-1] else 0), over_grpc.stderr
+        if command == ("images",):
+            ready = {line for line in over_grpc.stdout.splitlines() if " READY " in line}
+            assert any("testreg/rest/app:1" in line for line in ready), over_grpc.stdout
+            assert set(over_rest.stdout.splitlines()) == ready == set(flagged.stdout.splitlines())
+            continue
+        assert over_rest.stdout == over_grpc.stdout == flagged.stdout, command
+        # A pull's progress lines are what each saw while polling; their last line and
+        # every other command's messages are the same.
+        assert (_last_line(over_rest.stderr) == _last_line(over_grpc.stderr)
+                == _last_line(flagged.stderr)), command
+        if command[0] != "pull":
+            assert over_rest.stderr == over_grpc.stderr == flagged.stderr, command
+
+
+def _last_line(text: str) -> str:
+    """The last line, without a progress line's leading time stamp."""
+    last = (text.strip().splitlines() or [""])[-1]
+    return last.split(" ", 1)[1] if last[:4].isdigit() else last
