@@ -22,6 +22,7 @@ import pytest
 from imagegw.client import GatewayClient
 from tests.integration.trust_site import SYSTEM, UIDS, push_small_image, trust_config
 from tests.support import layers as L
+from tests.support.certs import ScratchCA
 from tests.support.images import default_config, push_image
 from tests.support.munge import make_credential, munge_socket_fixture  # noqa: F401
 from tests.support.registry import (  # noqa: F401
@@ -30,7 +31,7 @@ from tests.support.registry import (  # noqa: F401
     free_port,
     registry,
 )
-from tests.support.services import SHIFTERIMG, ServiceProcess, start_service
+from tests.support.services import IMAGEGW, SHIFTERIMG, ServiceProcess, start_service
 from tests.support.shifter_meta import read_image_data
 
 #: Shifter's C client polls while the status is one of these.
@@ -80,6 +81,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer,
     _push_config_image(registry.url, "rest/private", AWKWARD)
     _push_config_image(registry.url, "rest/newline", {"Env": ["A=1", "B=two\nlines"]})
     push_small_image(registry.url, "rest/expire", "1", "expire")
+    push_small_image(registry.url, "rest/mine", "1", "mine")
     push_small_image(basic_registry.url, "secret/app", "1", "secret", auth=("alice", "wonderland"))
     workdir = tmp_path_factory.mktemp("rest")
     rest = f"127.0.0.1:{free_port()}"
@@ -318,7 +320,58 @@ def test_our_shifterimg_prints_and_exits_the_same_over_rest_and_grpc(site: Site)
             assert over_rest.stderr == over_grpc.stderr == flagged.stderr, command
 
 
+def test_shifterimg_lookup_of_a_private_image_prints_the_name_of_its_files(site: Site
+                                                                           ) -> None:
+    pulled = shifterimg(site, "-g", site.service.address, "pull", "--user", "65534",
+                        "testreg/rest/mine:1")
+    assert pulled.returncode == 0, pulled.stderr
+    for gateway in (site.service.address, site.rest):
+        found = shifterimg(site, "-g", gateway, "lookup", "testreg/rest/mine:1")
+        name = found.stdout.strip()
+        assert found.returncode == 0 and "-" in name, found.stderr
+        assert pulled.stdout == f"Image ready: {name}\n"
+        assert (site.images() / f"{name}.squashfs").exists()
+        assert read_image_data((site.images() / f"{name}.meta").read_bytes()).uids == [0, 65534]
+
+
 def _last_line(text: str) -> str:
     """The last line, without a progress line's leading time stamp."""
     last = (text.strip().splitlines() or [""])[-1]
     return last.split(" ", 1)[1] if last[:4].isdigit() else last
+
+
+def test_rest_over_tls_with_the_gateways_certificate(tmp_path: Path, registry: RegistryServer,
+                                                      munge_socket: str) -> None:
+    ca = ScratchCA(tmp_path / "ca")
+    issued = ca.issue("gateway")
+    rest = f"127.0.0.1:{free_port()}"
+    config = trust_config(tmp_path, munge_socket, registry_url=registry.url, RestListen=rest,
+                          TLSCertificate=str(issued.certificate), TLSKey=str(issued.key))
+    service = start_service("serve", config, tmp_path, expect_healthy=False)
+    try:
+        site = Site(service, f"https://{rest}", munge_socket, tmp_path)
+        command = ["curl", "-sS", "--cacert", str(ca.certificate), "-o", "/dev/null",
+                   "-w", "%{http_code}", f"https://{rest}/api/list/{SYSTEM}/"]
+        assert subprocess.run(command, capture_output=True, text=True, timeout=60,
+                              check=False).stdout == "200"
+        plain = subprocess.run(["curl", "-sS", f"http://{rest}/"], capture_output=True,
+                               timeout=60, check=False)
+        assert plain.returncode != 0 or b'"routes"' not in plain.stdout
+        found = shifterimg(site, "--ca-cert", str(ca.certificate), "-g", site.rest,
+                           "lookup", "testreg/none:1")
+        assert found.returncode == 1 and "is not on system" in found.stderr
+    finally:
+        service.stop()
+
+
+def test_rest_beyond_loopback_without_tls_is_refused_at_start(tmp_path: Path,
+                                                              registry: RegistryServer,
+                                                              munge_socket: str) -> None:
+    config_path = tmp_path / "gateway.json"
+    config_path.write_text(json.dumps(trust_config(tmp_path, munge_socket,
+                                                   registry_url=registry.url)))
+    done = subprocess.run([IMAGEGW, "serve", "--config", str(config_path), "--listen",
+                           "127.0.0.1:0", "--rest-listen", "0.0.0.0:0"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "RestListen 0.0.0.0:0" in done.stderr and "TLSCertificate" in done.stderr
