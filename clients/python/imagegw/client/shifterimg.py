@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--group", action="append", default=[], metavar="GROUPS",
                       help="make the image private to these groups (names or gids)")
 
-    lookup = commands.add_parser("lookup", help="print the id of a ready image")
+    lookup = commands.add_parser("lookup", help="print the name of a ready image (its id; "
+                                 "<id>-<12 hex> when private)")
     _add_global_options(lookup, defaults=False)
     lookup.add_argument("image", help="docker:REPO[:TAG], REPO[:TAG] or id:<hex>")
 
