@@ -92,6 +92,8 @@ class Logins:
             return
         endpoint = registry_endpoint(parse_reference(reference, self.config).registry_url)
         for registry, (username, password) in offered.items():
+            if registry == "default" and registry not in self.config.locations:
+                registry = self.config.default_image_location  # `shifterimg login` alone
             if registry_endpoint(self.registry_url(registry)) != endpoint:
                 continue
             if self.vault.get(caller.uid, endpoint) != RegistryCredentials(username, password):
