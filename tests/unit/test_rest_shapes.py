@@ -64,3 +64,12 @@ def test_acl_strings_and_munge_payloads_are_read_as_shifter_sends_them():
     (ValueError("x"), HTTPStatus.INTERNAL_SERVER_ERROR)])
 def test_one_table_maps_our_errors_to_http(error, status):
     assert http_status_for(error) == status
+
+
+def test_rest_listen_is_off_unless_configured_and_a_bad_address_names_the_key():
+    from imagegw.domain.config import parse_config
+    platforms = {"Platforms": {"c": {"local": {"imageDir": "/x"}}}}
+    assert parse_config(platforms).rest_listen is None
+    assert parse_config({**platforms, "RestListen": "[::1]:8000"}).rest_listen == "[::1]:8000"
+    with pytest.raises(errors.ConfigError, match="RestListen"):
+        parse_config({**platforms, "RestListen": "8000"})
