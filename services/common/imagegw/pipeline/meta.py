@@ -102,7 +102,8 @@ def parse_meta(text: str) -> dict[str, list[str]]:
     (comments, trimming, continued lines); ENTRY/CMD stay unsplit. For admins' tools
     and tests."""
     result: dict[str, list[str]] = {}
-    key, parts = "", []
+    key = ""
+    parts: list[str] = []
     for line in text.split("\n"):
         if line.startswith("#"):
             continue

@@ -197,7 +197,8 @@ class RestApi:
 
     def list_images(self, system: str, credentials: Sequence[str]) -> dict:
         caller, _payload = self.authenticate(system, credentials)
-        images, token = [], ""
+        images: list[dict] = []
+        token = ""
         while True:
             statuses, token = self.pulls.list_images(system, ImageState.READY, 1000, token,
                                                      caller)
