@@ -83,6 +83,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer,
     push_small_image(registry.url, "rest/expire", "1", "expire")
     push_small_image(registry.url, "rest/mine", "1", "mine")
     push_small_image(basic_registry.url, "secret/app", "1", "secret", auth=("alice", "wonderland"))
+    push_small_image(basic_registry.url, "secret/later", "1", "later", auth=("alice", "wonderland"))
     workdir = tmp_path_factory.mktemp("rest")
     rest = f"127.0.0.1:{free_port()}"
     config = trust_config(workdir, munge_socket, registry_url=registry.url,
@@ -252,6 +253,15 @@ def test_registry_logins_travel_in_the_munge_payload(site: Site) -> None:
     bad = curl(site, "POST", "/api/pull/" + image_path(SYSTEM, tag), user="bin", body="",
                payload=b"not json")
     assert bad.code == 400 and "authorized_locations" in bad.json()["message"]
+
+
+def test_a_login_right_after_a_failed_pull_is_tried_at_once(site: Site) -> None:
+    tag = "private/secret/later:1"
+    failed = pull_until_done(site, tag, user="bin")
+    assert failed["status"] == "FAILURE" and "127.0.0.1" in failed["status_message"]
+    login = {"authorized_locations": {"private": "alice:wonderland"}}
+    assert pull_until_done(site, tag, user="bin",
+                           payload=json.dumps(login).encode())["status"] == "READY"
 
 
 @pytest.mark.parametrize(("method", "path", "user", "body", "code", "words"), [

@@ -180,12 +180,15 @@ class RestApi:
         if len(users) + len(groups) > MAX_ACL_ENTRIES:
             raise InvalidRequest(f"at most {MAX_ACL_ENTRIES} users and groups in an ACL")
         caller, payload = self.authenticate(system, credentials)
+        offered = _offered_logins(payload)
+        log.debug("REST pull of %s by %s: logins offered for %s", reference, caller.label(),
+                  ", ".join(sorted(offered)) or "no location")
+        # New registry credentials deserve a new try, even right after a failure.
+        new_login = bool(offered) and self.logins.adopt(
+            caller, self.pulls.normalize(system, itype, reference), offered)
         request = PullRequest(system=system, reference=reference, image_type=itype,
                               user_acl=users, group_acl=groups,
-                              failure_hold=FAILURE_HOLD_SECONDS)
-        offered = _offered_logins(payload)
-        if offered:
-            self.logins.adopt(caller, self.pulls.normalize(system, itype, reference), offered)
+                              failure_hold=0.0 if new_login else FAILURE_HOLD_SECONDS)
         with audit.audited("pull", caller, system=system, image=reference,
                            api="rest") as details:
             ticket = self.pulls.request_pull(request, caller)
