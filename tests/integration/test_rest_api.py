@@ -274,6 +274,7 @@ def test_a_login_right_after_a_failed_pull_is_tried_at_once(site: Site) -> None:
     ("POST", "/api/pull/default/docker/Bad%20Ref/", "bin", "", 400, "Bad Ref"),
     ("POST", "/api/pull/default/oci/x/", "bin", "", 400, "unsupported image type"),
     ("GET", "/api/pull/default/docker/x/", "bin", None, 405, "POST"),
+    ("PUT", "/api/expire/default/docker/x/", "root", None, 405, "GET"),
     ("GET", "/api/lookup/default/docker/x", "bin", None, 404, "routes end in '/'"),
 ])
 def test_bad_requests_get_a_status_and_a_message_to_act_on(site: Site, method, path, user,

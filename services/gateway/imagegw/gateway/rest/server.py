@@ -130,14 +130,15 @@ def build_app(api: RestApi, pool: ThreadPoolExecutor) -> web.Application:
     handlers = _Handlers(api, pool)
     app = web.Application(middlewares=[_json_errors], client_max_size=MAX_BODY)
     image = "{system}/{itype}/{tag:.+}/"
+    # No implicit HEAD: Shifter's expire routes are GETs that change things.
     app.add_routes([
-        web.get("/", handlers.index),
-        web.get("/api/lookup/" + image, handlers.lookup),
+        web.get("/", handlers.index, allow_head=False),
+        web.get("/api/lookup/" + image, handlers.lookup, allow_head=False),
         web.post("/api/pull/" + image, handlers.pull),
-        web.get("/api/list/{system}/", handlers.list_images),
-        web.get("/api/queue/{system}/", handlers.queue),
-        web.get("/api/expire/" + image, handlers.expire),
-        web.get("/api/autoexpire/{system}/", handlers.autoexpire),
+        web.get("/api/list/{system}/", handlers.list_images, allow_head=False),
+        web.get("/api/queue/{system}/", handlers.queue, allow_head=False),
+        web.get("/api/expire/" + image, handlers.expire, allow_head=False),
+        web.get("/api/autoexpire/{system}/", handlers.autoexpire, allow_head=False),
         web.post("/api/doimport/" + image, handlers.doimport),
     ])
     return app
