@@ -66,6 +66,9 @@ class ImageInfo:
     signature_policy_digest: str = ""
     signature_scope: str = ""
     signers: tuple[SignerInfo, ...] = ()
+    #: What the runtime opens: `<name>.squashfs` and `<name>.meta` in the image directory
+    #: (the id; "<id>-<12 hex>" for a private image). What `shifterimg lookup` prints.
+    name: str = ""
 
     def runtime_path(self, runtime: str, image_dir: str) -> str:
         """The path of the file `runtime` ("shifter", "enroot", "apptainer",
@@ -175,6 +178,7 @@ def image_from_proto(image: image_pb2.Image) -> ImageInfo:
         signature_policy_digest=image.trust.policy_digest,
         signature_scope=image.trust.scope,
         signers=tuple(SignerInfo(s.kind, s.fingerprint, s.identity) for s in image.trust.signers),
+        name=image.name or image.id,
     )
 
 

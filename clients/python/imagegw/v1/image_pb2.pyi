@@ -254,6 +254,7 @@ class Image(_message.Message):
     FAILURE_FIELD_NUMBER: _builtins.int
     IMAGE_FILE_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     TRUST_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The image id: the hex sha256 of the image configuration (Docker's image id)."""
@@ -271,6 +272,11 @@ class Image(_message.Message):
     size_bytes: _builtins.int
     image_file: _builtins.str
     """The image file name on the system's image directory ("<id>.squashfs")."""
+    name: _builtins.str
+    """The identifier the runtime opens: <image directory>/<name>.squashfs and
+    <name>.meta. The image id for a public image; the id and an ACL suffix
+    ("<id>-<12 hex>") for a private one. What `shifterimg lookup` prints.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every tag currently pointing at this image."""
@@ -321,11 +327,12 @@ class Image(_message.Message):
         failure: Global___Failure | None = ...,
         image_file: _builtins.str = ...,
         progress: Global___Progress | None = ...,
+        name: _builtins.str = ...,
         trust: Global___ImageTrust | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "failure", b"failure", "last_pull_time", b"last_pull_time", "metadata", b"metadata", "progress", b"progress", "trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "failure", b"failure", "format", b"format", "group_acl", b"group_acl", "id", b"id", "image_file", b"image_file", "last_pull_time", b"last_pull_time", "manifest_digest", b"manifest_digest", "metadata", b"metadata", "progress", b"progress", "reference", b"reference", "size_bytes", b"size_bytes", "state", b"state", "system", b"system", "tags", b"tags", "trust", b"trust", "type", b"type", "user_acl", b"user_acl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "failure", b"failure", "format", b"format", "group_acl", b"group_acl", "id", b"id", "image_file", b"image_file", "last_pull_time", b"last_pull_time", "manifest_digest", b"manifest_digest", "metadata", b"metadata", "name", b"name", "progress", b"progress", "reference", b"reference", "size_bytes", b"size_bytes", "state", b"state", "system", b"system", "tags", b"tags", "trust", b"trust", "type", b"type", "user_acl", b"user_acl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

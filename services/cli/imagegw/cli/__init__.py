@@ -13,11 +13,12 @@ import signal
 import sys
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from imagegw.cache.layout import private_directory
 from imagegw.cli import doctor, units
-from imagegw.domain.config import Config, default_config, load_config
+from imagegw.domain.config import Config, default_config, load_config, parse_host_port
 from imagegw.domain.errors import ImageGatewayError
 from imagegw.signatures import load_site_trust
 
@@ -45,6 +46,9 @@ def _config(args: argparse.Namespace) -> Config:
     for warning in config.warnings:
         log.warning("config: %s", warning)
     private_directory(config.data_dir)  # records, credentials, worker secret: 0700
+    if getattr(args, "rest_listen", None):
+        parse_host_port(args.rest_listen, "--rest-listen")
+        config = replace(config, rest_listen=args.rest_listen)
     return config
 
 
@@ -142,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--listen", help="HOST:PORT to listen on (or IMAGEGW_LISTEN)")
         cmd.add_argument("--data-dir", help="data directory (or IMAGEGW_HOME)")
         cmd.add_argument("--address-file", help="write the bound address here once listening")
+        if name != "worker":
+            cmd.add_argument("--rest-listen", metavar="HOST:PORT",
+                             help="also serve Shifter's REST API here (or RestListen)")
         if name == "worker":
             cmd.add_argument("--drain-timeout", type=float, default=300.0,
                              help="seconds to let running jobs finish on SIGTERM")

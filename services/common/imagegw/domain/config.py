@@ -221,6 +221,8 @@ class Config:
     #: The secret gateways and workers share when WorkerTLS is not set
     #: ("" = <data dir>/worker.token, created 0600; imagegw.rpc.worker_auth).
     worker_token_file: str = ""
+    #: HOST:PORT of the gateway's Shifter REST API (None: off).
+    rest_listen: str | None = None
     #: Problems that did not stop loading (unknown keys, ignored settings).
     warnings: tuple[str, ...] = ()
 
@@ -609,6 +611,7 @@ def parse_config(
         signature_registries_dir=top.get("SignatureRegistriesDir", str, ""),
         allowed_registries=_allowed_registries(top.strings("AllowedRegistries")),
         worker_token_file=top.get("WorkerTokenFile", str, ""),
+        rest_listen=_host_port(top.get("RestListen", str), "RestListen"),
     )
     top.ignore(*_IGNORED_TOP_KEYS, "DataDirectory")
     top.finish()

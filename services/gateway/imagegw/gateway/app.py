@@ -30,6 +30,7 @@ from imagegw.gateway.core.logins import Logins
 from imagegw.gateway.core.pulls import PullManager
 from imagegw.gateway.core.vault import CredentialVault
 from imagegw.gateway.queue import open_queue
+from imagegw.gateway.rest import RestApi, RestServices, build_app, start_rest
 from imagegw.gateway.store import open_store
 from imagegw.gateway.workers import open_worker_pool
 from imagegw.rpc.server import (
@@ -51,7 +52,7 @@ RECOVER_INTERVAL = 5.0
 RECONCILE_INTERVAL = 10.0
 
 
-def check_listen_security(config: Config, listen: str) -> None:
+def check_listen_security(config: Config, listen: str, key: str = "ListenAddress") -> None:
     """Refuses a non-loopback listen address without TLS and MUNGE on every system,
     unless AllowInsecureListen says so."""
     if is_loopback(listen) or config.allow_insecure_listen:
@@ -64,7 +65,7 @@ def check_listen_security(config: Config, listen: str) -> None:
         missing.append("authentication (mungeSocketPath on " + ", ".join(unauthenticated) + ")")
     if missing:
         raise ConfigError(
-            f"ListenAddress {listen} is reachable from other hosts, but the gateway has no "
+            f"{key} {listen} is reachable from other hosts, but the gateway has no "
             + " and no ".join(missing),
             hint="configure them, listen on 127.0.0.1, or set AllowInsecureListen: true")
 
@@ -116,6 +117,13 @@ class GatewayApp:
         self._async_servers: list[AsyncServer] = []
         self._async_stops: list = []
         self._started = False
+        if config.rest_listen:  # Shifter's REST API, on the same loop and core
+            check_listen_security(config, config.rest_listen, "RestListen")
+            self.add_async_server(start_rest(build_app(
+                RestApi(RestServices(config=config, pulls=services.pulls,
+                                     expirer=services.expirer, importer=services.importer,
+                                     logins=services.logins)),
+                self.blocking, self.fair_share), config))
         credentials = (server_credentials(config.tls_certificate, config.tls_key,
                                           config.tls_client_ca)
                        if config.tls_certificate else None)
@@ -223,3 +231,5 @@ class GatewayApp:
         self.queue.close()
         self.hub.close()
         self.store.close()
+
+

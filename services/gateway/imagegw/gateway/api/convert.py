@@ -45,6 +45,7 @@ def status_to_image(status: ImageStatus) -> image_pb2.Image:
         message.image_file = image.image_file
         if (trust := trust_of(image)) is not None:
             message.trust.CopyFrom(convert.trust_to_proto(trust))
+        message.name = image.name
         if stamp := timestamp(image.last_pull):
             message.last_pull_time.CopyFrom(stamp)
         if stamp := timestamp(status.expire_time):

@@ -19,7 +19,7 @@ from imagegw.domain.errors import ImageGatewayError, ImageNotFound, PermissionDe
 from imagegw.domain.model import ImageState
 from imagegw.domain.runtimes import sif_file
 from imagegw.gateway.core.access import Caller
-from imagegw.gateway.core.pulls import PullManager
+from imagegw.gateway.core.pulls import PullManager, split_image_name
 from imagegw.gateway.records import ImageRecord
 from imagegw.gateway.store.base import ImageStore
 from imagegw.publish import Publisher, publisher_for
@@ -56,8 +56,9 @@ class Expirer:
         """Expires the image a reference (every ACL's copy) or an id names, now."""
         self._require_admin(system, caller, "expire images")
         if image_type == "id":
-            image_id = reference.removeprefix("sha256:").lower()
-            candidates = self.store.find_images(system, image_id)
+            image_id, name = split_image_name(reference)
+            candidates = [image for image in self.store.find_images(system, image_id)
+                          if not name or image.name == name]
         else:
             normalized = self.pulls.normalize(system, image_type, reference)
             candidates = [image for pull in self.store.pulls_of(system, normalized)
@@ -128,6 +129,8 @@ class Expirer:
             self.store.set_image_state(image.system, image.image_id, ImageState.READY,
                                        image.acl_key)
             raise
+        for tag in image.tags:
+            self.pulls.forget(image.system, tag)
         log.info("expired image %s on %s (%s)", image.image_id, image.system,
                  ", ".join(image.tags) or "untagged")
         return True

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from imagegw.domain.acl import acl_key, normalized_acl
+from imagegw.domain.acl import SUFFIX_DIGITS, acl_key, normalized_acl
 from imagegw.domain.config import Config
 from imagegw.domain.errors import (
     Cancelled,
@@ -57,6 +57,9 @@ class PullRequest:
     user_acl: tuple[int, ...] = ()
     group_acl: tuple[int, ...] = ()
     requester_uid: int = -1
+    #: Seconds a failed pull is answered with its failure instead of being retried
+    #: (0: retry at once). For clients that re-send the pull to poll it (Shifter's REST).
+    failure_hold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -65,14 +68,15 @@ class PullTicket:
     job_id: str
     #: True when this request started a new job (False: joined one, or fresh image).
     started: bool
-    #: When a READY image younger than PullUpdateTimeout answered the pull: the status it
-    #: was decided on (a pull another caller starts a moment later does not change it).
+    #: When a READY image younger than PullUpdateTimeout (or a failure within
+    #: PullRequest.failure_hold) answered the pull: the status it was decided on (a pull
+    #: another caller starts a moment later does not change it).
     answer: ImageStatus | None = None
 
     @property
     def fresh(self) -> bool:
         """Whether a READY image answered the pull without a job."""
-        return self.answer is not None
+        return self.answer is not None and self.answer.state == ImageState.READY
 
 
 def _visible_pull(caller: Caller, pull: PullRecord) -> bool:
@@ -159,6 +163,10 @@ class PullManager:
             self._check_acl_change(key, caller)
         now = self.clock()
         current = self.store.get_pull(key)
+        if (current is not None and current.state == ImageState.FAILED
+                and now - current.updated < request.failure_hold):
+            return PullTicket(key, current.job_id, started=False, answer=pull_status(
+                current, None, expiration=self.config.image_expiration_timeout))
         known_digest = ""
         # A READY image younger than this answers the pull without a job.
         fresh_since: float | None = None if request.force else now - self.config.pull_update_timeout
@@ -266,6 +274,10 @@ class PullManager:
             self._remember(cache_key, status)
         return status
 
+    def forget(self, system: str, reference: str) -> None:
+        """Drops cached lookups of a reference whose image changed here (expired)."""
+        self._forget(system, reference)
+
     def _forget(self, system: str, reference: str) -> None:
         """Drops cached lookups of a reference this gateway is pulling again."""
         with self._cache_lock:
@@ -316,11 +328,10 @@ class PullManager:
     def lookup_id(self, system: str, image_id: str,
                   caller: Caller = ANONYMOUS_CALLER) -> ImageStatus:
         self.config.platform(system)
-        image_id = image_id.removeprefix("sha256:").lower()
-        if not image_id or len(image_id) > 64 or any(c not in "0123456789abcdef" for c in image_id):
-            raise InvalidRequest(f"invalid image id {image_id!r}", hint="64 hex digits")
+        image_id, name = split_image_name(image_id)
         usable = [i for i in self.store.find_images(system, image_id)
-                  if caller.can_use(i.acl_key, i.user_acl, i.group_acl)]
+                  if caller.can_use(i.acl_key, i.user_acl, i.group_acl)
+                  and (not name or i.name == name)]
         if not usable:
             raise ImageNotFound(f"no image with id {image_id} on system {system}")
         image = max(usable, key=lambda i: (i.state == ImageState.READY, bool(i.acl_key),
@@ -441,6 +452,20 @@ class PullWatch:
         if event is not None and not event.final:
             return [self.progress(event)]
         return []
+def split_image_name(text: str) -> tuple[str, str]:
+    """(image id, runtime name) from an image id ("<hex>", "sha256:<hex>") or a runtime
+    name ("<id>-<12 hex>", a private image's file stem); the name is "" for a bare id."""
+    text = text.strip().removeprefix("sha256:").lower()
+    image_id, dash, suffix = text.partition("-")
+    if (not image_id or len(image_id) > 64 or not _is_hex(image_id)
+            or (dash and (len(suffix) != SUFFIX_DIGITS or not _is_hex(suffix)))):
+        raise InvalidRequest(f"invalid image id {text!r}",
+                             hint="64 hex digits, or the name lookup printed (<id>-<12 hex>)")
+    return image_id, (text if dash else "")
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def import_reference(tag: str) -> str:
