@@ -217,7 +217,7 @@ def test_shared_conversions_authenticate_with_the_configured_auth_file(
 
 
 def test_runtime_images_are_shared_only_with_gateways_publishing_for_the_same_runtimes(
-        tmp_path, registry, proxy):  # noqa: F811
+        tmp_path, registry, proxy):
     layers = [L.layer(L.file("bin/tool", os.urandom(30_000), 0o755))]
     config = default_config(layers)
     config["config"] = {"Env": ["PATH=/bin"], "Cmd": ["/bin/tool"], "WorkingDir": "/w"}

@@ -243,7 +243,7 @@ def test_a_stalled_server_fails_the_publish_after_the_stall_timeout(
 
 
 def test_an_apptainer_system_gets_the_sif_over_ssh_before_the_image(
-    sshd_target: SshdServer, image_dir: Path, source: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path
 ) -> None:
     import subprocess
 
@@ -266,7 +266,7 @@ def test_an_apptainer_system_gets_the_sif_over_ssh_before_the_image(
 
 
 def test_a_private_image_for_apptainer_gets_its_acl_over_ssh(
-    sshd_target: SshdServer, image_dir: Path, source: Path  # noqa: F811
+    sshd_target: SshdServer, image_dir: Path, source: Path
 ) -> None:
     import subprocess
 

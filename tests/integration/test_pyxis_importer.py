@@ -14,8 +14,7 @@ import pytest
 
 from tests.support.images import PushedImage, push_image
 from tests.support.layers import executables
-from tests.support.munge import munge_socket_fixture  # noqa: F401
-from tests.support.registry import RegistryServer, registry  # noqa: F401
+from tests.support.registry import RegistryServer
 from tests.support.services import SHIFTERIMG, ServiceProcess, embedded_config, start_service
 
 IMPORTER = str(Path(sys.executable).parent / "imagegw-pyxis-importer")
@@ -44,7 +43,7 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(registry: RegistryServer, munge_socket: str,  # noqa: F811
+def site(registry: RegistryServer, munge_socket: str,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     workdir = tmp_path_factory.mktemp("pyxis")
     image = push_image(registry.url, "team/tools", "1",
@@ -125,7 +124,7 @@ def test_an_imported_squashfs_gets_its_sif_and_expires_with_it(site: Site, tmp_p
     assert not Path(sif.stdout.strip()).exists()
 
 
-def test_a_ready_made_oras_image_gets_its_sif_too(site: Site, registry, tmp_path) -> None:  # noqa: F811
+def test_a_ready_made_oras_image_gets_its_sif_too(site: Site, registry, tmp_path) -> None:
     from imagegw.artifacts import SQUASHFS_MEDIA_TYPE
     from tests.integration.test_oras_ready_made import make_squashfs, oras_push
 

@@ -3,8 +3,6 @@
 every 0.5 s until the status leaves the pulling words), with a real munged and real
 registries. Published meta files are read back by Shifter's parser rules."""
 
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import json
@@ -24,12 +22,10 @@ from tests.integration.trust_site import SYSTEM, UIDS, push_small_image, trust_c
 from tests.support import layers as L
 from tests.support.certs import ScratchCA
 from tests.support.images import default_config, push_image
-from tests.support.munge import make_credential, munge_socket_fixture  # noqa: F401
-from tests.support.registry import (  # noqa: F401
+from tests.support.munge import make_credential
+from tests.support.registry import (
     RegistryServer,
-    basic_registry,
     free_port,
-    registry,
 )
 from tests.support.services import IMAGEGW, SHIFTERIMG, ServiceProcess, start_service
 from tests.support.shifter_meta import read_image_data

@@ -25,7 +25,6 @@ from imagegw.registry.manifest import parse_image_config
 from imagegw.worker.build import Builder
 from tests.support import layers as L
 from tests.support.images import default_config, push_image
-from tests.support.registry import registry  # noqa: F401
 from tests.support.squashfs_tree import read_squashfs
 
 ENTRY = b"""#!/bin/sh
@@ -55,7 +54,7 @@ APP = L.layer(L.dir("app"), L.file("app/entry.sh", ENTRY, 0o755))
 
 
 @pytest.fixture(scope="module")
-def pushed(registry):  # noqa: F811
+def pushed(registry):
     layers = [BASE, APP]
     config = default_config(layers)
     config["config"] = RUNTIME
@@ -87,7 +86,7 @@ def build(builder: Builder, system: str):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, registry, pushed):  # noqa: F811
+def built(tmp_path_factory, registry, pushed):
     tmp_path = tmp_path_factory.mktemp("runtimes")
     builder = builder_for(site(tmp_path, registry.url))
     return tmp_path, builder, build(builder, "shifter"), build(builder, "all")
@@ -172,7 +171,7 @@ def test_the_runtime_image_is_the_shifter_tree_plus_only_the_runtime_files(built
 
 
 def test_shifter_only_images_are_the_exact_conversion_with_the_old_key(built, tmp_path,
-                                                                       registry, pushed):  # noqa: F811
+                                                                       registry, pushed):
     tmp, builder, shifter, _ = built
     options = builder.config.converter
     old_key = ConversionKey(shifter.manifest_digest, "squashfs", options)
@@ -221,7 +220,7 @@ def test_squashfuse_mounts_the_squashfs_and_the_sif(built, tmp_path):
             subprocess.run(["umount", str(mountpoint)], check=True)
 
 
-def test_a_second_system_reuses_the_cached_conversion_and_sif(built, tmp_path, registry):  # noqa: F811
+def test_a_second_system_reuses_the_cached_conversion_and_sif(built, tmp_path, registry):
     tmp, builder, _, first = built
     config = site(tmp, registry.url)
     config["Platforms"]["more"] = {"accesstype": "local", "runtimes": ["singularity", "enroot"],
