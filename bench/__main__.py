@@ -442,7 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, help="also write the report (markdown) here")
     parser.add_argument("--lookup-seconds", type=float, default=5.0)
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["skopeo", "charliecloud", "lookups", "dedup"])
+                        choices=["skopeo", "charliecloud", "lookups", "dedup", "pulls",
+                                 "remote"])
+    parser.add_argument("--remote-mib", type=int, default=1024,
+                        help="size of the file the remote-publish rows copy (MiB)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="measure the floor, the bound, the cold pull and the lookups "
                              "this many times each, taking turns, and report the median run "
@@ -457,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     from testbed.registry import start_registry
 
     log(f"building test images at scale {args.scale:g} (reused when made before)")
-    images = bench_images.build_images(workdir, args.scale)
+    images = [] if "pulls" in args.skip else bench_images.build_images(workdir, args.scale)
     registry_dir = workdir / "registry"
     shutil.rmtree(registry_dir, ignore_errors=True)
     registry = start_registry(registry_dir)
@@ -602,6 +605,14 @@ def main(argv: list[str] | None = None) -> int:
                            f"{noop['p99_ms']:.1f} ms)")
         if ours_first is not None:
             ours_first.stop()
+        if "remote" not in args.skip:
+            from bench.remote import measure_remote_publish
+
+            log(f"remote publish: {args.remote_mib} MiB to a loopback sshd, scp and ours")
+            rows, line = measure_remote_publish(workdir, args.remote_mib * MIB, args.repeat)
+            report += ["## Remote publish over SSH (loopback sshd)", "", *table(rows, None, None),
+                       ""]
+            summary.append(line)
         if "dedup" not in args.skip:
             log("100 concurrent pulls of one image")
             dedup = concurrent_pulls(workdir, registry, jobs)
