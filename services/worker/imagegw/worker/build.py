@@ -31,8 +31,10 @@ from imagegw.pipeline.indexes import load_index, store_index
 from imagegw.pipeline.layer import WaitedLayer
 from imagegw.pipeline.members import MemberPolicy
 from imagegw.pipeline.meta import render_meta
-from imagegw.pipeline.squashfs import flatten_to_squashfs
-from imagegw.publish import publisher_for
+from imagegw.pipeline.squashfs import flatten_to_squashfs, partial_path
+from imagegw.publish import Publisher, publisher_for
+from imagegw.publish.follow import FollowingPublish
+from imagegw.publish.openssh import OpenSshPublisher
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.following import DownloadRestarted, GrowingBlob
 from imagegw.registry.policy import guard_for_reference
@@ -126,6 +128,8 @@ class Builder:
                     self.paths.scratch(job.job_id) as scratch:
                 output = self.caches.conversions.lookup(key.digest, image_format)
                 shared = output is not None
+                streamed = False
+                private = bool(job.user_acl or job.group_acl)
                 if output is not None:
                     log.info("job %s: %s converted before (%s); publishing that image",
                              job.job_id, reference, image.manifest_digest)
@@ -133,14 +137,18 @@ class Builder:
                     output = scratch / image_file
                     shared = self._fetch_shared_conversion(image, image_format, output, emit)
                     if not shared:
-                        self._download_and_convert(client, image, output, emit)
+                        streamed = self._convert_and_stream(
+                            client, image, output, emit, publisher,
+                            (image_file, meta, meta_file, private))
                     output = self.caches.conversions.store(key.digest, image_format, output)
                 size = output.stat().st_size
-                emit(Progress(Stage.PUBLISHING, bytes_total=size,
-                              message=f"publishing {image_file} to {job.system}"), force=True)
-                publisher.publish(output, image_file, meta, meta_file,
-                                  on_bytes=_publish_progress(emit, image_file),
-                                  private=bool(job.user_acl or job.group_acl))
+                if not streamed:
+                    emit(Progress(Stage.PUBLISHING, bytes_total=size,
+                                  message=f"publishing {image_file} to {job.system}"),
+                         force=True)
+                    publisher.publish(output, image_file, meta, meta_file,
+                                      on_bytes=_publish_progress(emit, image_file),
+                                      private=private)
                 if not shared:
                     self._share_conversion(image, image_format, output)
         self.caches.evict()
@@ -161,6 +169,29 @@ class Builder:
             return
         key = ConversionKey(image.manifest_digest, image_format, self.config.converter)
         self.shared.publish(key, image.image_id, image.reference, image.metadata, output)
+
+    def _convert_and_stream(self, client: RegistryClient, image: ResolvedImage, output: Path,
+                            emit: Throttle, publisher: Publisher,
+                            published: tuple[str, bytes, str, bool]) -> bool:
+        """Converts; a remote system gets the squashfs streamed while tar2sqfs writes it
+        (publish/follow.py). Whether it was published that way (else: publish it whole)."""
+        image_file, meta, meta_file, private = published
+        if not (isinstance(publisher, OpenSshPublisher) and output.suffix == ".squashfs"):
+            self._download_and_convert(client, image, output, emit)
+            return False
+        follower = FollowingPublish(publisher, partial_path(output), image_file, meta_file,
+                                    private=private,
+                                    on_bytes=_publish_progress(emit, image_file))
+        follower.start()
+        try:
+            self._download_and_convert(client, image, output, emit)
+        except BaseException:
+            follower.close()  # no commit: the remote side drops its temporary
+            raise
+        emit(Progress(Stage.PUBLISHING, bytes_total=output.stat().st_size,
+                      message=f"publishing {image_file} (streamed while converting)"),
+             force=True)
+        return follower.finish(output, meta)
 
     def _download_and_convert(self, client: RegistryClient, image: ResolvedImage,
                               output: Path, emit: Throttle) -> None:
