@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from bench.measure import Sample, run
@@ -47,9 +49,12 @@ def measure_remote_publish(workdir: Path, size: int, repeat: int) -> tuple[list[
     from tests.support.sshd import start_sshd
 
     source = test_file(workdir, size)
-    server_dir = workdir / "sshd"
-    server_dir.mkdir(exist_ok=True)
-    server = start_sshd(server_dir)
+    server_dir = Path(tempfile.mkdtemp(prefix="sshd-", dir=workdir))
+    try:
+        server = start_sshd(server_dir)
+    except BaseException:
+        shutil.rmtree(server_dir, ignore_errors=True)
+        raise
     try:
         common = (f"-F /dev/null -i {shlex.quote(str(server.ed25519_key))} "
                   f"-o UserKnownHostsFile={shlex.quote(str(server.known_hosts))} "
@@ -74,6 +79,7 @@ def measure_remote_publish(workdir: Path, size: int, repeat: int) -> tuple[list[
                 publish("paramiko")))
     finally:
         server.stop()
+        shutil.rmtree(server_dir, ignore_errors=True)
     rows = [_median(samples) for samples in rounds.values()]
     scp_row, ours, before = rows
     for row in rows:
@@ -94,3 +100,49 @@ def _median(samples: list[Sample]) -> Sample:
     """The run with the median wall time (the lower one of the middle two)."""
     ordered = sorted(samples, key=lambda sample: (not sample.ok, sample.wall))
     return ordered[(len(ordered) - 1) // 2]
+
+
+def measure_remote_pull(workdir: Path, registry, image_name: str, reference: str, jobs: int,
+                        engine: str, repeat: int) -> tuple[list[Sample], str]:
+    """Cold pulls of one image by fresh `imagegw serve`s, taking turns: to a local system
+    (the conversion alone) and to a remote one over a loopback sshd (the copy overlapped
+    with the conversion: publish/follow.py)."""
+    from bench.__main__ import Ours
+    from tests.support.sshd import start_sshd
+
+    server_dir = Path(tempfile.mkdtemp(prefix="sshd-pull-", dir=workdir))
+    try:
+        server = start_sshd(server_dir)
+    except BaseException:
+        shutil.rmtree(server_dir, ignore_errors=True)
+        raise
+    remote = {"accesstype": "remote", "host": [f"127.0.0.1:{server.port}"],
+              "mungeSocketPath": "/nonexistent/munge.socket", "allowAnonymousPull": True,
+              "ssh": {"username": server.user, "key": str(server.ed25519_key),
+                      "imageDir": str(server.image_dir), "knownHosts": str(server.known_hosts)}}
+    rounds: dict[str, list[Sample]] = {"local": [], "remote": []}
+    try:
+        for _ in range(repeat):
+            for system, label in (("default", "imagegw: cold pull → local system "
+                                              "(the conversion alone)"),
+                                  ("remote", "imagegw: cold pull → remote system over ssh "
+                                             "(streamed while converting)")):
+                ours = Ours(workdir, registry, f"{image_name}-{system}", jobs, engine,
+                            platforms={"remote": remote})
+                try:
+                    rounds["local" if system == "default" else "remote"].append(
+                        ours.measured_pull(label, reference, system))
+                finally:
+                    ours.stop()
+                for entry in server.image_dir.iterdir():
+                    entry.unlink()
+    finally:
+        server.stop()
+        shutil.rmtree(server_dir, ignore_errors=True)
+    local, far = (_median(samples) for samples in rounds.values())
+    ratio = far.wall / local.wall if local.ok and far.ok and local.wall else float("nan")
+    turns = "; ".join(f"{name} " + ", ".join(f"{s.wall:.1f}" for s in samples)
+                      for name, samples in rounds.items())
+    summary = (f"{image_name}: remote pull {far.wall:.1f}s = {ratio:.2f}× the same cold pull "
+               f"to a local system ({local.wall:.1f}s) [target ≤ 1.1] ({turns} s)")
+    return [local, far], summary

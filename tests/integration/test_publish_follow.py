@@ -1,15 +1,19 @@
-"""A squashfs streamed to a real sshd while the real tar2sqfs writes it (publish/follow.py).
+"""The image goes to its target as it is produced (publish/follow.py, worker/build.py).
 
-The image lands byte for byte with its superblock patched last; a conversion that fails
-mid-stream leaves no temporary on the remote side; bytes the writer rewrites after they
-were sent are caught before any commit.
+Remote: a squashfs streamed to a real sshd while the real tar2sqfs writes it lands byte
+for byte with its superblock patched last; a conversion that fails mid-stream leaves no
+temporary on the remote side; bytes the writer rewrites after they were sent are caught
+before any commit. Local, on another file system than the scratch: the converter
+writes the image in the image directory itself; a failed conversion leaves nothing.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import tarfile
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -193,3 +197,61 @@ def _eventually_empty_but(directory: Path, kept: set[str]) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+@pytest.fixture
+def other_file_system(tmp_path: Path):
+    """An image directory on another file system than tmp_path (scratch): /dev/shm."""
+    shm = Path("/dev/shm")
+    assert shm.is_dir() and shm.stat().st_dev != tmp_path.stat().st_dev, \
+        "this test needs /dev/shm on its own file system (tmpfs)"
+    directory = Path(tempfile.mkdtemp(prefix="imagegw-test-", dir=shm))
+    try:
+        yield directory / "images"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def local_builder(tmp_path: Path, url: str, image_dir: Path) -> Builder:
+    config = parse_config({
+        "CacheDirectory": str(tmp_path / "cache"), "ExpandDirectory": str(tmp_path / "expand"),
+        "Locations": {"testreg": {"url": url}},
+        "Platforms": {"cluster": {"accesstype": "local", "local": {"imageDir": str(image_dir)}}},
+    })
+    return Builder(config, WorkerPaths(config.cache_dir, config.expand_dir))
+
+
+def test_a_local_image_directory_on_another_file_system_gets_the_image_built_in_place(
+    tmp_path: Path, registry, other_file_system: Path
+) -> None:
+    contents = files(8, 64 * 1024)
+    push_image(registry.url, "inplace/good", "1",
+               [L.layer(*(L.file(name, data) for name, data in contents.items()))])
+    push_image(registry.url, "inplace/corrupt", "1", [L.layer(L.file("f", os.urandom(5000)))])
+    builder = local_builder(tmp_path, registry.url, other_file_system)
+
+    events: list = []
+    result = builder.build(BuildJob(job_id="good", system="cluster",
+                                    reference="testreg/inplace/good:1"), events.append)
+
+    image = other_file_system / result.image_file
+    tree = read_squashfs(image)
+    assert {name: tree[name].sha256 for name in contents} == \
+        {name: sha256(data) for name, data in contents.items()}
+    assert sorted(os.listdir(other_file_system)) == sorted([result.image_file, result.meta_file])
+    assert any("written in place" in (event.message or "") for event in events)
+    cached = list((tmp_path / "cache").rglob("*.squashfs"))
+    assert [path.read_bytes() for path in cached] == [image.read_bytes()], \
+        "the conversion cache keeps its own copy"
+    assert not list((tmp_path / "expand").rglob("*.squashfs")), "no copy in the scratch"
+
+    proxy = RegistryProxy(registry.url)
+    proxy.faults.append(CorruptBody(times=None))
+    try:
+        with pytest.raises(DigestMismatch):
+            local_builder(tmp_path / "second", proxy.url, other_file_system).build(
+                BuildJob(job_id="corrupt", system="cluster",
+                         reference="testreg/inplace/corrupt:1"), lambda event: None)
+    finally:
+        proxy.stop()
+    assert sorted(os.listdir(other_file_system)) == sorted([result.image_file, result.meta_file])

@@ -32,7 +32,7 @@ from imagegw.pipeline.layer import WaitedLayer
 from imagegw.pipeline.members import MemberPolicy
 from imagegw.pipeline.meta import render_meta
 from imagegw.pipeline.squashfs import flatten_to_squashfs, partial_path
-from imagegw.publish import Publisher, publisher_for
+from imagegw.publish import LocalPublisher, Publisher, publisher_for
 from imagegw.publish.follow import FollowingPublish
 from imagegw.publish.openssh import OpenSshPublisher
 from imagegw.registry.client import RegistryClient
@@ -137,10 +137,13 @@ class Builder:
                     output = scratch / image_file
                     shared = self._fetch_shared_conversion(image, image_format, output, emit)
                     if not shared:
-                        streamed = self._convert_and_stream(
+                        output, streamed = self._convert_and_stream(
                             client, image, output, emit, publisher,
                             (image_file, meta, meta_file, private))
+                    built = output
                     output = self.caches.conversions.store(key.digest, image_format, output)
+                    if built.parent != scratch:  # converted in the image directory
+                        built.unlink(missing_ok=True)
                 size = output.stat().st_size
                 if not streamed:
                     emit(Progress(Stage.PUBLISHING, bytes_total=size,
@@ -172,13 +175,30 @@ class Builder:
 
     def _convert_and_stream(self, client: RegistryClient, image: ResolvedImage, output: Path,
                             emit: Throttle, publisher: Publisher,
-                            published: tuple[str, bytes, str, bool]) -> bool:
-        """Converts; a remote system gets the squashfs streamed while tar2sqfs writes it
-        (publish/follow.py). Whether it was published that way (else: publish it whole)."""
+                            published: tuple[str, bytes, str, bool]) -> tuple[Path, bool]:
+        """Converts, and where it can publishes as the image is produced: a remote system
+        gets the squashfs streamed while tar2sqfs writes it (publish/follow.py); a local
+        image directory on another file system than `output` gets it written there, under
+        a temporary name, then linked into place. Returns where the image is built, and
+        whether it is published (else: publish it whole)."""
         image_file, meta, meta_file, private = published
+        if isinstance(publisher, LocalPublisher) and not private:
+            in_place = publisher.temporary_beside(image_file, other_than=output.parent)
+            if in_place is not None:
+                try:
+                    self._download_and_convert(client, image, in_place, emit)
+                    emit(Progress(Stage.PUBLISHING, bytes_total=in_place.stat().st_size,
+                                  message=f"publishing {image_file} (written in place)"),
+                         force=True)
+                    publisher.publish(in_place, image_file, meta, meta_file,
+                                      on_bytes=_publish_progress(emit, image_file))
+                except BaseException:
+                    in_place.unlink(missing_ok=True)
+                    raise
+                return in_place, True
         if not (isinstance(publisher, OpenSshPublisher) and output.suffix == ".squashfs"):
             self._download_and_convert(client, image, output, emit)
-            return False
+            return output, False
         follower = FollowingPublish(publisher, partial_path(output), image_file, meta_file,
                                     private=private,
                                     on_bytes=_publish_progress(emit, image_file))
@@ -191,7 +211,7 @@ class Builder:
         emit(Progress(Stage.PUBLISHING, bytes_total=output.stat().st_size,
                       message=f"publishing {image_file} (streamed while converting)"),
              force=True)
-        return follower.finish(output, meta)
+        return output, follower.finish(output, meta)
 
     def _download_and_convert(self, client: RegistryClient, image: ResolvedImage,
                               output: Path, emit: Throttle) -> None:
