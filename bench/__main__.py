@@ -445,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lookup-seconds", type=float, default=5.0)
     parser.add_argument("--skip", action="append", default=[],
                         choices=["skopeo", "charliecloud", "lookups", "dedup", "pulls",
-                                 "remote"])
+                                 "remote", "many"])
+    parser.add_argument("--many-files", type=int, default=400_000,
+                        help="files of the many-layers image (× scale); it also runs at half")
     parser.add_argument("--image", action="append", default=[],
                         help="measure only this test image (repeatable)")
     parser.add_argument("--remote-mib", type=int, default=1024,
@@ -465,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"building test images at scale {args.scale:g} (reused when made before)")
     images = [] if "pulls" in args.skip else bench_images.build_images(workdir, args.scale)
+    if "pulls" not in args.skip and "many" not in args.skip:
+        many = max(400, int(args.many_files * args.scale))
+        images += [bench_images.build_many_layers_image(workdir, count)
+                   for count in (many, many // 2)]
     images = [image for image in images if not args.image or image.name in args.image]
     registry_dir = workdir / "registry"
     shutil.rmtree(registry_dir, ignore_errors=True)
@@ -621,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         if "remote" not in args.skip and images:
             from bench.remote import measure_remote_pull
 
-            image = images[-1]  # the largest image: the longest copy to overlap
+            image = max(images, key=lambda image: image.compressed_bytes)  # longest copy
             log(f"remote pull: {image.name}, cold to a local and to a remote system")
             rows, line = measure_remote_pull(workdir, registry, image.name,
                                              f"testreg/bench/{image.name}:1", jobs, engine,
