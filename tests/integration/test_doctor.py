@@ -176,3 +176,15 @@ def test_dead_mongodb_port_fails(root: Path) -> None:
     [failed] = lines(done, "FAIL")
     assert failed.startswith(f"FAIL MongoDB {uri}: no answer to ping: ")
     assert "tool tar2sqfs" not in done.stdout, "a gateway host needs no conversion tools"
+
+
+def test_remote_system_without_the_openssh_client_fails(
+    root: Path, sshd_target: SshdServer
+) -> None:
+    tools = root / "bin"
+    tools.mkdir()
+    config = local_config(root)
+    config["Platforms"]["remote"] = remote_system(sshd_target, sshd_target.known_hosts)
+    done = doctor(root, config, path=str(tools))
+    assert "FAIL OpenSSH client (systems remote): ssh is not installed: remote systems' images " \
+        "are published with it; fix: install openssh-client" in lines(done, "FAIL")

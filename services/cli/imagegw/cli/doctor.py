@@ -207,6 +207,12 @@ def check_munge(config: Config) -> Iterator[Finding]:
 def check_ssh(config: Config) -> Iterator[Finding]:
     from imagegw.publish.ssh import SshPublisher
 
+    remote = [name for name, platform in config.platforms.items()
+              if platform.access_type == "remote" and platform.ssh is not None]
+    if remote and shutil.which("ssh") is None:
+        yield Finding(FAIL, f"OpenSSH client (systems {', '.join(remote)})",
+                      "ssh is not installed: remote systems' images are published with it",
+                      "install openssh-client")
     for platform in config.platforms.values():
         target = platform.ssh
         if platform.access_type != "remote" or target is None:
