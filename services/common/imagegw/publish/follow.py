@@ -58,8 +58,8 @@ class FollowingPublish:
         self._remote: RemoteImage | None = None
         self._fd = -1
         self._sent = 0
-        #: sha256 of the bytes sent after the superblock, to check against the final file.
-        self._body = hashlib.sha256()
+        #: The first SUPERBLOCK_SIZE bytes as sent (provisional), for the final check.
+        self._head = b""
         self._thread = threading.Thread(target=self._run, name="follow-publish", daemon=True)
 
     def start(self) -> None:
@@ -135,8 +135,8 @@ class FollowingPublish:
             if not data:
                 break
             self._remote.send(data)
-            body = data[max(0, SUPERBLOCK_SIZE - self._sent):]
-            self._body.update(body)
+            if self._sent < SUPERBLOCK_SIZE:
+                self._head += data[:SUPERBLOCK_SIZE - self._sent]
             self._sent += len(data)
             sent_any = True
             if to_end and self._on_bytes is not None:  # the tail, after the conversion
@@ -144,13 +144,16 @@ class FollowingPublish:
         return sent_any
 
     def _unchanged(self) -> bool:
-        """Whether the finished file is exactly what was sent (its superblock aside)."""
+        """Whether the finished file is exactly what was sent (its superblock aside):
+        the provisional head sent and the file's bytes after it hash to what the stream
+        hashed (one read of the file; the stream's hash is computed anyway)."""
+        assert self._remote is not None
         if os.fstat(self._fd).st_size != self._sent:
             return False
-        check = hashlib.sha256()
-        offset = SUPERBLOCK_SIZE
+        check = hashlib.sha256(self._head)
+        offset = len(self._head)
         while chunk := os.pread(self._fd, FRAME_SIZE, offset):
             check.update(chunk)
             offset += len(chunk)
-        return check.digest() == self._body.digest()
+        return check.hexdigest() == self._remote.sent_sha256()
 

@@ -296,6 +296,10 @@ class RemoteImage:
         self._digest.update(view)
         self._size += len(view)
 
+    def sent_sha256(self) -> str:
+        """The sha256 of every byte sent so far (what the remote side hashed on arrival)."""
+        return self._digest.hexdigest()
+
     def patch_head(self, head: bytes) -> None:
         """Rewrites the first len(head) bytes of the remote temporary (after every send),
         e.g. a squashfs superblock written last; the remote side checks what it wrote."""
