@@ -255,3 +255,24 @@ def test_a_local_image_directory_on_another_file_system_gets_the_image_built_in_
     finally:
         proxy.stop()
     assert sorted(os.listdir(other_file_system)) == sorted([result.image_file, result.meta_file])
+
+
+def test_a_converter_that_pauses_longer_than_the_stall_timeout_still_publishes(
+    sshd_target: SshdServer, image_dir: Path, tmp_path: Path
+) -> None:
+    # A stall is a write that does not move; waiting for the converter is not one.
+    growing = tmp_path / ".abc.squashfs.partial"
+    publisher = OpenSshPublisher(sshd_target.target(), stall_timeout=0.5)
+    follower = FollowingPublish(publisher, growing, "abc.squashfs", "abc.meta", lag=0)
+    follower.start()
+    body = os.urandom(2 * MIB)
+    with open(growing, "wb") as writer:
+        writer.write(body[:MIB])
+        writer.flush()
+        time.sleep(2.0)  # four stall timeouts without a byte to send
+        writer.write(body[MIB:])
+    final = tmp_path / "abc.squashfs"
+    os.replace(growing, final)
+
+    assert follower.finish(final, META)
+    assert (image_dir / "abc.squashfs").read_bytes() == body

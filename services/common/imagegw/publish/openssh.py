@@ -82,7 +82,8 @@ _SCRIPT = "; ".join([
     '[ "$n" = "$size" ] || { echo "SIZE $n"; exit 25; }',
     '[ "${s%% *}" = "$want" ] && [ "$p" = "$want_p" ] || { echo "SHA256 ${s%% *}"; exit 26; }',
     'set -C; : > "$m" || exit 22; set +C; chmod "$mode" "$m" || exit 22',
-    'dd bs="$mlen" count=1 iflag=fullblock of="$m" 2>/dev/null || exit 27',
+    'if [ "$mlen" -gt 0 ]; then '
+    'dd bs="$mlen" count=1 iflag=fullblock of="$m" 2>/dev/null || exit 27; fi',
     '[ "$(stat -c %s -- "$m")" = "$mlen" ] || exit 27',
     '{ sync -- "$t" "$m" 2>/dev/null || sync; }',
     # The runtime reads the meta file first: it must never name a missing image.
@@ -248,6 +249,7 @@ class RemoteImage:
         self._lines: list[str] = []
         self._errors = bytearray()
         self._progress = time.monotonic()
+        self._writing = False
         self._stalled = False
         self._process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -346,6 +348,10 @@ class RemoteImage:
 
     def _write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
+        # Only a write that does not move counts as a stall: a stream may wait between
+        # writes for as long as its producer takes (publish/follow.py).
+        self._progress = time.monotonic()
+        self._writing = True
         try:
             while view:
                 written = os.write(self._stdin, view)
@@ -356,6 +362,8 @@ class RemoteImage:
             self._process.wait()
             self._finish_readers()
             raise self._failure("publishing") from exc
+        finally:
+            self._writing = False
 
     def _close_stdin(self) -> None:
         stdin = self._process.stdin
@@ -366,7 +374,8 @@ class RemoteImage:
         tick = min(0.25, self._stall / 4)
         while self._watching and self._process.poll() is None:
             time.sleep(tick)
-            if self._watching and time.monotonic() - self._progress > self._stall:
+            if self._watching and self._writing and \
+                    time.monotonic() - self._progress > self._stall:
                 self._stalled = True
                 self._process.kill()
                 return
