@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import tarfile
 import tempfile
 import threading
@@ -275,4 +276,34 @@ def test_a_converter_that_pauses_longer_than_the_stall_timeout_still_publishes(
     os.replace(growing, final)
 
     assert follower.finish(final, META)
+    assert (image_dir / "abc.squashfs").read_bytes() == body
+
+
+def test_a_stream_cut_while_converting_leaves_the_image_to_be_published_whole(
+    sshd_target: SshdServer, image_dir: Path, tmp_path: Path
+) -> None:
+    growing = tmp_path / ".abc.squashfs.partial"
+    publisher = OpenSshPublisher(sshd_target.target())
+    follower = FollowingPublish(publisher, growing, "abc.squashfs", "abc.meta", lag=0)
+    follower.start()
+    body = os.urandom(2 * MIB)
+    with open(growing, "wb") as writer:
+        writer.write(body[:MIB])
+        writer.flush()
+        deadline = time.monotonic() + 10
+        while follower._sent < MIB and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # The connection breaks: the server's side of the session goes away.
+        listener_children = Path(
+            f"/proc/{sshd_target.process.pid}/task/{sshd_target.process.pid}/children"
+        ).read_text().split()
+        for pid in listener_children:
+            os.kill(int(pid), signal.SIGTERM)
+        writer.write(body[MIB:])
+    final = tmp_path / "abc.squashfs"
+    os.replace(growing, final)
+
+    assert not follower.finish(final, META)
+    assert _eventually_empty(image_dir)
+    publisher.publish(final, "abc.squashfs", META, "abc.meta")  # what the worker does then
     assert (image_dir / "abc.squashfs").read_bytes() == body

@@ -19,6 +19,7 @@ import os
 import threading
 from pathlib import Path
 
+from imagegw.domain.errors import TransferFailed
 from imagegw.publish.base import ProgressCallback
 from imagegw.publish.openssh import FRAME_SIZE, OpenSshPublisher, RemoteImage
 
@@ -72,23 +73,34 @@ class FollowingPublish:
 
     def finish(self, final: Path, meta: bytes) -> bool:
         """After the writer is done (its file now at `final`): sends the rest, patches the
-        superblock, commits. False when the writer rewrote bytes already sent: nothing
-        was published, publish `final` whole."""
+        superblock, commits. False when nothing was published and `final` should be
+        published whole: the writer rewrote bytes already sent, or the stream failed (the
+        conversion is not lost to a connection that broke while it ran)."""
         self._done.set()
         self._thread.join()
         try:
+            if isinstance(self._error, TransferFailed):
+                log.warning("streaming %s failed (%s); publishing it whole", self._names[0],
+                            self._error)
+                return False
             if self._error is not None:
                 raise self._error
             assert self._remote is not None
             if self._fd < 0:
                 self._fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
-            self._send_available(to_end=True)
-            if os.fstat(self._fd).st_ino != os.stat(final).st_ino or not self._unchanged():
-                log.info("the converter rewrote bytes already streamed; publishing %s whole",
-                         final.name)
+            try:
+                self._send_available(to_end=True)
+                if os.fstat(self._fd).st_ino != os.stat(final).st_ino or \
+                        not self._unchanged():
+                    log.info("the converter rewrote bytes already streamed; publishing %s "
+                             "whole", final.name)
+                    return False
+                self._remote.patch_head(os.pread(self._fd, SUPERBLOCK_SIZE, 0))
+                self._remote.commit(meta)
+            except TransferFailed as exc:
+                log.warning("streaming %s failed (%s); publishing it whole", self._names[0],
+                            exc)
                 return False
-            self._remote.patch_head(os.pread(self._fd, SUPERBLOCK_SIZE, 0))
-            self._remote.commit(meta)
             log.info("streamed %s to %s while it was built", self._names[0],
                      self._remote.where)
             return True
