@@ -307,3 +307,26 @@ def test_a_stream_cut_while_converting_leaves_the_image_to_be_published_whole(
     assert _eventually_empty(image_dir)
     publisher.publish(final, "abc.squashfs", META, "abc.meta")  # what the worker does then
     assert (image_dir / "abc.squashfs").read_bytes() == body
+
+
+def test_a_conversion_started_over_is_never_committed_from_the_first_attempt(
+    sshd_target: SshdServer, image_dir: Path, tmp_path: Path
+) -> None:
+    # The one-pass flatten may drop its partial image and run tar2sqfs again (two passes):
+    # the follower holds the first file; the second is published whole.
+    growing = tmp_path / ".abc.squashfs.partial"
+    follower = FollowingPublish(OpenSshPublisher(sshd_target.target()), growing,
+                                "abc.squashfs", "abc.meta", lag=0)
+    follower.start()
+    growing.write_bytes(os.urandom(MIB))
+    deadline = time.monotonic() + 10
+    while follower._sent < MIB and time.monotonic() < deadline:
+        time.sleep(0.02)
+    growing.unlink()
+    second = os.urandom(MIB)
+    growing.write_bytes(second)
+    final = tmp_path / "abc.squashfs"
+    os.replace(growing, final)
+
+    assert not follower.finish(final, META)
+    assert _eventually_empty(image_dir)
