@@ -159,3 +159,31 @@ def _eventually_empty(directory: Path) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_a_key_others_may_read_is_refused_with_the_fix(
+    sshd_target: SshdServer, image_dir: Path, source: Path, tmp_path: Path
+) -> None:
+    key = tmp_path / "id_ed25519"
+    key.write_bytes(sshd_target.ed25519_key.read_bytes())
+    key.chmod(0o644)  # OpenSSH ignores such a key (paramiko did not)
+
+    with pytest.raises(TransferFailed, match="others may read it") as failure:
+        OpenSshPublisher(sshd_target.target(key=str(key))).publish(
+            source, "abc.squashfs", META, "abc.meta")
+
+    assert failure.value.hint == f"chmod 600 {key} (owned by the service account)"
+    assert os.listdir(image_dir) == []
+
+
+def test_a_known_hosts_path_with_blanks_is_one_file(
+    sshd_target: SshdServer, image_dir: Path, source: Path, tmp_path: Path
+) -> None:
+    known = tmp_path / "site keys" / "known hosts"
+    known.parent.mkdir()
+    known.write_text(sshd_target.known_hosts.read_text())
+
+    OpenSshPublisher(sshd_target.target(known_hosts=str(known))).publish(
+        source, "abc.squashfs", META, "abc.meta")
+
+    assert sha256(image_dir / "abc.squashfs") == hashlib.sha256(source.read_bytes()).hexdigest()

@@ -220,7 +220,8 @@ class OpenSshPublisher(SshPublisher):
             "LogLevel": "ERROR",
         }
         if self.target.known_hosts is not None:
-            options["UserKnownHostsFile"] = self.target.known_hosts
+            # ssh splits this option's value at blanks (several files): quote the one.
+            options["UserKnownHostsFile"] = f'"{self.target.known_hosts}"'
             options["GlobalKnownHostsFile"] = "/dev/null"
         remote = " ".join(shlex.quote(word) for word in
                           ("sh", "-c", _SCRIPT, "imagegw-publish", *names))
@@ -424,6 +425,11 @@ class RemoteImage:
                     f"refusing {self.where}: its host key is not in {known_hosts}",
                     hint=f"check the host's key, then add it "
                          f"(ssh-keyscan -p {self.port} {self.host})",
+                )
+            if "UNPROTECTED PRIVATE KEY FILE" in errors:
+                return TransferFailed(
+                    f"ssh refuses the key {target.key}: others may read it",
+                    hint=f"chmod 600 {target.key} (owned by the service account)",
                 )
             if "Permission denied" in errors:
                 return TransferFailed(
