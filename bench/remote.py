@@ -46,7 +46,7 @@ def test_file(workdir: Path, size: int) -> Path:
 
 def measure_remote_publish(workdir: Path, size: int, repeat: int) -> tuple[list[Sample], str]:
     """(median rows: scp, ours, paramiko) and the one-line summary with the ratio to scp."""
-    from tests.support.sshd import start_sshd
+    from testbed.sshd import start_sshd
 
     source = test_file(workdir, size)
     server_dir = Path(tempfile.mkdtemp(prefix="sshd-", dir=workdir))
@@ -108,7 +108,7 @@ def measure_remote_pull(workdir: Path, registry, image_name: str, reference: str
     (the conversion alone) and to a remote one over a loopback sshd (the copy overlapped
     with the conversion: publish/follow.py)."""
     from bench.__main__ import Ours
-    from tests.support.sshd import start_sshd
+    from testbed.sshd import start_sshd
 
     server_dir = Path(tempfile.mkdtemp(prefix="sshd-pull-", dir=workdir))
     try:

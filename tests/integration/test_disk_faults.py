@@ -83,12 +83,14 @@ def _unmount(path: Path) -> None:
         _run("umount", "-l", str(path))
 
 
-def builder_for(root: Path, registry_url: str) -> Builder:
+def builder_for(root: Path, registry_url: str, *, expand: Path | None = None,
+                images: Path | None = None) -> Builder:
     config = parse_config({
-        "CacheDirectory": str(root / "cache"), "ExpandDirectory": str(root / "expand"),
+        "CacheDirectory": str(root / "cache"),
+        "ExpandDirectory": str(expand or root / "expand"),
         "Locations": {"testreg": {"url": registry_url}},
         "Platforms": {"cluster": {"accesstype": "local",
-                                  "local": {"imageDir": str(root / "images")}}},
+                                  "local": {"imageDir": str(images or root / "images")}}},
         "Limits": {"httpTimeout": 10, "httpRetries": 2},
     })
     return Builder(config, WorkerPaths(config.cache_dir, config.expand_dir))
@@ -107,13 +109,14 @@ def build(builder: Builder, job_id: str) -> Exception:
     return caught.value
 
 
-def leftovers(root: Path, image_id: str) -> list[str]:
+def leftovers(root: Path, image_id: str, *, expand: Path | None = None,
+              images: Path | None = None) -> list[str]:
     """Scratch entries, temporaries and files with a final name: none may remain."""
     found = []
-    expand = root / "expand"
+    expand = expand or root / "expand"
     if expand.exists():
         found += [f"scratch: {p.name}" for p in expand.iterdir() if p.name != "lost+found"]
-    images = root / "images"
+    images = images or root / "images"
     if images.exists():
         found += [f"image dir: {name}" for name in os.listdir(images)]
     cache = root / "cache"
@@ -126,21 +129,39 @@ def leftovers(root: Path, image_id: str) -> list[str]:
 
 def test_full_scratch_file_system_fails_naming_it_and_leaves_nothing(
         tmp_path, registry, big_image, record_property):
-    with tmpfs(tmp_path / "expand") as expand:
-        builder = builder_for(tmp_path, registry.url)
+    # The image directory on the scratch's file system: the image is built in the scratch.
+    with tmpfs(tmp_path / "small") as small:
+        expand, images = small / "expand", small / "images"
+        builder = builder_for(tmp_path, registry.url, expand=expand, images=images)
         started = time.monotonic()
         error = build(builder, "scratch-full")
         record_property("outcome", f"{type(error).__name__}: {error}"[:300])
         record_property("seconds", f"{time.monotonic() - started:.2f}")
         assert str(expand) in str(error)
-        assert leftovers(tmp_path, big_image.config_digest[7:]) == []
+        assert leftovers(tmp_path, big_image.config_digest[7:], expand=expand,
+                         images=images) == []
 
 
 def test_full_scratch_file_system_failure_says_the_disk_is_full(
         tmp_path, registry, big_image):
-    with tmpfs(tmp_path / "expand"):
-        error = build(builder_for(tmp_path, registry.url), "scratch-full-cause")
+    with tmpfs(tmp_path / "small") as small:
+        builder = builder_for(tmp_path, registry.url, expand=small / "expand",
+                              images=small / "images")
+        error = build(builder, "scratch-full-cause")
         assert "No space left on device" in str(error) or "is full" in str(error)
+
+
+def test_an_image_directory_on_another_file_system_is_written_in_place(
+        tmp_path, registry, big_image):
+    # The converter writes straight into the image directory: a full scratch is no matter.
+    with tmpfs(tmp_path / "expand"):
+        builder = builder_for(tmp_path, registry.url)
+        result = builder.build(BuildJob(job_id="in-place", system="cluster",
+                                        reference="testreg/disk/big:1"), lambda progress: None)
+        image = tmp_path / "images" / result.image_file
+        assert image.stat().st_size > len(PAYLOAD) // 2
+        assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted(
+            [result.image_file, result.meta_file])
 
 
 def test_full_layer_cache_fails_naming_it_and_leaves_nothing(

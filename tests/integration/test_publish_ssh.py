@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -227,7 +228,8 @@ def test_a_stalled_server_fails_the_publish_after_the_stall_timeout(
         if not frozen:
             frozen.extend(sshd_target.session_pids())
             for pid in frozen:
-                os.kill(pid, signal.SIGSTOP)
+                with contextlib.suppress(ProcessLookupError):  # a short-lived child ended
+                    os.kill(pid, signal.SIGSTOP)
 
     publisher = SshPublisher(sshd_target.target(), stall_timeout=1.0)
     try:
@@ -235,7 +237,8 @@ def test_a_stalled_server_fails_the_publish_after_the_stall_timeout(
             publisher.publish(source, "abc.squashfs", META, "abc.meta", on_bytes=freeze_server)
     finally:
         for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     assert frozen
     assert failure.value.retryable

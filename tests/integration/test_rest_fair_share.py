@@ -27,12 +27,12 @@ def site(tmp_path: Path, munge_socket: str, registry: RegistryServer):
     silent = SilentServer()
     rest = f"127.0.0.1:{free_port()}"
     config = trust_config(tmp_path, munge_socket, registry_url=registry.url, RestListen=rest,
-                          Limits={"maxCallsPerCaller": MAX_CALLS, "httpTimeout": 10,
+                          Limits={"maxCallsPerCaller": MAX_CALLS, "httpTimeout": 60,
                                   "httpRetries": 0})
     config["Locations"]["silent"] = {"remotetype": "dockerv2", "url": silent.url}
     service = start_service("serve", config, tmp_path)
     try:
-        yield service, f"http://{rest}", munge_socket
+        yield service, f"http://{rest}", munge_socket, silent
     finally:
         service.stop()
         silent.stop()
@@ -50,8 +50,8 @@ def curl(base: str, method: str, path: str, credential: str) -> tuple[int, dict]
 
 
 def test_rest_calls_in_flight_are_capped_per_caller(
-        site: tuple[ServiceProcess, str, str]) -> None:
-    service, base, socket = site
+        site: tuple[ServiceProcess, str, str, SilentServer]) -> None:
+    service, base, socket, silent = site
     login = json.dumps({"authorized_locations": {"silent": "alice:secret"}}).encode()
     held: list[tuple[int, dict]] = []
 
@@ -63,13 +63,13 @@ def test_rest_calls_in_flight_are_capped_per_caller(
     for thread in threads:
         thread.start()
     lookup = f"/api/lookup/{SYSTEM}/docker/nothing%2Fhere%3A1/"
-    deadline = time.monotonic() + 15
-    while True:  # until both held calls are charged
+    deadline = time.monotonic() + 45
+    while True:  # until both held calls are charged (they wait up to httpTimeout)
         code, answer = curl(base, "GET", lookup, make_credential(socket, as_user="daemon"))
-        if code == 429 or time.monotonic() > deadline:
+        if code == 429 or time.monotonic() > deadline or held:
             break
         time.sleep(0.2)
-    assert code == 429, answer
+    assert code == 429, (answer, held)
     assert "maxCallsPerCaller" in answer["message"] and "uid" in answer["message"]
     # Another user, and the health check, are answered meanwhile.
     other, answer = curl(base, "GET", lookup, make_credential(socket, as_user="nobody"))
@@ -78,6 +78,7 @@ def test_rest_calls_in_flight_are_capped_per_caller(
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
                                                            timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+    silent.stop()  # the registry goes away: the held logins fail at once
     for thread in threads:
         thread.join(90)
     assert len(held) == MAX_CALLS and all(code != 200 for code, _ in held), held

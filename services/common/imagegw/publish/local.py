@@ -145,9 +145,12 @@ class LocalPublisher:
         `other_than` (else None: build there and link in). Raises TransferFailed."""
         check_file_name(image_file)
         try:
-            self._ensure_directory()
-            if os.stat(self.image_dir).st_dev == os.stat(other_than).st_dev:
+            # Judged on the nearest directory that exists: nothing is made in the image
+            # directory before there is something to write there.
+            existing = next(p for p in (self.image_dir, *self.image_dir.parents) if p.exists())
+            if os.stat(existing).st_dev == os.stat(other_than).st_dev:
                 return None
+            self._ensure_directory()
         except OSError as exc:
             raise self._failed(f"preparing {image_file}", exc) from exc
         return self.image_dir / temporary_name(image_file)
