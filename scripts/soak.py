@@ -371,8 +371,8 @@ class Soak:
                                  or "none"),
             "faults: " + (", ".join(f"{kind} {n}" for kind, n in sorted(o.faults.items()))
                           or "none"),
-            f"jobs run to completion by workers: {len(self.completed)}; READY image records: "
-            f"{self.ready_records}",
+            f"jobs run to completion by workers: {len(self.completed)}; jobs whose pull record "
+            f"became FAILED: {len(o.failed_jobs)}; READY image records: {self.ready_records}",
             *[f"note: {note}" for note in self.notes[:10]],
             "checks:",
             *[f"  {'ok  ' if ok else 'FAIL'} {name}{': ' + detail if detail else ''}"
@@ -389,10 +389,13 @@ class Soak:
 
 
 def _cause(message: str) -> str:
-    """A failure message without ids and addresses, to count causes."""
+    """A failure message without ids, paths and addresses, to count causes."""
+    if "No space left on device" in message and "ExpandDirectory" in message:
+        return "scratch full: no space left on device in ExpandDirectory"
+    message = re.sub(r"/\S*", "<path>", message)
     message = re.sub(r"[0-9a-f]{12,64}", "<id>", message)
     message = re.sub(r"127\.0\.0\.1:\d+", "<addr>", message)
-    return message[:120]
+    return message[:160]
 
 
 if __name__ == "__main__":
