@@ -39,6 +39,9 @@ from tests.support.services import ServiceProcess, embedded_config, restart, sta
 
 SYSTEM = "default"
 SCRATCH_SIZE = "48m"
+#: The gateways' FileCheckInterval: a READY record whose files were deleted is retired by
+#: the next sweep at the latest, so the end checks wait that long once the load stopped.
+SWEEP_SECONDS = 2
 DONE = re.compile(r"job (\w+): (\S+) -> ([0-9a-f]{12}) in ")
 
 
@@ -109,7 +112,7 @@ class Soak:
             config = embedded_config(
                 self.workdir, registry_url=registry.url, Broker=self.redis.url,
                 JobLeaseSeconds=6, WorkerTimeToLive=6, PullUpdateTimeout=5,
-                FileCheckInterval=5, Limits={"httpTimeout": 15, "httpRetries": 2})
+                FileCheckInterval=SWEEP_SECONDS, Limits={"httpTimeout": 15, "httpRetries": 2})
             self.gateways = [start_service("gateway", config, self.workdir / f"gw{i}",
                                            name=f"gateway{i}") for i in range(2)]
             self.workers = [start_service("worker", config, self.workdir / f"w{i}",
@@ -133,6 +136,7 @@ class Soak:
                 thread.join(max(0.1, deadline - time.monotonic()))
             stuck_users = sum(thread.is_alive() for thread in users)
             self._wait_for_quiet(deadline)
+            time.sleep(SWEEP_SECONDS + 1.0)
             watcher.join(5)
             checks = self._check(stuck_users)
         finally:
