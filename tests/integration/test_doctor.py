@@ -91,6 +91,7 @@ def test_healthy_site_passes_every_check(
     assert f"OK   MUNGE {munge_socket} (systems cluster): munged answers" in shown
     assert f"OK   SSH remote: {sshd_target.user}@{sshd_target.host}:{sshd_target.port}: host key known" \
         in shown
+    assert "OK   ListenAddress: 127.0.0.1:7777: loopback only" in shown
     assert f"OK   Platforms.cluster.local.imageDir: {root / 'images'} writable by root, on " in shown
     # Redis answers, but without a password Shifter's guide is not followed: a warning only.
     assert f"WARN Redis {redis_server.url}: PING answered" in shown
@@ -176,3 +177,13 @@ def test_dead_mongodb_port_fails(root: Path) -> None:
     [failed] = lines(done, "FAIL")
     assert failed.startswith(f"FAIL MongoDB {uri}: no answer to ping: ")
     assert "tool tar2sqfs" not in done.stdout, "a gateway host needs no conversion tools"
+
+
+def test_listen_address_open_to_other_hosts_without_tls_fails(root: Path) -> None:
+    done = doctor(root, local_config(root, ListenAddress="0.0.0.0:7777"), "--role", "gateway")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert lines(done, "FAIL") == [
+        "FAIL ListenAddress: ListenAddress 0.0.0.0:7777 is reachable from other hosts, but the "
+        "gateway has no TLS (TLSCertificate and TLSKey) and no authentication (mungeSocketPath "
+        "on cluster); fix: configure them, listen on 127.0.0.1, or set AllowInsecureListen: true"]
+    assert "OK   tool unsquashfs: " in done.stdout, "a gateway checks imports with unsquashfs"

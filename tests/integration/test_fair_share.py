@@ -206,7 +206,7 @@ def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_nev
     login_registry.faults.append(held)
     config = trust_config(tmp_path, munge_socket, registry_url=silent.url,
                           Limits={"httpTimeout": 600, "httpRetries": 0, "gatewayThreads": 2,
-                                  "maxStreamsPerCaller": 2, "maxStreamsTotal": 6,
+                                  "maxStreamsPerCaller": 2, "maxStreamsTotal": 8,
                                   "maxCallsPerCaller": 2})
     config["Platforms"][SYSTEM]["allowAnonymousPull"] = True
     config["Locations"]["loginreg"] = {"remotetype": "dockerv2", "url": login_registry.url}
@@ -226,14 +226,31 @@ def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_nev
         return stub.LookupImage(pb.LookupImageRequest(system=SYSTEM, reference=STUCK),
                                 timeout=10, metadata=metadata(munge_socket, user))
 
+    never = threading.Event()
+    importer = Caller(service.address, "127.0.0.9")
+
+    def silence():  # an import that never sends its header
+        never.wait()
+        yield from ()
+
     try:
+        # Two imports that never send a header (from another host: an import is counted by
+        # peer host until its header names the system): they hold no thread, the logins
+        # below get both slow-pool threads; a third is refused.
+        stalled = [importer.stub.ImportImage.future(silence(), timeout=120,
+                                                    metadata=metadata(munge_socket, "bin"))
+                   for _ in range(3)]
+        with pytest.raises(grpc.RpcError) as third:
+            stalled[2].result(timeout=30)
+        assert third.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "callers from 127.0.0.9 (by address): 2 streams open" in third.value.details()
         for user in ("root", "root", "nobody", "nobody"):
             assert open_stream(user).image.state in (image_pb2.IMAGE_STATE_QUEUED,
                                                      image_pb2.IMAGE_STATE_PULLING)
         with pytest.raises(grpc.RpcError) as refused:
             open_stream("root")
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "uid 0 already has 2 streams open" in refused.value.details()
+        assert "uid 0: 2 streams open already" in refused.value.details()
         assert "Limits.maxStreamsPerCaller (2)" in refused.value.details()
         # Anonymous callers from the same host are counted apart from its users.
         open_stream(None)
@@ -241,7 +258,7 @@ def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_nev
         with pytest.raises(grpc.RpcError) as everyone:
             open_stream("daemon")
         assert everyone.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "Limits.maxStreamsTotal (6)" in everyone.value.details()
+        assert "Limits.maxStreamsTotal (8)" in everyone.value.details()
         # A user at their stream cap still looks up, and health checks are never capped.
         assert lookup("root").image.state in (image_pb2.IMAGE_STATE_QUEUED,
                                               image_pb2.IMAGE_STATE_PULLING)
@@ -269,8 +286,11 @@ def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_nev
         assert [login.result().registry for login in logins] == ["loginreg", "loginreg"]
         assert lookup("root").image.state in (image_pb2.IMAGE_STATE_QUEUED,
                                               image_pb2.IMAGE_STATE_PULLING)
+        assert not any(future.done() for future in stalled[:2])
     finally:
         held.release.set()
+        never.set()
+        importer.close()
         for stream in streams:
             stream.cancel()
         channel.close()

@@ -194,7 +194,8 @@ def test_the_wheel_is_built_from_the_sdist_and_ships_the_shim_source_and_units(d
     assert not any(name.startswith(("imagegw/client/", "imagegw/v1/")) for name in members), \
         "the client's modules belong to imagegw-client only"
     with zipfile.ZipFile(dists.client_wheel) as wheel:
-        assert "imagegw/v1/gateway_service_pb2.pyi" in wheel.namelist()
+        client_members = wheel.namelist()
+    assert {"imagegw/v1/gateway_service_pb2.pyi", "imagegw/client/py.typed"} <= set(client_members)
 
 
 def test_installed_server_pulls_and_publishes_an_image_through_its_console_scripts(
@@ -230,6 +231,29 @@ def test_installed_imagegw_lists_its_systemd_units(venvs: tuple[Venv, Venv]) -> 
     printed = server.run(server.bin("imagegw"), "units", "--print", "imagegw-gateway.service")
     assert f"ExecStart={server.bin('imagegw')} gateway " in printed.stdout
 
+
+
+def test_every_installed_module_imports_with_the_declared_dependencies(
+    venvs: tuple[Venv, Venv]
+) -> None:
+    """The dev virtualenv has the dev extra too; a module needing more than the
+    distribution declares fails only here."""
+    server, _ = venvs
+    script = ("import importlib, json, pkgutil, imagegw\n"
+              "failed, names = {}, []\n"
+              "for module in pkgutil.walk_packages(imagegw.__path__, 'imagegw.'):\n"
+              "    names.append(module.name)\n"
+              "    try:\n"
+              "        importlib.import_module(module.name)\n"
+              "    except Exception as exc:\n"
+              "        failed[module.name] = repr(exc)\n"
+              "print(json.dumps({'names': names, 'failed': failed}))\n")
+    done = server.run(server.bin("python"), "-c", script)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["failed"] == {}
+    assert {"imagegw.gateway.api.servicer", "imagegw.worker.app", "imagegw.cli.doctor",
+            "imagegw.client.shifterimg", "imagegw.pipeline.gzip_engine"} <= set(found["names"])
 
 def test_client_only_install_has_no_server_dependency(venvs: tuple[Venv, Venv]) -> None:
     _, client = venvs

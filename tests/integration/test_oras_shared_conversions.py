@@ -214,3 +214,37 @@ def test_shared_conversions_authenticate_with_the_configured_auth_file(
         [image.failure.message for image in images]
     assert images[0].id == images[1].id == pushed.config_digest[7:]
     assert "using shared conversion" in (tmp_path / "b" / "serve.log").read_text()
+
+
+def test_runtime_images_are_shared_only_with_gateways_publishing_for_the_same_runtimes(
+        tmp_path, registry, proxy):
+    layers = [L.layer(L.file("bin/tool", os.urandom(30_000), 0o755))]
+    config = default_config(layers)
+    config["config"] = {"Env": ["PATH=/bin"], "Cmd": ["/bin/tool"], "WorkingDir": "/w"}
+    pushed = push_image(registry.url, "share/runtimes", "1", layers, config)
+
+    def gateway(name, runtimes=None, push=True):
+        settings = gateway_config(tmp_path / name, proxy, registry, push=push)
+        if runtimes:
+            settings["Platforms"][SYSTEM]["runtimes"] = runtimes
+        return start_service("serve", settings, tmp_path / name)
+
+    def pulled(name, runtimes=None, push=True):
+        service = gateway(name, runtimes, push)
+        try:
+            proxy.clear()
+            image = pull(service, "testreg/share/runtimes:1")
+            assert image.state == image_pb2.IMAGE_STATE_READY, image.failure.message
+            return image, layer_gets(proxy, pushed), tmp_path / name / "images" / SYSTEM
+        finally:
+            service.stop()
+
+    runtimes = ["shifter", "enroot", "apptainer"]
+    first, gets_a, dir_a = pulled("a", runtimes)
+    again, gets_b, dir_b = pulled("b", runtimes, push=False)
+    plain, gets_c, dir_c = pulled("c", push=False)
+    assert (gets_a, gets_b, gets_c) == (1, 0, 1), "B shares A's conversion; C converts its own"
+    for name in (f"{first.id}.squashfs", f"{first.id}.sif"):
+        assert (dir_b / name).read_bytes() == (dir_a / name).read_bytes()
+    assert "etc/rc" in read_squashfs(dir_b / f"{again.id}.squashfs")
+    assert "etc/rc" not in read_squashfs(dir_c / f"{plain.id}.squashfs")

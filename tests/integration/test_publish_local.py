@@ -280,3 +280,47 @@ def test_publisher_for_picks_the_system_access_type(tmp_path: Path) -> None:
 
     assert isinstance(publisher_for(local), LocalPublisher)
     assert isinstance(publisher_for(remote), SshPublisher)
+
+
+def read_as(path: Path, uid: int, *groups: int) -> bool:
+    """Whether uid (with only `groups` as its groups) can read `path`."""
+    group_args = [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+    done = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={groups[0] if groups else uid}",
+                           *group_args, "cat", str(path)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def test_a_private_image_for_enroot_or_apptainer_is_readable_only_by_its_acl() -> None:
+    import shutil
+    import tempfile
+
+    from imagegw.publish.access import readers_for
+
+    # Under /tmp (not pytest's 0700 directory) so that other uids can reach the files.
+    top = Path(tempfile.mkdtemp(prefix="imagegw-acl-"))
+    try:
+        os.chmod(top, 0o755)
+        source = built_image(top, 4096)
+        images = top / "images"
+        platform = Platform(name="gpu", access_type="local", image_dir=str(images),
+                            runtimes=("shifter", "enroot"))
+        readers = readers_for(platform, (40001,), (40100,))
+        assert readers is not None
+        publisher = LocalPublisher(images)
+        publisher.publish(source, "abc-acl.squashfs", b"META\n", "abc-acl.meta", readers=readers)
+        image = images / "abc-acl.squashfs"
+        assert image.read_bytes() == source.read_bytes()
+        assert os.stat(image).st_ino != os.stat(source).st_ino  # copied, not linked
+        acl = subprocess.run(["getfacl", "-n", "-c", str(image)], capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert acl == ["user::rw-", "user:40001:r--", "group::---", "group:40100:r--",
+                       "mask::r--", "other::---"]
+        assert read_as(image, 40001) and read_as(image, 40002, 40100)
+        assert not read_as(image, 40002) and not read_as(image, 40003, 40101)
+        assert not read_as(images / "abc-acl.meta", 40001)  # private meta files are 0600
+        # Public images, and private ones on Shifter-only systems, stay 0644.
+        shifter = Platform(name="s", access_type="local", image_dir=str(images))
+        assert readers_for(shifter, (40001,), ()) is None
+        assert readers_for(platform, (), ()) is None
+    finally:
+        shutil.rmtree(top)

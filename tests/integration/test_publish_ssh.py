@@ -240,3 +240,46 @@ def test_a_stalled_server_fails_the_publish_after_the_stall_timeout(
     assert frozen
     assert failure.value.retryable
     assert not (image_dir / "abc.squashfs").exists()
+
+
+def test_an_apptainer_system_gets_the_sif_over_ssh_before_the_image(
+    sshd_target: SshdServer, image_dir: Path, source: Path
+) -> None:
+    import subprocess
+
+    from imagegw.domain.config import Platform
+    from imagegw.publish.sif import has_published, publish_sif
+
+    target = sshd_target.target(key=str(sshd_target.ed25519_key))
+    platform = Platform(name="remote", access_type="remote", ssh=target,
+                        runtimes=("shifter", "apptainer"))
+    publisher = SshPublisher(target)
+    publish_sif(publisher, platform, source, "abc.squashfs", META, "abc.meta", identity="abc")
+    assert not has_published(publisher, platform, "abc.squashfs", "abc.meta")
+    publisher.publish(source, "abc.squashfs", META, "abc.meta")
+    assert has_published(publisher, platform, "abc.squashfs", "abc.meta")
+    dumped = subprocess.run(["siftool", "dump", "1", str(image_dir / "abc.sif")],
+                            capture_output=True, check=True).stdout
+    assert dumped == source.read_bytes()
+    assert stat.S_IMODE(os.stat(image_dir / "abc.sif").st_mode) == 0o644
+    assert leftovers(image_dir) == [] and not list(source.parent.glob(".sif-*"))
+
+
+def test_a_private_image_for_apptainer_gets_its_acl_over_ssh(
+    sshd_target: SshdServer, image_dir: Path, source: Path
+) -> None:
+    import subprocess
+
+    from imagegw.publish.access import Readers
+
+    publisher = SshPublisher(sshd_target.target(key=str(sshd_target.ed25519_key)))
+    publisher.publish(source, "abc-1.squashfs", META, "abc-1.meta",
+                      readers=Readers(users=(40001, 40002), groups=(40100,)))
+    image = image_dir / "abc-1.squashfs"
+    assert sha256(image) == sha256(source)
+    acl = subprocess.run(["getfacl", "-n", "-c", str(image)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert acl == ["user::rw-", "user:40001:r--", "user:40002:r--", "group::---",
+                   "group:40100:r--", "mask::r--", "other::---"]
+    assert stat.S_IMODE(os.stat(image_dir / "abc-1.meta").st_mode) == 0o600
+    assert leftovers(image_dir) == []

@@ -18,7 +18,7 @@ from imagegw.domain.model import ImageMetadata, ImageState, Progress, Stage
 from imagegw.gateway.aio import Blocking, EventLoopThread, watch_pull
 from imagegw.gateway.core.access import ANONYMOUS_CALLER
 from imagegw.gateway.core.pulls import PullManager, PullRequest, PullTicket, progress_event
-from imagegw.gateway.queue import MemoryJobQueue, MemoryProgressHub
+from imagegw.gateway.queue import MemoryJobQueue, MemoryProgressHub, ProgressEvent
 from imagegw.gateway.records import ImageRecord
 from imagegw.gateway.store import SqliteImageStore
 
@@ -52,7 +52,7 @@ def finish(store: SqliteImageStore, hub: MemoryProgressHub, ticket: PullTicket) 
         metadata=ImageMetadata(), image_file=f"{image_id}.squashfs", meta_file=f"{image_id}.meta",
         size_bytes=4, tags=(ticket.key.reference,), last_pull=1.0, last_used=1.0)
     assert store.complete_pull(ticket.key, ticket.job_id, image, time.time())
-    hub.publish(ticket.job_id, {"final": True})
+    hub.publish(ticket.job_id, ProgressEvent.ended())
 
 
 def test_an_async_watcher_gets_progress_from_another_thread_and_ends_ready(world, blocking):

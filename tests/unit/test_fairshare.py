@@ -21,7 +21,7 @@ def test_a_caller_gets_its_streams_then_an_error_naming_the_setting():
     charges = [share.admit("uid:1000", Kind.STREAM) for _ in range(3)]
     with pytest.raises(ResourceExhausted, match=r"Limits\.maxStreamsPerCaller \(3\)") as caught:
         share.admit("uid:1000", Kind.STREAM)
-    assert "uid 1000 already has 3 streams open" in str(caught.value)
+    assert "uid 1000: 3 streams open already" in str(caught.value)
     assert share.open("uid:1000", Kind.STREAM) == 3
     charges[0].release()
     share.admit("uid:1000", Kind.STREAM)  # one given back, one more allowed

@@ -158,3 +158,13 @@ def test_layer_index_survives_a_json_round_trip() -> None:
     layer = index(file("a", b"1"), whiteout("b"), symlink("c", "a"), hardlink("d", "a"))
     again = LayerIndex.from_json(json.loads(json.dumps(layer.to_json())))
     assert again == layer
+
+
+def test_owner_access_gives_the_owner_what_enroot_import_gives() -> None:
+    entries = (file("shadow", mode=0o000), file("tool", mode=0o011), dir("ro", 0o555),
+               file("plain", mode=0o644), symlink("link", "plain"))
+    plain = index_layer(io.BytesIO(tar_bytes(*entries)), layer=LAYER, policy=MemberPolicy())
+    owned = index_layer(io.BytesIO(tar_bytes(*entries)), layer=LAYER,
+                        policy=MemberPolicy(owner_access=True))
+    assert [e.mode for e in plain.entries] == [0o000, 0o011, 0o555, 0o644, 0o777]
+    assert [e.mode for e in owned.entries] == [0o400, 0o511, 0o755, 0o644, 0o777]

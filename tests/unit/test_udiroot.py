@@ -70,8 +70,10 @@ def test_settings_come_from_udiroot_when_nothing_else_is_given(tmp_path: Path) -
     settings = resolve_settings(gateways=None, system=None, munge_socket=None,
                                 environ=_conf(tmp_path), exists=_never)
     assert settings.system == "perlmutter"
+    # Shifter's udiRoot.conf names REST gateways by URL: shifterimg talks REST to them.
+    assert settings.rest
     assert settings.addresses == (
-        "gw1.example.org:7777", "gw2.example.org:7000", "gw3.example.org:7777")
+        "http://gw1.example.org:7777", "https://gw2.example.org:7000", "http://gw3.example.org")
     assert settings.munge_socket is None
 
 
@@ -80,7 +82,7 @@ def test_environment_overrides_udiroot(tmp_path: Path) -> None:
                                  "IMAGEGW_SYSTEM": "dev", "MUNGE_SOCKET": "/tmp/m.sock"}
     settings = resolve_settings(gateways=None, system=None, munge_socket=None,
                                 environ=environ, exists=_never)
-    assert (settings.addresses, settings.system) == (("env-gw:1234",), "dev")
+    assert (settings.addresses, settings.system) == (("http://env-gw:1234",), "dev")
     assert settings.munge_socket == "/tmp/m.sock"
 
 
@@ -114,3 +116,15 @@ def test_without_a_munge_command_calls_are_anonymous(tmp_path: Path) -> None:
 def test_without_a_munge_daemon_calls_are_anonymous(tmp_path: Path) -> None:
     provide = munge_credential_provider(str(tmp_path / "no-daemon.sock"))
     assert provide() is None
+
+
+def test_host_port_addresses_mean_grpc_and_rest_turns_them_into_urls(tmp_path: Path) -> None:
+    environ = {"UDIROOT_CONF": str(tmp_path / "absent.conf"), "IMAGEGW_GATEWAY": "gw:7777"}
+    grpc_settings = resolve_settings(gateways=None, system=None, munge_socket=None,
+                                     environ=environ, exists=_never)
+    assert (grpc_settings.rest, grpc_settings.addresses) == (False, ("gw:7777",))
+    rest_settings = resolve_settings(gateways=["gw:8000", "HTTPS://gw2/"], system=None,
+                                     munge_socket=None, environ=environ, exists=_never,
+                                     rest=True)
+    assert (rest_settings.rest, rest_settings.addresses) == (
+        True, ("http://gw:8000", "https://gw2"))

@@ -1,6 +1,7 @@
 // imagegw-cpp: the command line over imagegw::Client (lookup and pull).
-// Prints the image id on stdout, progress on stderr; exit 1 with
-// "imagegw: <CODE>: <message>" when the gateway refuses, 2 on a usage error.
+// Prints the image's runtime name (its id; "<id>-<12 hex>" when private) on stdout,
+// progress on stderr; exit 1 with "imagegw: <CODE>: <message>" when the gateway
+// refuses, 2 on a usage error.
 #include <getopt.h>
 
 #include <cstdlib>
@@ -110,7 +111,7 @@ int run(const Options& options) {
           : client.pull(options.system, request.type, request.reference, print_progress,
                         options.pull_timeout);
   imagegw::ensure_ready(image, options.image);
-  std::cout << image.id << std::endl;
+  std::cout << image.name << std::endl;
   return 0;
 }
 

@@ -49,6 +49,7 @@ ImageInfo image_info_from(const v1::Image& image) {
   info.user = meta.user();
   info.format = image.format();
   info.image_file = image.image_file();
+  info.name = image.name().empty() ? image.id() : image.name();
   info.size_bytes = image.size_bytes();
   if (image.has_failure()) {
     info.failure_code = status_code_name(image.failure().code());

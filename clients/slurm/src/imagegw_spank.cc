@@ -112,10 +112,11 @@ int resolve_image(spank_t sp) {
   try {
     const imagegw::ImageRequest request = imagegw::parse_image_request(g_requested_image);
     const imagegw::ImageInfo image = find_image(request);
-    export_variable(sp, kImageVar, image.id);
+    // The name the runtime opens (<id>-<12 hex> for a private image), not the bare id.
+    export_variable(sp, kImageVar, image.name);
     export_variable(sp, kImageTypeVar, "id");
     export_variable(sp, kImageRequestVar, g_requested_image);
-    slurm_verbose("imagegw: %s is image %s", g_requested_image.c_str(), image.id.c_str());
+    slurm_verbose("imagegw: %s is image %s", g_requested_image.c_str(), image.name.c_str());
     return ESPANK_SUCCESS;
   } catch (const imagegw::Error& error) {
     slurm_error("%s", error.what());

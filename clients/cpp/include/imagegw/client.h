@@ -42,6 +42,9 @@ struct ImageInfo {
   std::string user;
   std::string format;
   std::string image_file;
+  // What the runtime opens: <image dir>/<name>.squashfs and <name>.meta (the id, with an
+  // ACL suffix "<id>-<12 hex>" for a private image).
+  std::string name;
   std::uint64_t size_bytes = 0;
   // Set when state is "FAILED".
   std::string failure_code;

@@ -17,7 +17,7 @@ from imagegw.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from imagegw.client.models import ImageInfo, JobInfo, PullUpdate
+from imagegw.client.models import ImageInfo, JobInfo, PullUpdate, SignerInfo
 
 __all__ = [
     "GatewayClient",
@@ -31,6 +31,7 @@ __all__ = [
     "PullFailed",
     "PullUpdate",
     "ResourceExhausted",
+    "SignerInfo",
     "Unauthenticated",
     "Unavailable",
     "munge_credential_provider",

@@ -20,6 +20,18 @@ IMAGE_STATES = ("QUEUED", "PULLING", "CONVERTING", "TRANSFERRING", "READY", "FAI
 
 
 @dataclass(frozen=True)
+class SignerInfo:
+    """Who signed an image the site's signature policy accepted."""
+
+    #: "gpg" or "sigstore".
+    kind: str
+    #: The OpenPGP key fingerprint, or the sha256 (hex) of the sigstore public key.
+    fingerprint: str
+    #: The identity (docker-reference) the signature claims.
+    identity: str
+
+
+@dataclass(frozen=True)
 class ImageInfo:
     """An image record on one system."""
 
@@ -49,6 +61,21 @@ class ImageInfo:
     failure_code: str = ""
     #: The image file name in the system's image directory ("<id>.squashfs").
     image_file: str = ""
+    #: The signature policy the image was accepted by ("sha256:<hex>"; "" without a policy),
+    #: the scope that applied and who signed it (one signer per signature requirement).
+    signature_policy_digest: str = ""
+    signature_scope: str = ""
+    signers: tuple[SignerInfo, ...] = ()
+    #: What the runtime opens: `<name>.squashfs` and `<name>.meta` in the image directory
+    #: (the id; "<id>-<12 hex>" for a private image). What `shifterimg lookup` prints.
+    name: str = ""
+
+    def runtime_path(self, runtime: str, image_dir: str) -> str:
+        """The path of the file `runtime` ("shifter", "enroot", "apptainer",
+        "singularity") runs, in `image_dir` as the nodes see it (client.runtimes)."""
+        from imagegw.client.runtimes import runtime_path
+
+        return runtime_path(self.image_file, runtime, image_dir)
 
 
 @dataclass(frozen=True)
@@ -148,6 +175,10 @@ def image_from_proto(image: image_pb2.Image) -> ImageInfo:
         failure_message=image.failure.message if failed else "",
         failure_code=_status_name(image.failure.code) if failed else "",
         image_file=image.image_file,
+        signature_policy_digest=image.trust.policy_digest,
+        signature_scope=image.trust.scope,
+        signers=tuple(SignerInfo(s.kind, s.fingerprint, s.identity) for s in image.trust.signers),
+        name=image.name or image.id,
     )
 
 

@@ -25,9 +25,13 @@ from imagegw.client.errors import GatewayError, PullFailed
 from imagegw.client.models import ImageInfo
 from imagegw.client.output import images_table, queue_table, to_json
 from imagegw.client.progress import PullReporter, render_state_line
+from imagegw.client.rest import RestGatewayClient
+from imagegw.client.runtimes import RUNTIMES, image_directory, runtime_path
 from imagegw.client.settings import CliSettings, resolve_settings
 
 PROG = "shifterimg"
+#: The same calls over gRPC (default) or Shifter's REST API (--rest, http(s):// URLs).
+Client = GatewayClient | RestGatewayClient
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
@@ -82,6 +86,9 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
     parser.add_argument("--ca-cert", default=default(None), metavar="PEM",
                         help="talk TLS to the gateway, trusting this CA certificate "
                              "(default IMAGEGW_CA_CERT)")
+    parser.add_argument("--rest", action="store_true", default=default(False),
+                        help="talk Shifter's REST API (the gateway's RestListen) instead of "
+                             "gRPC; implied by http(s):// gateway URLs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,9 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--group", action="append", default=[], metavar="GROUPS",
                       help="make the image private to these groups (names or gids)")
 
-    lookup = commands.add_parser("lookup", help="print the id of a ready image")
+    lookup = commands.add_parser("lookup", help="print the name of a ready image (its id; "
+                                 "<id>-<12 hex> when private)")
     _add_global_options(lookup, defaults=False)
     lookup.add_argument("image", help="docker:REPO[:TAG], REPO[:TAG] or id:<hex>")
+    lookup.add_argument("--runtime", choices=RUNTIMES,
+                        help="print the path of the file this runtime runs instead of the id")
+    lookup.add_argument("--image-dir", metavar="DIR",
+                        help="the image directory as this node sees it (default "
+                             "IMAGEGW_IMAGE_DIR, else udiRoot.conf 'imagePath')")
 
     images = commands.add_parser("images", help="list the system's images")
     _add_global_options(images, defaults=False)
@@ -144,10 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_image(image: ImageInfo, verbose: bool, out: TextIO) -> None:
-    print(to_json(image) if verbose else f"Image ready: {image.id}", file=out)
+    print(to_json(image) if verbose else f"Image ready: {image.name or image.id}", file=out)
 
 
-def _pull(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+def _pull(client: Client, args: argparse.Namespace, system: str, out: TextIO,
           err: TextIO) -> int:
     kind, reference = parse_image_argument(args.image)
     if kind != "docker":
@@ -174,7 +187,7 @@ def _pull(client: GatewayClient, args: argparse.Namespace, system: str, out: Tex
     return EXIT_OK
 
 
-def _lookup(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+def _lookup(client: Client, args: argparse.Namespace, system: str, out: TextIO,
             err: TextIO) -> int:
     kind, reference = parse_image_argument(args.image)
     if kind == "id":
@@ -183,19 +196,26 @@ def _lookup(client: GatewayClient, args: argparse.Namespace, system: str, out: T
         image = client.lookup(system, reference, type=kind)
     if args.verbose:
         print(to_json(image), file=out)
-    if image.state != "READY" or not image.id:
+    if image.state != "READY" or not (image.name or image.id):
         cause = f": {image.failure_message}" if image.failure_message else ""
         again = (f"; pull it again to put it back: {PROG} -s {system} pull {args.image}"
                  if image.state in ("EXPIRED", "FAILED") and kind == "docker" else "")
         print(f"{PROG}: {args.image} is not ready on {system} (state "
               f"{image.state or 'unknown'}{cause}){again}", file=err)
         return EXIT_ERROR
-    if not args.verbose:
-        print(image.id, file=out)
+    if args.runtime and not args.verbose:
+        try:
+            path = runtime_path(image.image_file, args.runtime,
+                                image_directory(os.environ, args.image_dir))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        print(path, file=out)
+    elif not args.verbose:
+        print(image.name or image.id, file=out)
     return EXIT_OK
 
 
-def _images(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+def _images(client: Client, args: argparse.Namespace, system: str, out: TextIO,
             err: TextIO) -> int:
     images = list(client.list_images(system))
     lines = [to_json(images)] if args.verbose else images_table(images)
@@ -204,7 +224,7 @@ def _images(client: GatewayClient, args: argparse.Namespace, system: str, out: T
     return EXIT_OK
 
 
-def _queue(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+def _queue(client: Client, args: argparse.Namespace, system: str, out: TextIO,
            err: TextIO) -> int:
     jobs = client.list_jobs(None if args.all else system)
     lines = [to_json(jobs)] if args.verbose else queue_table(jobs)
@@ -213,7 +233,7 @@ def _queue(client: GatewayClient, args: argparse.Namespace, system: str, out: Te
     return EXIT_OK
 
 
-def _login(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+def _login(client: Client, args: argparse.Namespace, system: str, out: TextIO,
            err: TextIO) -> int:
     username = args.username
     if args.password_stdin:
@@ -231,7 +251,7 @@ def _login(client: GatewayClient, args: argparse.Namespace, system: str, out: Te
     return EXIT_OK
 
 
-def _logout(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+def _logout(client: Client, args: argparse.Namespace, system: str, out: TextIO,
             err: TextIO) -> int:
     removed = client.logout(system, args.registry)
     print(f"Removed your credentials for {args.registry}" if removed
@@ -239,7 +259,7 @@ def _logout(client: GatewayClient, args: argparse.Namespace, system: str, out: T
     return EXIT_OK
 
 
-def _expire(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+def _expire(client: Client, args: argparse.Namespace, system: str, out: TextIO,
             err: TextIO) -> int:
     if args.unused:
         if args.image:
@@ -251,11 +271,11 @@ def _expire(client: GatewayClient, args: argparse.Namespace, system: str, out: T
         raise UsageError("expire needs an image (or --unused)")
     kind, reference = parse_image_argument(args.image)
     image = client.expire_image(system, reference, type=kind)
-    print(to_json(image) if args.verbose else f"Image expired: {image.id}", file=out)
+    print(to_json(image) if args.verbose else f"Image expired: {image.name or image.id}", file=out)
     return EXIT_OK
 
 
-def _import(client: GatewayClient, args: argparse.Namespace, system: str, out: TextIO,
+def _import(client: Client, args: argparse.Namespace, system: str, out: TextIO,
             err: TextIO) -> int:
     users = resolve_ids(args.user, lambda name: pwd.getpwnam(name).pw_uid, "user")
     groups = resolve_ids(args.group, lambda name: grp.getgrnam(name).gr_gid, "group")
@@ -268,8 +288,13 @@ _COMMANDS = {"pull": _pull, "lookup": _lookup, "images": _images, "queue": _queu
              "login": _login, "logout": _logout, "expire": _expire, "import": _import}
 
 
-def _make_client(settings: CliSettings, timeout: float) -> GatewayClient:
+def _make_client(settings: CliSettings, timeout: float) -> Client:
     socket = settings.munge_socket
+    if settings.rest:
+        return RestGatewayClient(
+            settings.addresses, timeout=timeout,
+            credential_provider=munge_credential_provider(socket) if socket else None,
+            ca_cert=settings.ca_cert)
     return GatewayClient(
         settings.addresses, timeout=timeout,
         credential_provider=munge_credential_provider(socket) if socket else None,
@@ -281,7 +306,7 @@ def _settings(args: argparse.Namespace) -> CliSettings:
     try:
         settings = resolve_settings(gateways=args.gateway, system=args.system,
                                     munge_socket=args.munge_socket, environ=os.environ,
-                                    ca_cert=args.ca_cert)
+                                    ca_cert=args.ca_cert, rest=args.rest)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if not settings.addresses:

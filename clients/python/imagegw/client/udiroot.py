@@ -12,6 +12,7 @@ from pathlib import Path
 DEFAULT_PATH = "/etc/shifter/udiRoot.conf"
 DEFAULT_GATEWAY_PORT = 7777
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_HTTP = re.compile(r"^https?://", re.IGNORECASE)
 
 
 def parse_udiroot(text: str) -> dict[str, str]:
@@ -51,3 +52,26 @@ def gateway_address(url: str) -> str:
 def gateway_addresses(value: str) -> list[str]:
     """Every address in a space- or comma-separated list of gateway URLs, in order."""
     return [gateway_address(part) for part in re.split(r"[\s,]+", value) if part]
+
+
+def _parts(value: str) -> list[str]:
+    return [part for part in re.split(r"[\s,]+", value) if part]
+
+
+def names_rest_gateways(value: str) -> bool:
+    """Whether a gateway list holds http(s):// URLs: Shifter's REST gateways."""
+    return any(_HTTP.match(part) for part in _parts(value))
+
+
+def rest_urls(value: str) -> list[str]:
+    """REST base URLs ("http://host:port") from a list of URLs or host:port addresses
+    (a bare address is taken as http://)."""
+    urls = []
+    for part in _parts(value):
+        url = part if _HTTP.match(part) else "http://" + _SCHEME.sub("", part)
+        scheme, _, rest = url.partition("://")
+        host = rest.split("/", 1)[0]
+        if not host:
+            raise ValueError(f"empty gateway address in {part!r}")
+        urls.append(f"{scheme.lower()}://{host}")
+    return urls

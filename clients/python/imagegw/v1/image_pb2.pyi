@@ -254,6 +254,8 @@ class Image(_message.Message):
     FAILURE_FIELD_NUMBER: _builtins.int
     IMAGE_FILE_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The image id: the hex sha256 of the image configuration (Docker's image id)."""
     system: _builtins.str
@@ -270,6 +272,11 @@ class Image(_message.Message):
     size_bytes: _builtins.int
     image_file: _builtins.str
     """The image file name on the system's image directory ("<id>.squashfs")."""
+    name: _builtins.str
+    """The identifier the runtime opens: <image directory>/<name>.squashfs and
+    <name>.meta. The image id for a public image; the id and an ACL suffix
+    ("<id>-<12 hex>") for a private one. What `shifterimg lookup` prints.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every tag currently pointing at this image."""
@@ -294,6 +301,12 @@ class Image(_message.Message):
     def progress(self) -> Global___Progress:
         """The current progress while a pull is in flight."""
 
+    @_builtins.property
+    def trust(self) -> Global___ImageTrust:
+        """The site's signature policy's verdict on the image (unset when the system has no
+        SignaturePolicy): the signer and the policy it was accepted by.
+        """
+
     def __init__(
         self,
         *,
@@ -314,11 +327,77 @@ class Image(_message.Message):
         failure: Global___Failure | None = ...,
         image_file: _builtins.str = ...,
         progress: Global___Progress | None = ...,
+        name: _builtins.str = ...,
+        trust: Global___ImageTrust | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "failure", b"failure", "last_pull_time", b"last_pull_time", "metadata", b"metadata", "progress", b"progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "failure", b"failure", "last_pull_time", b"last_pull_time", "metadata", b"metadata", "progress", b"progress", "trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "failure", b"failure", "format", b"format", "group_acl", b"group_acl", "id", b"id", "image_file", b"image_file", "last_pull_time", b"last_pull_time", "manifest_digest", b"manifest_digest", "metadata", b"metadata", "progress", b"progress", "reference", b"reference", "size_bytes", b"size_bytes", "state", b"state", "system", b"system", "tags", b"tags", "type", b"type", "user_acl", b"user_acl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "failure", b"failure", "format", b"format", "group_acl", b"group_acl", "id", b"id", "image_file", b"image_file", "last_pull_time", b"last_pull_time", "manifest_digest", b"manifest_digest", "metadata", b"metadata", "name", b"name", "progress", b"progress", "reference", b"reference", "size_bytes", b"size_bytes", "state", b"state", "system", b"system", "tags", b"tags", "trust", b"trust", "type", b"type", "user_acl", b"user_acl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Image: _TypeAlias = Image  # noqa: Y015
+
+@_typing.final
+class ImageSigner(_message.Message):
+    """Who signed an image the site's signature policy accepted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"gpg" (simple signing, checked with gpgv) or "sigstore"."""
+    fingerprint: _builtins.str
+    """The OpenPGP primary key fingerprint (hex), or for sigstore the sha256 (hex) of the
+    public key's DER SubjectPublicKeyInfo.
+    """
+    identity: _builtins.str
+    """The identity (docker-reference) the signature claims."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "identity", b"identity", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageSigner: _TypeAlias = ImageSigner  # noqa: Y015
+
+@_typing.final
+class ImageTrust(_message.Message):
+    """The signature policy's verdict on an image (containers-policy.json(5))."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_DIGEST_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    SIGNERS_FIELD_NUMBER: _builtins.int
+    policy_digest: _builtins.str
+    """"sha256:<hex>" over the policy file and every key file it names."""
+    scope: _builtins.str
+    """The policy scope that applied, e.g. `transports.docker."registry.example.com/team"`."""
+    @_builtins.property
+    def signers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageSigner]:
+        """One signer per signature requirement of the scope; empty when the scope needs none."""
+
+    def __init__(
+        self,
+        *,
+        policy_digest: _builtins.str = ...,
+        scope: _builtins.str = ...,
+        signers: _abc.Iterable[Global___ImageSigner] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_digest", b"policy_digest", "scope", b"scope", "signers", b"signers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageTrust: _TypeAlias = ImageTrust  # noqa: Y015

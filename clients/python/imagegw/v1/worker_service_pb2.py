@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from imagegw.v1 import image_pb2 as imagegw_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fimagegw/v1/worker_service.proto\x12\nimagegw.v1\x1a\x16imagegw/v1/image.proto\"9\n\x13RegistryCredentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xd0\x01\n\x11\x42uildImageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06system\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x10\n\x08user_acl\x18\x05 \x03(\r\x12\x11\n\tgroup_acl\x18\x06 \x03(\r\x12\x34\n\x0b\x63redentials\x18\x07 \x01(\x0b\x32\x1f.imagegw.v1.RegistryCredentials\x12\x1d\n\x15known_manifest_digest\x18\x08 \x01(\t\"\xe6\x01\n\x0b\x42uildResult\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12+\n\x08metadata\x18\x04 \x01(\x0b\x32\x19.imagegw.v1.ImageMetadata\x12\x12\n\nimage_file\x18\x05 \x01(\t\x12\x11\n\tmeta_file\x18\x06 \x01(\t\x12\x12\n\nsize_bytes\x18\x07 \x01(\x04\x12\x0e\n\x06reused\x18\x08 \x01(\x08\x12\x11\n\tunchanged\x18\t \x01(\x08\x12\x11\n\treference\x18\n \x01(\t\"\x9a\x01\n\x12\x42uildImageResponse\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.imagegw.v1.ProgressH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.imagegw.v1.BuildResultH\x00\x12&\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x13.imagegw.v1.FailureH\x00\x42\x07\n\x05\x65vent2^\n\rWorkerService\x12M\n\nBuildImage\x12\x1d.imagegw.v1.BuildImageRequest\x1a\x1e.imagegw.v1.BuildImageResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fimagegw/v1/worker_service.proto\x12\nimagegw.v1\x1a\x16imagegw/v1/image.proto\"9\n\x13RegistryCredentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xe7\x01\n\x11\x42uildImageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06system\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x10\n\x08user_acl\x18\x05 \x03(\r\x12\x11\n\tgroup_acl\x18\x06 \x03(\r\x12\x34\n\x0b\x63redentials\x18\x07 \x01(\x0b\x32\x1f.imagegw.v1.RegistryCredentials\x12\x1d\n\x15known_manifest_digest\x18\x08 \x01(\t\x12\x15\n\rpolicy_digest\x18\t \x01(\t\"\x8d\x02\n\x0b\x42uildResult\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12+\n\x08metadata\x18\x04 \x01(\x0b\x32\x19.imagegw.v1.ImageMetadata\x12\x12\n\nimage_file\x18\x05 \x01(\t\x12\x11\n\tmeta_file\x18\x06 \x01(\t\x12\x12\n\nsize_bytes\x18\x07 \x01(\x04\x12\x0e\n\x06reused\x18\x08 \x01(\x08\x12\x11\n\tunchanged\x18\t \x01(\x08\x12\x11\n\treference\x18\n \x01(\t\x12%\n\x05trust\x18\x0b \x01(\x0b\x32\x16.imagegw.v1.ImageTrust\"\x9a\x01\n\x12\x42uildImageResponse\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.imagegw.v1.ProgressH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.imagegw.v1.BuildResultH\x00\x12&\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x13.imagegw.v1.FailureH\x00\x42\x07\n\x05\x65vent2^\n\rWorkerService\x12M\n\nBuildImage\x12\x1d.imagegw.v1.BuildImageRequest\x1a\x1e.imagegw.v1.BuildImageResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTRYCREDENTIALS']._serialized_start=71
   _globals['_REGISTRYCREDENTIALS']._serialized_end=128
   _globals['_BUILDIMAGEREQUEST']._serialized_start=131
-  _globals['_BUILDIMAGEREQUEST']._serialized_end=339
-  _globals['_BUILDRESULT']._serialized_start=342
-  _globals['_BUILDRESULT']._serialized_end=572
-  _globals['_BUILDIMAGERESPONSE']._serialized_start=575
-  _globals['_BUILDIMAGERESPONSE']._serialized_end=729
-  _globals['_WORKERSERVICE']._serialized_start=731
-  _globals['_WORKERSERVICE']._serialized_end=825
+  _globals['_BUILDIMAGEREQUEST']._serialized_end=362
+  _globals['_BUILDRESULT']._serialized_start=365
+  _globals['_BUILDRESULT']._serialized_end=634
+  _globals['_BUILDIMAGERESPONSE']._serialized_start=637
+  _globals['_BUILDIMAGERESPONSE']._serialized_end=791
+  _globals['_WORKERSERVICE']._serialized_start=793
+  _globals['_WORKERSERVICE']._serialized_end=887
 # @@protoc_insertion_point(module_scope)

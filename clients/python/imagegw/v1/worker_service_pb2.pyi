@@ -55,6 +55,7 @@ class BuildImageRequest(_message.Message):
     GROUP_ACL_FIELD_NUMBER: _builtins.int
     CREDENTIALS_FIELD_NUMBER: _builtins.int
     KNOWN_MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
+    POLICY_DIGEST_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Chosen by the gateway; the same id attaches to the same job."""
     system: _builtins.str
@@ -67,6 +68,10 @@ class BuildImageRequest(_message.Message):
     """The manifest digest the gateway already has a ready image for. When the
     registry still serves this digest and the image is on the system, the job
     ends at once with `unchanged` set.
+    """
+    policy_digest: _builtins.str
+    """The digest of the signature policy the gateway judges this system's images by
+    (empty: none). A worker whose own policy differs refuses the job.
     """
     @_builtins.property
     def user_acl(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -89,10 +94,11 @@ class BuildImageRequest(_message.Message):
         group_acl: _abc.Iterable[_builtins.int] | None = ...,
         credentials: Global___RegistryCredentials | None = ...,
         known_manifest_digest: _builtins.str = ...,
+        policy_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "format", b"format", "group_acl", b"group_acl", "job_id", b"job_id", "known_manifest_digest", b"known_manifest_digest", "reference", b"reference", "system", b"system", "user_acl", b"user_acl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "format", b"format", "group_acl", b"group_acl", "job_id", b"job_id", "known_manifest_digest", b"known_manifest_digest", "policy_digest", b"policy_digest", "reference", b"reference", "system", b"system", "user_acl", b"user_acl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -114,6 +120,7 @@ class BuildResult(_message.Message):
     REUSED_FIELD_NUMBER: _builtins.int
     UNCHANGED_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     manifest_digest: _builtins.str
     format: _builtins.str
@@ -129,6 +136,10 @@ class BuildResult(_message.Message):
     """The normalized reference that was pulled."""
     @_builtins.property
     def metadata(self) -> _image_pb2.ImageMetadata: ...
+    @_builtins.property
+    def trust(self) -> _image_pb2.ImageTrust:
+        """The signature policy's verdict, when the system has a policy."""
+
     def __init__(
         self,
         *,
@@ -142,10 +153,11 @@ class BuildResult(_message.Message):
         reused: _builtins.bool = ...,
         unchanged: _builtins.bool = ...,
         reference: _builtins.str = ...,
+        trust: _image_pb2.ImageTrust | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "image_file", b"image_file", "image_id", b"image_id", "manifest_digest", b"manifest_digest", "meta_file", b"meta_file", "metadata", b"metadata", "reference", b"reference", "reused", b"reused", "size_bytes", b"size_bytes", "unchanged", b"unchanged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "image_file", b"image_file", "image_id", b"image_id", "manifest_digest", b"manifest_digest", "meta_file", b"meta_file", "metadata", b"metadata", "reference", b"reference", "reused", b"reused", "size_bytes", b"size_bytes", "trust", b"trust", "unchanged", b"unchanged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

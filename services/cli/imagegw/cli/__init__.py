@@ -14,12 +14,14 @@ import signal
 import sys
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from imagegw.cache.layout import private_directory
 from imagegw.cli import doctor, units
-from imagegw.domain.config import Config, default_config, load_config
+from imagegw.domain.config import Config, default_config, load_config, parse_host_port
 from imagegw.domain.errors import ImageGatewayError
+from imagegw.signatures import load_site_trust
 
 log = logging.getLogger("imagegw")
 
@@ -45,6 +47,9 @@ def _config(args: argparse.Namespace) -> Config:
     for warning in config.warnings:
         log.warning("config: %s", warning)
     private_directory(config.data_dir)  # records, credentials, worker secret: 0700
+    if getattr(args, "rest_listen", None):
+        parse_host_port(args.rest_listen, "--rest-listen")
+        config = replace(config, rest_listen=args.rest_listen)
     return config
 
 
@@ -110,8 +115,11 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     config = load_config(args.file)
-    for warning in config.warnings:
+    trust = load_site_trust(config)  # PolicyFormatError names the file and the key
+    for warning in (*config.warnings, *trust.warnings):
         print(f"warning: {warning}")
+    for system, judged in sorted(trust.systems.items()):
+        print(f"signature policy of {system}: {judged.policy.path} ({judged.digest})")
     print(f"ok: {len(config.platforms)} systems ({', '.join(sorted(config.platforms))}), "
           f"{len(config.locations)} locations, records in "
           f"{'MongoDB' if config.mongodb_uri else 'SQLite'}, queue "
@@ -172,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--listen", help="HOST:PORT to listen on (or IMAGEGW_LISTEN)")
         cmd.add_argument("--data-dir", help="data directory (or IMAGEGW_HOME)")
         cmd.add_argument("--address-file", help="write the bound address here once listening")
+        if name != "worker":
+            cmd.add_argument("--rest-listen", metavar="HOST:PORT",
+                             help="also serve Shifter's REST API here (or RestListen)")
         if name == "worker":
             cmd.add_argument("--drain-timeout", type=float, default=300.0,
                              help="seconds to let running jobs finish on SIGTERM")

@@ -59,7 +59,14 @@ class Account:
 
     @classmethod
     def named(cls, name: str | None) -> Account:
-        entry = pwd.getpwuid(os.geteuid()) if name is None else pwd.getpwnam(name)
+        """`name`'s account (KeyError if there is none), or this process's when None."""
+        if name is None:
+            try:
+                entry = pwd.getpwuid(os.geteuid())
+            except KeyError:  # a uid without a passwd entry (containers)
+                return cls(str(os.geteuid()), os.geteuid(), frozenset(os.getgroups()))
+        else:
+            entry = pwd.getpwnam(name)
         groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem}
         return cls(entry.pw_name, entry.pw_uid, frozenset(groups))
 
@@ -97,12 +104,16 @@ class Account:
 
 # -- the checks ---------------------------------------------------------------------------
 
-def check_tools(config: Config) -> Iterator[Finding]:
-    tools = (("tar2sqfs", FAIL, "every conversion", "squashfs-tools-ng"),
-             ("unsquashfs", FAIL, "imports and ready-made (ORAS) images", "squashfs-tools"),
-             ("sqfs2tar", WARN, "inspecting images", "squashfs-tools-ng"),
-             ("rdsquashfs", WARN, "the gzip engine's probe", "squashfs-tools-ng"))
-    for tool, missing_status, needed_for, package in tools:
+def check_tools(role: str) -> Iterator[Finding]:
+    worker = role in ("all", "worker")
+    tools = (("tar2sqfs", FAIL, "every conversion", "squashfs-tools-ng", worker),
+             ("unsquashfs", FAIL, "imports (gateway) and ready-made ORAS images (worker)",
+              "squashfs-tools", True),
+             ("sqfs2tar", WARN, "inspecting images", "squashfs-tools-ng", worker),
+             ("rdsquashfs", WARN, "the gzip engine's probe", "squashfs-tools-ng", worker))
+    for tool, missing_status, needed_for, package, needed in tools:
+        if not needed:
+            continue
         found = shutil.which(tool)
         if found:
             yield Finding(OK, f"tool {tool}", found)
@@ -110,6 +121,20 @@ def check_tools(config: Config) -> Iterator[Finding]:
             yield Finding(missing_status, f"tool {tool}", f"not on PATH (needed for {needed_for})",
                           f"install the Debian package {package}, or add its directory to the "
                           "service's PATH")
+
+
+def check_listen(config: Config) -> Iterator[Finding]:
+    from imagegw.gateway.app import check_listen_security
+    from imagegw.rpc.server import is_loopback
+
+    try:
+        check_listen_security(config, config.listen)
+    except ImageGatewayError as exc:
+        yield Finding(FAIL, "ListenAddress", exc.message, exc.hint)
+        return
+    how = ("loopback only" if is_loopback(config.listen)
+           else "TLS " + ("on" if config.tls_certificate else "off (AllowInsecureListen)"))
+    yield Finding(OK, "ListenAddress", f"{config.listen}: {how}")
 
 
 def check_shim(config: Config) -> Iterator[Finding]:
@@ -287,9 +312,33 @@ def check_tls_files(config: Config, role: str) -> Iterator[Finding]:
             Path(path).read_bytes()
         except OSError as exc:
             yield Finding(FAIL, key, f"cannot read {path}: {exc.strerror}",
-                          "the service account must be able to read it (keys: mode 0600)")
+                          "the service account must read it (a key: 0640 root:imagegw, or 0600 owned by it)")
         else:
             yield Finding(OK, key, f"{path} readable")
+
+
+def check_signature_policy(config: Config) -> Iterator[Finding]:
+    """The signature policies and registries.d load, with their keys (docs/trust.md)."""
+    from imagegw.signatures import load_site_trust
+
+    if not config.signature_policy and not any(
+            p.signature_policy for p in config.platforms.values()):
+        return
+    for tool in ("gpg", "gpgv"):
+        if not shutil.which(tool):
+            yield Finding(FAIL, f"tool {tool}", "not on PATH (needed for signedBy requirements "
+                          "of the signature policy)", f"install the Debian package {tool}")
+    try:
+        trust = load_site_trust(config)
+    except ImageGatewayError as exc:
+        yield Finding(FAIL, "signature policy", str(exc),
+                      "correct the file named (docs/trust.md), then restart the services")
+        return
+    for warning in trust.warnings:
+        yield Finding(WARN, "signature policy", warning)
+    for system, judged in sorted(trust.systems.items()):
+        yield Finding(OK, f"signature policy of {system}",
+                      f"{judged.policy.path} loaded ({judged.digest})")
 
 
 # -- running them -------------------------------------------------------------------------
@@ -297,19 +346,30 @@ def check_tls_files(config: Config, role: str) -> Iterator[Finding]:
 def diagnose(config: Config, *, role: str = "all", account: Account | None = None) -> list[Finding]:
     account = account or Account.named(None)
     worker, gateway = role in ("all", "worker"), role in ("all", "gateway")
-    checks: list[Callable[[], Iterator[Finding]]] = []
+    checks: list[tuple[str, Callable[[], Iterator[Finding]]]] = [
+        ("tools", lambda: check_tools(role))]
     if worker:
-        checks += [lambda: check_tools(config), lambda: check_shim(config)]
-    checks.append(lambda: check_directories(config, role, account))
+        checks.append(("gzip engine", lambda: check_shim(config)))
     if gateway:
-        checks.append(lambda: check_munge(config))
+        checks.append(("ListenAddress", lambda: check_listen(config)))
+    checks.append(("directories", lambda: check_directories(config, role, account)))
+    if gateway:
+        checks.append(("MUNGE", lambda: check_munge(config)))
     if worker:
-        checks.append(lambda: check_ssh(config))
-    checks.append(lambda: check_redis(config))
+        checks.append(("SSH", lambda: check_ssh(config)))
+    checks.append(("Redis", lambda: check_redis(config)))
     if gateway:
-        checks.append(lambda: check_mongodb(config))
-    checks.append(lambda: check_tls_files(config, role))
-    return [finding for check in checks for finding in check()]
+        checks.append(("MongoDB", lambda: check_mongodb(config)))
+    checks.append(("TLS files", lambda: check_tls_files(config, role)))
+    checks.append(("signature policy", lambda: check_signature_policy(config)))
+    findings: list[Finding] = []
+    for name, check in checks:
+        try:
+            findings.extend(check())
+        except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
+            findings.append(Finding(FAIL, name, f"the check itself failed: {exc!r}",
+                                    "report this with the configuration (passwords removed)"))
+    return findings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from imagegw.cache.layout import WorkerPaths
+from imagegw.domain.acl import acl_file_suffix
 from imagegw.domain.config import Config, Limits
 from imagegw.domain.errors import ContentRejected, InvalidRequest, RegistryProtocolError
 from imagegw.domain.model import BuildJob, BuildResult, ImageMetadata, Progress, Stage
 from imagegw.domain.reference import ImageReference
 from imagegw.pipeline.meta import render_meta
 from imagegw.publish import publisher_for
+from imagegw.publish.access import readers_for
+from imagegw.publish.sif import has_published, publish_sif
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.manifest import INDEX_TYPES, Descriptor, check_digest_syntax
 
@@ -148,18 +151,25 @@ def download_image_layer(
 
 
 def build_ready_made(job: BuildJob, reference: ImageReference, client: RegistryClient, *,
-                     config: Config, paths: WorkerPaths, emit: Report) -> BuildResult:
-    """Fetches, checks and publishes the ready-made image `reference` names."""
+                     config: Config, paths: WorkerPaths, emit: Report,
+                     on_manifest: Callable[[bytes, str], None] | None = None) -> BuildResult:
+    """Fetches, checks and publishes the ready-made image `reference` names; `on_manifest`
+    sees the artifact manifest's exact bytes and digest before any blob is fetched."""
     platform = config.platform(job.system)
     emit(Progress(Stage.RESOLVING, message=f"resolving artifact {reference}"))
-    artifact = get_artifact(client, reference.manifest_ref)
+    body, media_type, digest = client.get_manifest(reference.manifest_ref)
+    if on_manifest is not None:
+        on_manifest(body, digest)
+    artifact = parse_artifact(body, media_type, digest)
     layer = artifact.image_layer()
     metadata = read_metadata(client, artifact, config.limits)
     image_id = layer.digest.split(":", 1)[1]
     image_format = "squashfs"
     if job.format and job.format != image_format:
         raise InvalidRequest(f"{reference} is a ready-made squashfs image, not {job.format}")
-    image_file, meta_file = f"{image_id}.{image_format}", f"{image_id}.meta"
+    # A private copy has its own files (its own modes on enroot/Apptainer systems).
+    suffix = acl_file_suffix(job.user_acl, job.group_acl)
+    image_file, meta_file = f"{image_id}{suffix}.{image_format}", f"{image_id}{suffix}.meta"
     meta = render_meta(image_format, metadata, user_acl=job.user_acl, group_acl=job.group_acl)
     publisher = publisher_for(platform)
 
@@ -169,11 +179,11 @@ def build_ready_made(job: BuildJob, reference: ImageReference, client: RegistryC
             metadata=metadata, image_file=image_file, meta_file=meta_file, size_bytes=size,
             reference=str(reference), reused=reused, unchanged=unchanged)
 
-    if job.known_manifest_digest == artifact.manifest_digest and publisher.has_image(
-            image_file, meta_file):
+    if job.known_manifest_digest == artifact.manifest_digest and has_published(
+            publisher, platform, image_file, meta_file):
         return result(publisher.image_size(image_file), unchanged=True)
     with paths.image_lock(image_id):
-        if publisher.has_image(image_file, meta_file):
+        if has_published(publisher, platform, image_file, meta_file):
             log.info("job %s: ready-made image %s already published", job.job_id, image_id)
             return result(publisher.image_size(image_file), reused=True)
         with paths.scratch(job.job_id) as scratch:
@@ -191,9 +201,13 @@ def build_ready_made(job: BuildJob, reference: ImageReference, client: RegistryC
             size = squashfs.stat().st_size
             emit(Progress(Stage.PUBLISHING, bytes_total=size,
                           message=f"publishing {image_file} to {job.system}"))
+            readers = readers_for(platform, job.user_acl, job.group_acl)
+            publish_sif(publisher, platform, squashfs, image_file, meta, meta_file,
+                        identity=image_id, private=bool(job.user_acl or job.group_acl),
+                        readers=readers)
             publisher.publish(squashfs, image_file, meta, meta_file, on_bytes=lambda d, t: emit(
                 Progress(Stage.PUBLISHING, bytes_done=d, bytes_total=t,
                          message=f"publishing {image_file}")),
-                private=bool(job.user_acl or job.group_acl))
+                private=bool(job.user_acl or job.group_acl), readers=readers)
     log.info("job %s: published ready-made %s as %s", job.job_id, reference, image_id)
     return result(size)

@@ -56,6 +56,10 @@ class ConversionKey:
     manifest_digest: str
     image_format: str
     options: ConverterOptions
+    #: The runtimes' files the image carries (domain.runtimes.added_files; () for Shifter)
+    #: and the provenance written into them: a Shifter-only image keeps its old key.
+    runtime_files: tuple[str, ...] = ()
+    provenance: str = ""
 
     def options_text(self) -> str:
         """The converter settings that change the output, as canonical JSON
@@ -71,6 +75,9 @@ class ConversionKey:
             if options.gzip_engine != "libdeflate":
                 raise ValueError("a conversion key needs the gzip engine resolved (gzip_engine.resolve)")
             text["gzipEngine"] = options.gzip_engine
+        if self.runtime_files:
+            text["runtimeFiles"] = list(self.runtime_files)
+            text["provenance"] = self.provenance
         return json.dumps(text, sort_keys=True, separators=(",", ":"))
 
     @property

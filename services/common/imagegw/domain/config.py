@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imagegw.domain.errors import ConfigError
+from imagegw.domain.runtimes import DEFAULT_RUNTIMES, RUNTIMES, SINGULARITY_COMPRESSORS, wants_sif
 
 DOCKER_HUB_HOSTS = ("registry-1.docker.io", "docker.io", "index.docker.io")
 DEFAULT_LISTEN = "127.0.0.1:7777"
@@ -80,6 +81,10 @@ class Platform:
     #: Whether callers without a credential may pull (public images only). Defaults to
     #: true only for a system without mungeSocketPath, where nobody can authenticate.
     allow_anonymous_pull: bool = True
+    #: The container runtimes this system publishes for (imagegw.domain.runtimes).
+    runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
+    #: `signaturePolicy`: a containers-policy.json(5) file replacing the global one here.
+    signature_policy: str = ""
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,10 @@ class Config:
     #: HOST:PORT of the gateway's and the worker's Prometheus endpoints (None: off).
     metrics_listen: str | None = None
     worker_metrics_listen: str | None = None
+    #: `SignaturePolicy` (containers-policy.json(5)) and `SignatureRegistriesDir`
+    #: (containers-registries.d(5)); unset: every image is accepted, as before.
+    signature_policy: str = ""
+    signature_registries_dir: str = ""
     #: Registry host patterns ("*.example.org", "ghcr.io", "host:5000") pulled from besides
     #: the Locations; they must resolve to public addresses (imagegw.registry.policy).
     allowed_registries: tuple[str, ...] = ()
@@ -220,6 +229,8 @@ class Config:
     #: every third of that).
     job_lease_seconds: float = 30.0
     worker_ttl_seconds: float = 15.0
+    #: HOST:PORT of the gateway's Shifter REST API (None: off).
+    rest_listen: str | None = None
     #: Problems that did not stop loading (unknown keys, ignored settings).
     warnings: tuple[str, ...] = ()
 
@@ -376,9 +387,35 @@ def _platform(name: str, reader: _Reader) -> Platform:
         architecture=reader.get("architecture", str, "amd64"),
         variant=reader.get("variant", str, ""),
         allow_anonymous_pull=reader.get("allowAnonymousPull", bool, not munge_socket),
+        runtimes=_runtimes(reader),
+        signature_policy=reader.get("signaturePolicy", str, ""),
     )
     reader.finish()
     return platform
+
+
+def _runtimes(reader: _Reader) -> tuple[str, ...]:
+    runtimes = reader.strings("runtimes") if "runtimes" in reader.data else DEFAULT_RUNTIMES
+    unknown = [name for name in runtimes if name not in RUNTIMES]
+    if unknown or not runtimes:
+        raise ConfigError(f"{reader.key('runtimes')}: a list of {', '.join(RUNTIMES)}, "
+                          f"not {list(runtimes)!r}")
+    return tuple(dict.fromkeys(runtimes))
+
+
+def _check_runtime_compressor(platforms: Mapping[str, Platform],
+                              converter: ConverterOptions) -> None:
+    """SingularityCE cannot mount zstd squashfs: such a system needs another compressor."""
+    if converter.compressor in SINGULARITY_COMPRESSORS:
+        return
+    for platform in platforms.values():
+        if wants_sif(platform.runtimes):
+            raise ConfigError(
+                f"ConverterOptions.compressor: {converter.compressor!r} cannot be mounted by "
+                f"SingularityCE, and Platforms.{platform.name}.runtimes publishes for "
+                f"{', '.join(platform.runtimes)}",
+                hint="use \"compressor\": \"gzip\" (or xz, lz4, lzo), or publish for "
+                     "shifter and enroot only")
 
 
 def _converter(reader: _Reader | None) -> ConverterOptions:
@@ -579,14 +616,18 @@ def parse_config(
         worker_tls=_worker_tls(top.sub("WorkerTLS")),
         metrics_listen=_host_port(top.get("MetricsListen", str), "MetricsListen"),
         worker_metrics_listen=_host_port(top.get("WorkerMetricsListen", str), "WorkerMetricsListen"),
+        signature_policy=top.get("SignaturePolicy", str, ""),
+        signature_registries_dir=top.get("SignatureRegistriesDir", str, ""),
         allowed_registries=_allowed_registries(top.strings("AllowedRegistries")),
         worker_token_file=top.get("WorkerTokenFile", str, ""),
         file_check_interval=records["file_check_interval"],
         job_lease_seconds=records["job_lease_seconds"],
         worker_ttl_seconds=records["worker_ttl_seconds"],
+        rest_listen=_host_port(top.get("RestListen", str), "RestListen"),
     )
     top.ignore(*_IGNORED_TOP_KEYS, "DataDirectory")
     top.finish()
+    _check_runtime_compressor(config.platforms, config.converter)
     config = _with_directories(config)
     return replace(config, warnings=tuple(warnings))
 

@@ -57,6 +57,8 @@ class ImageMetadata:
     workdir: str = ""
     user: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    #: The image's VOLUME paths (enroot binds them; Shifter ignores them).
+    volumes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,26 @@ class RegistryCredentials:
 
 
 @dataclass(frozen=True)
+class ImageSigner:
+    """Who signed an image the site's policy accepted: "gpg" (the key's fingerprint) or
+    "sigstore" (sha256 of the public key), and the identity the signature claims."""
+
+    kind: str
+    fingerprint: str
+    identity: str
+
+
+@dataclass(frozen=True)
+class ImageTrust:
+    """The signature policy's verdict on an image: the policy's digest, the scope that
+    applied, and one signer per signature requirement of that scope."""
+
+    policy_digest: str
+    scope: str
+    signers: tuple[ImageSigner, ...] = ()
+
+
+@dataclass(frozen=True)
 class BuildJob:
     """What the gateway asks a worker to do."""
 
@@ -116,6 +138,8 @@ class BuildJob:
     group_acl: tuple[int, ...] = ()
     credentials: RegistryCredentials | None = None
     known_manifest_digest: str = ""
+    #: The digest of the signature policy the gateway expects the worker to judge by.
+    policy_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +154,8 @@ class BuildResult:
     reference: str = ""
     reused: bool = False
     unchanged: bool = False
+    #: The signature policy's verdict, when the system has a policy.
+    trust: ImageTrust | None = None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ __all__ = ["index_name", "load_index", "store_index"]
 
 def index_name(policy: MemberPolicy) -> str:
     """The sidecar name of an index made under `policy` (the policy changes modes)."""
-    return f"index-v{INDEX_VERSION}-{'setuid' if policy.keep_setuid else 'nosetuid'}.json"
+    owner = "-owner" if policy.owner_access else ""
+    return f"index-v{INDEX_VERSION}-{'setuid' if policy.keep_setuid else 'nosetuid'}{owner}.json"
 
 
 def load_index(cache: BlobCache, digest: str, policy: MemberPolicy) -> LayerIndex | None:

@@ -63,6 +63,9 @@ class MemberPolicy:
     """Site choices for member rules; everything else is fixed."""
 
     keep_setuid: bool = False
+    #: Give every entry's owner access as `enroot import` does (it unpacks images as the
+    #: user): read, and execute where anyone has it, on files; rwx on directories.
+    owner_access: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +119,8 @@ def admit(
     return Admitted(
         path=path,
         kind=kind,
-        mode=sanitize_mode(member.mode, keep_setuid=policy.keep_setuid),
+        mode=_with_owner_access(sanitize_mode(member.mode, keep_setuid=policy.keep_setuid),
+                                kind, policy),
         mtime=max(member.mtime, 0),
         size=member.size if kind is Kind.FILE else 0,
         link=link,
@@ -203,6 +207,14 @@ def sanitize_mode(mode: int, *, keep_setuid: bool) -> int:
     if not keep_setuid:
         mode &= ~0o6000
     return mode
+
+
+def _with_owner_access(mode: int, kind: Kind, policy: MemberPolicy) -> int:
+    if not policy.owner_access or kind is Kind.SYMLINK:
+        return mode
+    if kind is Kind.DIR:
+        return mode | 0o700
+    return mode | 0o400 | (0o100 if mode & 0o111 else 0)
 
 
 def _refuse(layer: str, name: str, problem: str) -> NoReturn:

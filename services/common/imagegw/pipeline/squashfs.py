@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, BinaryIO, cast
+from typing import IO, Any, BinaryIO, cast
 
 from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
@@ -37,6 +38,7 @@ from .flatten import FlatTree, LayerIndex, index_layer, merge_layers, write_flat
 from .gzip_engine import tar2sqfs_environment
 from .layer import Layer
 from .members import MemberPolicy
+from .runtime_files import BASE_LAYER, TOP_LAYER, AddedLayers
 from .streaming import SpeculationFailed, StreamedFlatten, stream_flat_tar
 from .writeback import EarlyWriteback
 
@@ -211,6 +213,8 @@ def flatten_to_squashfs(
     on_progress: Callable[[int, int], None] | None = None,
     indexes: Sequence[LayerIndex | None] | None = None,
     on_index: Callable[[int, LayerIndex], None] | None = None,
+    added: AddedLayers | None = None,
+    policy: MemberPolicy | None = None,
 ) -> FlattenStats:
     """Flattens the layers (oldest first) into the squashfs image `output`.
 
@@ -224,7 +228,17 @@ def flatten_to_squashfs(
     the compressed layer bytes read (one pass; the layers' sizes give the total without
     waiting for the downloads). `on_index(i, index)` gets the index of layer i as soon as
     it is made here (a layer read to its end), to keep it.
+    `added`, when given, are the runtime files' layers (runtime_files.py): flattened
+    below and above the image's layers in the same conversion. `policy` overrides the
+    member rules the options give (enroot's owner access: runtime_files.py).
     """
+    if added is not None:
+        if len(layers) + 2 > limits.max_layers:
+            raise ContentRejected(f"the image has {len(layers)} layers; the limit is "
+                                  f"{limits.max_layers - 2} with the runtime files")
+        return _with_added_layers(added, layers, output, options=options, limits=limits,
+                                  on_progress=on_progress, indexes=indexes,
+                                  on_index=on_index, policy=policy)
     if len(layers) > limits.max_layers:
         raise ContentRejected(f"the image has {len(layers)} layers; the limit is "
                               f"{limits.max_layers}")
@@ -233,7 +247,7 @@ def flatten_to_squashfs(
             index is not None and index.layer != layer.name
             for index, layer in zip(known, layers, strict=True)):
         raise ValueError("indexes do not match the layers")
-    flatten = _Flatten(layers, options, limits, on_progress, on_index)
+    flatten = _Flatten(layers, options, limits, on_progress, on_index, policy)
     if all(index is not None for index in known):
         return flatten.two_passes([index for index in known if index is not None], output)
     try:
@@ -248,17 +262,55 @@ def flatten_to_squashfs(
     return flatten.two_passes(made, output)
 
 
+@dataclass(frozen=True)
+class _BytesLayer:
+    """A synthetic layer held in memory (a `Layer`)."""
+
+    name: str
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def open(self) -> BinaryIO:
+        return io.BytesIO(self.data)
+
+
+def _with_added_layers(
+    added: AddedLayers, layers: Sequence[Layer], output: Path, *,
+    indexes: Sequence[LayerIndex | None] | None,
+    on_index: Callable[[int, LayerIndex], None] | None, **rest: Any,
+) -> FlattenStats:
+    """The image's layers with the runtime layers around them: layer 0 is `added.base`,
+    the last `added.top`; the image's layers keep their numbers (shifted by one) when
+    passed back to `on_index`."""
+    base, top = _BytesLayer(BASE_LAYER, added.base), _BytesLayer(TOP_LAYER, added.top)
+    ours = MemberPolicy()  # our own members: plain files and directories
+    known = list(indexes) if indexes is not None else [None] * len(layers)
+    made = [index_layer(io.BytesIO(layer.data), layer=layer.name, policy=ours)
+            for layer in (base, top)]
+
+    def index_made(number: int, index: LayerIndex) -> None:
+        if on_index is not None and 0 < number <= len(layers):
+            on_index(number - 1, index)
+
+    return flatten_to_squashfs([base, *layers, top], output, indexes=[made[0], *known, made[1]],
+                               on_index=index_made, **rest)
+
+
 class _Flatten:
     """The two ways of flattening the same layers into one image."""
 
     def __init__(self, layers: Sequence[Layer], options: ConverterOptions, limits: Limits,
                  on_progress: Callable[[int, int], None] | None,
-                 on_index: Callable[[int, LayerIndex], None] | None = None) -> None:
+                 on_index: Callable[[int, LayerIndex], None] | None = None,
+                 policy: MemberPolicy | None = None) -> None:
         self.layers = layers
         self.layer_names = [layer.name for layer in layers]
         self.options = options
         self.cap = limits.max_unpacked_bytes
-        self.policy = MemberPolicy(keep_setuid=options.keep_setuid)
+        self.policy = policy or MemberPolicy(keep_setuid=options.keep_setuid)
         self.on_progress = on_progress
         self.on_index = on_index
 

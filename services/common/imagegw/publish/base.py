@@ -15,6 +15,8 @@ from typing import Protocol
 
 from imagegw.domain.errors import InvalidRequest
 
+from .access import Readers
+
 #: on_bytes(done, total): bytes of the image copied so far, and its size.
 ProgressCallback = Callable[[int, int], None]
 
@@ -59,10 +61,13 @@ class Publisher(Protocol):
         *,
         on_bytes: ProgressCallback | None = None,
         private: bool = False,
+        readers: Readers | None = None,
     ) -> None:
         """Places the image, then the meta file; raises TransferFailed with the cause.
         A `private` image (one with ACLs) and its meta file are PRIVATE_FILE_MODE from
-        creation on, and the image is always a copy of its own, never a hard link."""
+        creation on, and the image is always a copy of its own, never a hard link.
+        `readers` (a private image on an enroot/Apptainer system) also get a POSIX ACL
+        on the image that lets them read it (publish/access.py)."""
         ...
 
     def remove(self, image_file: str, meta_file: str) -> None:

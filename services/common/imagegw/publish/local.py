@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from imagegw.domain.errors import TransferFailed
+from imagegw.publish.access import ACL_XATTR, PRIVATE_MODE, Readers
 from imagegw.publish.base import (
     CHUNK_SIZE,
     DIR_MODE,
@@ -68,10 +69,12 @@ class LocalPublisher:
         *,
         on_bytes: ProgressCallback | None = None,
         private: bool = False,
+        readers: Readers | None = None,
     ) -> None:
         image_path, meta_path = self._path(image_file), self._path(meta_file)
         source = Path(source)
         # A link would share one inode (and its mode) with the public copy and the cache.
+        private = private or readers is not None
         mode, link = (PRIVATE_FILE_MODE, False) if private else (FILE_MODE, self._hardlink)
         try:
             source.stat()
@@ -80,7 +83,8 @@ class LocalPublisher:
         temporaries: list[Path] = []
         try:
             self._ensure_directory()
-            image_tmp = self._place_image(source, image_file, temporaries, on_bytes, mode, link)
+            image_tmp = self._place_image(source, image_file, temporaries, on_bytes, mode, link,
+                                          readers)
             meta_tmp = self._write_meta(meta, meta_file, temporaries, mode)
             # The runtime reads the meta file first: it must never name a missing image.
             os.rename(image_tmp, image_path)
@@ -208,6 +212,7 @@ class LocalPublisher:
         on_bytes: ProgressCallback | None,
         mode: int,
         link: bool,
+        readers: Readers | None = None,
     ) -> Path:
         temporary = self.image_dir / temporary_name(image_file)
         if link and self._link(source, temporary):
@@ -231,6 +236,8 @@ class LocalPublisher:
                         on_bytes(done, total)
                 writer.flush()
                 os.fchmod(fd, mode)
+                if readers is not None:
+                    _restrict(fd, readers, image_file)
                 os.fsync(fd)
         return temporary
 
@@ -269,6 +276,21 @@ class LocalPublisher:
 
 def _unreadable(source: Path, exc: OSError) -> TransferFailed:
     return TransferFailed(f"cannot read the built image {source}: {exc.strerror or exc}")
+
+
+def _restrict(fd: int, readers: Readers, image_file: str) -> None:
+    """0600 and the readers' POSIX ACL, on the temporary before it gets its name."""
+    os.fchmod(fd, PRIVATE_MODE)
+    try:
+        os.setxattr(fd, ACL_XATTR, readers.posix_acl())
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise TransferFailed(
+                f"cannot restrict {image_file} to its ACL: the image directory's file system "
+                "has no POSIX ACLs",
+                hint="private images on systems publishing for enroot or Apptainer need a "
+                     "file system with POSIX ACLs (mount option acl)") from exc
+        raise
 
 
 def _fsync_file(path: Path) -> None:

@@ -27,6 +27,7 @@ import paramiko
 
 from imagegw.domain.config import SshTarget
 from imagegw.domain.errors import TransferFailed
+from imagegw.publish.access import PRIVATE_MODE, Readers
 from imagegw.publish.base import (
     CHUNK_SIZE,
     DIR_MODE,
@@ -108,9 +109,10 @@ class SshPublisher:
         *,
         on_bytes: ProgressCallback | None = None,
         private: bool = False,
+        readers: Readers | None = None,
     ) -> None:
         image_path, meta_path = self._path(image_file), self._path(meta_file)
-        mode = PRIVATE_FILE_MODE if private else FILE_MODE
+        mode = PRIVATE_FILE_MODE if private or readers is not None else FILE_MODE
         try:
             total = Path(source).stat().st_size
             reader = open(source, "rb")  # noqa: SIM115 - closed by the with below
@@ -124,6 +126,8 @@ class SshPublisher:
                 self._ensure_directory(session)
                 image_tmp = self._upload(session, reader, image_file, total, temporaries,
                                          on_bytes, mode)
+                if readers is not None:
+                    self._restrict(session, image_tmp, image_file, readers)
                 meta_tmp = self._upload(session, io.BytesIO(meta), meta_file, len(meta),
                                         temporaries, None, mode)
                 self._flush(session, image_tmp, meta_tmp, size=total)
@@ -386,6 +390,18 @@ class SshPublisher:
         self._verify(session, temporary, final_name, done, digest.hexdigest())
         session.sftp.chmod(temporary, mode)
         return temporary
+
+    def _restrict(self, session: _Session, path: str, final_name: str, readers: Readers) -> None:
+        """0600 and the readers' POSIX ACL (setfacl), on the temporary before its rename."""
+        session.sftp.chmod(path, PRIVATE_MODE)
+        command = f"setfacl --set {shlex.quote(readers.setfacl_spec())} -- {shlex.quote(path)}"
+        status, output = _run(session, command, self._stall, self._stall)
+        if status != 0:
+            raise TransferFailed(
+                f"cannot restrict {final_name} on {session.where} to its ACL: setfacl exited "
+                f"with {status}: {output.strip()[:200]!r}",
+                hint="private images on systems publishing for enroot or Apptainer need "
+                     "setfacl (package acl) and POSIX ACLs on the remote image directory")
 
     def _verify(
         self, session: _Session, path: str, final_name: str, size: int, sha256: str

@@ -313,6 +313,9 @@ def parse_image_config(body: bytes) -> tuple[dict[str, Any], ImageMetadata]:
     labels = runtime.get("Labels") or {}
     if not isinstance(labels, dict):
         raise ContentRejected("image config field 'Labels' is not an object")
+    volumes = runtime.get("Volumes") or {}
+    if not isinstance(volumes, dict):
+        raise ContentRejected("image config field 'Volumes' is not an object")
     metadata = ImageMetadata(
         env=_strings(runtime, "Env"),
         entrypoint=_strings(runtime, "Entrypoint"),
@@ -320,6 +323,7 @@ def parse_image_config(body: bytes) -> tuple[dict[str, Any], ImageMetadata]:
         workdir=_string(runtime, "WorkingDir"),
         user=_string(runtime, "User"),
         labels={str(k): str(v) for k, v in labels.items()},
+        volumes=tuple(sorted(str(k) for k in volumes)),
     )
     return document, metadata
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -57,8 +58,11 @@ def resolve_image(
     limits: Limits = DEFAULT_LIMITS,
     *,
     cache: BlobCache | None = None,
+    on_manifest: Callable[[bytes, str], None] | None = None,
 ) -> ResolvedImage:
-    """Resolves `reference` for `platform`; `cache`, when given, holds the config blob."""
+    """Resolves `reference` for `platform`; `cache`, when given, holds the config blob.
+    `on_manifest` sees the platform manifest's exact bytes and digest before any blob is
+    fetched (the signature policy judges them there, and may raise)."""
     body, media_type, digest = client.get_manifest(reference.manifest_ref)
     parsed = parse_manifest(body, media_type, limits)
     index_digest = ""
@@ -75,6 +79,8 @@ def resolve_image(
         parsed = parse_manifest(body, media_type, limits)
     if not isinstance(parsed, ImageManifest):
         raise RegistryProtocolError(f"{reference}: indexes nested deeper than {MAX_INDEX_DEPTH}")
+    if on_manifest is not None:
+        on_manifest(body, digest)
     config_bytes = _config_bytes(client, parsed, limits, cache)
     config, metadata = parse_image_config(config_bytes)
     diff_ids = config_diff_ids(config)

@@ -9,6 +9,8 @@ from imagegw.domain.model import (
     BuildResult,
     Failure,
     ImageMetadata,
+    ImageSigner,
+    ImageTrust,
     Progress,
     RegistryCredentials,
     Stage,
@@ -61,7 +63,7 @@ def job_to_proto(job: BuildJob) -> worker_service_pb2.BuildImageRequest:
     request = worker_service_pb2.BuildImageRequest(
         job_id=job.job_id, system=job.system, reference=job.reference, format=job.format,
         user_acl=list(job.user_acl), group_acl=list(job.group_acl),
-        known_manifest_digest=job.known_manifest_digest,
+        known_manifest_digest=job.known_manifest_digest, policy_digest=job.policy_digest,
     )
     if job.credentials is not None:
         request.credentials.username = job.credentials.username
@@ -76,16 +78,32 @@ def job_from_proto(msg: worker_service_pb2.BuildImageRequest) -> BuildJob:
     return BuildJob(
         job_id=msg.job_id, system=msg.system, reference=msg.reference, format=msg.format,
         user_acl=tuple(msg.user_acl), group_acl=tuple(msg.group_acl), credentials=credentials,
-        known_manifest_digest=msg.known_manifest_digest,
+        known_manifest_digest=msg.known_manifest_digest, policy_digest=msg.policy_digest,
     )
 
 
+def trust_to_proto(trust: ImageTrust) -> image_pb2.ImageTrust:
+    return image_pb2.ImageTrust(
+        policy_digest=trust.policy_digest, scope=trust.scope,
+        signers=[image_pb2.ImageSigner(kind=s.kind, fingerprint=s.fingerprint,
+                                       identity=s.identity) for s in trust.signers],
+    )
+
+
+def trust_from_proto(msg: image_pb2.ImageTrust) -> ImageTrust:
+    return ImageTrust(policy_digest=msg.policy_digest, scope=msg.scope, signers=tuple(
+        ImageSigner(s.kind, s.fingerprint, s.identity) for s in msg.signers))
+
+
 def result_to_proto(r: BuildResult) -> worker_service_pb2.BuildResult:
-    return worker_service_pb2.BuildResult(
+    msg = worker_service_pb2.BuildResult(
         image_id=r.image_id, manifest_digest=r.manifest_digest, format=r.format,
         metadata=metadata_to_proto(r.metadata), image_file=r.image_file, meta_file=r.meta_file,
         size_bytes=r.size_bytes, reused=r.reused, unchanged=r.unchanged, reference=r.reference,
     )
+    if r.trust is not None:
+        msg.trust.CopyFrom(trust_to_proto(r.trust))
+    return msg
 
 
 def result_from_proto(msg: worker_service_pb2.BuildResult) -> BuildResult:
@@ -94,4 +112,5 @@ def result_from_proto(msg: worker_service_pb2.BuildResult) -> BuildResult:
         metadata=metadata_from_proto(msg.metadata), image_file=msg.image_file,
         meta_file=msg.meta_file, size_bytes=msg.size_bytes, reference=msg.reference,
         reused=msg.reused, unchanged=msg.unchanged,
+        trust=trust_from_proto(msg.trust) if msg.HasField("trust") else None,
     )

@@ -32,6 +32,7 @@ from imagegw.gateway.core.pulls import PullManager
 from imagegw.gateway.core.reconcile import Reconciler, SweepLoop
 from imagegw.gateway.core.vault import CredentialVault
 from imagegw.gateway.queue import open_queue
+from imagegw.gateway.rest import RestApi, RestServices, build_app, start_rest
 from imagegw.gateway.store import open_store
 from imagegw.gateway.workers import open_worker_pool
 from imagegw.rpc.server import (
@@ -41,6 +42,7 @@ from imagegw.rpc.server import (
     is_loopback,
     server_credentials,
 )
+from imagegw.signatures import load_site_trust
 from imagegw.v1 import gateway_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ RECOVER_INTERVAL = 5.0
 RECONCILE_INTERVAL = 10.0
 
 
-def check_listen_security(config: Config, listen: str) -> None:
+def check_listen_security(config: Config, listen: str, key: str = "ListenAddress") -> None:
     """Refuses a non-loopback listen address without TLS and MUNGE on every system,
     unless AllowInsecureListen says so."""
     if is_loopback(listen) or config.allow_insecure_listen:
@@ -65,7 +67,7 @@ def check_listen_security(config: Config, listen: str) -> None:
         missing.append("authentication (mungeSocketPath on " + ", ".join(unauthenticated) + ")")
     if missing:
         raise ConfigError(
-            f"ListenAddress {listen} is reachable from other hosts, but the gateway has no "
+            f"{key} {listen} is reachable from other hosts, but the gateway has no "
             + " and no ".join(missing),
             hint="configure them, listen on 127.0.0.1, or set AllowInsecureListen: true")
 
@@ -96,12 +98,14 @@ class GatewayApp:
         except BackendUnavailable:
             self._targets_checked = False
         self.queue, self.hub = open_queue(config)
+        self.trust = load_site_trust(config)
         vault = CredentialVault(
             _data_path(config, "credentials"),
             config.credential_key_file or _data_path(config, "credentials.key"))
         self.logins = Logins(config, vault)
         self.pulls = PullManager(config, self.store, self.queue, self.hub,
-                                 registry_login=self.logins.credentials_for)
+                                 registry_login=self.logins.credentials_for,
+                                 policy_digest=self.trust.policy_digest)
         self.expirer = Expirer(config, self.store, self.pulls)
         self.expiry = ExpiryLoop(self.expirer, check_interval(config))
         self.sweep = SweepLoop(Reconciler(config, self.store, retirement=self.pulls.retirement),
@@ -125,6 +129,13 @@ class GatewayApp:
         self._async_servers: list[AsyncServer] = []
         self._async_stops: list = []
         self._started = False
+        if config.rest_listen:  # Shifter's REST API, on the same loop and core
+            check_listen_security(config, config.rest_listen, "RestListen")
+            self.add_async_server(start_rest(build_app(
+                RestApi(RestServices(config=config, pulls=services.pulls,
+                                     expirer=services.expirer, importer=services.importer,
+                                     logins=services.logins)),
+                self.blocking, self.fair_share), config))
         credentials = (server_credentials(config.tls_certificate, config.tls_key,
                                           config.tls_client_ca)
                        if config.tls_certificate else None)
@@ -242,3 +253,5 @@ class GatewayApp:
         self.queue.close()
         self.hub.close()
         self.store.close()
+
+

@@ -64,3 +64,10 @@ class ImageRecord:
     #: Last pull or lookup; expiry counts from here.
     last_used: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The stem of the image's files, which the runtime opens as `<name>.meta` and
+        `<name>.<format>`: the id, with the ACL suffix for a private image."""
+        stem, dot, _extension = self.image_file.rpartition(".")
+        return stem if dot and stem else self.image_id

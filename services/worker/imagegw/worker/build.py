@@ -25,18 +25,25 @@ from imagegw.domain.acl import acl_file_suffix
 from imagegw.domain.config import Config
 from imagegw.domain.model import BuildJob, BuildResult, Progress, Stage
 from imagegw.domain.reference import parse_reference
+from imagegw.domain.runtimes import added_files, sif_file, wants_sif
 from imagegw.pipeline import gzip_engine
 from imagegw.pipeline.flatten import LayerIndex
 from imagegw.pipeline.indexes import load_index, store_index
 from imagegw.pipeline.layer import WaitedLayer
 from imagegw.pipeline.members import MemberPolicy
 from imagegw.pipeline.meta import render_meta
+from imagegw.pipeline.runtime_files import AddedLayers, added_layers
+from imagegw.pipeline.sif import write_sif
 from imagegw.pipeline.squashfs import flatten_to_squashfs
 from imagegw.publish import publisher_for
+from imagegw.publish.access import readers_for
+from imagegw.publish.sif import has_published
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.following import DownloadRestarted, GrowingBlob
 from imagegw.registry.policy import guard_for_reference
 from imagegw.registry.resolve import ResolvedImage, resolve_image
+from imagegw.signatures import load_site_trust
+from imagegw.worker.signature_check import SignatureCheck
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,12 @@ class Builder:
         self.caches = WorkerCaches(paths.layout, max_bytes=config.cache_max_bytes)
         self.cache = self.caches.blobs
         self.shared = shared_conversions_for(config)
+        self.trust = load_site_trust(config)
+        for warning in self.trust.warnings:
+            log.warning("signature policy: %s", warning)
+        for system, judged in sorted(self.trust.systems.items()):
+            log.info("system %s: images judged by signature policy %s (%s)", system,
+                     judged.policy.path, judged.digest)
 
     def build(self, job: BuildJob, report: Report) -> BuildResult:
         emit = Throttle(report)
@@ -86,21 +99,33 @@ class Builder:
             address_check=guard_for_reference(self.config, reference),
         )
         with client:
+            check = SignatureCheck(self.trust, job, reference, client)
             if reference.artifact or (location is not None and location.remotetype == "oras"):
-                return build_ready_made(job, reference, client, config=self.config,
-                                        paths=self.paths, emit=emit)
-            return self._build(job, reference, platform, client, emit)
+                return check.stamp(build_ready_made(job, reference, client, config=self.config,
+                                                    paths=self.paths, emit=emit,
+                                                    on_manifest=check))
+            return check.stamp(self._build(job, reference, platform, client, emit, check))
 
     def _build(self, job: BuildJob, reference, platform, client: RegistryClient,
-               emit: Throttle) -> BuildResult:
+               emit: Throttle, check: SignatureCheck) -> BuildResult:
         emit(Progress(Stage.RESOLVING, message=f"resolving {reference}"), force=True)
-        image = resolve_image(client, reference, platform, self.config.limits, cache=self.cache)
+        image = resolve_image(client, reference, platform, self.config.limits, cache=self.cache,
+                              on_manifest=check)
         image_format = job.format or self.config.default_image_format
         image_file = f"{image.image_id}{acl_file_suffix(job.user_acl, job.group_acl)}.{image_format}"
         meta_file = f"{image.image_id}{acl_file_suffix(job.user_acl, job.group_acl)}.meta"
         meta = render_meta(image_format, image.metadata, user_acl=job.user_acl,
                            group_acl=job.group_acl)
         publisher = publisher_for(platform)
+        # Runtimes other than Shifter: their files in the image, and a SIF for Apptainer.
+        files = added_files(platform.runtimes)
+        provenance = (f"docker://{reference.registry_url.partition('://')[2]}#"
+                      f"{reference.repository}@{image.manifest_digest}") if files else ""
+        sif_name = sif_file(image_file) if wants_sif(platform.runtimes) else None
+        readers = readers_for(platform, job.user_acl, job.group_acl)
+
+        def published() -> bool:
+            return has_published(publisher, platform, image_file, meta_file)
 
         def result(size: int, *, reused: bool = False, unchanged: bool = False) -> BuildResult:
             return BuildResult(
@@ -110,17 +135,16 @@ class Builder:
                 reused=reused, unchanged=unchanged,
             )
 
-        if job.known_manifest_digest == image.manifest_digest and publisher.has_image(
-            image_file, meta_file
-        ):
+        if job.known_manifest_digest == image.manifest_digest and published():
             log.info("job %s: %s unchanged (%s)", job.job_id, reference, image.manifest_digest)
             return result(publisher.image_size(image_file), unchanged=True)
 
         with self.paths.image_lock(image.image_id):
-            if publisher.has_image(image_file, meta_file):
+            if published():
                 log.info("job %s: image %s already published", job.job_id, image.image_id)
                 return result(publisher.image_size(image_file), reused=True)
-            key = ConversionKey(image.manifest_digest, image_format, self.config.converter)
+            key = ConversionKey(image.manifest_digest, image_format, self.config.converter,
+                                runtime_files=files, provenance=provenance)
             with self.caches.lease(digests=[layer.digest for layer in image.layers],
                                    conversions=[key.digest]), \
                     self.paths.scratch(job.job_id) as scratch:
@@ -131,39 +155,56 @@ class Builder:
                              job.job_id, reference, image.manifest_digest)
                 else:
                     output = scratch / image_file
-                    shared = self._fetch_shared_conversion(image, image_format, output, emit)
+                    shared = self._fetch_shared_conversion(key, image, output, emit)
                     if not shared:
-                        self._download_and_convert(client, image, output, emit)
+                        self._download_and_convert(
+                            client, image, output, emit,
+                            added=added_layers(image.metadata, files, provenance))
                     output = self.caches.conversions.store(key.digest, image_format, output)
+                private = bool(job.user_acl or job.group_acl)
+                if sif_name is not None:
+                    sif = self._sif(key, output, scratch / sif_name, image, platform.architecture)
+                    emit(Progress(Stage.PUBLISHING, message=f"publishing {sif_name}"), force=True)
+                    # Before the squashfs: a published image always has its SIF beside it.
+                    publisher.publish(sif, sif_name, meta, meta_file, private=private,
+                                      readers=readers)
                 size = output.stat().st_size
                 emit(Progress(Stage.PUBLISHING, bytes_total=size,
                               message=f"publishing {image_file} to {job.system}"), force=True)
                 publisher.publish(output, image_file, meta, meta_file,
                                   on_bytes=_publish_progress(emit, image_file),
-                                  private=bool(job.user_acl or job.group_acl))
+                                  private=private, readers=readers)
                 if not shared:
-                    self._share_conversion(image, image_format, output)
+                    self._share_conversion(key, image, output)
         self.caches.evict()
         return result(size)
 
-    def _fetch_shared_conversion(self, image: ResolvedImage, image_format: str, output: Path,
+    def _fetch_shared_conversion(self, key: ConversionKey, image: ResolvedImage, output: Path,
                                  emit: Throttle) -> bool:
         """Downloads a conversion another gateway shared, when configured and present."""
-        if self.shared is None or image_format != "squashfs":
+        if self.shared is None or key.image_format != "squashfs":
             return False
         emit(Progress(Stage.DOWNLOADING, message="looking for a shared conversion"), force=True)
-        key = ConversionKey(image.manifest_digest, image_format, self.config.converter)
         return self.shared.fetch(key, image.image_id, output)
 
-    def _share_conversion(self, image: ResolvedImage, image_format: str, output: Path) -> None:
+    def _share_conversion(self, key: ConversionKey, image: ResolvedImage, output: Path) -> None:
         """Pushes our conversion to the shared registry, when configured (best effort)."""
-        if self.shared is None or image_format != "squashfs":
+        if self.shared is None or key.image_format != "squashfs":
             return
-        key = ConversionKey(image.manifest_digest, image_format, self.config.converter)
         self.shared.publish(key, image.image_id, image.reference, image.metadata, output)
 
+    def _sif(self, key: ConversionKey, squashfs: Path, output: Path, image: ResolvedImage,
+             architecture: str) -> Path:
+        """The SIF wrapping the converted squashfs, from the conversion cache or made now."""
+        cached = self.caches.conversions.lookup(key.digest, "sif")
+        if cached is not None:
+            return cached
+        write_sif(squashfs, output, architecture=architecture, identity=image.image_id)
+        return self.caches.conversions.store(key.digest, "sif", output)
+
     def _download_and_convert(self, client: RegistryClient, image: ResolvedImage,
-                              output: Path, emit: Throttle) -> None:
+                              output: Path, emit: Throttle, *,
+                              added: AddedLayers | None = None) -> None:
         """Downloads the layers (newest first, in parallel) while converting them.
 
         The conversion reads each layer as it downloads (worker/following.py), newest
@@ -173,7 +214,8 @@ class Builder:
         """
         layers = image.layers
         count = len(layers)
-        policy = MemberPolicy(keep_setuid=self.config.converter.keep_setuid)
+        policy = MemberPolicy(keep_setuid=self.config.converter.keep_setuid,
+                              owner_access=added is not None and added.owner_access)
         indexes = [load_index(self.cache, layer.digest, policy) for layer in layers]
         progress = _PullProgress(emit, count, sum(layer.size for layer in layers))
         progress.start(output.name)
@@ -219,7 +261,7 @@ class Builder:
         convert = partial(
             flatten_to_squashfs, output=output, options=self.config.converter,
             limits=self.config.limits, indexes=indexes, on_progress=progress.converted,
-            on_index=keep)
+            on_index=keep, added=added, policy=policy)
         try:
             # Newest first: the conversion starts with the newest layer.
             futures.update((index, pool.submit(fetch, index)) for index in reversed(range(count)))

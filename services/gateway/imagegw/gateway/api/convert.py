@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from imagegw.domain.model import ImageState
+from imagegw.gateway.core.signed_images import trust_of
 from imagegw.gateway.core.views import ImageStatus
 from imagegw.gateway.records import PullRecord
 from imagegw.rpc import convert
@@ -42,6 +43,9 @@ def status_to_image(status: ImageStatus) -> image_pb2.Image:
         message.format = image.format
         message.size_bytes = image.size_bytes
         message.image_file = image.image_file
+        if (trust := trust_of(image)) is not None:
+            message.trust.CopyFrom(convert.trust_to_proto(trust))
+        message.name = image.name
         if stamp := timestamp(image.last_pull):
             message.last_pull_time.CopyFrom(stamp)
         if stamp := timestamp(status.expire_time):

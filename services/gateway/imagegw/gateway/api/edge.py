@@ -192,10 +192,17 @@ class AsyncGatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         call: _Call | None = None
         try:
             call = _open(self.share, context, Kind.STREAM)
+            # Counted by peer host even with a credential: it can only be checked once the
+            # header names the system, and a stream that never sends one must cost too.
+            call.admission.charge(None)
             # The header is awaited here, so a caller who never sends it holds no thread;
             # the servicer refuses callers who may not import before reading any chunk.
             requests = aiter(request_iterator)
-            first = await anext(requests, None)
+            try:
+                first = await asyncio.wait_for(anext(requests, None), IMPORT_IDLE_SECONDS)
+            except TimeoutError as exc:
+                raise InvalidRequest(f"no import header arrived for {IMPORT_IDLE_SECONDS:.0f} s",
+                                     hint="send ImportHeader, then the image in chunks") from exc
             if first is None:
                 raise InvalidRequest("an import starts with a header message",
                                      hint="send ImportHeader, then the image in chunks")

@@ -114,6 +114,7 @@ class Dispatcher:
             # Looked up now, for the puller only: secrets never enter the queue.
             credentials=self.credentials(spec.requester_uid, spec.reference),
             known_manifest_digest=spec.known_manifest_digest,
+            policy_digest=spec.policy_digest,
         )
         keeper = _LeaseKeeper(self.queue, claim, self.lease_seconds / 3)
         keeper.start()
@@ -154,9 +155,9 @@ class Dispatcher:
                 pull = self.store.get_pull(key)
                 if pull is None:
                     break
-                if result.unchanged:
+                if result.unchanged and result.trust is None:
                     self.store.refresh_pull(key, build.job_id, self.clock())
-                else:
+                else:  # with a verdict: the record keeps the one of the policy now in force
                     image = image_record_for(key, pull, result, self.clock())
                     self.store.complete_pull(key, build.job_id, image, self.clock())
                 self._publish(build.job_id, ProgressEvent.ended())

@@ -20,7 +20,7 @@ from imagegw.domain.errors import ImageGatewayError, ImageNotFound, PermissionDe
 from imagegw.domain.model import ImageState
 from imagegw.gateway.core.access import Caller
 from imagegw.gateway.core.presence import Retirement
-from imagegw.gateway.core.pulls import PullManager
+from imagegw.gateway.core.pulls import PullManager, split_image_name
 from imagegw.gateway.records import ImageRecord
 from imagegw.gateway.store.base import ImageStore
 from imagegw.publish import Publisher, publisher_for
@@ -57,8 +57,9 @@ class Expirer:
         """Expires the image a reference (every ACL's copy) or an id names, now."""
         self._require_admin(system, caller, "expire images")
         if image_type == "id":
-            image_id = reference.removeprefix("sha256:").lower()
-            candidates = self.store.find_images(system, image_id)
+            image_id, name = split_image_name(reference)
+            candidates = [image for image in self.store.find_images(system, image_id)
+                          if not name or image.name == name]
         else:
             normalized = self.pulls.normalize(system, image_type, reference)
             candidates = [image for pull in self.store.pulls_of(system, normalized)
@@ -103,7 +104,11 @@ class Expirer:
                                    hint=f"ask one of Platforms.{system}.admins")
 
     def _expire(self, image: ImageRecord, *, used_before: float | None) -> bool:
-        return self.retirement.retire(image, used_before=used_before, why="expired")
+        if not self.retirement.retire(image, used_before=used_before, why="expired"):
+            return False
+        for tag in image.tags:
+            self.pulls.forget(image.system, tag)
+        return True
 
 
 class ExpiryLoop:

@@ -97,7 +97,7 @@ class FairShare:
             mine = self._by_caller[kind][caller]
             if mine >= per_caller:
                 raise ResourceExhausted(
-                    f"{_who(caller)} already has {mine} {kind.value}s open, the most "
+                    f"{_who(caller)}: {mine} {kind.value}s open already, the most "
                     f"{_SETTINGS[kind, 'caller']} ({per_caller}) allows",
                     hint=_hint(kind))
             if self._total[kind] >= total:
@@ -154,7 +154,7 @@ class Admission:
 
 def _who(caller: str) -> str:
     kind, _, name = caller.partition(":")
-    return f"uid {name}" if kind == "uid" else f"anonymous callers from {name}"
+    return f"uid {name}" if kind == "uid" else f"callers from {name} (by address)"
 
 
 def _hint(kind: Kind) -> str:

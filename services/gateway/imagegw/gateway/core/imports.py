@@ -47,6 +47,8 @@ from imagegw.gateway.records import ImageRecord, PullKey
 from imagegw.gateway.store.base import ImageStore
 from imagegw.pipeline.meta import render_meta
 from imagegw.publish import Publisher, publisher_for
+from imagegw.publish.access import readers_for
+from imagegw.publish.sif import publish_sif
 
 __all__ = ["ImportHeader", "Importer", "import_image_id"]
 
@@ -129,7 +131,11 @@ class Importer:
         image_file, meta_file = f"{image_id}{suffix}.squashfs", f"{image_id}{suffix}.meta"
         meta = render_meta("squashfs", header.metadata, user_acl=users, group_acl=groups)
         platform = self.config.platform(header.system)
-        self.publishers(platform).publish(path, image_file, meta, meta_file, private=private)
+        publisher = self.publishers(platform)
+        readers = readers_for(platform, users, groups)
+        publish_sif(publisher, platform, path, image_file, meta, meta_file, identity=image_id,
+                    private=private, readers=readers)
+        publisher.publish(path, image_file, meta, meta_file, private=private, readers=readers)
         key = PullKey(header.system, reference, acl_key(users, groups))
         now = self.clock()
         job_id = f"import-{uuid.uuid4().hex}"

@@ -106,6 +106,26 @@ class Logins:
         log.info("stored registry credentials of uid %d for %s", caller.uid, endpoint)
         return f"credentials accepted by {endpoint}"
 
+    def adopt(self, caller: Caller, reference: str, offered: dict[str, tuple[str, str]]
+              ) -> bool:
+        """Logs in with the credentials a request carried ({location or registry:
+        (username, password)}) for the registry of `reference`, unless the same ones are
+        stored already: Shifter's clients send them with every request. True when new
+        credentials were stored."""
+        if caller.anonymous or not offered or reference.startswith("import/"):
+            return False
+        endpoint = registry_endpoint(parse_reference(reference, self.config).registry_url)
+        for registry, (username, password) in offered.items():
+            if registry == "default" and registry not in self.config.locations:
+                registry = self.config.default_image_location  # `shifterimg login` alone
+            if registry_endpoint(self.registry_url(registry)) != endpoint:
+                continue
+            if self.vault.get(caller.uid, endpoint) == RegistryCredentials(username, password):
+                return False
+            self.login(caller, registry, username, password)
+            return True
+        return False
+
     def logout(self, caller: Caller, registry: str) -> bool:
         if caller.anonymous:
             raise Unauthenticated("logout needs a MUNGE credential")

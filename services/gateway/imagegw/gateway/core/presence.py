@@ -22,6 +22,7 @@ from typing import Any
 from imagegw.domain.config import Config, Platform
 from imagegw.domain.errors import ConfigError, ImageGatewayError
 from imagegw.domain.model import ImageState
+from imagegw.domain.runtimes import sif_file, wants_sif
 from imagegw.gateway.records import ImageRecord
 from imagegw.gateway.store.base import ImageStore
 from imagegw.publish import Publisher, publisher_for
@@ -59,7 +60,7 @@ class FileCheck:
         with self._lock:
             if self._present.get(key, 0.0) > self.clock():
                 return None
-        reason = _local_problem(platform.image_dir, image)
+        reason = _local_problem(platform.image_dir, image, wants_sif(platform.runtimes))
         if reason is None:
             with self._lock:
                 if len(self._present) >= _CHECK_CACHE_ENTRIES:
@@ -82,12 +83,13 @@ class FileProblem:
         return self.reason
 
 
-def _local_problem(image_dir: str, image: ImageRecord) -> FileProblem | None:
+def _local_problem(image_dir: str, image: ImageRecord, sif: bool) -> FileProblem | None:
     if not os.path.isdir(image_dir):
         return None  # not mounted here (a gateway without the directory): cannot tell
     problems = []
     damaged = False
-    for name in (image.image_file, image.meta_file):
+    names = (image.image_file, image.meta_file, *((sif_file(image.image_file),) if sif else ()))
+    for name in names:
         try:
             info = os.stat(os.path.join(image_dir, name))
         except FileNotFoundError:
@@ -145,6 +147,9 @@ class Retirement:
             return True
         publisher = self.publishers(self.config.platform(image.system))
         try:
+            # The SIF beside it first (Apptainer systems; absent elsewhere), then the
+            # meta file and the image.
+            publisher.remove(sif_file(before.image_file), before.meta_file)
             publisher.remove(before.image_file, before.meta_file)
         except ImageGatewayError:
             # Keep the record honest: the files are still there, try again next time.

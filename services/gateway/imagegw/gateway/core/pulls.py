@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from imagegw.domain.acl import acl_key, normalized_acl
+from imagegw.domain.acl import SUFFIX_DIGITS, acl_key, normalized_acl
 from imagegw.domain.config import Config
 from imagegw.domain.errors import (
     BackendUnavailable,
@@ -29,6 +29,7 @@ from imagegw.domain.reference import parse_reference
 from imagegw.gateway.core.access import ANONYMOUS_CALLER, Caller
 from imagegw.gateway.core.limits import PullLimiter
 from imagegw.gateway.core.presence import FileCheck, FileProblem, Retirement
+from imagegw.gateway.core.signed_images import judged_by_other_policy, trust_extra
 from imagegw.gateway.core.views import ImageStatus, lookup_status, pull_status
 from imagegw.gateway.queue.base import JobQueue, JobSpec, ProgressEvent, ProgressHub, QueuedJob
 from imagegw.gateway.records import ImageRecord, PullKey, PullRecord
@@ -59,6 +60,9 @@ class PullRequest:
     user_acl: tuple[int, ...] = ()
     group_acl: tuple[int, ...] = ()
     requester_uid: int = -1
+    #: Seconds a failed pull is answered with its failure instead of being retried
+    #: (0: retry at once). For clients that re-send the pull to poll it (Shifter's REST).
+    failure_hold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,14 +71,15 @@ class PullTicket:
     job_id: str
     #: True when this request started a new job (False: joined one, or fresh image).
     started: bool
-    #: When a READY image younger than PullUpdateTimeout answered the pull: the status it
-    #: was decided on (a pull another caller starts a moment later does not change it).
+    #: When a READY image younger than PullUpdateTimeout (or a failure within
+    #: PullRequest.failure_hold) answered the pull: the status it was decided on (a pull
+    #: another caller starts a moment later does not change it).
     answer: ImageStatus | None = None
 
     @property
     def fresh(self) -> bool:
         """Whether a READY image answered the pull without a job."""
-        return self.answer is not None
+        return self.answer is not None and self.answer.state == ImageState.READY
 
 
 def _visible_pull(caller: Caller, pull: PullRecord) -> bool:
@@ -87,21 +92,24 @@ def _lookup_rank(pull: PullRecord) -> tuple[bool, bool, float]:
             pull.ready_time or pull.updated)
 
 
-def job_spec(key: PullKey, record: PullRecord, known_manifest_digest: str = "") -> JobSpec:
+def job_spec(key: PullKey, record: PullRecord, known_manifest_digest: str = "",
+             policy_digest: str = "") -> JobSpec:
     return JobSpec(reference=key.reference, acl_key=key.acl_key, user_acl=record.user_acl,
                    group_acl=record.group_acl, requester_uid=record.requester_uid,
-                   known_manifest_digest=known_manifest_digest)
+                   known_manifest_digest=known_manifest_digest, policy_digest=policy_digest)
 
 
 class PullManager:
     def __init__(self, config: Config, store: ImageStore, queue: JobQueue, hub: ProgressHub,
                  *, clock: Callable[[], float] = time.time,
                  registry_login: Callable[[int, str], object | None] = lambda uid, ref: None,
-                 ) -> None:
+                 policy_digest: Callable[[str], str] = lambda _system: "") -> None:
         self.config = config
         #: The caller's stored registry login for a reference's registry (None: none); a
         #: pull made with one is private to its puller (Logins.credentials_for).
         self.registry_login = registry_login
+        #: The digest of the signature policy a system's images are judged by ("": none).
+        self.policy_digest = policy_digest
         self.store = store
         self.queue = queue
         self.hub = hub
@@ -160,6 +168,10 @@ class PullManager:
             self._check_acl_change(key, caller)
         now = self.clock()
         current = self.store.get_pull(key)
+        if (current is not None and current.state == ImageState.FAILED
+                and now - current.updated < request.failure_hold):
+            return PullTicket(key, current.job_id, started=False, answer=pull_status(
+                current, None, expiration=self.config.image_expiration_timeout))
         known_digest = ""
         # A READY image younger than this answers the pull without a job.
         fresh_since: float | None = None if request.force else now - self.config.pull_update_timeout
@@ -168,6 +180,8 @@ class PullManager:
             if image is not None and image.state == ImageState.READY and self._files_gone(image):
                 fresh_since = None  # republish: from the conversion cache when it is there
             elif image is not None and image.state == ImageState.READY:
+                if judged_by_other_policy(image, self.policy_digest(key.system)):
+                    fresh_since = None  # a worker judges it by the current policy first
                 if fresh_since is not None and current.ready_time > fresh_since:
                     return self._fresh(key, current, image)
                 if not request.force:
@@ -183,8 +197,8 @@ class PullManager:
                 keep_ready_since=fresh_since)
         if started:
             try:
-                self.queue.submit(QueuedJob(job_id, key.system,
-                                            job_spec(key, record, known_digest)))
+                self.queue.submit(QueuedJob(job_id, key.system, job_spec(
+                    key, record, known_digest, self.policy_digest(key.system))))
             except BackendUnavailable as exc:
                 # The pull is in the records: the periodic recovery queues its job once the
                 # broker is back (a broker outage is not a pull failure).
@@ -293,6 +307,10 @@ class PullManager:
             self._remember(cache_key, status)
         return status
 
+    def forget(self, system: str, reference: str) -> None:
+        """Drops cached lookups of a reference whose image changed here (expired)."""
+        self._forget(system, reference)
+
     def _forget(self, system: str, reference: str | None) -> None:
         """Drops cached lookups of a reference this gateway is pulling again (None: of
         every reference of the system)."""
@@ -322,6 +340,7 @@ class PullManager:
         if image is not None and image.state == ImageState.READY:
             self._refuse_missing(image, normalized, reference)
         if image is not None:
+            self._check_policy(image, f"shifterimg -s {system} pull {reference}")
             self._note_use(image)
         return lookup_status(pull, image, reference=normalized, system=system,
                              expiration=self.config.image_expiration_timeout)
@@ -334,6 +353,15 @@ class PullManager:
                 hint=f"pull it again to put it back: shifterimg -s {image.system} pull "
                 f"{reference}")
 
+    def _check_policy(self, image: ImageRecord, pull_command: str) -> None:
+        """A READY image accepted under another signature policy is not answered."""
+        if image.state == ImageState.READY and judged_by_other_policy(
+                image, self.policy_digest(image.system)):
+            raise ImageNotFound(
+                f"image {image.image_id} on system {image.system} was accepted under another "
+                "signature policy than the system's current one",
+                hint=f"pull it again to have it judged by the current policy: {pull_command}")
+
     def _note_use(self, image: ImageRecord) -> None:
         """Records a lookup for expiry; at most once per TOUCH_INTERVAL per image, so
         the lookups of every job submission do not each cost a database write."""
@@ -345,18 +373,18 @@ class PullManager:
     def lookup_id(self, system: str, image_id: str,
                   caller: Caller = ANONYMOUS_CALLER) -> ImageStatus:
         self.config.platform(system)
-        image_id = image_id.removeprefix("sha256:").lower()
-        if not image_id or len(image_id) > 64 or any(c not in "0123456789abcdef" for c in image_id):
-            raise InvalidRequest(f"invalid image id {image_id!r}", hint="64 hex digits")
+        image_id, name = split_image_name(image_id)
         usable = [i for i in self.store.find_images(system, image_id)
-                  if caller.can_use(i.acl_key, i.user_acl, i.group_acl)]
+                  if caller.can_use(i.acl_key, i.user_acl, i.group_acl)
+                  and (not name or i.name == name)]
         if not usable:
             raise ImageNotFound(f"no image with id {image_id} on system {system}")
         image = max(usable, key=lambda i: (i.state == ImageState.READY, bool(i.acl_key),
                                            i.last_pull))
+        tag = image.tags[0] if image.tags else "<reference>"
         if image.state == ImageState.READY:
-            self._refuse_missing(image, f"id:{image_id}",
-                                 image.tags[0] if image.tags else f"id:{image_id}")
+            self._refuse_missing(image, f"id:{image_id}", tag)
+        self._check_policy(image, f"shifterimg -s {system} pull {tag}")
         self._note_use(image)
         return lookup_status(None, image, reference=image.tags[0] if image.tags else "",
                              system=system, expiration=self.config.image_expiration_timeout)
@@ -403,7 +431,8 @@ class PullManager:
                     "the import was interrupted by a gateway restart",
                     hint="import the image again")), now)
                 continue
-            self.queue.submit(QueuedJob(pull.job_id, pull.key.system, job_spec(pull.key, pull)))
+            self.queue.submit(QueuedJob(pull.job_id, pull.key.system, job_spec(
+                pull.key, pull, policy_digest=self.policy_digest(pull.key.system))))
             resumed += 1
             log.info("resuming pull %s on %s (job %s) after restart", pull.key.reference,
                      pull.key.system, pull.job_id)
@@ -476,6 +505,20 @@ class PullWatch:
                 (status.state, status.progress) != (previous.state, previous.progress)):
             return [status]
         return []
+def split_image_name(text: str) -> tuple[str, str]:
+    """(image id, runtime name) from an image id ("<hex>", "sha256:<hex>") or a runtime
+    name ("<id>-<12 hex>", a private image's file stem); the name is "" for a bare id."""
+    text = text.strip().removeprefix("sha256:").lower()
+    image_id, dash, suffix = text.partition("-")
+    if (not image_id or len(image_id) > 64 or not _is_hex(image_id)
+            or (dash and (len(suffix) != SUFFIX_DIGITS or not _is_hex(suffix)))):
+        raise InvalidRequest(f"invalid image id {text!r}",
+                             hint="64 hex digits, or the name lookup printed (<id>-<12 hex>)")
+    return image_id, (text if dash else "")
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def import_reference(tag: str) -> str:
@@ -500,4 +543,5 @@ def image_record_for(key: PullKey, pull: PullRecord, result, now: float) -> Imag
         image_file=result.image_file, meta_file=result.meta_file, size_bytes=result.size_bytes,
         tags=(key.reference,), state=ImageState.READY, user_acl=pull.user_acl,
         group_acl=pull.group_acl, acl_key=key.acl_key, last_pull=now, last_used=now,
+        extra=trust_extra(result.trust),
     )

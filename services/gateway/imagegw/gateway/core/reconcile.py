@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from imagegw.domain.config import Config, Platform
 from imagegw.domain.errors import ImageGatewayError
 from imagegw.domain.model import ImageState
+from imagegw.domain.runtimes import sif_file, wants_sif
 from imagegw.gateway.core.presence import Retirement
 from imagegw.gateway.records import ImageRecord
 from imagegw.gateway.store.base import ImageStore
@@ -119,10 +120,11 @@ class Reconciler:
             return report
         report.records, report.files = len(images), len(entries)
         files = {entry.name: entry for entry in entries}
+        sif = wants_sif(platform.runtimes)
         known: set[str] = set()
         for image in images:
-            known.update((image.image_file, image.meta_file))
-            finding = self._check_record(image, files, publisher if check_meta else None)
+            known.update(_names(image, sif))
+            finding = self._check_record(image, files, publisher if check_meta else None, sif)
             if finding is not None:
                 report.findings.append(finding)
         recent = self.clock() - self.grace
@@ -139,8 +141,8 @@ class Reconciler:
         return report
 
     def _check_record(self, image: ImageRecord, files: dict[str, DirEntry],
-                      publisher: Publisher | None) -> Finding | None:
-        gone = [name for name in (image.image_file, image.meta_file) if name not in files]
+                      publisher: Publisher | None, sif: bool) -> Finding | None:
+        gone = [name for name in _names(image, sif) if name not in files]
         if gone:
             return Finding(MISSING, image.system, image.image_file,
                            f"{' and '.join(gone)} gone; record READY "
@@ -150,7 +152,11 @@ class Reconciler:
             return Finding(DAMAGED, image.system, image.image_file,
                            f"{size} bytes, the record says {image.size_bytes}", image)
         if publisher is not None:
-            expected = expected_meta(image)
+            try:
+                expected = expected_meta(image)
+            except ImageGatewayError as exc:  # metadata Shifter's meta file cannot carry
+                log.debug("no meta file to compare for %s: %s", image.image_id, exc)
+                return None
             actual = publisher.read_file(image.meta_file, limit=len(expected) + 4096)
             if actual is not None and actual != expected:
                 return Finding(META_MISMATCH, image.system, image.meta_file,
@@ -191,8 +197,11 @@ class Reconciler:
             current = self._current(finding.image)
             if current is None:
                 return "skipped: the record changed meanwhile"
+            sif = wants_sif(self.config.platform(current.system).runtimes)
             if publisher.has_image(current.image_file, current.meta_file,
-                                   current.size_bytes or None):
+                                   current.size_bytes or None) and (
+                    not sif or publisher.has_image(sif_file(current.image_file),
+                                                   current.meta_file)):
                 return "skipped: the files are back"
             if self.retirement.retire(current, why=f"retired ({finding.kind} files)",
                                       remove_files=remove_leftovers or finding.kind == DAMAGED):
@@ -223,9 +232,10 @@ class Reconciler:
         return now
 
     def _known_names(self, system: str) -> set[str]:
+        sif = wants_sif(self.config.platform(system).runtimes)
         names: set[str] = set()
         for image in self.ready_images(system):
-            names.update((image.image_file, image.meta_file))
+            names.update(_names(image, sif))
         return names
 
     # -- the gateway's sweep ----------------------------------------------------------------
@@ -250,6 +260,12 @@ class Reconciler:
                                 finding.name, finding.detail, finding.outcome)
                     retired += finding.outcome == "repaired"
         return retired
+
+
+def _names(image: ImageRecord, sif: bool) -> tuple[str, ...]:
+    """The files a READY record stands for: image, meta file, and the SIF beside the image
+    on a system publishing for Apptainer/SingularityCE."""
+    return (image.image_file, image.meta_file, *((sif_file(image.image_file),) if sif else ()))
 
 
 def expected_meta(image: ImageRecord) -> bytes:

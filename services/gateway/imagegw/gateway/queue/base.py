@@ -34,12 +34,15 @@ class JobSpec:
     requester_uid: int = -1
     #: The manifest digest of the READY image a re-check compares with ("" for none).
     known_manifest_digest: str = ""
+    #: The digest of the signature policy the gateway judges the system's images by.
+    policy_digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"reference": self.reference, "acl_key": self.acl_key,
                 "user_acl": list(self.user_acl), "group_acl": list(self.group_acl),
                 "requester_uid": self.requester_uid,
-                "known_manifest_digest": self.known_manifest_digest}
+                "known_manifest_digest": self.known_manifest_digest,
+                "policy_digest": self.policy_digest}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -47,7 +50,8 @@ class JobSpec:
                    user_acl=tuple(int(u) for u in data.get("user_acl", ())),
                    group_acl=tuple(int(g) for g in data.get("group_acl", ())),
                    requester_uid=int(data.get("requester_uid", -1)),
-                   known_manifest_digest=data.get("known_manifest_digest", ""))
+                   known_manifest_digest=data.get("known_manifest_digest", ""),
+                   policy_digest=data.get("policy_digest", ""))
 
 
 @dataclass(frozen=True)
