@@ -242,13 +242,15 @@ def median_run(samples: list[Sample]) -> Sample:
 class Ours:
     """`imagegw serve` in its own process, pulled through with PullImage."""
 
-    def __init__(self, workdir: Path, registry, name: str, jobs: int, engine: str = "auto") -> None:
+    def __init__(self, workdir: Path, registry, name: str, jobs: int, engine: str = "auto",
+                 platforms: dict | None = None) -> None:
         from testbed.services import embedded_config, start_service
 
         self.workdir = workdir / f"ours-{name}"
         shutil.rmtree(self.workdir, ignore_errors=True)
         config = embedded_config(self.workdir, registry_url=registry.url,
                                  systems=("default", "second"))
+        config["Platforms"].update(platforms or {})
         config["ConverterOptions"] = {"compressor": "gzip", "level": LEVEL,
                                       "blockSize": BLOCK, "jobs": jobs, "gzipEngine": engine}
         self.registry = registry
@@ -442,7 +444,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, help="also write the report (markdown) here")
     parser.add_argument("--lookup-seconds", type=float, default=5.0)
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["skopeo", "charliecloud", "lookups", "dedup"])
+                        choices=["skopeo", "charliecloud", "lookups", "dedup", "pulls",
+                                 "remote", "many"])
+    parser.add_argument("--many-files", type=int, default=400_000,
+                        help="files of the many-layers image (× scale); it also runs at half")
+    parser.add_argument("--image", action="append", default=[],
+                        help="measure only this test image (repeatable)")
+    parser.add_argument("--remote-mib", type=int, default=1024,
+                        help="size of the file the remote-publish rows copy (MiB)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="measure the floor, the bound, the cold pull and the lookups "
                              "this many times each, taking turns, and report the median run "
@@ -457,7 +466,12 @@ def main(argv: list[str] | None = None) -> int:
     from testbed.registry import start_registry
 
     log(f"building test images at scale {args.scale:g} (reused when made before)")
-    images = bench_images.build_images(workdir, args.scale)
+    images = [] if "pulls" in args.skip else bench_images.build_images(workdir, args.scale)
+    if "pulls" not in args.skip and "many" not in args.skip:
+        many = max(400, int(args.many_files * args.scale))
+        images += [bench_images.build_many_layers_image(workdir, count)
+                   for count in (many, many // 2)]
+    images = [image for image in images if not args.image or image.name in args.image]
     registry_dir = workdir / "registry"
     shutil.rmtree(registry_dir, ignore_errors=True)
     registry = start_registry(registry_dir)
@@ -602,6 +616,25 @@ def main(argv: list[str] | None = None) -> int:
                            f"{noop['p99_ms']:.1f} ms)")
         if ours_first is not None:
             ours_first.stop()
+        if "remote" not in args.skip:
+            from bench.remote import measure_remote_publish
+
+            log(f"remote publish: {args.remote_mib} MiB to a loopback sshd, scp and ours")
+            rows, line = measure_remote_publish(workdir, args.remote_mib * MIB, args.repeat)
+            report += ["## Remote publish over SSH (loopback sshd)", "", *table(rows, None, None),
+                       ""]
+            summary.append(line)
+        if "remote" not in args.skip and images:
+            from bench.remote import measure_remote_pull
+
+            image = max(images, key=lambda image: image.compressed_bytes)  # longest copy
+            log(f"remote pull: {image.name}, cold to a local and to a remote system")
+            rows, line = measure_remote_pull(workdir, registry, image.name,
+                                             f"testreg/bench/{image.name}:1", jobs, engine,
+                                             args.repeat)
+            report += [f"## Remote pull of {image.name}: the copy overlapped with the "
+                       "conversion", "", *table(rows, rows[0], None), ""]
+            summary.append(line)
         if "dedup" not in args.skip:
             log("100 concurrent pulls of one image")
             dedup = concurrent_pulls(workdir, registry, jobs)

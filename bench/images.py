@@ -4,6 +4,8 @@
 `large-files`: ~1.2 GB in a few dozen big files over 4 layers. Both carry whiteouts,
 an opaque directory and symlinks; the small-files image also hardlinks. Layers are gzip (what registries serve
 most). `scale` multiplies file counts and sizes, for a quick run.
+`many-layers-<N>k`: N thousand small files over 40 layers that overwrite, white out and
+make opaque what lower layers wrote (conda, spack, Python stacks): build_many_layers.
 """
 
 from __future__ import annotations
@@ -226,6 +228,59 @@ def build_large_files(out: Path, scale: float) -> BenchImage:
             writer.file("data/part1/README", b"replaced by layer 3\n")
         layers.append(writer.close())
     return BenchImage("large-files", layers, files)
+
+
+def build_many_layers(out: Path, total_files: int, layer_count: int = 40) -> BenchImage:
+    """A conda/spack-like image: `total_files` small files (~600 B mean) over `layer_count`
+    layers; every later layer overwrites ~5% and whites out ~1% of the files still there,
+    and every tenth makes an earlier directory opaque."""
+    content = _Content(seed=13)
+    rng = content.rng
+    per_layer = max(20, total_files // layer_count)
+    alive: list[str] = []  # files of lower layers still in the image
+    layers: list[LayerFile] = []
+    files = 0
+    for number in range(layer_count):
+        writer = _LayerWriter(out / f"many-{total_files}-{number:02d}.tar.gz")
+        root = f"opt/env/pkg{number:02d}"
+        for directory in ("opt", "opt/env", root):
+            writer.dir(directory)
+        dirs = [f"{root}/m{index:03d}" for index in range(max(1, per_layer // 100))]
+        for directory in dirs:
+            writer.dir(directory)
+        if alive:
+            for victim in rng.sample(alive, min(len(alive), per_layer // 20)):
+                writer.file(victim, content.make(max(1, _sizes(rng, 1, 600)[0])))
+            for _ in range(min(len(alive) // 2, per_layer // 100)):
+                victim = alive.pop(rng.randrange(len(alive)))  # order does not matter
+                writer.whiteout(victim)
+        if number % 10 == 9:
+            hidden = f"opt/env/pkg{number - 5:02d}/m000"
+            writer.dir(hidden)
+            writer.opaque(hidden)
+            writer.file(f"{hidden}/replaced.txt", b"made opaque by a later layer\n")
+            alive = [name for name in alive if not name.startswith(f"{hidden}/")]
+        made = []
+        for index, size in enumerate(_sizes(rng, per_layer, 600)):
+            name = f"{dirs[index % len(dirs)]}/f{index:05d}.py"
+            writer.file(name, content.make(max(1, size)), 0o755 if index % 9 == 0 else 0o644)
+            made.append(name)
+        alive += made
+        files += len(made)
+        layers.append(writer.close())
+    return BenchImage(f"many-layers-{total_files // 1000}k", layers, files)
+
+
+def build_many_layers_image(workdir: Path, total_files: int) -> BenchImage:
+    """The many-layers image of `total_files` under `workdir`, reused when made before."""
+    out = workdir / f"images-many-v{GENERATOR_VERSION}-{total_files}"
+    marker = out / "image.json"
+    if marker.exists():
+        return _load(json.loads(marker.read_text()))
+    out.mkdir(parents=True, exist_ok=True)
+    image = build_many_layers(out, total_files)
+    marker.write_text(json.dumps(_dump(image), indent=1))
+    return image
 
 
 def build_images(workdir: Path, scale: float) -> list[BenchImage]:

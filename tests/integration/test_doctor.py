@@ -187,3 +187,27 @@ def test_listen_address_open_to_other_hosts_without_tls_fails(root: Path) -> Non
         "gateway has no TLS (TLSCertificate and TLSKey) and no authentication (mungeSocketPath "
         "on cluster); fix: configure them, listen on 127.0.0.1, or set AllowInsecureListen: true"]
     assert "OK   tool unsquashfs: " in done.stdout, "a gateway checks imports with unsquashfs"
+
+
+def test_remote_system_without_the_openssh_client_fails(
+    root: Path, sshd_target: SshdServer
+) -> None:
+    tools = root / "bin"
+    tools.mkdir()
+    config = local_config(root)
+    config["Platforms"]["remote"] = remote_system(sshd_target, sshd_target.known_hosts)
+    done = doctor(root, config, path=str(tools))
+    assert "FAIL OpenSSH client (systems remote): ssh is not installed: remote systems' images " \
+        "are published with it; fix: install openssh-client" in lines(done, "FAIL")
+
+
+def test_an_ssh_key_others_may_read_fails(root: Path, sshd_target: SshdServer) -> None:
+    key = root / "id_ed25519"
+    key.write_bytes(sshd_target.ed25519_key.read_bytes())
+    key.chmod(0o640)
+    config = local_config(root)
+    config["Platforms"]["remote"] = remote_system(sshd_target, sshd_target.known_hosts)
+    config["Platforms"]["remote"]["ssh"]["key"] = str(key)
+    done = doctor(root, config)
+    assert f"FAIL SSH remote: key {key}: others may read it, and ssh refuses such a key; " \
+        f"fix: chmod 600 {key} (owned by the service account)" in lines(done, "FAIL")

@@ -10,6 +10,7 @@ host key, and write nothing but a probe image in a temporary directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import os
 import pwd
@@ -232,10 +233,21 @@ def check_munge(config: Config) -> Iterator[Finding]:
 def check_ssh(config: Config) -> Iterator[Finding]:
     from imagegw.publish.ssh import SshPublisher
 
+    remote = [name for name, platform in config.platforms.items()
+              if platform.access_type == "remote" and platform.ssh is not None]
+    if remote and shutil.which("ssh") is None:
+        yield Finding(FAIL, f"OpenSSH client (systems {', '.join(remote)})",
+                      "ssh is not installed: remote systems' images are published with it",
+                      "install openssh-client")
     for platform in config.platforms.values():
         target = platform.ssh
         if platform.access_type != "remote" or target is None:
             continue
+        with contextlib.suppress(OSError):
+            if target.key and os.stat(target.key).st_mode & 0o077:
+                yield Finding(FAIL, f"SSH {platform.name}: key {target.key}",
+                              "others may read it, and ssh refuses such a key",
+                              f"chmod 600 {target.key} (owned by the service account)")
         for host in target.hosts or ("(none)",):
             what = f"SSH {platform.name}: {target.username}@{host}"
             try:

@@ -53,7 +53,8 @@ PIPE_BUFFER = 1 << 20
 PROGRESS_STEP = 1 << 20
 _STDERR_TAIL = 2000
 
-__all__ = ["build_squashfs", "tar2sqfs_command", "flatten_to_squashfs", "FlattenStats"]
+__all__ = ["build_squashfs", "tar2sqfs_command", "flatten_to_squashfs", "FlattenStats",
+           "partial_path"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ class FlattenStats:
     one_pass: bool = False
     #: Every layer's index, oldest first (kept beside the blobs for the next conversion).
     indexes: tuple[LayerIndex, ...] = field(default=(), repr=False, compare=False)
+
+
+def partial_path(output: Path) -> Path:
+    """Where tar2sqfs writes `output` until it is complete (a reader may follow it)."""
+    return output.with_name(f".{output.name}.partial")
 
 
 def tar2sqfs_command(output: Path, options: ConverterOptions) -> list[str]:
@@ -107,7 +113,7 @@ def build_squashfs(
     says "I/O error". `check()`, when given, runs once the input is complete, while
     tar2sqfs finishes the image; if it raises, the image is thrown away."""
     output = Path(output)
-    partial = output.with_name(f".{output.name}.partial")
+    partial = partial_path(output)
     free_before = _free_bytes(output.parent)
 
     def space_hint() -> str | None:

@@ -1,6 +1,7 @@
 """Publishing finished images to a system's image directory, locally or over SSH.
 
-`publisher_for(platform)` picks the implementation; both follow `Publisher` in base.
+`publisher_for(platform)` picks the implementation; all follow `Publisher` in base. A
+remote system's images travel through the system's OpenSSH client (openssh.py).
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from imagegw.domain.config import Platform
 from imagegw.domain.errors import ConfigError
 from imagegw.publish.base import DirEntry, Publisher, is_temporary, temporary_name
 from imagegw.publish.local import LocalPublisher
+from imagegw.publish.openssh import OpenSshPublisher
 from imagegw.publish.ssh import SshPublisher
 
 __all__ = [
     "DirEntry",
     "LocalPublisher",
+    "OpenSshPublisher",
     "Publisher",
     "SshPublisher",
     "is_temporary",
@@ -31,7 +34,7 @@ def publisher_for(platform: Platform) -> Publisher:
     if platform.access_type == "remote":
         if platform.ssh is None:
             raise ConfigError(f"Platforms.{platform.name}.ssh: required for remote")
-        return SshPublisher(platform.ssh)
+        return OpenSshPublisher(platform.ssh)
     raise ConfigError(
         f"Platforms.{platform.name}.accesstype: expected 'local' or 'remote', "
         f"got {platform.access_type!r}"

@@ -195,6 +195,19 @@ class LocalPublisher:
         except OSError as exc:
             raise self._failed(f"removing {name}", exc) from exc
 
+    def temporary_beside(self, image_file: str, *, other_than: Path) -> Path | None:
+        """A fresh temporary path in the image directory for a converter to write
+        `image_file` into, when that directory is on another file system than
+        `other_than` (else None: build there and link in). Raises TransferFailed."""
+        check_file_name(image_file)
+        try:
+            self._ensure_directory()
+            if os.stat(self.image_dir).st_dev == os.stat(other_than).st_dev:
+                return None
+        except OSError as exc:
+            raise self._failed(f"preparing {image_file}", exc) from exc
+        return self.image_dir / temporary_name(image_file)
+
     def _path(self, name: str) -> Path:
         return self.image_dir / check_file_name(name)
 

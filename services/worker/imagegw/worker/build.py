@@ -34,9 +34,11 @@ from imagegw.pipeline.members import MemberPolicy
 from imagegw.pipeline.meta import render_meta
 from imagegw.pipeline.runtime_files import AddedLayers, added_layers
 from imagegw.pipeline.sif import write_sif
-from imagegw.pipeline.squashfs import flatten_to_squashfs
-from imagegw.publish import publisher_for
+from imagegw.pipeline.squashfs import flatten_to_squashfs, partial_path
+from imagegw.publish import LocalPublisher, Publisher, publisher_for
 from imagegw.publish.access import readers_for
+from imagegw.publish.follow import FollowingPublish
+from imagegw.publish.openssh import OpenSshPublisher
 from imagegw.publish.sif import has_published
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.following import DownloadRestarted, GrowingBlob
@@ -150,6 +152,8 @@ class Builder:
                     self.paths.scratch(job.job_id) as scratch:
                 output = self.caches.conversions.lookup(key.digest, image_format)
                 shared = output is not None
+                streamed = False
+                private = bool(job.user_acl or job.group_acl)
                 if output is not None:
                     log.info("job %s: %s converted before (%s); publishing that image",
                              job.job_id, reference, image.manifest_digest)
@@ -157,11 +161,20 @@ class Builder:
                     output = scratch / image_file
                     shared = self._fetch_shared_conversion(key, image, output, emit)
                     if not shared:
-                        self._download_and_convert(
-                            client, image, output, emit,
-                            added=added_layers(image.metadata, files, provenance))
+                        added = added_layers(image.metadata, files, provenance)
+                        if sif_name is not None or readers is not None:
+                            # The SIF is published first, and readers get their ACL in a
+                            # whole publish: no streaming then.
+                            self._download_and_convert(client, image, output, emit,
+                                                       added=added)
+                        else:
+                            output, streamed = self._convert_and_stream(
+                                client, image, output, emit, publisher,
+                                (image_file, meta, meta_file, private), added=added)
+                    built = output
                     output = self.caches.conversions.store(key.digest, image_format, output)
-                private = bool(job.user_acl or job.group_acl)
+                    if built.parent != scratch:  # converted in the image directory
+                        built.unlink(missing_ok=True)
                 if sif_name is not None:
                     sif = self._sif(key, output, scratch / sif_name, image, platform.architecture)
                     emit(Progress(Stage.PUBLISHING, message=f"publishing {sif_name}"), force=True)
@@ -169,11 +182,13 @@ class Builder:
                     publisher.publish(sif, sif_name, meta, meta_file, private=private,
                                       readers=readers)
                 size = output.stat().st_size
-                emit(Progress(Stage.PUBLISHING, bytes_total=size,
-                              message=f"publishing {image_file} to {job.system}"), force=True)
-                publisher.publish(output, image_file, meta, meta_file,
-                                  on_bytes=_publish_progress(emit, image_file),
-                                  private=private, readers=readers)
+                if not streamed:
+                    emit(Progress(Stage.PUBLISHING, bytes_total=size,
+                                  message=f"publishing {image_file} to {job.system}"),
+                         force=True)
+                    publisher.publish(output, image_file, meta, meta_file,
+                                      on_bytes=_publish_progress(emit, image_file),
+                                      private=private, readers=readers)
                 if not shared:
                     self._share_conversion(key, image, output)
         self.caches.evict()
@@ -201,6 +216,48 @@ class Builder:
             return cached
         write_sif(squashfs, output, architecture=architecture, identity=image.image_id)
         return self.caches.conversions.store(key.digest, "sif", output)
+
+    def _convert_and_stream(self, client: RegistryClient, image: ResolvedImage, output: Path,
+                            emit: Throttle, publisher: Publisher,
+                            published: tuple[str, bytes, str, bool], *,
+                            added: AddedLayers | None = None) -> tuple[Path, bool]:
+        """Converts, and where it can publishes as the image is produced: a remote system
+        gets the squashfs streamed while tar2sqfs writes it (publish/follow.py); a local
+        image directory on another file system than `output` gets it written there, under
+        a temporary name, then linked into place. Returns where the image is built, and
+        whether it is published (else: publish it whole)."""
+        image_file, meta, meta_file, private = published
+        if isinstance(publisher, LocalPublisher) and not private:
+            in_place = publisher.temporary_beside(image_file, other_than=output.parent)
+            if in_place is not None:
+                try:
+                    self._download_and_convert(client, image, in_place, emit,
+                                               added=added)
+                    emit(Progress(Stage.PUBLISHING, bytes_total=in_place.stat().st_size,
+                                  message=f"publishing {image_file} (written in place)"),
+                         force=True)
+                    publisher.publish(in_place, image_file, meta, meta_file,
+                                      on_bytes=_publish_progress(emit, image_file))
+                except BaseException:
+                    in_place.unlink(missing_ok=True)
+                    raise
+                return in_place, True
+        if not (isinstance(publisher, OpenSshPublisher) and output.suffix == ".squashfs"):
+            self._download_and_convert(client, image, output, emit, added=added)
+            return output, False
+        follower = FollowingPublish(publisher, partial_path(output), image_file, meta_file,
+                                    private=private,
+                                    on_bytes=_publish_progress(emit, image_file))
+        follower.start()
+        try:
+            self._download_and_convert(client, image, output, emit, added=added)
+        except BaseException:
+            follower.close()  # no commit: the remote side drops its temporary
+            raise
+        emit(Progress(Stage.PUBLISHING, bytes_total=output.stat().st_size,
+                      message=f"publishing {image_file} (streamed while converting)"),
+             force=True)
+        return output, follower.finish(output, meta)
 
     def _download_and_convert(self, client: RegistryClient, image: ResolvedImage,
                               output: Path, emit: Throttle, *,

@@ -21,9 +21,10 @@ from imagegw.domain.config import Config
 from imagegw.domain.errors import InvalidRequest, Unauthenticated
 from imagegw.domain.model import ImageState
 from imagegw.gateway.api.convert import pull_to_job, status_to_image
-from imagegw.gateway.auth import MungeDecoder, authenticate_with_payload, is_admin
+from imagegw.gateway.auth import MungeDecoder
 from imagegw.gateway.core import audit
 from imagegw.gateway.core.access import ANONYMOUS_CALLER, Caller
+from imagegw.gateway.core.callers import authenticate_caller
 from imagegw.gateway.core.expiry import Expirer
 from imagegw.gateway.core.fairshare import Admission
 from imagegw.gateway.core.imports import Importer, ImportHeader
@@ -113,15 +114,9 @@ class GatewayServicer:
 
     def _authenticate(self, context: CallContext, system: str
                       ) -> tuple[Caller, bytes]:
-        platform = self.config.platform(system)
-        identity, payload = authenticate_with_payload(
-            context.invocation_metadata(), platform, self._decoders)
-        context.admission.charge(None if identity.is_anonymous else identity.uid)
-        if identity.is_anonymous:
-            return ANONYMOUS_CALLER, b""
-        admin_of = frozenset({system}) if is_admin(identity, platform) else frozenset()
-        return Caller(uid=identity.uid, gid=identity.gid, user=identity.user,
-                      groups=identity.groups, admin_of=admin_of), payload
+        return authenticate_caller(context.invocation_metadata(), system,
+                                   self.config.platform(system), self._decoders,
+                                   context.admission)
 
     def _caller(self, context: CallContext, system: str) -> Caller:
         return self._authenticate(context, system)[0]

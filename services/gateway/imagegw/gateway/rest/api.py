@@ -20,9 +20,10 @@ from typing import Any
 from imagegw.domain.config import Config
 from imagegw.domain.errors import ImageNotFound, InvalidRequest, PermissionDenied
 from imagegw.domain.model import ImageMetadata, ImageState
-from imagegw.gateway.auth import MungeDecoder, authenticate_with_payload, is_admin
+from imagegw.gateway.auth import MungeDecoder
 from imagegw.gateway.core import audit
-from imagegw.gateway.core.access import ANONYMOUS_CALLER, Caller
+from imagegw.gateway.core.access import Caller
+from imagegw.gateway.core.callers import authenticate_caller
 from imagegw.gateway.core.expiry import Expirer
 from imagegw.gateway.core.fairshare import Admission
 from imagegw.gateway.core.imports import Importer, ImportHeader
@@ -148,16 +149,9 @@ class RestApi:
         decoded by the munged of `system`, as the gRPC edge does; the call is charged to
         the verified uid on `admission` (the fair share every edge counts)."""
         _check_fields(system=system)
-        platform = self.config.platform(system)
-        identity, payload = authenticate_with_payload(
-            [("authentication", value) for value in credentials], platform, self._decoders)
-        if admission is not None:
-            admission.charge(None if identity.is_anonymous else identity.uid)
-        if identity.is_anonymous:
-            return ANONYMOUS_CALLER, b""
-        admin_of = frozenset({system}) if is_admin(identity, platform) else frozenset()
-        return Caller(uid=identity.uid, gid=identity.gid, user=identity.user,
-                      groups=identity.groups, admin_of=admin_of), payload
+        return authenticate_caller([("authentication", value) for value in credentials],
+                                   system, self.config.platform(system), self._decoders,
+                                   admission)
 
     # -- routes ------------------------------------------------------------------------
 

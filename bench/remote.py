@@ -1,0 +1,148 @@
+"""The remote-publish rows: one image file published to a real sshd on loopback.
+
+Takes turns, in one run and on one sshd: OpenSSH `scp` of the file (its defaults, as a
+person would copy it), imagegw's publisher (the system's ssh client, hashing on arrival,
+fsync, rename) and the paramiko publisher it replaces. Each runs as its own process.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.measure import Sample, run
+
+MIB = 1024 * 1024
+
+_PUBLISH = """
+import sys
+from pathlib import Path
+from imagegw.domain.config import SshTarget
+from imagegw.publish.openssh import OpenSshPublisher
+from imagegw.publish.ssh import SshPublisher
+kind, source, user, key, image_dir, port, known_hosts = sys.argv[1:]
+target = SshTarget(username=user, key=key, image_dir=image_dir, hosts=("127.0.0.1",),
+                   port=int(port), known_hosts=known_hosts)
+publisher = OpenSshPublisher(target) if kind == "openssh" else SshPublisher(target)
+publisher.publish(Path(source), f"{kind}.squashfs", b"FORMAT: squashfs\\n", f"{kind}.meta")
+"""
+
+
+def test_file(workdir: Path, size: int) -> Path:
+    """An incompressible file of `size` bytes (reused between runs)."""
+    path = workdir / f"remote-publish-{size}.bin"
+    if path.exists() and path.stat().st_size == size:
+        return path
+    block = os.urandom(8 * MIB)
+    with open(path, "wb") as out:
+        for start in range(0, size, len(block)):
+            out.write(block[:size - start])
+    return path
+
+
+def measure_remote_publish(workdir: Path, size: int, repeat: int) -> tuple[list[Sample], str]:
+    """(median rows: scp, ours, paramiko) and the one-line summary with the ratio to scp."""
+    from tests.support.sshd import start_sshd
+
+    source = test_file(workdir, size)
+    server_dir = Path(tempfile.mkdtemp(prefix="sshd-", dir=workdir))
+    try:
+        server = start_sshd(server_dir)
+    except BaseException:
+        shutil.rmtree(server_dir, ignore_errors=True)
+        raise
+    try:
+        common = (f"-F /dev/null -i {shlex.quote(str(server.ed25519_key))} "
+                  f"-o UserKnownHostsFile={shlex.quote(str(server.known_hosts))} "
+                  "-o StrictHostKeyChecking=yes -o BatchMode=yes")
+        scp = (f"scp -q -P {server.port} {common} {shlex.quote(str(source))} "
+               f"{server.user}@127.0.0.1:{shlex.quote(str(server.image_dir))}/scp.bin")
+
+        def publish(kind: str) -> str:
+            words = [sys.executable, "-c", _PUBLISH, kind, str(source), server.user,
+                     str(server.ed25519_key), str(server.image_dir), str(server.port),
+                     str(server.known_hosts)]
+            return " ".join(shlex.quote(word) for word in words)
+
+        rounds: dict[str, list[Sample]] = {"scp": [], "openssh": [], "paramiko": []}
+        for _ in range(repeat):
+            rounds["scp"].append(run("OpenSSH scp of the same file (its defaults)", scp))
+            rounds["openssh"].append(run(
+                "imagegw: remote publish (OpenSSH client, hashed on arrival, fsync, rename)",
+                publish("openssh")))
+            rounds["paramiko"].append(run(
+                "imagegw before: paramiko SFTP, then a remote sha256sum pass, rename",
+                publish("paramiko")))
+    finally:
+        server.stop()
+        shutil.rmtree(server_dir, ignore_errors=True)
+    rows = [_median(samples) for samples in rounds.values()]
+    scp_row, ours, before = rows
+    for row in rows:
+        if row.ok:
+            row.note = (f"{size / row.wall / 1e6:.0f} MB/s" + (f"; {row.note}" if row.note
+                                                              else ""))
+    ratio = scp_row.wall / ours.wall if ours.ok and ours.wall else float("nan")
+    turns = "; ".join(f"{name} " + ", ".join(f"{s.wall:.1f}" for s in samples)
+                      for name, samples in rounds.items())
+    summary = (f"remote publish of {size / 1e6:.0f} MB over loopback ssh: "
+               f"{ours.wall:.1f}s, {ratio:.2f}× scp's speed ({scp_row.wall:.1f}s) "
+               f"[target ≥ 0.9]; paramiko before: {before.wall:.1f}s "
+               f"({repeat} runs each, median; {turns} s)")
+    return rows, summary
+
+
+def _median(samples: list[Sample]) -> Sample:
+    """The run with the median wall time (the lower one of the middle two)."""
+    ordered = sorted(samples, key=lambda sample: (not sample.ok, sample.wall))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def measure_remote_pull(workdir: Path, registry, image_name: str, reference: str, jobs: int,
+                        engine: str, repeat: int) -> tuple[list[Sample], str]:
+    """Cold pulls of one image by fresh `imagegw serve`s, taking turns: to a local system
+    (the conversion alone) and to a remote one over a loopback sshd (the copy overlapped
+    with the conversion: publish/follow.py)."""
+    from bench.__main__ import Ours
+    from tests.support.sshd import start_sshd
+
+    server_dir = Path(tempfile.mkdtemp(prefix="sshd-pull-", dir=workdir))
+    try:
+        server = start_sshd(server_dir)
+    except BaseException:
+        shutil.rmtree(server_dir, ignore_errors=True)
+        raise
+    remote = {"accesstype": "remote", "host": [f"127.0.0.1:{server.port}"],
+              "mungeSocketPath": "/nonexistent/munge.socket", "allowAnonymousPull": True,
+              "ssh": {"username": server.user, "key": str(server.ed25519_key),
+                      "imageDir": str(server.image_dir), "knownHosts": str(server.known_hosts)}}
+    rounds: dict[str, list[Sample]] = {"local": [], "remote": []}
+    try:
+        for _ in range(repeat):
+            for system, label in (("default", "imagegw: cold pull → local system "
+                                              "(the conversion alone)"),
+                                  ("remote", "imagegw: cold pull → remote system over ssh "
+                                             "(streamed while converting)")):
+                ours = Ours(workdir, registry, f"{image_name}-{system}", jobs, engine,
+                            platforms={"remote": remote})
+                try:
+                    rounds["local" if system == "default" else "remote"].append(
+                        ours.measured_pull(label, reference, system))
+                finally:
+                    ours.stop()
+                for entry in server.image_dir.iterdir():
+                    entry.unlink()
+    finally:
+        server.stop()
+        shutil.rmtree(server_dir, ignore_errors=True)
+    local, far = (_median(samples) for samples in rounds.values())
+    ratio = far.wall / local.wall if local.ok and far.ok and local.wall else float("nan")
+    turns = "; ".join(f"{name} " + ", ".join(f"{s.wall:.1f}" for s in samples)
+                      for name, samples in rounds.items())
+    summary = (f"{image_name}: remote pull {far.wall:.1f}s = {ratio:.2f}× the same cold pull "
+               f"to a local system ({local.wall:.1f}s) [target ≤ 1.1] ({turns} s)")
+    return [local, far], summary
