@@ -242,7 +242,9 @@ class Reconciler:
 
     def sweep(self) -> int:
         """Retires READY records whose files are gone, on every system (remote ones over
-        SFTP); returns how many. Meta files and orphans are left to `imagegw reconcile`."""
+        SFTP), and removes temporaries older than the grace period (a worker killed while
+        it wrote an image in place leaves one); returns how many records it retired. Meta
+        files and orphans are left to `imagegw reconcile`."""
         retired = 0
         for system in sorted(self.config.platforms):
             try:
@@ -253,7 +255,7 @@ class Reconciler:
             if report.error:
                 log.warning("file sweep of %s skipped: %s", system, report.error)
                 continue
-            self.repair(report, kinds=(MISSING, DAMAGED), remove_leftovers=False)
+            self.repair(report, kinds=(MISSING, DAMAGED, TEMPORARY), remove_leftovers=False)
             for finding in report.findings:
                 if finding.kind in (MISSING, DAMAGED):
                     log.warning("file sweep of %s: %s %s: %s -> %s", system, finding.kind,
