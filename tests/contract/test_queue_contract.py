@@ -274,6 +274,34 @@ def test_redis_queue_and_hub_work_again_after_the_server_restarts(tmp_path: Path
         server.stop()
 
 
+def test_redis_progress_subscriptions_outlive_an_outage_of_seconds(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    hub = RedisProgressHub(server.client())
+    try:
+        before = hub.subscribe("job-1")
+        server.kill()
+        time.sleep(1.0)
+        assert before.get(0.5) is None, "no event, no error: the watcher reads the records"
+        during = hub.subscribe("job-2")  # returns while Redis is away
+        server.start()
+        deadline = time.monotonic() + 10.0
+        got: dict[str, object] = {}
+        while len(got) < 2 and time.monotonic() < deadline:
+            hub.publish("job-1", event(1))
+            hub.publish("job-2", event(2))
+            for name, subscription in (("job-1", before), ("job-2", during)):
+                received = subscription.get(0.1)
+                if received is not None:
+                    got[name] = received
+        assert got == {"job-1": event(1), "job-2": event(2)}
+        before.close()
+        during.close()
+    finally:
+        hub.close()
+        server.stop()
+
+
 def test_redis_queue_reports_an_unreachable_server_as_retryable() -> None:
     client = redis.Redis(host="127.0.0.1", port=free_port(), socket_timeout=1.0,
                          socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))

@@ -579,3 +579,13 @@ def test_open_store_uses_mongodb_when_configured_without_connecting() -> None:
 def test_open_store_without_data_directory_or_mongodb_names_the_key() -> None:
     with pytest.raises(ConfigError, match="DataDirectory"):
         open_store(Config())
+
+
+def test_the_first_deployment_target_of_a_system_is_kept_until_set(
+    image_store: ImageStore,
+) -> None:
+    assert image_store.claim_target("sys", "dir-a") == "dir-a"
+    assert image_store.claim_target("sys", "dir-b") == "dir-a", "the records stay A's"
+    assert image_store.claim_target("other", "dir-b") == "dir-b"
+    image_store.set_target("sys", "dir-b")
+    assert image_store.claim_target("sys", "dir-c") == "dir-b"

@@ -1,7 +1,9 @@
 """A real redis-server on 127.0.0.1 for tests: start, stop, restart on the same port.
 
-No persistence, its files in a temporary directory. Fixtures `redis_server`, `redis_url`
-(registered for every test by tests/conftest.py).
+No persistence unless asked (`appendonly=True`: an append-only file that a restart on
+the same port reads back), optionally a replica of another server; its files in a
+temporary directory. Fixtures `redis_server`, `redis_url` (registered for every test by
+tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process, owned by the test run."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, appendonly: bool = False,
+                 replica_of: int | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.appendonly = appendonly
+        self.replica_of = replica_of
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -56,8 +61,10 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--daemonize", "no",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-             "--pidfile", str(self.pidfile), "--logfile", str(self.logfile)],
+             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+             "--appendfsync", "always", "--dir", str(self.workdir),
+             "--pidfile", str(self.pidfile), "--logfile", str(self.logfile),
+             *(["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else [])],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._wait_until_ready()
@@ -93,6 +100,15 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait(timeout=STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed that was not already."""
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_TIMEOUT)
 
     def restart(self) -> None:
         """Stops and starts again on the same port (all data is lost: no persistence)."""

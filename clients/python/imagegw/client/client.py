@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -41,6 +42,8 @@ DEFAULT_TIMEOUT = 30.0
 #: How long a waiting pull may stream before the client gives up.
 DEFAULT_PULL_TIMEOUT = 3600.0
 _LIST_PAGE_SIZE = 100
+#: Times a pull whose gateway was lost mid-stream is joined again (through any gateway).
+PULL_REJOINS = 5
 #: Bytes per ImportImage chunk message (the gateway takes up to 4 MiB).
 IMPORT_CHUNK_SIZE = 1024 * 1024
 
@@ -295,6 +298,28 @@ class GatewayClient:
     def _stream_pull(
         self, request: gw_pb2.PullImageRequest, timeout: float
     ) -> Iterator[PullUpdate]:
+        """The pull's updates. A gateway lost mid-pull (restarted, killed) does not end the
+        pull: the client joins it again through any gateway, up to PULL_REJOINS times."""
+        rejoins = 0
+        while True:
+            try:
+                yield from self._stream_pull_once(request, timeout)
+                return
+            except _GatewayLost as lost:
+                if request.no_wait or rejoins >= PULL_REJOINS:
+                    raise lost.error from lost
+                rejoins += 1
+                logger.warning("lost the gateway mid-pull (%s); joining the pull again "
+                               "(%d of %d)", lost.error, rejoins, PULL_REJOINS)
+                time.sleep(min(0.5 * 2 ** rejoins, 5.0))
+                # Joining: a pull forced once is not forced again (it would start anew).
+                request = gw_pb2.PullImageRequest()
+                request.CopyFrom(lost.request)
+                request.force = False
+
+    def _stream_pull_once(
+        self, request: gw_pb2.PullImageRequest, timeout: float
+    ) -> Iterator[PullUpdate]:
         last_error: GatewayError | None = None
         for index, address in self._in_turn():
             call = self._stub(address).PullImage(
@@ -307,7 +332,9 @@ class GatewayClient:
                     yield update_from_proto(response)
             except grpc.RpcError as exc:
                 error = error_from_rpc(exc, address=address)
-                # Once updates flowed, the job lives on that gateway: do not start another.
+                if received and isinstance(error, Unavailable):
+                    raise _GatewayLost(error, request) from exc
+                # Once updates flowed, the job lives on: do not start another here.
                 if received or not isinstance(error, Unavailable):
                     raise error from exc
                 logger.info("gateway %s unavailable for PullImage; trying the next", address)
@@ -319,6 +346,15 @@ class GatewayClient:
             return
         assert last_error is not None
         raise last_error
+
+
+class _GatewayLost(Exception):
+    """A pull's stream broke with UNAVAILABLE after updates had come."""
+
+    def __init__(self, error: GatewayError, request: gw_pb2.PullImageRequest) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.request = request
 
 
 def _read_file(path: str) -> bytes:

@@ -198,8 +198,10 @@ def _lookup(client: Client, args: argparse.Namespace, system: str, out: TextIO,
         print(to_json(image), file=out)
     if image.state != "READY" or not (image.name or image.id):
         cause = f": {image.failure_message}" if image.failure_message else ""
+        again = (f"; pull it again to put it back: {PROG} -s {system} pull {args.image}"
+                 if image.state in ("EXPIRED", "FAILED") and kind == "docker" else "")
         print(f"{PROG}: {args.image} is not ready on {system} (state "
-              f"{image.state or 'unknown'}{cause})", file=err)
+              f"{image.state or 'unknown'}{cause}){again}", file=err)
         return EXIT_ERROR
     if args.runtime and not args.verbose:
         try:

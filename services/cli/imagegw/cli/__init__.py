@@ -1,4 +1,5 @@
-"""`imagegw`: run the gateway and worker (`serve`), or each alone, or check a config.
+"""`imagegw`: run the gateway and worker (`serve`), or each alone, check a config, or
+reconcile records with image directories.
 
 This is `main`: the only place that reads the environment (IMAGEGW_CONFIG,
 IMAGEGW_HOME, IMAGEGW_LISTEN) and configures logging."""
@@ -126,6 +127,39 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    """Records against image directories: report, and with --repair fix (docs/deployment.md)."""
+    from imagegw.gateway.core.presence import check_targets
+    from imagegw.gateway.core.reconcile import Reconciler
+    from imagegw.gateway.store import open_store
+
+    config = _config(args)
+    store = open_store(config)
+    try:
+        check_targets(config, store, retarget=tuple(args.retarget))
+        reconciler = Reconciler(config, store, grace=args.grace)
+        clean = True
+        for system in args.system or sorted(config.platforms):
+            report = reconciler.survey(system)
+            if args.repair:
+                reconciler.repair(report)
+            print(f"system {system} ({report.where}): {report.records} READY records, "
+                  f"{report.files} files")
+            if report.error:
+                print(f"  error: {report.error}")
+            for finding in report.findings:
+                outcome = f"  [{finding.outcome}]" if finding.outcome else ""
+                print(f"  {finding.kind:<14} {finding.name}: {finding.detail}{outcome}")
+            clean = clean and (report.clean if args.repair
+                               else not report.error and not report.findings)
+        if not clean and not args.repair:
+            print("run again with --repair to fix these (files no record knows are deleted "
+                  "only then)")
+        return 0 if clean else 1
+    finally:
+        store.close()
+
+
 def _announce(args: argparse.Namespace, address: str) -> None:
     if args.address_file:
         tmp = Path(args.address_file + ".tmp")
@@ -159,6 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     doctor.add_arguments(sub.add_parser("doctor", help="check a configuration against this host"))
     units.add_arguments(sub.add_parser("units", help="the systemd units, ready to install"))
+    reconcile = sub.add_parser("reconcile", help="compare records with every image directory; "
+                               "--repair fixes what it finds")
+    reconcile.add_argument("--config", help="Shifter imagemanager.json (or IMAGEGW_CONFIG)")
+    reconcile.add_argument("--data-dir", help="data directory (or IMAGEGW_HOME)")
+    reconcile.add_argument("--system", action="append", default=[],
+                           help="only this system (repeatable; default: every system)")
+    reconcile.add_argument("--repair", action="store_true",
+                           help="retire records whose files are gone, delete files no record "
+                           "knows and stale temporaries, rewrite mismatched meta files")
+    reconcile.add_argument("--grace", type=float, default=600.0,
+                           help="leave files changed in the last SECONDS alone (default 600: "
+                           "a publish may be writing them)")
+    reconcile.add_argument("--retarget", action="append", default=[], metavar="SYSTEM",
+                           help="the records of SYSTEM now belong to this configuration's "
+                           "image directory or hosts (after moving them)")
+    reconcile.set_defaults(listen=None)
     return parser
 
 
@@ -169,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     handlers = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check-config": _check,
-                "doctor": doctor.run, "units": units.run}
+                "doctor": doctor.run, "units": units.run, "reconcile": _reconcile}
     try:
         return handlers[args.command](args)
     except ImageGatewayError as exc:

@@ -14,8 +14,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import redis
+from redis.sentinel import Sentinel
 
-from imagegw.domain.errors import ConfigError, WorkerUnavailable
+from imagegw.domain.errors import BackendUnavailable, ConfigError, WorkerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ SOCKET_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 PREFIX = "imagegw:worker"
 MEMBERS = "imagegw:workers"
+#: `WorkerTimeToLive`: a worker without a heartbeat for this long leaves the directory.
+DEFAULT_TTL_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,17 @@ class WorkerInfo:
     started: float
 
 
+#: `Broker` naming Redis Sentinels instead of one server (see `redis_from_url`).
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
 def redis_from_url(url: str) -> redis.Redis:
-    """A Redis client with timeouts for `Broker` (redis://, rediss:// or unix://)."""
+    """A Redis client with timeouts for `Broker`: redis://, rediss:// or unix:// for one
+    server, or `redis+sentinel://[:password@]host:port[,host:port...]/master[/db]` for the
+    primary the Sentinels name (redis-py's Sentinel client: it asks them again after a
+    failover)."""
+    if url.startswith(SENTINEL_SCHEME):
+        return _sentinel_client(url)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"Broker: expected a redis:// URL, got {url.split('://')[0]}://...",
                           hint="other Celery brokers (amqp) are not supported; "
@@ -51,10 +63,41 @@ def redis_from_url(url: str) -> redis.Redis:
 def _text(value: bytes | str) -> str:
     """A reply as text (bytes unless the client was made with decode_responses)."""
     return value.decode() if isinstance(value, bytes) else value
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:
+    """(sentinel addresses, master name, db, password) of a redis+sentinel:// URL."""
+    rest = url.removeprefix(SENTINEL_SCHEME)
+    netloc, _, path = rest.partition("/")
+    password = None
+    if "@" in netloc:
+        credentials, _, netloc = netloc.rpartition("@")
+        password = credentials.partition(":")[2] or None
+    sentinels = []
+    for entry in filter(None, netloc.split(",")):
+        host, sep, port = entry.rpartition(":")
+        if not sep or not port.isdigit():
+            host, port = entry, "26379"
+        sentinels.append((host.removeprefix("[").removesuffix("]"), int(port)))
+    master, _, db = path.strip("/").partition("/")
+    if not sentinels or not master or (db and not db.isdigit()):
+        raise ConfigError(
+            f"Broker: {url!r} is not a Sentinel URL",
+            hint="redis+sentinel://host:26379,host:26380/mymaster (optionally /DB after "
+            "the master name, :password@ before the hosts)")
+    return sentinels, master, int(db or 0), password
+
+
+def _sentinel_client(url: str) -> redis.Redis:
+    sentinels, master, db, password = parse_sentinel_url(url)
+    sentinel = Sentinel(
+        sentinels, socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT_SECONDS,
+                         "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS})
+    return sentinel.master_for(master, db=db, password=password, health_check_interval=30)
 
 
 class WorkerDirectory:
-    def __init__(self, client: redis.Redis, *, ttl: float = 15.0) -> None:
+    def __init__(self, client: redis.Redis, *, ttl: float = DEFAULT_TTL_SECONDS) -> None:
         self._redis = client
         self.ttl = ttl
 
@@ -83,7 +126,10 @@ class WorkerDirectory:
                 return []
             records = self._redis.mget([f"{PREFIX}:{worker_id}" for worker_id in ids])
         except redis.RedisError as exc:
-            raise WorkerUnavailable(f"cannot read the worker directory in Redis: {exc}") from exc
+            # The broker is away, not the workers: a job in hand is handed back, not failed.
+            raise BackendUnavailable(f"cannot read the worker directory in Redis: {exc}",
+                                     hint="check that Redis is running and Broker points "
+                                     "at it") from exc
         workers, gone = [], []
         for worker_id, raw in zip(ids, records, strict=True):
             if raw is None:

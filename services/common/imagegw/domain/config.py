@@ -221,6 +221,14 @@ class Config:
     #: The secret gateways and workers share when WorkerTLS is not set
     #: ("" = <data dir>/worker.token, created 0600; imagegw.rpc.worker_auth).
     worker_token_file: str = ""
+    #: Seconds between the gateway's sweeps that check every READY record's files
+    #: (remote systems over SFTP) and retire records whose files are gone; 0: no sweep.
+    file_check_interval: float = 600.0
+    #: Seconds a gateway holds a job without renewing its lease before another takes it
+    #: over, and seconds a worker stays in the directory without a heartbeat (it beats
+    #: every third of that).
+    job_lease_seconds: float = 30.0
+    worker_ttl_seconds: float = 15.0
     #: HOST:PORT of the gateway's Shifter REST API (None: off).
     rest_listen: str | None = None
     #: Problems that did not stop loading (unknown keys, ignored settings).
@@ -579,6 +587,7 @@ def parse_config(
     image_format = top.get("DefaultImageFormat", str, "squashfs")
     if image_format not in ("squashfs", "ext4"):
         raise ConfigError(f"DefaultImageFormat: expected 'squashfs' or 'ext4', got {image_format!r}")
+    records = _record_settings(top)
     config = Config(
         default_image_location=default_location,
         default_image_format=image_format,
@@ -611,6 +620,9 @@ def parse_config(
         signature_registries_dir=top.get("SignatureRegistriesDir", str, ""),
         allowed_registries=_allowed_registries(top.strings("AllowedRegistries")),
         worker_token_file=top.get("WorkerTokenFile", str, ""),
+        file_check_interval=records["file_check_interval"],
+        job_lease_seconds=records["job_lease_seconds"],
+        worker_ttl_seconds=records["worker_ttl_seconds"],
         rest_listen=_host_port(top.get("RestListen", str), "RestListen"),
     )
     top.ignore(*_IGNORED_TOP_KEYS, "DataDirectory")
@@ -633,6 +645,22 @@ def _allowed_registries(patterns: tuple[str, ...]) -> tuple[str, ...]:
                               hint='a host with * wildcards and an optional port (or :* for '
                                    'any), like "*.example.org" or "registry.example.org:5000"')
     return tuple(pattern.lower() for pattern in patterns)
+
+
+def _record_settings(top: _Reader) -> dict[str, float]:
+    """The file sweep's schedule and the broker's lease and heartbeat times."""
+    settings = {
+        "file_check_interval": float(top.get("FileCheckInterval", (int, float), 600)),
+        "job_lease_seconds": float(top.get("JobLeaseSeconds", (int, float), 30)),
+        "worker_ttl_seconds": float(top.get("WorkerTimeToLive", (int, float), 15)),
+    }
+    if settings["file_check_interval"] < 0:
+        raise ConfigError("FileCheckInterval: must not be negative (0 turns the sweep off)")
+    for key, name in (("job_lease_seconds", "JobLeaseSeconds"),
+                      ("worker_ttl_seconds", "WorkerTimeToLive")):
+        if not 1 <= settings[key] <= 3600:
+            raise ConfigError(f"{name}: seconds from 1 to 3600, got {settings[key]:g}")
+    return settings
 
 
 def _cache_max_bytes(value: int | None) -> int | None:

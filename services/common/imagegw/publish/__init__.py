@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from imagegw.domain.config import Platform
 from imagegw.domain.errors import ConfigError
-from imagegw.publish.base import Publisher, is_temporary, temporary_name
+from imagegw.publish.base import DirEntry, Publisher, is_temporary, temporary_name
 from imagegw.publish.local import LocalPublisher
 from imagegw.publish.openssh import OpenSshPublisher
 from imagegw.publish.ssh import SshPublisher
 
 __all__ = [
+    "DirEntry",
     "LocalPublisher",
     "OpenSshPublisher",
     "Publisher",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +28,17 @@ PRIVATE_FILE_MODE = 0o600
 DIR_MODE = 0o755
 
 _TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_-]+\.partial")
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """One regular file of an image directory, as a reconcile run sees it."""
+
+    name: str
+    size: int
+    #: Seconds since the epoch of the last change: the later of mtime and ctime where the
+    #: file system tells both (a hard link or rename updates ctime only), else mtime.
+    changed: float
 
 
 class Publisher(Protocol):
@@ -64,6 +76,23 @@ class Publisher(Protocol):
 
     def cleanup_temporaries(self, older_than: float = 0.0) -> int:
         """Deletes temporaries at least `older_than` seconds old; returns how many."""
+        ...
+
+    def list_entries(self) -> list[DirEntry] | None:
+        """The regular files of the image directory; None when the directory is not there."""
+        ...
+
+    def read_file(self, name: str, limit: int = 1 << 20) -> bytes | None:
+        """Up to `limit` bytes of one file of the directory; None when it is not there."""
+        ...
+
+    def write_meta(self, meta: bytes, meta_file: str, *, private: bool = False) -> None:
+        """Replaces a meta file atomically and durably (temporary, flush, rename);
+        PRIVATE_FILE_MODE for a `private` image's meta file."""
+        ...
+
+    def remove_file(self, name: str) -> None:
+        """Deletes one file of the directory; a missing file is fine."""
         ...
 
 

@@ -21,6 +21,7 @@ from imagegw.publish.base import (
     DIR_MODE,
     FILE_MODE,
     PRIVATE_FILE_MODE,
+    DirEntry,
     ProgressCallback,
     check_file_name,
     is_temporary,
@@ -138,6 +139,61 @@ class LocalPublisher:
         if removed:
             log.info("removed %d leftover temporaries from %s", removed, self.image_dir)
         return removed
+
+    def list_entries(self) -> list[DirEntry] | None:
+        try:
+            entries = list(os.scandir(self.image_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise self._failed("listing the image directory", exc) from exc
+        found = []
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise self._failed(f"looking at {entry.name}", exc) from exc
+            if stat.S_ISREG(info.st_mode):
+                found.append(DirEntry(entry.name, info.st_size, max(info.st_mtime, info.st_ctime)))
+        return sorted(found, key=lambda e: e.name)
+
+    def read_file(self, name: str, limit: int = 1 << 20) -> bytes | None:
+        try:
+            with open(self._path(name), "rb") as reader:
+                return reader.read(limit)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise self._failed(f"reading {name}", exc) from exc
+
+    def write_meta(self, meta: bytes, meta_file: str, *, private: bool = False) -> None:
+        path = self._path(meta_file)
+        temporaries: list[Path] = []
+        try:
+            temporary = self._write_meta(meta, meta_file, temporaries,
+                                         PRIVATE_FILE_MODE if private else FILE_MODE)
+            os.rename(temporary, path)
+            temporaries.remove(temporary)
+            _fsync_directory(self.image_dir)
+        except OSError as exc:
+            raise self._failed(f"rewriting {meta_file}", exc) from exc
+        finally:
+            for leftover in temporaries:
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+        log.info("rewrote %s in %s", meta_file, self.image_dir)
+
+    def remove_file(self, name: str) -> None:
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path(name))
+            _fsync_directory(self.image_dir)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._failed(f"removing {name}", exc) from exc
 
     def temporary_beside(self, image_file: str, *, other_than: Path) -> Path | None:
         """A fresh temporary path in the image directory for a converter to write

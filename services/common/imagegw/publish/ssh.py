@@ -1,7 +1,9 @@
 """Publishing into a remote system's image directory over SSH and SFTP (paramiko).
 
 Host keys are checked against known_hosts and never added. Files stream to temporary
-names, are verified on the remote side (size, sha256sum), then renamed: image, then meta.
+names, are verified on the remote side (size, sha256sum), flushed to stable storage
+(`sync` of both files), then renamed: image, then meta; then the directory is flushed,
+so a crash of the remote host never leaves a final name on a short file.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from imagegw.publish.base import (
     DIR_MODE,
     FILE_MODE,
     PRIVATE_FILE_MODE,
+    DirEntry,
     ProgressCallback,
     check_file_name,
     is_temporary,
@@ -127,11 +130,13 @@ class SshPublisher:
                     self._restrict(session, image_tmp, image_file, readers)
                 meta_tmp = self._upload(session, io.BytesIO(meta), meta_file, len(meta),
                                         temporaries, None, mode)
+                self._flush(session, image_tmp, meta_tmp, size=total)
                 # The runtime reads the meta file first: it must never name a missing image.
                 session.sftp.posix_rename(image_tmp, image_path)
                 temporaries.remove(image_tmp)
                 session.sftp.posix_rename(meta_tmp, meta_path)
                 temporaries.remove(meta_tmp)
+                self._flush(session, self.image_dir, size=0)
             finally:
                 _remove_quietly(session, temporaries)
             where = session.where
@@ -165,6 +170,46 @@ class SshPublisher:
         if removed:
             log.info("removed %d leftover temporaries from %s", removed, self.image_dir)
         return removed
+
+    def list_entries(self) -> list[DirEntry] | None:
+        with self._session("listing the image directory") as session:
+            try:
+                entries = session.sftp.listdir_attr(self.image_dir)
+            except FileNotFoundError:
+                return None
+        found = [DirEntry(e.filename, e.st_size or 0, float(e.st_mtime or 0))
+                 for e in entries if stat.S_ISREG(e.st_mode or 0)]
+        return sorted(found, key=lambda e: e.name)
+
+    def read_file(self, name: str, limit: int = 1 << 20) -> bytes | None:
+        path = self._path(name)
+        with self._session(f"reading {name}") as session:
+            try:
+                with session.sftp.open(path, "rb") as remote:
+                    return remote.read(limit)
+            except FileNotFoundError:
+                return None
+
+    def write_meta(self, meta: bytes, meta_file: str, *, private: bool = False) -> None:
+        path = self._path(meta_file)
+        with self._session(f"rewriting {meta_file}") as session:
+            temporaries: list[str] = []
+            try:
+                temporary = self._upload(session, io.BytesIO(meta), meta_file, len(meta),
+                                         temporaries, None,
+                                         PRIVATE_FILE_MODE if private else FILE_MODE)
+                self._flush(session, temporary, size=len(meta))
+                session.sftp.posix_rename(temporary, path)
+                temporaries.remove(temporary)
+                self._flush(session, self.image_dir, size=0)
+            finally:
+                _remove_quietly(session, temporaries)
+
+    def remove_file(self, name: str) -> None:
+        path = self._path(name)
+        with self._session(f"removing {name}") as session, \
+                contextlib.suppress(FileNotFoundError):
+            session.sftp.remove(path)
 
     def _path(self, name: str) -> str:
         return posixpath.join(self.image_dir, check_file_name(name))
@@ -374,6 +419,19 @@ class SshPublisher:
             raise TransferFailed(
                 f"the copy of {final_name} on {session.where} has sha256 {remote_sha256}, "
                 f"expected {sha256}"
+            )
+
+    def _flush(self, session: _Session, *paths: str, size: int) -> None:
+        """Puts files (or a directory, after renames in it) on the remote host's stable
+        storage: `sync FILE...` fsyncs each one (GNU coreutils 8.24 and later)."""
+        timeout = self._stall + size / _HASH_BYTES_PER_SECOND
+        command = "sync -- " + " ".join(shlex.quote(path) for path in paths)
+        status, output = _run(session, command, timeout, self._stall)
+        if status != 0:
+            raise TransferFailed(
+                f"flushing {', '.join(paths)} on {session.where} failed: sync exited with "
+                f"{status}: {output.strip()[:200]!r}",
+                hint="the remote host needs GNU coreutils 8.24 or later (sync FILE)",
             )
 
     def _remote_sha256(self, session: _Session, path: str, size: int) -> str:

@@ -27,7 +27,9 @@ from imagegw.gateway.core.expiry import Expirer, ExpiryLoop, check_interval
 from imagegw.gateway.core.fairshare import FairShare, ShareLimits
 from imagegw.gateway.core.imports import Importer
 from imagegw.gateway.core.logins import Logins
+from imagegw.gateway.core.presence import check_targets
 from imagegw.gateway.core.pulls import PullManager
+from imagegw.gateway.core.reconcile import Reconciler, SweepLoop
 from imagegw.gateway.core.vault import CredentialVault
 from imagegw.gateway.queue import open_queue
 from imagegw.gateway.rest import RestApi, RestServices, build_app, start_rest
@@ -87,6 +89,14 @@ class GatewayApp:
         check_listen_security(config, listen)
         self.config = config
         self.store = open_store(config)
+        # Records made for another image directory or other hosts are refused before the
+        # gateway serves anything (ConfigError naming the setting); a store that cannot
+        # be reached yet is checked once it can.
+        try:
+            check_targets(config, self.store)
+            self._targets_checked = True
+        except BackendUnavailable:
+            self._targets_checked = False
         self.queue, self.hub = open_queue(config)
         self.trust = load_site_trust(config)
         vault = CredentialVault(
@@ -98,11 +108,13 @@ class GatewayApp:
                                  policy_digest=self.trust.policy_digest)
         self.expirer = Expirer(config, self.store, self.pulls)
         self.expiry = ExpiryLoop(self.expirer, check_interval(config))
+        self.sweep = SweepLoop(Reconciler(config, self.store, retirement=self.pulls.retirement),
+                               config.file_check_interval)
         self.workers = open_worker_pool(config, worker_addresses)
         self.dispatcher = Dispatcher(
             self.store, self.queue, self.hub, self.workers,
             consumers=self.workers.consumers(config.worker_slots),
-            credentials=self.logins.credentials_for,
+            credentials=self.logins.credentials_for, lease_seconds=config.job_lease_seconds,
         )
         services = Services(
             config=config, pulls=self.pulls, expirer=self.expirer, logins=self.logins,
@@ -167,6 +179,7 @@ class GatewayApp:
         for start in self._async_servers:
             self._async_stops.append(self.loop.run(start()))
         self.expiry.start()
+        self.sweep.start()
         log.info("gateway listening on %s (systems: %s)", self.address,
                  ", ".join(sorted(self.config.platforms)))
         if self._recover():
@@ -180,6 +193,9 @@ class GatewayApp:
 
     def _recover(self) -> bool:
         try:
+            if not self._targets_checked:
+                check_targets(self.config, self.store)
+                self._targets_checked = True
             resumed = self.pulls.recover()
         except BackendUnavailable as exc:
             log.error("cannot start dispatching: %s; retrying every %.0fs", exc, RECOVER_INTERVAL)
@@ -190,7 +206,12 @@ class GatewayApp:
 
     def _recover_until_ready(self) -> None:
         while not self._stopping.wait(RECOVER_INTERVAL):
-            if self._recover():
+            try:
+                recovered = self._recover()
+            except ConfigError as exc:
+                log.error("not serving: %s (%s)", exc, exc.hint or "")
+                continue
+            if recovered:
                 self.dispatcher.start()
                 self._set_health(health_pb2.HealthCheckResponse.SERVING)
                 log.info("records and queue reachable again: serving")
@@ -215,6 +236,7 @@ class GatewayApp:
     def stop(self, grace: float = 2.0) -> None:
         self._stopping.set()
         self.expiry.stop()
+        self.sweep.stop()
         for stop in self._async_stops:
             try:
                 self.loop.run(stop(grace))

@@ -138,7 +138,8 @@ def open_worker_pool(config: Config, static_addresses: Sequence[str]) -> WorkerP
     if static_addresses:
         return WorkerPool(static_addresses, credentials=credentials, token=token)
     if config.broker:
-        return WorkerPool(directory=WorkerDirectory(redis_from_url(config.broker)),
+        return WorkerPool(directory=WorkerDirectory(redis_from_url(config.broker),
+                                                     ttl=config.worker_ttl_seconds),
                           credentials=credentials, token=token)
     raise WorkerUnavailable("no workers: set WorkerAddresses, or a Broker that workers register with")
 

@@ -51,7 +51,7 @@ class WorkerApp:
         if config.broker:
             worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
             self.registration = Registration(
-                WorkerDirectory(redis_from_url(config.broker)), worker_id,
+                WorkerDirectory(redis_from_url(config.broker), ttl=config.worker_ttl_seconds), worker_id,
                 advertise or self.address, config.platforms.keys(), config.worker_slots)
 
     def start(self) -> None:

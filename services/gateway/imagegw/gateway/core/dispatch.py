@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from imagegw import metrics
-from imagegw.domain.errors import ImageGatewayError, WorkerUnavailable
+from imagegw.domain.errors import BackendUnavailable, ImageGatewayError, WorkerUnavailable
 from imagegw.domain.model import STAGE_STATE, BuildJob, Failure, ImageState, RegistryCredentials
 from imagegw.gateway.core.pulls import image_record_for, progress_event
 from imagegw.gateway.core.workers import WorkerLost, Workers
@@ -128,10 +128,12 @@ class Dispatcher:
             else:
                 self._stop.wait(min(2.0 * attempts, 10.0))
                 self.queue.release(claim)
+        except BackendUnavailable:
+            raise  # the records or the broker are away, not the job: the loop hands it back
         except ImageGatewayError as exc:  # no worker reachable right now
             log.warning("job %s: %s", job.job_id, exc)
             self.store.fail_pull(key, job.job_id, Failure.of(exc), self.clock())
-            self.hub.publish(job.job_id, ProgressEvent.ended())
+            self._publish(job.job_id, ProgressEvent.ended())
             self.queue.ack(claim)
         finally:
             keeper.stop()
@@ -147,7 +149,7 @@ class Dispatcher:
                 if state != last_state or now - last_write > STORE_PROGRESS_INTERVAL:
                     self.store.update_pull(key, build.job_id, state, event.progress, self.clock())
                     last_state, last_write = state, now
-                self.hub.publish(build.job_id, progress_event(state, event.progress))
+                self._publish(build.job_id, progress_event(state, event.progress))
             elif event.result is not None:
                 result = event.result
                 pull = self.store.get_pull(key)
@@ -158,7 +160,7 @@ class Dispatcher:
                 else:  # with a verdict: the record keeps the one of the policy now in force
                     image = image_record_for(key, pull, result, self.clock())
                     self.store.complete_pull(key, build.job_id, image, self.clock())
-                self.hub.publish(build.job_id, ProgressEvent.ended())
+                self._publish(build.job_id, ProgressEvent.ended())
                 self.queue.ack(claim)
                 return
             elif event.failure is not None:
@@ -168,8 +170,16 @@ class Dispatcher:
 
     def _fail(self, claim: Claim, key: PullKey, failure: Failure) -> None:
         self.store.fail_pull(key, claim.job.job_id, failure, self.clock())
-        self.hub.publish(claim.job.job_id, ProgressEvent.ended())
+        self._publish(claim.job.job_id, ProgressEvent.ended())
         self.queue.ack(claim)
+
+    def _publish(self, job_id: str, event: ProgressEvent) -> None:
+        """Progress is best effort: a broker outage drops it (watchers read the records
+        meanwhile) and never stops the job."""
+        try:
+            self.hub.publish(job_id, event)
+        except BackendUnavailable as exc:
+            log.debug("job %s: progress dropped: %s", job_id, exc)
 
 
 class _LeaseKeeper:

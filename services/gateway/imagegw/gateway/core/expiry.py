@@ -1,10 +1,11 @@
 """Image expiry: ImageExpirationTimeout after the last pull or lookup, on a schedule
 inside the gateway (`ExpiryLoop`) and on an admin's request (`Expirer`).
 
-An image expires in two steps: the record moves READY -> EXPIRED atomically (so a
-lookup racing with expiry sees EXPIRED, not a READY image without files), then the
-image and meta files leave the system's image directory. An image with a pull in
-flight (same system and ACL, same id or one of its tags) is never touched.
+An image expires through `presence.Retirement` (shared with the file checks and
+`imagegw reconcile`): the record moves READY -> EXPIRED atomically (so a lookup racing
+with expiry sees EXPIRED, not a READY image without files), then the image and meta
+files leave the system's image directory. An image with a pull in flight (same system
+and ACL, same id or one of its tags) is never touched.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from collections.abc import Callable
 from imagegw.domain.config import Config, Platform
 from imagegw.domain.errors import ImageGatewayError, ImageNotFound, PermissionDenied
 from imagegw.domain.model import ImageState
-from imagegw.domain.runtimes import sif_file
 from imagegw.gateway.core.access import Caller
+from imagegw.gateway.core.presence import Retirement
 from imagegw.gateway.core.pulls import PullManager, split_image_name
 from imagegw.gateway.records import ImageRecord
 from imagegw.gateway.store.base import ImageStore
@@ -49,7 +50,7 @@ class Expirer:
         self.pulls = pulls
         self.publishers = publishers
         self.clock = clock
-        self._lock = threading.Lock()
+        self.retirement = Retirement(config, store, publishers=publishers)
 
     def expire_image(self, system: str, image_type: str, reference: str,
                      caller: Caller) -> list[ImageRecord]:
@@ -102,37 +103,11 @@ class Expirer:
             raise PermissionDenied(f"only admins of system {system} may {what}",
                                    hint=f"ask one of Platforms.{system}.admins")
 
-    def _in_flight(self, image: ImageRecord) -> bool:
-        return any(
-            pull.key.system == image.system and pull.key.acl_key == image.acl_key
-            and (pull.image_id == image.image_id or pull.key.reference in image.tags)
-            for pull in self.store.in_flight_pulls())
-
     def _expire(self, image: ImageRecord, *, used_before: float | None) -> bool:
-        with self._lock:
-            if self._in_flight(image):
-                log.info("not expiring %s on %s: a pull is in flight", image.image_id,
-                         image.system)
-                return False
-            before = self.store.expire_image(image.system, image.image_id, image.acl_key,
-                                             used_before)
-        if before is None:
-            return False  # used (or expired) meanwhile
-        publisher = self.publishers(self.config.platform(image.system))
-        try:
-            # The SIF beside it first (Apptainer systems; absent elsewhere), then the
-            # meta file and the image.
-            publisher.remove(sif_file(before.image_file), before.meta_file)
-            publisher.remove(before.image_file, before.meta_file)
-        except ImageGatewayError:
-            # Keep the record honest: the files are still there, try again next time.
-            self.store.set_image_state(image.system, image.image_id, ImageState.READY,
-                                       image.acl_key)
-            raise
+        if not self.retirement.retire(image, used_before=used_before, why="expired"):
+            return False
         for tag in image.tags:
             self.pulls.forget(image.system, tag)
-        log.info("expired image %s on %s (%s)", image.image_id, image.system,
-                 ", ".join(image.tags) or "untagged")
         return True
 
 

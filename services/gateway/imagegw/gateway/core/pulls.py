@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from imagegw.domain.acl import SUFFIX_DIGITS, acl_key, normalized_acl
 from imagegw.domain.config import Config
 from imagegw.domain.errors import (
+    BackendUnavailable,
     Cancelled,
+    ImageGatewayError,
     ImageNotFound,
     InvalidRequest,
     PermissionDenied,
@@ -26,6 +28,7 @@ from imagegw.domain.model import Failure, ImageState, Progress, Stage
 from imagegw.domain.reference import parse_reference
 from imagegw.gateway.core.access import ANONYMOUS_CALLER, Caller
 from imagegw.gateway.core.limits import PullLimiter
+from imagegw.gateway.core.presence import FileCheck, FileProblem, Retirement
 from imagegw.gateway.core.signed_images import judged_by_other_policy, trust_extra
 from imagegw.gateway.core.views import ImageStatus, lookup_status, pull_status
 from imagegw.gateway.queue.base import JobQueue, JobSpec, ProgressEvent, ProgressHub, QueuedJob
@@ -115,6 +118,8 @@ class PullManager:
         self._ready_lookups: dict[tuple, tuple[float, ImageStatus]] = {}
         self._cache_lock = threading.Lock()
         self.limiter = PullLimiter(store, config.max_concurrent_pulls_per_user)
+        self.files = FileCheck(config)
+        self.retirement = Retirement(config, store)
 
     # -- pulls -----------------------------------------------------------------
 
@@ -172,7 +177,9 @@ class PullManager:
         fresh_since: float | None = None if request.force else now - self.config.pull_update_timeout
         if current is not None and current.state == ImageState.READY and current.image_id:
             image = self.store.get_image(key.system, current.image_id, key.acl_key)
-            if image is not None and image.state == ImageState.READY:
+            if image is not None and image.state == ImageState.READY and self._files_gone(image):
+                fresh_since = None  # republish: from the conversion cache when it is there
+            elif image is not None and image.state == ImageState.READY:
                 if judged_by_other_policy(image, self.policy_digest(key.system)):
                     fresh_since = None  # a worker judges it by the current policy first
                 if fresh_since is not None and current.ready_time > fresh_since:
@@ -189,16 +196,42 @@ class PullManager:
                 key, job_id, now, requester_uid=caller.uid, user_acl=users, group_acl=groups,
                 keep_ready_since=fresh_since)
         if started:
-            self.queue.submit(QueuedJob(job_id, key.system, job_spec(
-                key, record, known_digest, self.policy_digest(key.system))))
-            log.info("pull %s on %s: job %s queued%s", reference, key.system, job_id,
-                     " (re-check)" if known_digest else "")
+            try:
+                self.queue.submit(QueuedJob(job_id, key.system, job_spec(
+                    key, record, known_digest, self.policy_digest(key.system))))
+            except BackendUnavailable as exc:
+                # The pull is in the records: the periodic recovery queues its job once the
+                # broker is back (a broker outage is not a pull failure).
+                log.warning("pull %s on %s: job %s recorded, not yet queued: %s", reference,
+                            key.system, job_id, exc)
+            else:
+                log.info("pull %s on %s: job %s queued%s", reference, key.system, job_id,
+                         " (re-check)" if known_digest else "")
         elif record.state == ImageState.READY:
             # The pull in flight when we looked finished before we could join it.
             image = self.store.get_image(key.system, record.image_id, key.acl_key)
             if image is not None:
                 return self._fresh(key, record, image)
         return PullTicket(key, record.job_id, started=started)
+
+    def _files_gone(self, image: ImageRecord) -> FileProblem | None:
+        """Why a READY image's files are unusable (then its record is retired, unless a
+        pull is in flight), or None when they are there or cannot be checked here."""
+        problem = self.files.missing(image)
+        if problem is None:
+            return None
+        log.warning("image %s on %s (%s) is READY in the records but %s", image.image_id,
+                    image.system, ", ".join(image.tags) or "untagged", problem)
+        self.files.forget(image)
+        self._forget(image.system, None)
+        try:
+            # A short file goes (a republish would take it for published); files found
+            # gone are not touched: the next publish overwrites what is left.
+            self.retirement.retire(image, why="retired (files gone or short)",
+                                   remove_files=problem.damaged)
+        except ImageGatewayError as exc:
+            log.warning("could not retire %s on %s: %s", image.image_id, image.system, exc)
+        return problem
 
     def _fresh(self, key: PullKey, pull: PullRecord, image: ImageRecord) -> PullTicket:
         return PullTicket(key, pull.job_id, started=False, answer=pull_status(
@@ -278,10 +311,12 @@ class PullManager:
         """Drops cached lookups of a reference whose image changed here (expired)."""
         self._forget(system, reference)
 
-    def _forget(self, system: str, reference: str) -> None:
-        """Drops cached lookups of a reference this gateway is pulling again."""
+    def _forget(self, system: str, reference: str | None) -> None:
+        """Drops cached lookups of a reference this gateway is pulling again (None: of
+        every reference of the system)."""
         with self._cache_lock:
-            for key in [k for k in self._ready_lookups if k[0] == system and k[1] == reference]:
+            for key in [k for k in self._ready_lookups
+                        if k[0] == system and reference in (None, k[1])]:
                 del self._ready_lookups[key]
 
     def _remember(self, key: tuple, status: ImageStatus) -> None:
@@ -302,11 +337,21 @@ class PullManager:
             raise ImageNotFound(
                 f"image {normalized} is not on system {system}",
                 hint=f"pull it first: shifterimg -s {system} pull {reference}")
+        if image is not None and image.state == ImageState.READY:
+            self._refuse_missing(image, normalized, reference)
         if image is not None:
             self._check_policy(image, f"shifterimg -s {system} pull {reference}")
             self._note_use(image)
         return lookup_status(pull, image, reference=normalized, system=system,
                              expiration=self.config.image_expiration_timeout)
+
+    def _refuse_missing(self, image: ImageRecord, what: str, reference: str) -> None:
+        problem = self._files_gone(image)
+        if problem is not None:
+            raise ImageNotFound(
+                f"image {what} on system {image.system} is missing: {problem}",
+                hint=f"pull it again to put it back: shifterimg -s {image.system} pull "
+                f"{reference}")
 
     def _check_policy(self, image: ImageRecord, pull_command: str) -> None:
         """A READY image accepted under another signature policy is not answered."""
@@ -337,6 +382,8 @@ class PullManager:
         image = max(usable, key=lambda i: (i.state == ImageState.READY, bool(i.acl_key),
                                            i.last_pull))
         tag = image.tags[0] if image.tags else "<reference>"
+        if image.state == ImageState.READY:
+            self._refuse_missing(image, f"id:{image_id}", tag)
         self._check_policy(image, f"shifterimg -s {system} pull {tag}")
         self._note_use(image)
         return lookup_status(None, image, reference=image.tags[0] if image.tags else "",
@@ -441,7 +488,10 @@ class PullWatch:
 
     def reread(self, event: ProgressEvent | None) -> list[ImageStatus]:
         """Reads the records after a final event or a quiet spell (blocks); the statuses
-        to send, in order. Sets `done` at the outcome, and `job_id` to a newer job."""
+        to send, in order. Sets `done` at the outcome, and `job_id` to a newer job. In a
+        quiet spell (no events: the broker may be away) the records' progress is sent
+        when it moved."""
+        previous = self._status
         status = self._read()
         if not status.state.in_flight:
             self.pulls._forget(self.key.system, self.key.reference)
@@ -451,6 +501,9 @@ class PullWatch:
             return [status]
         if event is not None and not event.final:
             return [self.progress(event)]
+        if event is None and previous is not None and (
+                (status.state, status.progress) != (previous.state, previous.progress)):
+            return [status]
         return []
 def split_image_name(text: str) -> tuple[str, str]:
     """(image id, runtime name) from an image id ("<hex>", "sha256:<hex>") or a runtime

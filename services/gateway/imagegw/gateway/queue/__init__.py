@@ -30,6 +30,7 @@ __all__ = [
 def open_queue(config: Config) -> tuple[JobQueue, ProgressHub]:
     """The configured job queue and progress hub (Redis is not contacted yet)."""
     if config.broker:
-        return (RedisJobQueue(redis_from_url(config.broker)),
+        return (RedisJobQueue(redis_from_url(config.broker),
+                              lease_seconds=config.job_lease_seconds),
                 RedisProgressHub(redis_from_url(config.broker)))
     return MemoryJobQueue(), MemoryProgressHub()

@@ -35,6 +35,9 @@ RELEASED_CONSUMER = "imagegw:released"
 _RELEASED_IDLE_MS = 10**11
 DEFAULT_POLL_SECONDS = 0.5
 SUBSCRIBE_TIMEOUT_SECONDS = 10.0
+#: The progress reader waits this long after a lost connection, doubling up to the max.
+RECONNECT_MIN_SECONDS = 0.2
+RECONNECT_MAX_SECONDS = 2.0
 
 # Adds a job with a queue-wide sequence number: FIFO order across the systems' streams.
 _SUBMIT = """
@@ -304,7 +307,12 @@ class RedisProgressHub:
     One connection and one reader thread serve every subscription of the hub (a channel
     with several subscribers is subscribed to once), so watchers cost no thread each.
     Only the reader touches the pub/sub connection; `subscribe` hands it the channel and
-    waits until Redis has confirmed it, so every later publication reaches the subscriber."""
+    waits until Redis has confirmed it, so every later publication reaches the subscriber.
+
+    Subscriptions outlive a lost connection (Redis restarting, a Sentinel failover): the
+    reader connects again and subscribes every channel again; events published meanwhile
+    are lost (watchers read the records when no event comes). While Redis is away,
+    `subscribe` returns at once with a subscription that starts receiving once it is back."""
 
     def __init__(self, redis_client: redis.Redis, *, prefix: str = "imagegw:progress",
                  buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
@@ -318,6 +326,8 @@ class RedisProgressHub:
         self._commands: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
+        #: False from a lost connection until Redis confirms a subscription again.
+        self._connected = True
 
     def publish(self, channel: str, event: ProgressEvent) -> None:
         text = json.dumps(event.to_json())
@@ -339,9 +349,11 @@ class RedisProgressHub:
             if confirmed is None:
                 confirmed = self._pending[name] = threading.Event()
                 self._commands.put(("subscribe", name))
+            if not self._connected:
+                return subscription  # subscribed again with the others once Redis is back
         confirmed.wait(SUBSCRIBE_TIMEOUT_SECONDS)
         with self._lock:
-            ok = name in self._confirmed
+            ok = name in self._confirmed or not self._connected
         if not ok:
             subscription.close()
             raise QueueUnavailable(f"Redis did not confirm the subscription to {name}")
@@ -358,18 +370,20 @@ class RedisProgressHub:
 
     def _read(self) -> None:
         pubsub = self._redis.pubsub()
+        backoff = RECONNECT_MIN_SECONDS
         while not self._stop.is_set():
             try:
                 self._send_commands(pubsub)
                 message = pubsub.get_message(timeout=0.05)
             except redis.RedisError as exc:
-                log.warning("progress subscriptions lost: %s", exc)
-                self._fail_all(QueueUnavailable(f"lost the Redis progress subscriptions: {exc}"))
+                self._interrupted(exc)
                 with contextlib.suppress(redis.RedisError):
                     pubsub.close()
                 pubsub = self._redis.pubsub()
-                self._stop.wait(0.2)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
                 continue
+            backoff = RECONNECT_MIN_SECONDS
             if message is not None:
                 self._dispatch(message)
         with contextlib.suppress(redis.RedisError):
@@ -386,6 +400,27 @@ class RedisProgressHub:
             else:
                 pubsub.unsubscribe(name)
 
+    def _interrupted(self, exc: redis.RedisError) -> None:
+        """The connection is lost: every channel is subscribed again on the next one;
+        `subscribe` calls waiting for a confirmation return (see the class docstring)."""
+        with self._lock:
+            if self._connected:
+                log.warning("progress subscriptions interrupted (%s): subscribing again "
+                            "once Redis is back; watchers read the records meanwhile", exc)
+            self._connected = False
+            self._confirmed.clear()
+            pending = list(self._pending.values())
+            self._pending.clear()
+            while True:  # what was not sent is sent again below, for every channel
+                try:
+                    self._commands.get_nowait()
+                except queue.Empty:
+                    break
+            for name in self._subscribers:
+                self._commands.put(("subscribe", name))
+        for confirmed in pending:
+            confirmed.set()
+
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = _text(message["type"])
         name = _text(message.get("channel", ""))
@@ -394,6 +429,9 @@ class RedisProgressHub:
                 confirmed = self._pending.pop(name, None)
                 if name in self._subscribers:
                     self._confirmed.add(name)
+                if not self._connected:
+                    self._connected = True
+                    log.info("progress subscriptions are back")
             if confirmed is not None:
                 confirmed.set()
             return
@@ -409,18 +447,6 @@ class RedisProgressHub:
         # One event object for every subscriber: it is frozen.
         for subscription in subscribers:
             subscription.deliver(event)
-
-    def _fail_all(self, error: QueueUnavailable) -> None:
-        with self._lock:
-            subscribers = [s for group in self._subscribers.values() for s in group]
-            self._subscribers.clear()
-            self._confirmed.clear()
-            pending = list(self._pending.values())
-            self._pending.clear()
-        for subscription in subscribers:
-            subscription.break_with(error)
-        for confirmed in pending:
-            confirmed.set()
 
     def close(self) -> None:
         """Stops the reader and closes the client (the hub owns it)."""

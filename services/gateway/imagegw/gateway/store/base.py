@@ -136,6 +136,16 @@ class ImageStore(Protocol):
         """The READY images of `system` last used before `used_before`, oldest first."""
         ...
 
+    def claim_target(self, system: str, target: str) -> str:
+        """Records `target` (where a system's images go, opaque text) as the deployment
+        this store's records of `system` belong to, unless one is recorded already;
+        returns the recorded one. Atomic: of concurrent callers, the first one wins."""
+        ...
+
+    def set_target(self, system: str, target: str) -> None:
+        """Records `target` for `system`, replacing what was there (an admin moved it)."""
+        ...
+
     def ping(self) -> bool:
         """Whether the store answers right now (for health checks); never raises."""
         ...

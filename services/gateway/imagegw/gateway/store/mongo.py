@@ -76,6 +76,7 @@ class MongoImageStore:
         db = self._client[database]
         self._pulls: Collection[Any] = db["pulls"]
         self._images: Collection[Any] = db["images"]
+        self._targets: Collection[Any] = db["targets"]
         self._database = database
         self._indexes_ready = False
         self._indexes_lock = threading.Lock()
@@ -313,6 +314,22 @@ class MongoImageStore:
             {"system": system, "state": int(ImageState.READY), "last_used": {"$lt": used_before}})
             .sort([("last_used", 1), ("image_id", 1), ("acl_key", 1)])))
         return [codec.image_from_doc(d) for d in docs]
+
+    # -- deployment targets -----------------------------------------------------------
+
+    def claim_target(self, system: str, target: str) -> str:
+        def claim() -> Any:
+            try:
+                return self._targets.find_one_and_update(
+                    {"_id": system}, {"$setOnInsert": {"target": target}}, upsert=True,
+                    return_document=ReturnDocument.AFTER)
+            except DuplicateKeyError:  # a concurrent upsert won
+                return self._targets.find_one({"_id": system})
+        return str(self._call("record a system's deployment target", claim)["target"])
+
+    def set_target(self, system: str, target: str) -> None:
+        self._call("change a system's deployment target", lambda: self._targets.update_one(
+            {"_id": system}, {"$set": {"target": target}}, upsert=True))
 
     # -- health and lifetime ----------------------------------------------------------
 

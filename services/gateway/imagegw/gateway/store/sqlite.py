@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS pulls (
 CREATE INDEX IF NOT EXISTS pulls_by_state ON pulls (state);
 CREATE TABLE IF NOT EXISTS images {_IMAGES_TABLE};
 CREATE INDEX IF NOT EXISTS images_by_last_pull ON images (system, last_pull DESC, image_id);
+CREATE TABLE IF NOT EXISTS targets (system TEXT PRIMARY KEY, target TEXT NOT NULL);
 """
 
 # Version 1 keyed images by (system, image_id): rebuild the table with the new key.
@@ -426,6 +427,20 @@ class SqliteImageStore:
             " ORDER BY last_used, image_id, acl_key",
             (system, int(ImageState.READY), used_before))
         return [_image(r) for r in rows]
+
+    # -- deployment targets -----------------------------------------------------------
+
+    def claim_target(self, system: str, target: str) -> str:
+        with self._write("record a system's deployment target") as tx:
+            tx.execute("INSERT OR IGNORE INTO targets (system, target) VALUES (?, ?)",
+                       (system, target))
+            row = tx.execute("SELECT target FROM targets WHERE system = ?", (system,)).fetchone()
+            return str(row["target"])
+
+    def set_target(self, system: str, target: str) -> None:
+        with self._write("change a system's deployment target") as tx:
+            tx.execute("INSERT OR REPLACE INTO targets (system, target) VALUES (?, ?)",
+                       (system, target))
 
     # -- health and lifetime ----------------------------------------------------------
 
