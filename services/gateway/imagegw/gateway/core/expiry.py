@@ -11,7 +11,6 @@ and ACL, same id or one of its tags) is never touched.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -19,6 +18,7 @@ from imagegw.domain.config import Config, Platform
 from imagegw.domain.errors import ImageGatewayError, ImageNotFound, PermissionDenied
 from imagegw.domain.model import ImageState
 from imagegw.gateway.core.access import Caller
+from imagegw.gateway.core.periodic import Periodic
 from imagegw.gateway.core.presence import Retirement
 from imagegw.gateway.core.pulls import PullManager, split_image_name
 from imagegw.gateway.records import ImageRecord
@@ -111,29 +111,10 @@ class Expirer:
         return True
 
 
-class ExpiryLoop:
+class ExpiryLoop(Periodic):
     """Runs `Expirer.expire_all_systems` every `interval` seconds in a daemon thread."""
 
     def __init__(self, expirer: Expirer, interval: float) -> None:
+        super().__init__("auto-expiry", interval, expirer.expire_all_systems,
+                         done="auto-expiry removed %d images", logger=log)
         self.expirer = expirer
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="expiry", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                expired = self.expirer.expire_all_systems()
-            except Exception:  # the schedule must survive a bad run
-                log.exception("auto-expiry run failed")
-                continue
-            if expired:
-                log.info("auto-expiry removed %d images", expired)

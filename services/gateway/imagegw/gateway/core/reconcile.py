@@ -12,7 +12,6 @@ record is read again right before its repair.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from imagegw.domain.config import Config, Platform
 from imagegw.domain.errors import ImageGatewayError
 from imagegw.domain.model import ImageState
 from imagegw.domain.runtimes import sif_file, wants_sif
+from imagegw.gateway.core.periodic import Periodic
 from imagegw.gateway.core.presence import Retirement
 from imagegw.gateway.records import ImageRecord
 from imagegw.gateway.store.base import ImageStore
@@ -286,30 +286,11 @@ def _orphan_detail(entry: DirEntry, records: list[ImageRecord]) -> str:
     return f"{entry.size} bytes, {known}"
 
 
-class SweepLoop:
-    """Runs `Reconciler.sweep` every `interval` seconds in a daemon thread."""
+class SweepLoop(Periodic):
+    """Runs `Reconciler.sweep` every `interval` seconds in a daemon thread (0: never)."""
 
     def __init__(self, reconciler: Reconciler, interval: float) -> None:
+        super().__init__("file-sweep", interval, reconciler.sweep,
+                         done="file sweep retired %d records whose files were gone",
+                         logger=log, level=logging.WARNING)
         self.reconciler = reconciler
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="file-sweep", daemon=True)
-
-    def start(self) -> None:
-        if self.interval > 0:
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                retired = self.reconciler.sweep()
-            except Exception:  # the schedule must survive a bad run
-                log.exception("file sweep failed")
-                continue
-            if retired:
-                log.warning("file sweep retired %d records whose files were gone", retired)
