@@ -253,6 +253,10 @@ class Ours:
         config["Platforms"].update(platforms or {})
         config["ConverterOptions"] = {"compressor": "gzip", "level": LEVEL,
                                       "blockSize": BLOCK, "jobs": jobs, "gzipEngine": engine}
+        # Every client of the benchmark is one anonymous caller on 127.0.0.1: lift the
+        # per-caller limits (the fair share is measured by tests/integration/test_fair_share).
+        config["Limits"] = {"maxStreamsPerCaller": 1000, "maxCallsPerCaller": 1000,
+                            "maxStreamsTotal": 2000, "maxCallsTotal": 2000}
         self.registry = registry
         self.service = start_service("serve", config, self.workdir)
         self.pid = self.service.process.pid
