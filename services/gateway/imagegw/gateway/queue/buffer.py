@@ -84,3 +84,35 @@ class EventBuffer:
             self._events.clear()
             self._cond.notify_all()
         self._wake_reader()
+
+
+class BufferedSubscription:
+    """One subscriber of a progress channel, whatever the hub: its hub delivers events (or
+    a broken connection) into a bounded buffer; `close` tells the hub it is gone."""
+
+    def __init__(self, channel: str, buffer_size: int,
+                 on_close: Callable[[BufferedSubscription], None]) -> None:
+        self.channel = channel
+        self._on_close = on_close
+        self._buffer = EventBuffer(buffer_size)
+
+    @property
+    def dropped(self) -> int:
+        """Events lost because this subscriber read too slowly."""
+        return self._buffer.dropped
+
+    def deliver(self, event: ProgressEvent) -> None:
+        self._buffer.put(event)
+
+    def break_with(self, error: QueueUnavailable) -> None:
+        self._buffer.break_with(error)
+
+    def get(self, timeout: float) -> ProgressEvent | None:
+        return self._buffer.get(timeout)
+
+    def notify(self, wake: Callable[[], None] | None) -> None:
+        self._buffer.notify(wake)
+
+    def close(self) -> None:
+        self._on_close(self)
+        self._buffer.close()

@@ -10,11 +10,11 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from imagegw.gateway.queue.base import Claim, JobSpec, ProgressEvent, QueuedJob
-from imagegw.gateway.queue.buffer import DEFAULT_BUFFER_SIZE, EventBuffer
+from imagegw.gateway.queue.buffer import DEFAULT_BUFFER_SIZE, BufferedSubscription
 
 
 @dataclass
@@ -129,29 +129,8 @@ class MemoryJobQueue:
         """Nothing to release; the jobs go with the object."""
 
 
-class MemorySubscription:
-    def __init__(self, hub: MemoryProgressHub, channel: str, buffer_size: int) -> None:
-        self._hub = hub
-        self.channel = channel
-        self._buffer = EventBuffer(buffer_size)
-
-    @property
-    def dropped(self) -> int:
-        """Events lost because this subscriber read too slowly."""
-        return self._buffer.dropped
-
-    def deliver(self, event: ProgressEvent) -> None:
-        self._buffer.put(event)
-
-    def get(self, timeout: float) -> ProgressEvent | None:
-        return self._buffer.get(timeout)
-
-    def notify(self, wake: Callable[[], None] | None) -> None:
-        self._buffer.notify(wake)
-
-    def close(self) -> None:
-        self._hub._unsubscribe(self)
-        self._buffer.close()
+class MemorySubscription(BufferedSubscription):
+    """A subscriber of an in-process hub."""
 
 
 class MemoryProgressHub:
@@ -171,7 +150,7 @@ class MemoryProgressHub:
                 subscription.deliver(ProgressEvent.from_json(json.loads(text)))
 
     def subscribe(self, channel: str) -> MemorySubscription:
-        subscription = MemorySubscription(self, channel, self.buffer_size)
+        subscription = MemorySubscription(channel, self.buffer_size, self._unsubscribe)
         with self._lock:
             self._subscribers.setdefault(channel, []).append(subscription)
         return subscription
@@ -179,7 +158,7 @@ class MemoryProgressHub:
     def close(self) -> None:
         """Nothing to release."""
 
-    def _unsubscribe(self, subscription: MemorySubscription) -> None:
+    def _unsubscribe(self, subscription: BufferedSubscription) -> None:
         with self._lock:
             subscribers = self._subscribers.get(subscription.channel, [])
             if subscription in subscribers:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import redis
 
 from imagegw.gateway.queue.base import Claim, JobSpec, ProgressEvent, QueuedJob, QueueUnavailable
-from imagegw.gateway.queue.buffer import DEFAULT_BUFFER_SIZE, EventBuffer
+from imagegw.gateway.queue.buffer import DEFAULT_BUFFER_SIZE, BufferedSubscription
 
 log = logging.getLogger(__name__)
 
@@ -271,34 +271,8 @@ class RedisJobQueue:
         self._redis.close()
 
 
-class RedisSubscription:
+class RedisSubscription(BufferedSubscription):
     """One subscriber's events, delivered by its hub's reader into a bounded buffer."""
-
-    def __init__(self, hub: RedisProgressHub, name: str, buffer_size: int) -> None:
-        self.name = name
-        self._hub = hub
-        self._buffer = EventBuffer(buffer_size)
-
-    @property
-    def dropped(self) -> int:
-        """Events lost because this subscriber read too slowly."""
-        return self._buffer.dropped
-
-    def deliver(self, event: ProgressEvent) -> None:
-        self._buffer.put(event)
-
-    def break_with(self, error: QueueUnavailable) -> None:
-        self._buffer.break_with(error)
-
-    def get(self, timeout: float) -> ProgressEvent | None:
-        return self._buffer.get(timeout)
-
-    def notify(self, wake: Callable[[], None] | None) -> None:
-        self._buffer.notify(wake)
-
-    def close(self) -> None:
-        self._hub._unsubscribe(self)
-        self._buffer.close()
 
 
 class RedisProgressHub:
@@ -336,7 +310,7 @@ class RedisProgressHub:
 
     def subscribe(self, channel: str) -> RedisSubscription:
         name = f"{self.prefix}:{channel}"
-        subscription = RedisSubscription(self, name, self.buffer_size)
+        subscription = RedisSubscription(name, self.buffer_size, self._unsubscribe)
         with self._lock:
             if self._reader is None:
                 self._reader = threading.Thread(target=self._read, name="progress-reader",
@@ -359,14 +333,14 @@ class RedisProgressHub:
             raise QueueUnavailable(f"Redis did not confirm the subscription to {name}")
         return subscription
 
-    def _unsubscribe(self, subscription: RedisSubscription) -> None:
+    def _unsubscribe(self, subscription: BufferedSubscription) -> None:
         with self._lock:
-            subscribers = self._subscribers.get(subscription.name, [])
+            subscribers = self._subscribers.get(subscription.channel, [])
             if subscription in subscribers:
                 subscribers.remove(subscription)
-            if not subscribers and self._subscribers.pop(subscription.name, None) is not None:
-                self._confirmed.discard(subscription.name)
-                self._commands.put(("unsubscribe", subscription.name))
+            if not subscribers and self._subscribers.pop(subscription.channel, None) is not None:
+                self._confirmed.discard(subscription.channel)
+                self._commands.put(("unsubscribe", subscription.channel))
 
     def _read(self) -> None:
         pubsub = self._redis.pubsub()
