@@ -54,3 +54,11 @@ def test_damaged_index_is_refused(damage) -> None:  # type: ignore[no-untyped-de
     data = encode(index_layer(io.BytesIO(sample_layer()), layer="l", policy=POLICY))
     with pytest.raises(ValueError):
         decode(damage(data))
+
+
+def test_each_file_entry_knows_where_its_data_starts() -> None:
+    data = sample_layer()
+    index = decode(scan_layer_python(io.BytesIO(data), layer="l", policy=POLICY))
+    files = [entry for entry in index.entries if entry.kind == "file"]
+    assert [data[entry.offset:entry.offset + entry.size] for entry in files] == [
+        b"root:x:0:0\n", b"long and not ascii"]

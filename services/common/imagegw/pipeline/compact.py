@@ -12,6 +12,7 @@ Layout, little-endian, strings as UTF-8 with surrogate escapes (as tarstream dec
     header   magic b"IGWIDX1\\0", u32 entries, u32 markers, u64 dropped,
              u32 length of the layer name, the layer name
     entries  (in member order) u8 kind, u32 mode, i64 mtime, u64 size, u64 ordinal,
+             i64 offset of the member's data in the decompressed layer (-1: unknown),
              u32 path length, u32 link length, path, link
     markers  (in member order) u8 kind, u32 path length, path
 
@@ -37,7 +38,7 @@ ENTRY_KINDS: tuple[Kind, ...] = (Kind.FILE, Kind.DIR, Kind.SYMLINK, Kind.HARDLIN
 MARKER_KINDS: tuple[MarkerKind, ...] = (MarkerKind.WHITEOUT, MarkerKind.OPAQUE)
 
 _HEADER = struct.Struct("<8sIIQI")
-_ENTRY = struct.Struct("<BIqQQII")
+_ENTRY = struct.Struct("<BIqQQqII")
 _MARKER = struct.Struct("<BI")
 _ENTRY_CODES = {kind: code for code, kind in enumerate(ENTRY_KINDS)}
 _MARKER_CODES = {kind: code for code, kind in enumerate(MARKER_KINDS)}
@@ -59,7 +60,8 @@ def encode(index: LayerIndex) -> bytes:
     for entry in index.entries:
         path, link = _bytes(entry.path), _bytes(entry.link)
         parts.append(_ENTRY.pack(_ENTRY_CODES[entry.kind], entry.mode, entry.mtime,
-                                 entry.size, entry.ordinal, len(path), len(link)))
+                                 entry.size, entry.ordinal, entry.offset, len(path),
+                                 len(link)))
         parts += (path, link)
     for kind, marker_path in index.markers:
         path = _bytes(marker_path)
@@ -80,7 +82,7 @@ def decode(data: bytes) -> LayerIndex:
                            dropped=dropped)
         offset += layer_length
         for _ in range(entries):
-            code, mode, mtime, size, ordinal, path_length, link_length = \
+            code, mode, mtime, size, ordinal, data_offset, path_length, link_length = \
                 _ENTRY.unpack_from(view, offset)
             offset += _ENTRY.size
             path = _text(bytes(view[offset:offset + path_length]))
@@ -88,7 +90,7 @@ def decode(data: bytes) -> LayerIndex:
             link = _text(bytes(view[offset:offset + link_length]))
             offset += link_length
             index.entries.append(Entry(path, ENTRY_KINDS[code], mode, mtime, size, link,
-                                       ordinal))
+                                       ordinal, data_offset))
         for _ in range(markers):
             code, path_length = _MARKER.unpack_from(view, offset)
             offset += _MARKER.size

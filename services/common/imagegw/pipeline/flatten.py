@@ -44,6 +44,8 @@ class Entry(NamedTuple):
     link: str
     #: Position of the member in the layer's tar (TarReader ordinal).
     ordinal: int
+    #: Offset of the member's data in the decompressed layer (-1: not known).
+    offset: int = -1
 
 
 @dataclass
@@ -69,8 +71,8 @@ class LayerIndex:
         return cls(
             layer=data["layer"],
             entries=[
-                Entry(path, Kind(kind), mode, mtime, size, link, ordinal)
-                for path, kind, mode, mtime, size, link, ordinal in data["entries"]
+                Entry(path, Kind(kind), mode, mtime, size, link, ordinal, offset)
+                for path, kind, mode, mtime, size, link, ordinal, offset in data["entries"]
             ],
             markers=[(MarkerKind(kind), path) for kind, path in data["markers"]],
             dropped=data["dropped"],
@@ -84,7 +86,8 @@ def index_layer(stream: BinaryIO, *, layer: str, policy: MemberPolicy) -> LayerI
         result = admit(member, layer=layer, policy=policy)
         if isinstance(result, Admitted):
             index.entries.append(Entry(result.path, result.kind, result.mode, result.mtime,
-                                       result.size, result.link, member.ordinal))
+                                       result.size, result.link, member.ordinal,
+                                       member.offset))
         elif isinstance(result, Marker):
             index.markers.append((result.kind, result.path))
         else:

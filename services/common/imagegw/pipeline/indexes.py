@@ -23,7 +23,7 @@ from .members import MemberPolicy
 log = logging.getLogger(__name__)
 
 #: Bumped whenever LayerIndex or the member rules change what an index holds.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 __all__ = ["index_name", "load_index", "store_index"]
 

@@ -214,7 +214,7 @@ class _NewestFirst:
                 continue
             path, kind = result.path, result.kind
             index.entries.append(Entry(path, kind, result.mode, result.mtime, result.size,
-                                       result.link, member.ordinal))
+                                       result.link, member.ordinal, member.offset))
             if not self.visible(path, kind, indexes):
                 continue
             if kind is Kind.FILE:
