@@ -12,6 +12,7 @@ import hashlib
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import zstandard
 
@@ -142,7 +143,7 @@ def _padded(data: bytes) -> bytes:
     return data + bytes(-len(data) % BLOCK)
 
 
-def tar_bytes(*entries: Member | bytes, tar_format: int = tarfile.PAX_FORMAT,
+def tar_bytes(*entries: Member | bytes, tar_format: Literal[0, 1, 2] = tarfile.PAX_FORMAT,
               end: bool = True) -> bytes:
     """An uncompressed tar of the entries (raw bytes are inserted as they are)."""
     chunks = []
@@ -169,7 +170,7 @@ def compress(data: bytes, compression: str) -> bytes:
 
 
 def layer(*entries: Member | bytes, compression: str = "gzip",
-          tar_format: int = tarfile.PAX_FORMAT) -> bytes:
+          tar_format: Literal[0, 1, 2] = tarfile.PAX_FORMAT) -> bytes:
     """A layer blob holding the entries in order."""
     return compress(tar_bytes(*entries, tar_format=tar_format), compression)
 

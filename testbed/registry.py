@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
@@ -182,7 +183,7 @@ class TokenServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-    def user_of(self, authorization: str | None) -> str | None | bool:
+    def user_of(self, authorization: str | None) -> str | None | Literal[False]:
         """The user name, None for anonymous, False for wrong credentials."""
         if not authorization:
             return None

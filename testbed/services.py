@@ -28,7 +28,12 @@ SHIFTERIMG = str(Path(sys.executable).parent / "shifterimg")
 
 
 _RESERVED: list[socket.socket] = []
-atexit.register(lambda: [reserved.close() for reserved in _RESERVED])
+
+
+@atexit.register
+def _release_reserved() -> None:
+    for reserved in _RESERVED:
+        reserved.close()
 
 
 def refused_address() -> str:
@@ -155,7 +160,8 @@ def wait_healthy(address: str, timeout: float = 15.0) -> None:
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                reply = stub.Check(  # type: ignore[attr-defined]  # untyped health stub
+                    health_pb2.HealthCheckRequest(), timeout=2)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError as exc:
