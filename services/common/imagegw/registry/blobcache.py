@@ -65,18 +65,19 @@ class BlobCache:
         return self.path(digest).is_file()
 
     def ensure(
-        self, digest: str, size: int, fetch: Callable[[BinaryIO], None]
+        self, digest: str, size: int, fetch: Callable[[BinaryIO], object]
     ) -> tuple[Path, bool]:
         """The path of verified blob `digest`, and whether this call downloaded it.
 
-        `fetch(out)` writes the blob's bytes to `out`; it runs at most once per
+        `fetch(out)` writes the blob's bytes to `out` (what it returns is ignored,
+        so `out.write` itself will do); it runs at most once per
         digest at a time, and only when no file of the right size is cached. The
         cache trusts no such fetcher: what it wrote is read back and hashed.
         """
         return self._ensure(digest, size, fetch, _verify)
 
     def ensure_verified(
-        self, digest: str, size: int, fetch: Callable[[BinaryIO], None]
+        self, digest: str, size: int, fetch: Callable[[BinaryIO], object]
     ) -> tuple[Path, bool]:
         """As `ensure`, for a `fetch` that itself checks size and sha256 while it writes
         and raises on a mismatch (as `RegistryClient.fetch_blob` does).
@@ -86,7 +87,7 @@ class BlobCache:
         return self._ensure(digest, size, fetch, _check_size)
 
     def _ensure(
-        self, digest: str, size: int, fetch: Callable[[BinaryIO], None], check: _Check
+        self, digest: str, size: int, fetch: Callable[[BinaryIO], object], check: _Check
     ) -> tuple[Path, bool]:
         final = self.path(digest)
         if _has_size(final, size):
@@ -103,7 +104,7 @@ class BlobCache:
         return final, True
 
     def _download(
-        self, digest: str, size: int, final: Path, fetch: Callable[[BinaryIO], None],
+        self, digest: str, size: int, final: Path, fetch: Callable[[BinaryIO], object],
         check: _Check,
     ) -> None:
         try:

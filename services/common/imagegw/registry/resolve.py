@@ -58,11 +58,12 @@ def resolve_image(
     limits: Limits = DEFAULT_LIMITS,
     *,
     cache: BlobCache | None = None,
-    on_manifest: Callable[[bytes, str], None] | None = None,
+    on_manifest: Callable[[bytes, str], object] | None = None,
 ) -> ResolvedImage:
     """Resolves `reference` for `platform`; `cache`, when given, holds the config blob.
     `on_manifest` sees the platform manifest's exact bytes and digest before any blob is
-    fetched (the signature policy judges them there, and may raise)."""
+    fetched (the signature policy judges them there, and may raise; what it returns is
+    ignored)."""
     body, media_type, digest = client.get_manifest(reference.manifest_ref)
     parsed = parse_manifest(body, media_type, limits)
     index_digest = ""
