@@ -21,6 +21,7 @@ from imagegw.v1 import image_pb2
 from tests.integration.trust_site import SYSTEM, UIDS, call, start_trust_gateway
 from tests.support.munge import make_credential
 from tests.support.registry import RegistryServer
+from tests.support.rpc import details
 from tests.support.services import ServiceProcess
 
 
@@ -169,7 +170,7 @@ def test_a_truncated_squashfs_with_matching_size_and_sha256_is_refused(
         with pytest.raises(grpc.RpcError) as refused:
             raw_import(site, "half:1", whole[:cut])
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "truncated squashfs image" in refused.value.details()
+        assert "truncated squashfs image" in details(refused.value)
     assert published(site) == before
     # The same image whole is fine: the check is not a false alarm.
     assert raw_import(site, "half:1", whole).state == image_pb2.IMAGE_STATE_READY

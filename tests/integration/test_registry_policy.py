@@ -26,6 +26,7 @@ from imagegw.v1 import image_pb2
 from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.registry import RegistryServer
+from tests.support.rpc import details
 from tests.support.services import ServiceProcess, embedded_config, start_service
 
 
@@ -101,7 +102,7 @@ def pull(service: ServiceProcess, reference: str) -> list[pb.PullImageResponse]:
 def refused(service: ServiceProcess, reference: str) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as info:
         pull(service, reference)
-    return info.value.code(), info.value.details()
+    return info.value.code(), details(info.value)
 
 
 def test_a_registry_no_location_names_is_refused_and_never_contacted(gateways, recorder):

@@ -12,6 +12,7 @@ from imagegw.v1 import image_pb2, worker_service_pb2, worker_service_pb2_grpc
 from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.proxy import RegistryProxy, Trickle
+from tests.support.rpc import details
 from tests.support.services import start_service
 
 BIG = os.urandom(3 * 1024 * 1024)
@@ -123,7 +124,7 @@ def test_a_call_without_the_worker_secret_is_unauthenticated_and_writes_nothing(
         build(service, "job-intruder", "testreg/svc/intruder:1", token=token,
               user_acl=[1234], group_acl=[99])
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "WorkerTokenFile" in info.value.details()
-    assert TOKEN not in info.value.details()
+    assert "WorkerTokenFile" in details(info.value)
+    assert TOKEN not in details(info.value)
     assert sorted(p.name for p in (workdir / "images").glob("*")) == before
     assert TOKEN not in service.log()
