@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import pytest
@@ -25,6 +26,7 @@ from imagegw.v1 import image_pb2
 from tests.integration.trust_site import metadata, trust_config
 from tests.support.proxy import Fault, RegistryProxy, Reply, Request, SilentServer
 from tests.support.relay import SourceRelay
+from tests.support.rpc import details
 from tests.support.services import embedded_config, start_service
 
 SYSTEM = "default"
@@ -67,6 +69,14 @@ class HeldLogin(Fault):
                      release=self.release)
 
 
+class PullStream(Protocol):
+    """A PullImage call as its caller holds it: read an answer at a time, or cancel it."""
+
+    def __next__(self) -> pb.PullImageResponse: ...
+
+    def cancel(self) -> bool: ...
+
+
 class Caller:
     """An anonymous caller whose connections come from `source` (one channel, one peer)."""
 
@@ -75,7 +85,7 @@ class Caller:
         self.channel = grpc.insecure_channel(self.relay.address)
         self.stub = pb_grpc.GatewayServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.streams: list[grpc.Future] = []
+        self.streams: list[PullStream] = []
 
     def open_stream(self) -> pb.PullImageResponse:
         """Opens a PullImage stream of the stuck image and reads only its first answer."""
@@ -113,7 +123,8 @@ def _probe(caller: Caller, rounds: int = 40) -> tuple[float, float]:
         lookups.append(time.monotonic() - started)
         assert answer.image.state in (image_pb2.IMAGE_STATE_QUEUED, image_pb2.IMAGE_STATE_PULLING)
         started = time.monotonic()
-        health = caller.health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        health = caller.health.Check(  # type: ignore[attr-defined]  # untyped health stub
+            health_pb2.HealthCheckRequest(), timeout=10)
         checks.append(time.monotonic() - started)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
     return _p99(lookups), _p99(checks)
@@ -147,7 +158,7 @@ def test_lookups_and_health_answer_while_callers_hold_every_stream_they_may(gate
         with pytest.raises(grpc.RpcError) as refused:
             hog.open_stream()
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "Limits.maxStreamsPerCaller" in refused.value.details()
+        assert "Limits.maxStreamsPerCaller" in details(refused.value)
         # ...and another caller is answered at once.
         lookup_p99, health_p99 = _probe(probe)
         print(f"p99 with one caller at its cap: lookup {lookup_p99:.3f}s, "
@@ -243,28 +254,29 @@ def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_nev
         with pytest.raises(grpc.RpcError) as third:
             stalled[2].result(timeout=30)
         assert third.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "callers from 127.0.0.9 (by address): 2 streams open" in third.value.details()
+        assert "callers from 127.0.0.9 (by address): 2 streams open" in details(third.value)
         for user in ("root", "root", "nobody", "nobody"):
             assert open_stream(user).image.state in (image_pb2.IMAGE_STATE_QUEUED,
                                                      image_pb2.IMAGE_STATE_PULLING)
         with pytest.raises(grpc.RpcError) as refused:
             open_stream("root")
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "uid 0: 2 streams open already" in refused.value.details()
-        assert "Limits.maxStreamsPerCaller (2)" in refused.value.details()
+        assert "uid 0: 2 streams open already" in details(refused.value)
+        assert "Limits.maxStreamsPerCaller (2)" in details(refused.value)
         # Anonymous callers from the same host are counted apart from its users.
         open_stream(None)
         open_stream(None)
         with pytest.raises(grpc.RpcError) as everyone:
             open_stream("daemon")
         assert everyone.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "Limits.maxStreamsTotal (8)" in everyone.value.details()
+        assert "Limits.maxStreamsTotal (8)" in details(everyone.value)
         # A user at their stream cap still looks up, and health checks are never capped.
         assert lookup("root").image.state in (image_pb2.IMAGE_STATE_QUEUED,
                                               image_pb2.IMAGE_STATE_PULLING)
         for _ in range(20):
-            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            reply = health.Check(  # type: ignore[attr-defined]  # untyped health stub
+                health_pb2.HealthCheckRequest(), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
         # Two registry logins of root's hang at the registry: root's calls are all in flight,
         # and every slow-pool thread is busy; nobody's lookups do not wait behind them.
@@ -279,7 +291,7 @@ def test_each_munge_user_on_one_host_has_a_budget_of_their_own_and_health_is_nev
         with pytest.raises(grpc.RpcError) as busy:
             lookup("root")
         assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "Limits.maxCallsPerCaller (2)" in busy.value.details()
+        assert "Limits.maxCallsPerCaller (2)" in details(busy.value)
         assert lookup("nobody").image.state in (image_pb2.IMAGE_STATE_QUEUED,
                                                 image_pb2.IMAGE_STATE_PULLING)
         held.release.set()

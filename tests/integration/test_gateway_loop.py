@@ -50,8 +50,10 @@ def test_an_added_asynchronous_server_runs_on_the_gateways_loop_until_it_stops(t
     app.add_async_server(start_echo)
     assert "port" not in seen  # started with the gateway, not before
     app.start()
+    port = seen["port"]
+    assert isinstance(port, int)
     try:
-        with socket.create_connection(("127.0.0.1", seen["port"]), timeout=10) as client:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"ping\n")
             # Read to the end: the server releases the charge before it closes.
             assert client.makefile("rb").read() == b"PING\n"
@@ -59,11 +61,12 @@ def test_an_added_asynchronous_server_runs_on_the_gateways_loop_until_it_stops(t
         assert str(seen["pool"]).startswith("gateway-fast")
         assert seen["open"] == 1 and app.fair_share.total(Kind.CALL) == 0
         with grpc.insecure_channel(app.address) as channel:  # gRPC on the same loop
-            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                                timeout=10)
+            stub = health_pb2_grpc.HealthStub(channel)
+            health = stub.Check(  # type: ignore[attr-defined]  # untyped health stub
+                health_pb2.HealthCheckRequest(), timeout=10)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         app.stop()
     assert seen["grace"] == 2.0
     with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", seen["port"]), timeout=5)
+        socket.create_connection(("127.0.0.1", port), timeout=5)

@@ -75,8 +75,9 @@ def test_rest_calls_in_flight_are_capped_per_caller(
     other, answer = curl(base, "GET", lookup, make_credential(socket, as_user="nobody"))
     assert other == 404, answer
     with service.channel() as channel:
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                           timeout=5)
+        stub = health_pb2_grpc.HealthStub(channel)
+        health = stub.Check(  # type: ignore[attr-defined]  # untyped health stub
+            health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     silent.stop()  # the registry goes away: the held logins fail at once
     for thread in threads:
