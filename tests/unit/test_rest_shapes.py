@@ -36,7 +36,7 @@ def test_image_object_has_shifters_fields_the_runtime_name_and_a_fractional_last
     (ImageState.FAILED, "FAILURE")])
 def test_pull_states_are_the_words_shifters_client_polls_on(state, word):
     pull = PullRecord(PullKey("s", "testreg/x:1"), state, "job", updated=5.0,
-                      failure=Failure(9, "why") if state == ImageState.FAILED else None)
+                      failure=Failure("ConversionFailed", "why") if state == ImageState.FAILED else None)
     data = image_object(ImageStatus("s", "testreg/x:1", state, pull=pull))
     assert data["status"] == word and data["id"] == "" and data["last_pull"] == 5.0
     assert data["status_message"] == ("why" if state == ImageState.FAILED else "")
