@@ -19,6 +19,7 @@ from imagegw.domain.errors import ConfigError
 from imagegw.domain.model import ImageState, Progress, Stage
 from imagegw.gateway.queue import (
     Claim,
+    JobQueue,
     JobSpec,
     MemoryJobQueue,
     MemoryProgressHub,
@@ -53,8 +54,8 @@ def event(n: int) -> ProgressEvent:
         message=f"layer {n}"))
 
 
-def claim_now(queue: object, consumer: str, systems: list[str] | None = None) -> Claim | None:
-    return queue.claim(consumer, systems, 0)  # type: ignore[attr-defined, no-any-return]
+def claim_now(queue: JobQueue, consumer: str, systems: list[str] | None = None) -> Claim | None:
+    return queue.claim(consumer, systems, 0)
 
 
 # -- claiming --------------------------------------------------------------------------

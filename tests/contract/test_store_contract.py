@@ -479,7 +479,7 @@ def test_list_pulls_orders_newest_update_first(image_store: ImageStore) -> None:
 
 
 def test_ping_reports_a_healthy_store(image_store: ImageStore) -> None:
-    assert image_store.ping()  # type: ignore[attr-defined]
+    assert image_store.ping()
 
 
 # -- backend-specific ------------------------------------------------------------------

@@ -11,6 +11,7 @@ from imagegw.domain.errors import ContentRejected
 from imagegw.pipeline.flatten import LayerIndex, index_layer
 from imagegw.pipeline.members import Kind, MarkerKind, MemberPolicy, sanitize_mode
 from tests.support.layers import (
+    Member,
     device,
     dir,
     fifo,
@@ -26,7 +27,7 @@ from tests.support.layers import (
 LAYER = "sha256:" + "ab" * 32
 
 
-def index(*entries, keep_setuid: bool = False) -> LayerIndex:  # type: ignore[no-untyped-def]
+def index(*entries: Member | bytes, keep_setuid: bool = False) -> LayerIndex:
     return index_layer(io.BytesIO(tar_bytes(*entries)), layer=LAYER,
                        policy=MemberPolicy(keep_setuid=keep_setuid))
 

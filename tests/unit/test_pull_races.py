@@ -85,7 +85,7 @@ def test_a_pull_that_finds_a_job_ending_is_answered_by_it_without_a_new_job(worl
     # store after it finished: the READY image answers it, no second job starts.
     real_get_pull = store.get_pull
     reads = iter([in_flight])
-    store.get_pull = lambda key: next(reads, None) or real_get_pull(key)  # type: ignore[method-assign]
+    store.get_pull = lambda key: next(reads, None) or real_get_pull(key)
     ticket = pulls.request_pull(PullRequest(SYSTEM, REFERENCE), ANONYMOUS_CALLER)
     assert ticket.fresh and not ticket.started and ticket.job_id == first.job_id
     assert ticket.answer is not None and ticket.answer.state == ImageState.READY

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Callable
+from typing import BinaryIO, Literal
 
 import pytest
 
@@ -15,7 +17,8 @@ from imagegw.pipeline.tarstream import (
 )
 from tests.support.layers import dir, file, hardlink, raw_member, symlink, tar_bytes
 
-FORMATS = {"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}
+FORMATS: dict[str, Literal[0, 1, 2]] = {
+    "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}
 
 
 def read_all(data: bytes) -> list[tuple[str, str, int, int, str, bytes]]:
@@ -48,7 +51,7 @@ def test_reader_matches_tarfile_for_every_format(fmt: str) -> None:
     expected = []
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         for info in archive:
-            body = archive.extractfile(info).read() if info.isfile() else b""
+            body = _body(archive, info)
             expected.append((info.name, info.type.decode(), info.mode, info.mtime,
                              info.linkname, body))
     assert read_all(data) == expected
@@ -129,15 +132,33 @@ def test_reader_marks_pax_sparse_members() -> None:
     assert member.type == "S"
 
 
-def write_and_read(build) -> list[tarfile.TarInfo]:  # type: ignore[no-untyped-def]
+def _body(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    """A member's data as tarfile reads it (empty for all but regular files)."""
+    if not info.isfile():
+        return b""
+    reader = archive.extractfile(info)
+    assert reader is not None
+    return reader.read()
+
+
+def _writes(data: bytes) -> Callable[[BinaryIO], None]:
+    """A TarWriter copy callback that writes `data`."""
+    def copy(out: BinaryIO) -> None:
+        out.write(data)
+    return copy
+
+
+def write_and_read(
+    build: Callable[[TarWriter], None],
+) -> list[tuple[str, bytes, int, int, int, str, bytes]]:
     out = io.BytesIO()
     writer = TarWriter(out)
     build(writer)
     writer.close()
     out.seek(0)
     with tarfile.open(fileobj=out) as archive:
-        return [(i.name, i.type, i.mode, i.uid, i.gid, i.linkname,
-                 archive.extractfile(i).read() if i.isfile() else b"") for i in archive]
+        return [(i.name, i.type, i.mode, i.uid, i.gid, i.linkname, _body(archive, i))
+                for i in archive]
 
 
 def test_writer_output_reads_back_with_tarfile() -> None:
@@ -147,7 +168,7 @@ def test_writer_output_reads_back_with_tarfile() -> None:
     def build(writer: TarWriter) -> None:
         writer.directory("usr", mode=0o755, mtime=5)
         writer.symlink("ziel-ä", "l" * 150, mtime=5)
-        writer.file(deep, mode=0o4755, mtime=5, size=3, copy=lambda out: out.write(b"abc"))
+        writer.file(deep, mode=0o4755, mtime=5, size=3, copy=_writes(b"abc"))
         writer.file(prefixed, mode=0o600, mtime=5, size=0, copy=lambda out: None)
         writer.hardlink("ü", deep, mode=0o644, mtime=5)
 

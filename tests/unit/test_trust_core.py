@@ -131,10 +131,10 @@ def test_private_image_is_visible_only_to_its_acl_and_admins(world) -> None:
     private = finish(store, pull(pulls, ALICE, "app:1", users=[BOB.uid]), "a" * 64, clock.now)
     assert public.image_file != private.image_file
 
-    assert pulls.lookup(SYSTEM, "docker", "app:1", ALICE).image.acl_key == private.acl_key  # type: ignore[union-attr]
-    assert pulls.lookup(SYSTEM, "docker", "app:1", BOB).image.acl_key == private.acl_key  # type: ignore[union-attr]
-    assert pulls.lookup(SYSTEM, "docker", "app:1", CAROL).image.acl_key == ""  # type: ignore[union-attr]
-    assert pulls.lookup(SYSTEM, "id", "a" * 64, CAROL).image.acl_key == ""  # type: ignore[union-attr]
+    assert pulls.lookup(SYSTEM, "docker", "app:1", ALICE).image.acl_key == private.acl_key
+    assert pulls.lookup(SYSTEM, "docker", "app:1", BOB).image.acl_key == private.acl_key
+    assert pulls.lookup(SYSTEM, "docker", "app:1", CAROL).image.acl_key == ""
+    assert pulls.lookup(SYSTEM, "id", "a" * 64, CAROL).image.acl_key == ""
 
     def listed(caller: Caller) -> set[str]:
         statuses, _ = pulls.list_images(SYSTEM, None, 100, "", caller)
@@ -218,7 +218,7 @@ def test_auto_expiry_removes_unused_images_and_marks_them_expired(world, tmp_pat
     assert expirer.expire_unused(SYSTEM) == []
     clock.now += 2
     assert [i.image_id for i in expirer.expire_unused(SYSTEM)] == [image.image_id]
-    assert store.get_image(SYSTEM, image.image_id).state == ImageState.EXPIRED  # type: ignore[union-attr]
+    assert store.get_image(SYSTEM, image.image_id).state == ImageState.EXPIRED
     assert not (tmp_path / "img" / image.image_file).exists()
     assert not (tmp_path / "img" / image.meta_file).exists()
     assert pulls.lookup(SYSTEM, "docker", "old:1", ALICE).state == ImageState.EXPIRED
