@@ -165,7 +165,7 @@ class Soak:
         """Moves tags to new versions, so pulls after PullUpdateTimeout convert again."""
         if self.args.retag_every <= 0:
             return
-        versions = collections.Counter()
+        versions: collections.Counter[int] = collections.Counter()
         while not self.stop_chaos.wait(self.args.retag_every):
             index = self.random.randrange(self.args.images)
             versions[index] += 1

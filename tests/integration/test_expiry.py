@@ -18,7 +18,7 @@ from tests.support.registry import RegistryServer
 EXPIRY_SECONDS = 3
 
 
-def pull(service, socket: str, reference: str) -> pb.Image:
+def pull(service, socket: str, reference: str) -> image_pb2.Image:
     responses = call(service, socket, "PullImage",
                      pb.PullImageRequest(system=SYSTEM, reference=reference), user="daemon")
     assert responses[-1].image.state == image_pb2.IMAGE_STATE_READY, responses[-1]

@@ -69,7 +69,8 @@ def messages(result: subprocess.CompletedProcess) -> list[dict]:
     """Every JSON message a tool printed (a server stream prints one after another)."""
     assert result.returncode == 0, result.stderr
     decoder = json.JSONDecoder()
-    text, found, at = result.stdout, [], 0
+    text, at = result.stdout, 0
+    found: list[dict] = []
     while True:
         while at < len(text) and text[at].isspace():
             at += 1

@@ -15,6 +15,7 @@ import tarfile
 import zlib
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -58,7 +59,11 @@ def tar_of(files: dict[str, bytes]) -> bytes:
 
 def build(tmp_path: Path, options: ConverterOptions, files: dict[str, bytes] = FILES) -> bytes:
     output = tmp_path / f"{options.gzip_engine}-{options.level}.sqfs"
-    build_squashfs(lambda pipe: pipe.write(tar_of(files)), output, options)
+
+    def write_tar(pipe: BinaryIO) -> None:
+        pipe.write(tar_of(files))
+
+    build_squashfs(write_tar, output, options)
     return output.read_bytes()
 
 
@@ -139,7 +144,7 @@ def test_settings_libdeflate_cannot_reproduce_are_left_to_zlib(tmp_path, setting
     """With the shim loaded, these images are byte for byte what tar2sqfs writes without it."""
     shim = gzip_engine.find_shim()
     assert shim is not None
-    images = []
+    images: list[bytes] = []
     for env in (None, {**os.environ, "LD_PRELOAD": str(shim)}):
         output = tmp_path / f"image-{len(images)}.sqfs"
         subprocess.run([shutil.which("tar2sqfs"), "-q", "-f", *settings, "-j", "2", "--no-xattr",

@@ -41,13 +41,13 @@ def site(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer,
     service.stop()
 
 
-def lookup(site, user: str | None) -> pb.Image:
+def lookup(site, user: str | None) -> image_pb2.Image:
     service, _images, socket = site
     return call(service, socket, "LookupImage",
                 pb.LookupImageRequest(system=SYSTEM, reference=REFERENCE), user=user).image
 
 
-def listed(site, user: str | None) -> list[pb.Image]:
+def listed(site, user: str | None) -> list[image_pb2.Image]:
     service, _images, socket = site
     return list(call(service, socket, "ListImages", pb.ListImagesRequest(system=SYSTEM),
                      user=user).images)
@@ -58,9 +58,9 @@ def test_private_image_is_found_by_its_acl_users_only(site) -> None:
         image = lookup(site, user)
         assert image.state == image_pb2.IMAGE_STATE_READY
         assert sorted(image.user_acl) == [UIDS["daemon"], UIDS["nobody"]]
-    for user in ("bin", None):
+    for stranger in ("bin", None):
         with pytest.raises(grpc.RpcError) as missing:
-            lookup(site, user)
+            lookup(site, stranger)
         assert rpc_error(missing)[0] == grpc.StatusCode.NOT_FOUND
 
 

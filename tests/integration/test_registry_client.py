@@ -303,7 +303,7 @@ def test_blob_bigger_than_the_manifest_says_is_rejected(registry, big_image):
 
 def test_blob_that_grows_in_transit_stops_at_the_declared_size(registry, big_image):
     pushed, layer = big_image
-    written = []
+    written: list[int] = []
     with RegistryProxy(registry.url) as proxy, \
             RegistryClient(proxy.url, "test/big", limits=FAST) as client:
         proxy.faults.append(ExtraBytes(extra=b"\0" * 100))

@@ -13,7 +13,7 @@ import pytest
 from imagegw.cache.layout import WorkerPaths
 from imagegw.domain.config import parse_config
 from imagegw.domain.errors import ContentRejected, DigestMismatch, PlatformNotFound, RegistryAuthFailed
-from imagegw.domain.model import BuildJob, RegistryCredentials, Stage
+from imagegw.domain.model import BuildJob, Progress, RegistryCredentials, Stage
 from imagegw.pipeline.meta import parse_meta
 from imagegw.worker.build import Builder
 from tests.support import layers as L
@@ -53,7 +53,7 @@ def builder_for(tmp_path: Path, url: str, **extra) -> Builder:
 
 
 def run(builder: Builder, reference: str, system: str = "cluster", **job):
-    events = []
+    events: list[Progress] = []
     result = builder.build(BuildJob(job_id=f"job-{len(reference)}-{system}", system=system,
                                     reference=reference, **job), events.append)
     return result, events

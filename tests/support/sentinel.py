@@ -67,7 +67,9 @@ class SentinelGroup:
                                  socket_connect_timeout=1.0)
             with contextlib.suppress(redis.RedisError):
                 address = client.sentinel_get_master_addr_by_name(MASTER)
-                if address:
+                # A plain client gets the (host, port) pair; `bool` is what the
+                # annotation adds for redis.Sentinel's fan-out to every sentinel.
+                if isinstance(address, tuple):
                     return int(address[1])
             client.close()
         return None

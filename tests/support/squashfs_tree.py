@@ -11,7 +11,7 @@ import subprocess
 import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, TypedDict
 
 __all__ = ["Node", "read_squashfs", "read_tar", "sha256", "summary"]
 
@@ -29,6 +29,12 @@ class Node:
     size: int = 0
     #: For files: the first name of its hardlink group (itself when not linked).
     inode: str = ""
+
+
+class _Owner(TypedDict):
+    mode: int
+    uid: int
+    gid: int
 
 
 def sha256(data: bytes) -> str:
@@ -58,7 +64,7 @@ def read_tar(stream: IO[bytes]) -> dict[str, Node]:
             name = _clean(info.name)
             if not name:
                 continue
-            owner = {"mode": info.mode, "uid": info.uid, "gid": info.gid}
+            owner: _Owner = {"mode": info.mode, "uid": info.uid, "gid": info.gid}
             if info.isdir():
                 tree[name] = Node("dir", **owner)
             elif info.issym():

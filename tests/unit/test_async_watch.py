@@ -84,8 +84,8 @@ def test_many_async_watchers_wait_without_a_thread_each_and_all_end(world, block
     loop.start()
     started = asyncio.Event()
 
-    async def watch() -> ImageState:
-        last = None
+    async def watch() -> ImageState | None:
+        last: ImageState | None = None
         async with contextlib.aclosing(watch_pull(pulls, ticket, blocking)) as statuses:
             async for status in statuses:
                 last = status.state

@@ -13,10 +13,12 @@ from imagegw.gateway.store import codec
 from imagegw.rpc import convert
 from imagegw.rpc.status import ERROR_STATUS, kind_for_status, status_for_kind
 
+TREE = sorted(ERROR_STATUS, key=lambda cls: cls.__name__)
 
-@pytest.mark.parametrize("cls", sorted(ERROR_STATUS, key=lambda c: c.__name__),
-                         ids=lambda c: c.__name__)
-def test_every_error_of_the_tree_crosses_the_worker_boundary_as_itself(cls) -> None:
+
+@pytest.mark.parametrize("cls", TREE, ids=lambda cls: cls.__name__)
+def test_every_error_of_the_tree_crosses_the_worker_boundary_as_itself(
+        cls: type[errors.ImageGatewayError]) -> None:
     failure = Failure.of(cls("the registry said no", hint="log in first"))
     assert failure.kind == cls.__name__
     assert failure.message == "the registry said no (log in first)"

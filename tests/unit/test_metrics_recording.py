@@ -20,10 +20,10 @@ def sample(name: str, **labels: str) -> float:
     return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def result(size: int, **flags: bool) -> BuildResult:
+def result(size: int, *, reused: bool = False) -> BuildResult:
     return BuildResult(image_id="ab" * 32, manifest_digest="sha256:" + "cd" * 32,
                        format="squashfs", metadata=ImageMetadata(), image_file="x.squashfs",
-                       meta_file="x.meta", size_bytes=size, **flags)
+                       meta_file="x.meta", size_bytes=size, reused=reused)
 
 
 def test_metrics_listen_keys_are_off_by_default_and_validated():

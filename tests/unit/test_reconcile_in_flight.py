@@ -45,6 +45,7 @@ def test_reconcile_leaves_a_record_with_a_pull_in_flight_and_recent_files_alone(
             (MISSING, "skipped: a pull of this image is in flight")]
         assert not any(f.kind == ORPHAN for f in report.findings)
         assert (images / ("b" * 64 + ".squashfs")).exists()
-        assert store.get_image(SYSTEM, "a" * 64).state == ImageState.READY
+        record = store.get_image(SYSTEM, "a" * 64)
+        assert record is not None and record.state == ImageState.READY
     finally:
         store.close()

@@ -183,8 +183,9 @@ def test_users_and_groups_accept_names_numbers_and_commas() -> None:
 
 
 def test_unknown_user_name_is_a_usage_error() -> None:
+    no_names: dict[str, int] = {}
     with pytest.raises(UsageError, match="unknown user 'mallory'"):
-        resolve_ids(["mallory"], {}.__getitem__, "user")
+        resolve_ids(["mallory"], no_names.__getitem__, "user")
 
 
 def _stamp(when: datetime) -> Timestamp:
