@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import pytest
 
@@ -50,7 +51,7 @@ def test_the_reference_scanner_is_the_encoded_index() -> None:
 
 @pytest.mark.parametrize("damage", [lambda b: b[:-1], lambda b: b + b"\0",
                                     lambda b: b"NOTANIDX" + b[8:], lambda b: b[:20]])
-def test_damaged_index_is_refused(damage) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_index_is_refused(damage: Callable[[bytes], bytes]) -> None:
     data = encode(index_layer(io.BytesIO(sample_layer()), layer="l", policy=POLICY))
     with pytest.raises(ValueError):
         decode(damage(data))
