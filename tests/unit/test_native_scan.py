@@ -195,6 +195,53 @@ def test_header_quirks_are_read_as_tarstream_reads_them() -> None:
     assert_same(b"".join(quirks) + bytes(1024))
 
 
+def with_fields(member: bytes, checksum: Callable[[bytes], int] | None = None,
+                **fields: bytes) -> bytes:
+    """A one-header member with raw field bytes put in (size=..., mtime=...), checksummed
+    as tar writers do, or by `checksum`."""
+    offsets = {"mode": (100, 8), "size": (124, 12), "mtime": (136, 12)}
+    header = bytearray(member[:BLOCK])
+    for key, value in fields.items():
+        start, length = offsets[key]
+        header[start:start + length] = value
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % (checksum or sum)(bytes(header))
+    return bytes(header) + member[BLOCK:]
+
+
+def test_checksums_in_the_forms_tarstream_accepts() -> None:
+    high = raw_member("high-\xff\xfe-bytes".encode("latin-1"), data=b"x")
+    for checksum in (sum, lambda h: sum(h) - 2 * sum(b for b in h if b > 127),
+                     lambda h: sum(b - 256 if b > 127 else b for b in h), lambda h: sum(h) + 1):
+        assert_same(with_fields(high, checksum) + bytes(1024))
+
+
+def test_a_huge_extension_header_is_refused_with_its_exact_size() -> None:
+    for size in (b"\x80" + (2**80).to_bytes(11, "big"), b"\x80" + (2**21).to_bytes(11, "big"),
+                 b"%011o\0" % (1 << 20), b"%011o\0" % ((1 << 20) + 1)):
+        for kind in (b"L", b"K", b"x", b"g"):
+            member = with_fields(raw_member("ext", type=kind, data=b"n" * 600), size=size)
+            assert_same(member + raw_member("m", data=b"x") + bytes(1024))
+
+
+def test_many_distinct_modes_are_all_asked_of_the_rules() -> None:
+    """More distinct (mode, kind) pairs than the scanner caches."""
+    members = [raw_member(f"f{n}", type=b"05"[n % 2:n % 2 + 1], mode=n * 7 % 0o7777777)
+               for n in range(3000)]
+    for policy in POLICIES:
+        kind, index = assert_same(b"".join(members) + bytes(1024), policy=policy)
+        assert len({entry.mode for entry in compact.decode(index).entries}) > 1000
+
+
+def test_one_raw_mode_gives_each_kind_its_own_mode() -> None:
+    layer = b"".join(raw_member(f"{kind.decode()}-{mode:o}", type=kind, mode=mode, linkname="f")
+                     for mode in (0o000, 0o111, 0o4755) for kind in (b"0", b"5", b"2", b"1"))
+    layer = raw_member("f") + layer + bytes(1024)
+    kind, index = assert_same(layer, policy=POLICIES[1])
+    assert len({entry.mode for entry in compact.decode(index).entries
+                if entry.path.endswith("-0")}) == 3  # file and hardlink alike
+
+
 def test_every_cut_of_a_layer_fails_or_succeeds_alike() -> None:
     data = mixed_layer(tarfile.PAX_FORMAT)[:200_000]
     for cut in sorted({*range(0, len(data), 509), *range(0, 6000, 1)}):
@@ -281,7 +328,8 @@ def test_a_negative_extension_size_is_refused() -> None:
 
 _PARTS = [b"", b".", b"..", b"a", b"bin", b".wh.x", b".wh..wh..opq", b".wh.", b".wh..",
           b".wh..wh.plnk", b".wh...", "é".encode(), b"\xff\xfe", b"\xed\xa0\x80", b"\0",
-          b"\n", b"x\ny", b"a\0b", b"c" * 255, b"c" * 256, b"...", b"./", b"/", b" "]
+          b"\n", b"x\ny", b"a\0b", b"c" * 255, b"c" * 256, b"...", b"./", b"/", b" ",
+          *[b"lib", b"site-packages", "日本".encode(), b"a.py", b"..a", b".x", b"x.", b"wh."] * 3]
 
 
 def generated_name(rng: random.Random) -> bytes:
@@ -302,7 +350,7 @@ def member_with(rng: random.Random, name: bytes, link: bytes, kind: bytes) -> by
     """The member with `name` and `link` in one of the ways a tar can say it."""
     how = rng.choice(["ustar", "pax", "gnu"])
     mode = rng.choice([0o644, 0o755, 0o4755, 0o7777, 0o000, 0o1777])
-    data = b"d" * rng.choice([0, 1, 600])
+    data = b"" if kind in b"123456" else b"d" * rng.choice([0, 1, 600])  # header-only types
     if how == "ustar" and len(name) <= 100 and b"\0" not in name + link and len(link) <= 100:
         return raw_member(name, type=kind, data=data, linkname=link, mode=mode)
     if how == "gnu" and b"\0" not in name + link:
