@@ -325,16 +325,19 @@ static int zero_block(const uint8_t *b)
  * 127 (as tarstream computes the signed variant). */
 static int checksum_matches(const uint8_t *b, const number_t *stored)
 {
-    int64_t all = 0, high = 0, field = 0;
-    for (size_t i = 0; i < BLOCK; i++) {
+    uint32_t all = 0, field = 0, high = 0;
+    for (size_t i = 0; i < BLOCK; i++) /* uint32 sums: the compiler vectorises them */
         all += b[i];
-        high += b[i] > 127 ? b[i] : 0;
-    }
     for (size_t i = 148; i < 156; i++)
         field += b[i];
-    int64_t unsigned_sum = all - field + 8 * 32;
-    return !stored->overflow &&
-           (stored->value == unsigned_sum || stored->value == unsigned_sum - 2 * high);
+    int64_t unsigned_sum = (int64_t)all - field + 8 * 32;
+    if (stored->overflow)
+        return 0;
+    if (stored->value == unsigned_sum)
+        return 1;
+    for (size_t i = 0; i < BLOCK; i++)
+        high += b[i] > 127 ? b[i] : 0;
+    return stored->value == unsigned_sum - 2 * (int64_t)high;
 }
 
 static size_t cstring_length(const uint8_t *s, size_t n)
@@ -943,35 +946,57 @@ static int general_step(scanner_t *sc)
     return 1;
 }
 
-enum { FAST_STOP = 0, FAST_NO_MEMORY = -1 };
+/* Members the scan does with the GIL held before it releases it for the rest of a buffer:
+ * a layer of slow members (PAX headers, whiteouts) never trades the GIL per member. */
+#define FAST_PROBE 32
+#define FAST_NO_MEMORY (-1)
 
 /* The members general_step would handle without a read, an extension header, Python or
  * a question: plain ustar members whose header is in the buffer and whose mode is cached.
- * Runs with the GIL released; stops (consuming nothing of that member) at anything else. */
-static int fast_run(scanner_t *sc)
+ * Needs no GIL; stops (consuming nothing of that member) at anything else, or after
+ * `limit` members. The number of members done, or FAST_NO_MEMORY. */
+static long fast_run(scanner_t *sc, long limit)
 {
-    for (;;) {
+    long done = 0;
+    for (; done < limit; done++) {
         size_t avail = sc->len - sc->pos;
         if (sc->pending > avail || avail - sc->pending < BLOCK)
-            return FAST_STOP;
+            break;
         const uint8_t *block = sc->buf + sc->pos + sc->pending;
         header_t h;
         member_t m;
         fast_t f;
         uint32_t mode;
         if (zero_block(block) || parse_header(block, &h) != HEADER_OK || extension_type(h.type))
-            return FAST_STOP;
+            break;
         member_of_header(&h, &m);
         finish_member(&m);
         if (m.data_size.value < 0 || m.data_size.overflow || m.mtime.overflow ||
             !fast_admit(sc, &m, &f) || !cached_mode(sc, m.mode.value, f.kind, &mode))
-            return FAST_STOP;
+            break;
         sc->pos += (size_t)sc->pending + BLOCK;
         sc->offset += sc->pending + BLOCK;
         sc->pending = padded_size(&m.data_size);
         if (emit_fast(sc, &m, &f, mode, sc->ordinal++, sc->offset) < 0)
             return FAST_NO_MEMORY;
     }
+    return done;
+}
+
+/* fast_run over what is buffered, with the GIL released once the run is long. */
+static int fast_members(scanner_t *sc)
+{
+    long done = fast_run(sc, FAST_PROBE);
+    if (done == FAST_PROBE) {
+        Py_BEGIN_ALLOW_THREADS
+        done = fast_run(sc, LONG_MAX);
+        Py_END_ALLOW_THREADS
+    }
+    if (done == FAST_NO_MEMORY) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
 }
 
 /* -- the index ---------------------------------------------------------------------- */
@@ -1085,14 +1110,8 @@ static PyObject *scan(PyObject *module, PyObject *args)
     if (!sc->readinto && !sc->read)
         goto done;
     for (;;) {
-        int fast;
-        Py_BEGIN_ALLOW_THREADS
-        fast = fast_run(sc);
-        Py_END_ALLOW_THREADS
-        if (fast == FAST_NO_MEMORY) {
-            PyErr_NoMemory();
+        if (fast_members(sc) < 0)
             goto done;
-        }
         int step = general_step(sc);
         if (step < 0)
             goto done;
