@@ -306,6 +306,14 @@ def test_scans_run_in_threads_at_once() -> None:
     assert results == [expected] * 80
 
 
+def test_a_layer_name_that_cannot_be_encoded_fails_alike() -> None:
+    data = tar_bytes(file("a", b"1"))
+    for scan in (compact.scan_layer_python, native_scan.scan_layer):
+        with pytest.raises(UnicodeEncodeError):
+            scan(io.BytesIO(data), layer="sha256:\ud800", policy=POLICIES[0])
+    assert_same(data, layer="caf\u00e9 \udcff")
+
+
 def test_a_negative_extension_size_is_refused() -> None:
     """TarReader moves backwards on a PAX size of -512 or less (and can read the same
     header forever); the compiled scanner refuses it. Sizes -511..-1 read nothing in both."""
@@ -487,9 +495,8 @@ def test_the_layers_of_the_flatten_members_and_tarstream_tests(tmp_path: Path) -
          "tests/unit/test_members.py", "tests/unit/test_tarstream.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert record.exists(), run.stdout[-3000:] + run.stderr[-3000:]
-    recorded = json.loads(record.read_text())
-    assert recorded["code"] == 0, run.stdout[-3000:]
-    assert len(recorded["layers"]) > 50
+    recorded = json.loads(record.read_text())  # (those tests' own failures are theirs)
+    assert len(recorded["layers"]) > 50, run.stdout[-3000:]
     for text in recorded["layers"]:
         for policy in POLICIES:
             assert_same(bytes.fromhex(text), policy=policy)
