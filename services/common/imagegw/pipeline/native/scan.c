@@ -5,8 +5,8 @@
  * every error, is handed to the Python hooks of imagegw.pipeline.native_scan, so the
  * member rules and the messages stay in Python. The output is pipeline/compact.py's format.
  *
- * Work per member is a few hundred bytes of C: plain ustar members are parsed and admitted
- * with the GIL released, straight from the read buffer; member data is skipped in place.
+ * A plain member costs one header parse in C, straight from the read buffer and, in runs
+ * of them, with the GIL released; member data is skipped in place, never copied out.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
