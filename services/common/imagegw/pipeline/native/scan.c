@@ -531,6 +531,29 @@ static int python_mode(scanner_t *sc, int64_t mode, int kind, uint32_t *result)
 
 /* -- reading (TarReader's plumbing; GIL held) ------------------------------------- */
 
+/* The exception being raised, kept aside while a view is released. */
+#if PY_VERSION_HEX >= 0x030C0000
+typedef PyObject *saved_error_t;
+static saved_error_t save_error(void) { return PyErr_GetRaisedException(); }
+static void restore_error(saved_error_t error) { PyErr_SetRaisedException(error); }
+static int has_error(saved_error_t error) { return error != NULL; }
+#else
+typedef struct {
+    PyObject *type, *value, *traceback;
+} saved_error_t;
+static saved_error_t save_error(void)
+{
+    saved_error_t error;
+    PyErr_Fetch(&error.type, &error.value, &error.traceback);
+    return error;
+}
+static void restore_error(saved_error_t error)
+{
+    PyErr_Restore(error.type, error.value, error.traceback);
+}
+static int has_error(saved_error_t error) { return error.type != NULL; }
+#endif
+
 /* stream.readinto() of `size` bytes at buf[at] (or read(), for streams without it). */
 static Py_ssize_t read_into(scanner_t *sc, size_t at, size_t size)
 {
@@ -543,14 +566,13 @@ static Py_ssize_t read_into(scanner_t *sc, size_t at, size_t size)
             return -1;
         result = PyObject_CallOneArg(sc->readinto, view);
         /* The buffer is ours: no stream may keep a view of it (an error stays set). */
-        PyObject *error_type, *error, *traceback;
-        PyErr_Fetch(&error_type, &error, &traceback);
+        saved_error_t error = save_error();
         PyObject *released = PyObject_CallMethod(view, "release", NULL);
         Py_DECREF(view);
-        if (error_type) {
+        if (has_error(error)) {
             Py_XDECREF(released);
             PyErr_Clear();
-            PyErr_Restore(error_type, error, traceback);
+            restore_error(error);
             Py_XDECREF(result);
             return -1;
         }
