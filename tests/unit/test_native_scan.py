@@ -2,9 +2,10 @@
 
 Every check scans the same bytes with `compact.scan_layer_python` and
 `native_scan.scan_layer` and compares the bytes returned, or the error's class, message
-and hint: crafted layers in every tar dialect, the hostile corpus, every layer the
-flatten/members/tarstream tests read, thousands of generated names and numbers, cuts at
-every position, and a 400k-member layer.
+and hint, and how much of the stream each read: crafted layers in every tar dialect, GNU
+tar's archives, the hostile corpus, every layer the flatten/members/tarstream tests read,
+thousands of generated names, numbers, PAX headers and damaged headers, cuts at every
+position, and a 400k-member layer.
 """
 
 from __future__ import annotations
