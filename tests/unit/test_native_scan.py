@@ -493,6 +493,35 @@ def test_gnu_tar_archives_in_every_format(tmp_path: Path) -> None:
         assert kind == "index" and len(compact.decode(index).entries) >= 4, tar_format
 
 
+def test_chains_of_extension_headers_apply_alike() -> None:
+    """Several PAX, global and GNU headers before one member: later records win, a sparse
+    key stays, the GNU long name's trailing slash makes a directory, PAX path wins."""
+    rng = random.Random(5)
+    records = [{"path": "pax/a"}, {"path": "pax/b/"}, {"linkpath": "pax-target"},
+               {"GNU.sparse.name": "s"}, {"mtime": "12.5"}, {"size": "0"}, {"size": "700"},
+               {"path": "../evil"}, {}]
+    for _ in range(1500):
+        chain = b""
+        for _ in range(rng.randint(1, 4)):
+            kind = rng.choice([b"x", b"g", b"L", b"K"])
+            if kind in b"xg":
+                chain += raw_member("PaxHeader", type=kind, pax=None,
+                                    data=b"".join(pax_record(k, v) for k, v in
+                                                  rng.choice(records).items()))
+            else:
+                text = rng.choice([b"gnu/long-" + b"n" * 120, b"gnu/dir/", b"t", b""])
+                chain += raw_member("././@LongLink", type=kind, data=text + b"\0")
+        member = raw_member("ustar", type=rng.choice([b"0", b"\0", b"2", b"1", b"5"]),
+                            data=b"d" * rng.choice([0, 700]), linkname="l")
+        assert_same(chain + member + bytes(1024), policy=POLICIES[1])
+
+
+def pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode()
+    length = len(body) + len(str(len(body) + 2))
+    return str(length).encode() + body
+
+
 # -- the layers of the other tests ------------------------------------------------------
 
 
