@@ -112,6 +112,23 @@ def test_compact_scan_layer_uses_the_compiled_scanner(monkeypatch: pytest.Monkey
     assert calls == ["l"]
 
 
+def test_without_the_extension_compact_uses_the_python_scanner(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "imagegw.pipeline.native_scan", None)  # import fails
+    calls = []
+    python_scanner = compact.scan_layer_python
+
+    def counted(stream: BinaryIO, **kwargs: Any) -> bytes:
+        calls.append(kwargs["layer"])
+        return python_scanner(stream, **kwargs)
+
+    monkeypatch.setattr(compact, "scan_layer_python", counted)
+    data = mixed_layer(tarfile.PAX_FORMAT)
+    assert compact.scan_layer(io.BytesIO(data), layer="l", policy=POLICIES[0]) == \
+        native_scan.scan_layer(io.BytesIO(data), layer="l", policy=POLICIES[0])
+    assert calls == ["l"]
+
+
 # -- crafted layers -------------------------------------------------------------------
 
 
