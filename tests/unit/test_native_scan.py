@@ -10,6 +10,7 @@ position, and a 400k-member layer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -24,7 +25,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import pytest
 import zstandard
@@ -69,7 +70,7 @@ def _compiled() -> None:
         pytest.fail(f"{NOT_BUILT}: {_IMPORT_ERROR}")
 
 
-def outcome(scan: Callable[..., bytes], data: bytes | Callable[[], BinaryIO],
+def outcome(scan: Callable[..., bytes], data: bytes | Callable[[], Any],
             policy: MemberPolicy, layer: str) -> tuple[Any, ...]:
     """What a scan returns or raises, and how much of the stream it read."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data()
@@ -83,7 +84,7 @@ def outcome(scan: Callable[..., bytes], data: bytes | Callable[[], BinaryIO],
     return (*result, stream.tell() if read is None else read)
 
 
-def assert_same(data: bytes | Callable[[], BinaryIO], *, policy: MemberPolicy = POLICIES[0],
+def assert_same(data: bytes | Callable[[], Any], *, policy: MemberPolicy = POLICIES[0],
                 layer: str = "sha256:0123") -> tuple[Any, ...]:
     """Both scanners' outcome on `data` (bytes, or a function opening a fresh stream)."""
     expected = outcome(compact.scan_layer_python, data, policy, layer)
@@ -179,7 +180,7 @@ def test_gnu_base256_numbers_and_large_owners() -> None:
 
 
 def test_pax_records_apply_as_tarstream_applies_them() -> None:
-    cases = [
+    cases: list[dict[str, str | bytes]] = [
         {"path": "pax/ü-name", "linkpath": "ignored"},
         {"mtime": "1700000000.123456789", "uid": "70000", "gid": "70000"},
         {"mtime": "-17.5"}, {"size": "3"}, {"size": "-1"}, {"size": "x"},
@@ -318,7 +319,7 @@ def test_the_stream_is_read_as_tarstream_reads_it(tmp_path: Path) -> None:
             blob = tmp_path / f"layer-{len(tail)}.{compression}"
             blob.write_bytes(compress(archive + tail, compression))
             for cap in (2 << 20, 6 << 20, 7 << 20, 9 << 20):
-                assert_same(lambda blob=blob, cap=cap: open_layer(blob, max_uncompressed=cap))
+                assert_same(functools.partial(open_layer, blob, max_uncompressed=cap))
     cut = tmp_path / "cut.gz"  # a gzip stream that ends early: the inflater's error
     cut.write_bytes(compress(archive, "gzip")[:-2000])
     assert assert_same(lambda: open_layer(cut, max_uncompressed=1 << 30))[0] == "rejected"
@@ -502,8 +503,8 @@ def test_gnu_tar_archives_in_every_format(tmp_path: Path) -> None:
         sparse.write(b"end of a sparse file")
     for tar_format in ("gnu", "oldgnu", "posix", "ustar", "v7"):
         out = tmp_path / f"{tar_format}.tar"
-        sparse = ["--sparse"] if tar_format in ("gnu", "oldgnu", "posix") else []
-        subprocess.run(["tar", "--create", f"--format={tar_format}", *sparse, "--file",
+        sparse_flag = ["--sparse"] if tar_format in ("gnu", "oldgnu", "posix") else []
+        subprocess.run(["tar", "--create", f"--format={tar_format}", *sparse_flag, "--file",
                         str(out), "--sort=name", "-C", str(tree), "."],
                        check=False, capture_output=True)  # ustar/v7 skip what they cannot hold
         kind, index, _ = assert_same(out.read_bytes(), policy=POLICIES[1])
@@ -691,7 +692,8 @@ def entries_of(index: bytes, layer: str) -> Iterator[tuple[Any, ...]]:
 
 def test_a_400k_member_layer() -> None:
     count = 400_000
-    native = native_scan.scan_layer(ManyMembers(count), layer="many", policy=POLICIES[0])
+    native = native_scan.scan_layer(cast(BinaryIO, ManyMembers(count)), layer="many",
+                                    policy=POLICIES[0])
     magic, entries, markers, dropped, _ = struct.unpack_from("<8sIIQI", native)
     whiteouts = sum(1 for n in range(count) if n % 1000 and n % 97 and n % 89 and n % 83 == 0)
     assert (magic, entries + markers, markers, dropped) == (compact.MAGIC, count, whiteouts, 0)
@@ -703,5 +705,6 @@ def test_a_400k_member_layer() -> None:
     assert sample.pop(97)[::7] == (2, b"../f.py")
     assert sample.pop(398_802)[::6] == (0, b"pkgs/p0398/f398802.py")
     assert not sample  # 83 is a whiteout: a marker
-    python = compact.scan_layer_python(ManyMembers(count), layer="many", policy=POLICIES[0])
+    python = compact.scan_layer_python(cast(BinaryIO, ManyMembers(count)), layer="many",
+                                       policy=POLICIES[0])
     assert hashlib.sha256(native).digest() == hashlib.sha256(python).digest()
