@@ -16,7 +16,7 @@ from imagegw.domain.errors import ContentRejected
 from . import members, tarstream
 from .compact import ENTRY_KINDS, MARKER_KINDS, scan_layer_python
 from .members import Admitted, Marker, MemberPolicy
-from .native import _scan  # type: ignore[attr-defined]  # ImportError: not built
+from .native import _scan  # ImportError: not built
 
 __all__ = ["scan_layer"]
 
