@@ -3,7 +3,8 @@
 The `imagegw` namespace (PEP 420) spans one folder per service; every package found
 below them is shipped, under the import name that is the tail of its path, so a new
 module can never be left out. The worker's libdeflate shim for tar2sqfs is built here as
-a plain shared library (optional: without libdeflate-dev the worker falls back to zlib).
+a plain shared library (optional: without libdeflate-dev the worker falls back to zlib),
+and so is the compiled layer scanner (optional: the Python scanner is the fallback).
 """
 
 from setuptools import Extension, find_namespace_packages, setup
@@ -33,6 +34,14 @@ setup(
             libraries=["deflate", "dl"],
             extra_compile_args=["-Wall", "-Wextra", "-Werror"],
             optional=True,
-        )
+        ),
+        # The compiled layer scanner (issue 21; imagegw.pipeline.native_scan): Python's C
+        # API only. Optional: without it compact.scan_layer uses the Python scanner.
+        Extension(
+            "imagegw.pipeline.native._scan",
+            sources=["services/common/imagegw/pipeline/native/scan.c"],
+            extra_compile_args=["-Wall", "-Wextra", "-Werror"],
+            optional=True,
+        ),
     ],
 )

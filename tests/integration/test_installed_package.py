@@ -190,6 +190,8 @@ def test_the_wheel_is_built_from_the_sdist_and_ships_the_shim_source_and_units(d
         members = wheel.namelist()
     assert any(name.startswith("imagegw/pipeline/native/sqfs_libdeflate.") and name.endswith(".so")
                for name in members), "the shim is compiled into the platform wheel"
+    assert any(name.startswith("imagegw/pipeline/native/_scan.") and name.endswith(".so")
+               for name in members), "the compiled layer scanner is built into the wheel"
     assert "imagegw/cli/systemd/imagegw-gateway.service" in members
     assert not any(name.startswith(("imagegw/client/", "imagegw/v1/")) for name in members), \
         "the client's modules belong to imagegw-client only"
