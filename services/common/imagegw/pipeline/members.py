@@ -33,6 +33,9 @@ OPAQUE_MARKER = ".wh..wh..opq"
 WHITEOUT_META_PREFIX = ".wh..wh."
 MAX_NAME_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
+#: The latest mtime kept (the most a ustar header holds, in the year 2242); later ones are
+#: clamped to it, as the canonical tar would clamp them anyway.
+MAX_MTIME = 8**11 - 1
 #: Every output entry belongs to root (Shifter builds images with -all-root).
 OWNER_UID = 0
 OWNER_GID = 0
@@ -121,7 +124,7 @@ def admit(
         kind=kind,
         mode=_with_owner_access(sanitize_mode(member.mode, keep_setuid=policy.keep_setuid),
                                 kind, policy),
-        mtime=max(member.mtime, 0),
+        mtime=min(max(member.mtime, 0), MAX_MTIME),
         size=member.size if kind is Kind.FILE else 0,
         link=link,
     )

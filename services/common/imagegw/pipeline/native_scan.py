@@ -107,7 +107,6 @@ class _Hooks:
                      f"(limit {tarstream.MAX_EXTENSION_BYTES})", "the layer is hostile or corrupt")
 
     def negative_extension(self, what: str, offset: int) -> NoReturn:
-        # TarReader moves backwards on this (and may read the same header forever).
         self._reject(f"layer {self.layer} has a {what} header with a negative size at offset "
                      f"{offset}", "the layer is hostile or corrupt")
 

@@ -162,7 +162,15 @@ class TarReader:
                 return
             count -= len(data)
 
-    def _take_extension(self, size: int, what: str) -> bytes:
+    def _take_extension(self, size: int, offset: int, what: str) -> bytes:
+        if size < 0:
+            # A negative size would move the reader backwards (and read the same header
+            # forever): refused, like any other impossible header.
+            raise ContentRejected(
+                f"layer {self._layer} has a {what} header with a negative size at offset "
+                f"{offset}",
+                hint="the layer is hostile or corrupt",
+            )
         if size > MAX_EXTENSION_BYTES:
             raise ContentRejected(
                 f"layer {self._layer} has a {size}-byte {what} header "
@@ -188,14 +196,14 @@ class TarReader:
             fields = _parse_header(block, self._layer, header_offset)
             kind = fields.type
             if kind == "x":
-                pax.update(_parse_pax(self._take_extension(fields.size, "PAX"), self._layer))
+                pax.update(_parse_pax(self._take_extension(fields.size, header_offset, "PAX"), self._layer))
             elif kind == "g":
                 # Global PAX headers are ignored, as containerd does.
-                self._take_extension(fields.size, "PAX global")
+                self._take_extension(fields.size, header_offset, "PAX global")
             elif kind == "L":
-                long_name = _cstring(self._take_extension(fields.size, "GNU long name"))
+                long_name = _cstring(self._take_extension(fields.size, header_offset, "GNU long name"))
             elif kind == "K":
-                long_link = _cstring(self._take_extension(fields.size, "GNU long link"))
+                long_link = _cstring(self._take_extension(fields.size, header_offset, "GNU long link"))
             else:
                 break
         _apply_extensions(fields, pax, long_name, long_link)

@@ -90,7 +90,6 @@ typedef struct {
     /* The index being built. */
     text_t entries, markers;
     uint64_t entry_count, marker_count, dropped;
-    int mtime_overflow; /* an entry's mtime is beyond int64: compact.encode fails */
     mode_slot_t modes[MODE_SLOTS];
     size_t mode_count;
     extensions_t ext;
@@ -688,8 +687,7 @@ static int skip(scanner_t *sc, uint64_t count)
 }
 
 /* TarReader._take_extension: the data of an extension header (at most max_extension
- * bytes). A size of -511..-1 reads nothing, as in Python; -512 or less is refused here
- * (TarReader would move backwards in its buffer and read the same header forever). */
+ * bytes); a negative size is refused. */
 static int take_extension(scanner_t *sc, const header_t *h, const char *what,
                           uint64_t header_offset, const uint8_t **out, size_t *len)
 {
@@ -701,7 +699,7 @@ static int take_extension(scanner_t *sc, const header_t *h, const char *what,
         refuse(sc, "extension_too_large", "(Ns)", exact, what);
         return -1;
     }
-    if (size->overflow < 0 || size->value <= -BLOCK)
+    if (size->overflow < 0 || size->value < 0)
         return refuse(sc, "negative_extension", "(sK)", what, (unsigned long long)header_offset);
     size_t wanted = size->value > 0 ? (size_t)size->value : 0;
     size_t padded = (wanted + BLOCK - 1) / BLOCK * BLOCK;
@@ -841,13 +839,30 @@ static uint64_t padded_size(const number_t *size)
     return value + (BLOCK - value % BLOCK) % BLOCK;
 }
 
+/* members.admit's mtime: min(max(mtime, 0), MAX_MTIME). */
+#define MAX_MTIME ((int64_t)8589934591LL) /* members.MAX_MTIME, 8**11 - 1 */
+static int64_t clamped_mtime(const number_t *mtime)
+{
+    if (mtime->overflow > 0 || mtime->value > MAX_MTIME)
+        return MAX_MTIME;
+    if (mtime->overflow < 0 || mtime->value < 0)
+        return 0;
+    return mtime->value;
+}
+
+/* The mtime handed to members.admit: beyond int64 either way, one admit clamps alike. */
+static int64_t python_mtime(const number_t *mtime)
+{
+    if (mtime->overflow)
+        return mtime->overflow > 0 ? MAX_MTIME + 1 : -1;
+    return mtime->value;
+}
+
 /* An admitted plain member (fast_admit), with its mode from the cache or Python. */
 static int emit_fast(scanner_t *sc, const member_t *m, const fast_t *f, uint32_t mode,
                      uint64_t ordinal, uint64_t offset)
 {
-    if (m->mtime.overflow > 0)
-        sc->mtime_overflow = 1;
-    int64_t mtime = m->mtime.value > 0 ? m->mtime.value : 0;
+    int64_t mtime = clamped_mtime(&m->mtime);
     uint64_t size = f->kind == KIND_FILE ? (uint64_t)m->data_size.value : 0;
     return emit_entry(sc, f->kind, mode, mtime, size, ordinal, (int64_t)offset, f->path,
                       f->path_len, f->link, f->link_len);
@@ -859,7 +874,7 @@ static int admit_in_python(scanner_t *sc, const member_t *m, uint64_t ordinal, u
     PyObject *result = PyObject_CallMethod(
         sc->hooks, "admit", "y#iLLLLLy#KK", (const char *)m->name, (Py_ssize_t)m->name_len,
         m->type, (long long)m->mode.value, (long long)m->uid.value, (long long)m->gid.value,
-        (long long)m->mtime.value, (long long)m->data_size.value, (const char *)m->link,
+        (long long)python_mtime(&m->mtime), (long long)m->data_size.value, (const char *)m->link,
         (Py_ssize_t)m->link_len, (unsigned long long)ordinal, (unsigned long long)offset);
     if (!result)
         return -1;
@@ -887,8 +902,6 @@ static int admit_in_python(scanner_t *sc, const member_t *m, uint64_t ordinal, u
                             (const uint8_t *)path, (size_t)path_len, (const uint8_t *)link,
                             (size_t)link_len) < 0)
             status = -2;
-        else if (m->mtime.overflow > 0)
-            sc->mtime_overflow = 1;
     }
     Py_DECREF(result);
     if (status == -2)
@@ -1027,7 +1040,7 @@ static int fast_members(scanner_t *sc)
 static PyObject *index_bytes(scanner_t *sc, const char *layer, Py_ssize_t layer_len)
 {
     if (sc->entry_count > UINT32_MAX || sc->marker_count > UINT32_MAX ||
-        (size_t)layer_len > UINT32_MAX || sc->mtime_overflow) {
+        (size_t)layer_len > UINT32_MAX) {
         PyObject *structs = PyImport_ImportModule("struct");
         if (structs) {
             PyObject *error = PyObject_GetAttrString(structs, "error");
