@@ -256,7 +256,8 @@ def test_progress_goes_from_zero_to_the_total(tmp_path: Path, python_flatten: No
 
 @pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
 def test_compiled_progress_follows_indexing_then_the_file_data(tmp_path: Path) -> None:
-    blob = layer(file("a", os.urandom(3 << 20)), file("b", b"b"))
+    small = [file(f"s/{number}", b"s") for number in range(200)]
+    blob = layer(file("a", os.urandom(3 << 20)), file("b", b"b"), *small)
     path = write_blob(tmp_path, blob)
     reports: list[tuple[int, int]] = []
     stats = flatten_to_squashfs(
@@ -264,7 +265,7 @@ def test_compiled_progress_follows_indexing_then_the_file_data(tmp_path: Path) -
         limits=Limits(), on_progress=lambda done, total: reports.append((done, total)))
     assert stats.compiled and not stats.one_pass
     # The compressed bytes indexed, then the file data written: it never goes back.
-    end = len(blob) + (3 << 20) + 1
+    end = len(blob) + (3 << 20) + 1 + 200
     assert reports[0] == (0, len(blob)) and reports[-1] == (end, end)
     assert (len(blob), len(blob)) in reports
     assert [done for done, _ in reports] == sorted(done for done, _ in reports)
@@ -371,6 +372,27 @@ def test_layers_one_pass_cannot_vouch_for_are_flattened_in_two_passes(
     assert not stats.one_pass
     assert summary(read_squashfs(output))["usr/lib/libc.so.6"] == ("file", 0o644, sha256(b"libc"))
     assert [path.name for path in tmp_path.iterdir() if "partial" in path.name] == []
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_few_members_per_mib_take_the_one_pass_flatten_many_the_compiled_one(
+        tmp_path: Path) -> None:
+    # Inflating every layer twice costs more than the compiled path saves on a few large
+    # files (squashfs.MIN_MEMBERS_PER_MIB); the newest layers' first bytes decide.
+    large = layer(file("big", bytes(20 << 20)), file("small", b"s"))
+    many = layer(*(file(f"d/{number}", b"x" * 100) for number in range(1000)))
+    output, stats = build(tmp_path, many, large)  # 2 members in the first 16 MiB
+    assert stats.one_pass and not stats.compiled
+    output.unlink()
+    output, stats = build(tmp_path, large, many)  # 1000 in 1 MiB, then 1 in 15 MiB
+    assert stats.compiled and not stats.one_pass
+    assert read_squashfs(output)["big"].size == 20 << 20
+    # Every index known: no decompression is saved by one pass, so the compiled one runs.
+    layers = [FileLayer.of(write_blob(tmp_path, blob), digest(blob)) for blob in (many, large)]
+    output.unlink()
+    again = flatten_to_squashfs(layers, output, options=OPTIONS, limits=LIMITS,
+                                indexes=stats.indexes[::-1])
+    assert again.compiled
 
 
 @pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")

@@ -42,6 +42,7 @@ from .layer import Layer
 from .members import MemberPolicy
 from .runtime_files import BASE_LAYER, TOP_LAYER, AddedLayers
 from .streaming import SpeculationFailed, StreamedFlatten, stream_flat_tar
+from .tarstream import TarReader
 from .writeback import EarlyWriteback
 
 try:
@@ -60,6 +61,12 @@ PIPE_BUFFER = 1 << 20
 PROGRESS_STEP = 1 << 20
 #: Layers indexed at once by the compiled flatten (as their downloads arrive).
 INDEX_THREADS = 2
+#: The compiled flatten decompresses every layer twice (to index it, then for its data):
+#: it pays where layers hold many members per MiB (the per-member cost it saves), not
+#: for a few large files (the second inflate it costs). Without every index known, the
+#: first PROBE_BYTES of the newest layers decide (docs/performance.md, the measurements).
+PROBE_BYTES = 16 << 20
+MIN_MEMBERS_PER_MIB = 32
 _STDERR_TAIL = 2000
 
 __all__ = ["build_squashfs", "tar2sqfs_command", "flatten_to_squashfs", "FlattenStats",
@@ -267,7 +274,8 @@ def flatten_to_squashfs(
     if len(known) != len(layers):
         raise ValueError("indexes do not match the layers")
     flatten = _Flatten(layers, options, limits, on_progress, on_index, policy)
-    if native_flat is not None:
+    if native_flat is not None and (all(index is not None for index in known)
+                                    or flatten.many_members_per_mib()):
         return flatten.compiled(known, output)
     decoded = [None if index is None else compact.decode(index) for index in known]
     if any(index is not None and index.layer != layer.name
@@ -355,6 +363,26 @@ class _Flatten:
         if self.on_index is not None:
             self.on_index(number, compact.encode(index))
         return index
+
+    def many_members_per_mib(self) -> bool:
+        """Whether the newest layers hold at least MIN_MEMBERS_PER_MIB members per MiB
+        in their first PROBE_BYTES decompressed bytes (headers read, data skipped)."""
+        members = seen = 0
+        for number in reversed(range(len(self.layers))):
+            end = 0
+            with self.open(number) as stream:
+                for member in TarReader(stream, layer=self.layer_names[number]):
+                    members += 1
+                    end = member.offset + member.size
+                    if seen + end >= PROBE_BYTES:
+                        break
+            seen = min(seen + end, PROBE_BYTES)
+            if seen >= PROBE_BYTES:
+                break
+        dense = members * (1 << 20) >= MIN_MEMBERS_PER_MIB * max(seen, 1)
+        log.info("%d members in the first %d bytes of the newest layers: %s", members, seen,
+                 "compiled flatten" if dense else "few members per MiB, one-pass flatten")
+        return dense
 
     def compiled(self, known: list[bytes | None], output: Path) -> FlattenStats:
         """Indexes what is not known, merges and writes in C (native_flat.py)."""
