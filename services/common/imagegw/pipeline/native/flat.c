@@ -7,9 +7,11 @@
  * tests/unit/test_native_flat.py checks that both give the same bytes and the same
  * refusals. The input format is pipeline/compact.py's.
  *
- * Memory: nodes live in one array, found by a hash table keyed by (parent, name);
- * names, symlink targets and member paths are not copied: they point into the compact
- * index bytes, which the tree keeps alive. No Python object per node.
+ * Memory: nodes live in one array (72 bytes each; a file's node is also its FileData),
+ * found by a hash table keyed by (parent, name); names, symlink targets and member paths
+ * are not copied: they point into the compact index bytes, which the tree keeps alive
+ * (the indexes are its name arena). No Python object per node; cost linear in layers and
+ * members (each member resolves its parent once, through the hash table).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -43,33 +45,39 @@ typedef struct {
 	uint32_t len;
 } Str;
 
-/* flatten.Node: one entry of the merged tree. */
+/* flatten.Node: one entry of the merged tree (72 bytes). A file node made from a member
+   also stands for flatten.FileData, its bytes: the names of a link group point at it
+   (`data`), and it keeps them even once its own name is replaced or removed. */
 typedef struct {
-	Str name;
-	Str link; /* symlinks */
+	const char *name; /* into the index bytes */
 	int64_t mtime;
-	uint32_t mode;
-	uint8_t kind; /* K_FILE, K_DIR or K_SYMLINK */
-	uint8_t in_hash;
-	int32_t parent;
-	int32_t first_child, next_sibling, prev_sibling; /* directories' children */
-	int32_t hash_next;
-	int32_t data;      /* files: their FileData */
-	int32_t next_name; /* _collect: the next name of the same FileData */
+	int32_t parent, next_sibling, prev_sibling, hash_next;
+	int32_t data;      /* files: the node holding their data (FileData) */
+	int32_t next_name; /* _collect: the next name of the same data */
+	uint16_t name_len;
+	uint16_t mode;   /* permission bits (members.py keeps 0o7777 at most) */
+	uint8_t kind;    /* K_FILE, K_DIR or K_SYMLINK */
+	uint8_t in_hash; /* found by child_of (not removed) */
+	uint16_t member_prefix; /* data: the member's path is name - member_prefix */
+	union {
+		int32_t first_child; /* directories */
+		struct {
+			const char *ptr;
+			uint32_t len;
+		} link; /* symlinks */
+		struct {
+			int64_t offset; /* in the decompressed layer */
+			uint64_t size;
+			int32_t layer;
+		} file; /* data (files made from a member) */
+	} u;
 } Node;
 
-/* flatten.FileData: one member's bytes, shared by a link group. */
+/* A link group of _collect: a FileData and its surviving names, in order. */
 typedef struct {
-	int32_t layer;
-	uint64_t ordinal;
-	int64_t offset;
-	uint64_t size;
-	uint32_t mode;
-	int64_t mtime;
-	Str member;
-	int32_t first_name, last_name; /* _collect: the group's names, in order */
+	int32_t data, first_name, last_name;
 	uint32_t names;
-} FileData;
+} Group;
 
 typedef struct {
 	PyObject_HEAD
@@ -77,12 +85,11 @@ typedef struct {
 	PyObject *layers;  /* tuple of str: the layer names */
 	Node *nodes;
 	int32_t node_count, node_cap;
-	FileData *data;
-	int32_t data_count, data_cap;
 	int32_t *buckets;
 	uint32_t bucket_mask;
-	/* _collect's result: node ids (directories, symlinks) and FileData ids (files) */
-	int32_t *dirs, *symlinks, *groups;
+	/* _collect's result: node ids (directories, symlinks) and link groups (files) */
+	int32_t *dirs, *symlinks;
+	Group *groups;
 	int32_t dir_count, symlink_count, group_count;
 	uint64_t dropped, data_bytes, hardlinks;
 } Tree;
@@ -114,6 +121,11 @@ static int str_eq(Str a, const char *text)
 {
 	size_t n = strlen(text);
 	return a.len == n && memcmp(a.ptr, text, n) == 0;
+}
+
+static Str name_of(const Node *n)
+{
+	return (Str){n->name, n->name_len};
 }
 
 static PyObject *text(Str s)
@@ -306,7 +318,7 @@ static int rehash(Tree *t, uint32_t buckets)
 		Node *n = &t->nodes[id];
 		if (!n->in_hash)
 			continue;
-		uint32_t b = name_hash(n->parent, n->name) & (buckets - 1);
+		uint32_t b = name_hash(n->parent, name_of(n)) & (buckets - 1);
 		n->hash_next = table[b];
 		table[b] = id;
 	}
@@ -322,8 +334,8 @@ static int32_t child_of(Tree *t, int32_t parent, Str name)
 	int32_t id = t->buckets[name_hash(parent, name) & t->bucket_mask];
 	while (id != NONE) {
 		Node *n = &t->nodes[id];
-		if (n->parent == parent && n->name.len == name.len &&
-		    memcmp(n->name.ptr, name.ptr, name.len) == 0)
+		if (n->parent == parent && n->name_len == name.len &&
+		    memcmp(n->name, name.ptr, name.len) == 0)
 			return id;
 		id = n->hash_next;
 	}
@@ -333,6 +345,10 @@ static int32_t child_of(Tree *t, int32_t parent, Str name)
 /* A new node, detached; NONE with an exception set when out of memory. */
 static int32_t new_node(Tree *t, uint8_t kind, uint32_t mode, int64_t mtime, Str name)
 {
+	if (name.len > UINT16_MAX) {
+		PyErr_SetString(PyExc_ValueError, "a path component longer than 65535 bytes");
+		return NONE;
+	}
 	if (grow((void **)&t->nodes, &t->node_cap, t->node_count + 1, sizeof(Node)) < 0)
 		return NONE;
 	if ((uint32_t)t->node_count > t->bucket_mask &&
@@ -342,11 +358,14 @@ static int32_t new_node(Tree *t, uint8_t kind, uint32_t mode, int64_t mtime, Str
 	Node *n = &t->nodes[id];
 	memset(n, 0, sizeof(*n));
 	n->kind = kind;
-	n->mode = mode;
+	n->mode = (uint16_t)mode;
 	n->mtime = mtime;
-	n->name = name;
-	n->parent = n->first_child = n->next_sibling = n->prev_sibling = NONE;
+	n->name = name.ptr;
+	n->name_len = (uint16_t)name.len;
+	n->parent = n->next_sibling = n->prev_sibling = NONE;
 	n->hash_next = n->data = n->next_name = NONE;
+	if (kind == K_DIR)
+		n->u.first_child = NONE;
 	return id;
 }
 
@@ -354,7 +373,7 @@ static int32_t new_node(Tree *t, uint8_t kind, uint32_t mode, int64_t mtime, Str
 static void unlink_child(Tree *t, int32_t id)
 {
 	Node *n = &t->nodes[id];
-	int32_t *slot = &t->buckets[name_hash(n->parent, n->name) & t->bucket_mask];
+	int32_t *slot = &t->buckets[name_hash(n->parent, name_of(n)) & t->bucket_mask];
 	while (*slot != id)
 		slot = &t->nodes[*slot].hash_next;
 	*slot = n->hash_next;
@@ -362,7 +381,7 @@ static void unlink_child(Tree *t, int32_t id)
 	if (n->prev_sibling != NONE)
 		t->nodes[n->prev_sibling].next_sibling = n->next_sibling;
 	else
-		t->nodes[n->parent].first_child = n->next_sibling;
+		t->nodes[n->parent].u.first_child = n->next_sibling;
 	if (n->next_sibling != NONE)
 		t->nodes[n->next_sibling].prev_sibling = n->prev_sibling;
 }
@@ -371,26 +390,26 @@ static void unlink_child(Tree *t, int32_t id)
 static void set_child(Tree *t, int32_t parent, int32_t id)
 {
 	Node *n = &t->nodes[id];
-	int32_t old = child_of(t, parent, n->name);
+	int32_t old = child_of(t, parent, name_of(n));
 	if (old != NONE)
 		unlink_child(t, old);
 	n->parent = parent;
-	uint32_t b = name_hash(parent, n->name) & t->bucket_mask;
+	uint32_t b = name_hash(parent, name_of(n)) & t->bucket_mask;
 	n->hash_next = t->buckets[b];
 	t->buckets[b] = id;
 	n->in_hash = 1;
 	n->prev_sibling = NONE;
-	n->next_sibling = t->nodes[parent].first_child;
+	n->next_sibling = t->nodes[parent].u.first_child;
 	if (n->next_sibling != NONE)
 		t->nodes[n->next_sibling].prev_sibling = id;
-	t->nodes[parent].first_child = id;
+	t->nodes[parent].u.first_child = id;
 }
 
 /* directory.children.clear() (an opaque marker) */
 static void clear_children(Tree *t, int32_t dir)
 {
-	while (t->nodes[dir].first_child != NONE)
-		unlink_child(t, t->nodes[dir].first_child);
+	while (t->nodes[dir].u.first_child != NONE)
+		unlink_child(t, t->nodes[dir].u.first_child);
 }
 
 /* -- the merge (flatten._LayerMerge) -------------------------------------------- */
@@ -461,7 +480,7 @@ static int resolve_dir(Merge *m, Str path, Str member, int create, int32_t *foun
 					      "(a symlink loop)", NULL);
 				return -1;
 			}
-			Str link = t->nodes[child].link;
+			Str link = {t->nodes[child].u.link.ptr, t->nodes[child].u.link.len};
 			if (link.len > 0 && link.ptr[0] == '/')
 				m->stack_count = 1;
 			if (push_components(m, link) < 0)
@@ -542,7 +561,7 @@ static int32_t hardlink(Merge *m, const IndexEntry *e, Str name)
 	if (copy.kind == K_SYMLINK) {
 		int32_t id = new_node(t, K_SYMLINK, 0777, copy.mtime, name);
 		if (id != NONE)
-			t->nodes[id].link = copy.link;
+			t->nodes[id].u.link = copy.u.link;
 		return id;
 	}
 	int32_t id = new_node(t, K_FILE, copy.mode, copy.mtime, name);
@@ -571,27 +590,22 @@ static int apply_entry(Merge *m, const IndexEntry *e)
 		id = new_node(t, K_DIR, e->mode, e->mtime, name);
 		break;
 	case K_FILE:
-		if (grow((void **)&t->data, &t->data_cap, t->data_count + 1, sizeof(FileData)) < 0)
-			return -1;
 		id = new_node(t, K_FILE, e->mode, e->mtime, name);
 		if (id != NONE) {
-			FileData *d = &t->data[t->data_count];
-			memset(d, 0, sizeof(*d));
-			d->layer = m->number;
-			d->ordinal = e->ordinal;
-			d->offset = e->offset;
-			d->size = e->size;
-			d->mode = e->mode;
-			d->mtime = e->mtime;
-			d->member = e->path;
-			d->first_name = d->last_name = NONE;
-			t->nodes[id].data = t->data_count++;
+			Node *n = &t->nodes[id];
+			n->data = id;
+			n->member_prefix = (uint16_t)(e->path.len - name.len);
+			n->u.file.offset = e->offset;
+			n->u.file.size = e->size;
+			n->u.file.layer = m->number;
 		}
 		break;
 	case K_SYMLINK:
 		id = new_node(t, K_SYMLINK, 0777, e->mtime, name);
-		if (id != NONE)
-			t->nodes[id].link = e->link;
+		if (id != NONE) {
+			t->nodes[id].u.link.ptr = e->link.ptr;
+			t->nodes[id].u.link.len = e->link.len;
+		}
 		break;
 	default:
 		id = hardlink(m, e, name);
@@ -672,7 +686,7 @@ escaped:
 static int compare_names(const void *a, const void *b, void *context)
 {
 	const Node *nodes = context;
-	Str x = nodes[*(const int32_t *)a].name, y = nodes[*(const int32_t *)b].name;
+	Str x = name_of(&nodes[*(const int32_t *)a]), y = name_of(&nodes[*(const int32_t *)b]);
 	uint32_t i = 0, j = 0;
 	while (i < x.len && j < y.len) {
 		uint32_t p = next_code_point((const unsigned char *)x.ptr, x.len, &i);
@@ -698,12 +712,20 @@ static int collect(Tree *t)
 	int32_t stack_count = 0, stack_cap = 0, child_cap = 0;
 	int32_t dir_cap = 0, symlink_cap = 0, group_cap = 0;
 	int result = -1;
+	/* groups.setdefault(id(node.data), ...): the group of each FileData, once seen */
+	int32_t *group_of = PyMem_RawMalloc(((size_t)t->node_count + 1) * sizeof(int32_t));
+	if (group_of == NULL) {
+		PyErr_NoMemory();
+		goto done;
+	}
+	for (int32_t id = 0; id < t->node_count; id++)
+		group_of[id] = NONE;
 	if (append(&stack, &stack_count, &stack_cap, ROOT) < 0)
 		goto done;
 	while (stack_count > 0) {
 		int32_t dir = stack[--stack_count];
 		int32_t child_count = 0;
-		for (int32_t c = t->nodes[dir].first_child; c != NONE; c = t->nodes[c].next_sibling)
+		for (int32_t c = t->nodes[dir].u.first_child; c != NONE; c = t->nodes[c].next_sibling)
 			if (append(&children, &child_count, &child_cap, c) < 0)
 				goto done;
 		qsort_r(children, child_count, sizeof(int32_t), compare_names, t->nodes);
@@ -718,18 +740,19 @@ static int collect(Tree *t)
 			} else if (n->kind == K_SYMLINK) {
 				if (append(&t->symlinks, &t->symlink_count, &symlink_cap, id) < 0)
 					goto done;
+			} else if (group_of[n->data] == NONE) {
+				if (grow((void **)&t->groups, &group_cap, t->group_count + 1,
+					 sizeof(Group)) < 0)
+					goto done;
+				group_of[n->data] = t->group_count;
+				t->groups[t->group_count++] = (Group){n->data, id, id, 1};
+				t->data_bytes += t->nodes[n->data].u.file.size;
 			} else {
-				FileData *d = &t->data[n->data];
-				if (d->names++ == 0) {
-					d->first_name = id;
-					if (append(&t->groups, &t->group_count, &group_cap, n->data) < 0)
-						goto done;
-					t->data_bytes += d->size;
-				} else {
-					t->nodes[d->last_name].next_name = id;
-					t->hardlinks++;
-				}
-				d->last_name = id;
+				Group *g = &t->groups[group_of[n->data]];
+				t->nodes[g->last_name].next_name = id;
+				g->last_name = id;
+				g->names++;
+				t->hardlinks++;
 			}
 		}
 		while (subdirs > 0) /* stack.extend(reversed(subdirs)) */
@@ -738,6 +761,7 @@ static int collect(Tree *t)
 	}
 	result = 0;
 done:
+	PyMem_RawFree(group_of);
 	PyMem_RawFree(stack);
 	PyMem_RawFree(children);
 	return result;
@@ -746,6 +770,7 @@ done:
 /* -- merge(indexes) ------------------------------------------------------------- */
 
 static PyTypeObject TreeType;
+static int by_layer_and_offset(const void *a, const void *b, void *context);
 
 static PyObject *merge(PyObject *module, PyObject *arg)
 {
@@ -782,6 +807,7 @@ static PyObject *merge(PyObject *module, PyObject *arg)
 	}
 	if (collect(t) < 0)
 		goto fail;
+	qsort_r(t->groups, t->group_count, sizeof(Group), by_layer_and_offset, t);
 	PyMem_RawFree(m.pending);
 	PyMem_RawFree(m.stack);
 	return (PyObject *)t;
@@ -1001,7 +1027,7 @@ static int path_of(Tree *t, int32_t id, PathBuffer *p, Str *path)
 			return -1;
 	p->len = 0;
 	while (p->chain_count > 0) {
-		Str name = t->nodes[p->chain[--p->chain_count]].name;
+		Str name = name_of(&t->nodes[p->chain[--p->chain_count]]);
 		if (grow((void **)&p->buf, &p->cap, p->len + (int32_t)name.len + 1, 1) < 0)
 			return -1;
 		if (p->len > 0)
@@ -1065,29 +1091,31 @@ static void truncated(PyObject *layer, const char *message, Str *member, const c
 }
 
 /* Skips to the data of `d` (the layer read forward only), then copies it to `o`. */
-static int copy_member(Layer *l, PyObject *layer, const FileData *d, Out *o)
+static int copy_member(Layer *l, PyObject *layer, const Node *d, Out *o)
 {
-	if (d->offset < 0 || (uint64_t)d->offset < l->at) {
+	int64_t offset = d->u.file.offset;
+	Str member = {d->name - d->member_prefix, (uint32_t)d->member_prefix + d->name_len};
+	if (offset < 0 || (uint64_t)offset < l->at) {
 		PyErr_SetString(PyExc_ValueError, "a compact layer index without data offsets");
 		return -1;
 	}
-	while (l->at < (uint64_t)d->offset) {
+	while (l->at < (uint64_t)offset) {
 		if (l->pos == l->len) {
 			int64_t n = refill(l);
 			if (n < 0)
 				return -1;
 			if (n == 0) {
-				truncated(layer, "layer %U ends before member %R", (Str *)&d->member,
+				truncated(layer, "layer %U ends before member %R", &member,
 					  "the layer is truncated; pull the image again");
 				return -1;
 			}
 		}
-		uint64_t skip = (uint64_t)d->offset - l->at, have = l->len - l->pos;
+		uint64_t skip = (uint64_t)offset - l->at, have = l->len - l->pos;
 		size_t n = (size_t)(skip < have ? skip : have);
 		l->pos += n;
 		l->at += n;
 	}
-	for (uint64_t left = d->size; left > 0;) {
+	for (uint64_t left = d->u.file.size; left > 0;) {
 		if (l->pos == l->len) {
 			int64_t n = refill(l);
 			if (n < 0)
@@ -1106,18 +1134,19 @@ static int copy_member(Layer *l, PyObject *layer, const FileData *d, Out *o)
 		l->at += n;
 		left -= n;
 	}
-	return out_zeros(o, (BLOCK - d->size % BLOCK) % BLOCK);
+	return out_zeros(o, (BLOCK - d->u.file.size % BLOCK) % BLOCK);
 }
 
 /* A file's header and data, then a hardlink header for each other name (_write_layer_files). */
-static int write_group(Tree *t, Layer *l, const FileData *d, Out *o, PathBuffer *p)
+static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 {
 	Str first, other;
-	if (path_of(t, d->first_name, p, &first) < 0 ||
-	    put_header(o, first, '0', d->mode, d->mtime, d->size, (Str){"", 0}) < 0 ||
-	    copy_member(l, PyTuple_GET_ITEM(t->layers, d->layer), d, o) < 0)
+	const Node *d = &t->nodes[g->data];
+	if (path_of(t, g->first_name, p, &first) < 0 ||
+	    put_header(o, first, '0', d->mode, d->mtime, d->u.file.size, (Str){"", 0}) < 0 ||
+	    copy_member(l, PyTuple_GET_ITEM(t->layers, d->u.file.layer), d, o) < 0)
 		return -1;
-	if (d->names == 1)
+	if (g->names == 1)
 		return 0;
 	/* the first name is kept aside: path_of reuses the buffer */
 	char *kept = PyMem_RawMalloc(first.len + 1);
@@ -1128,7 +1157,7 @@ static int write_group(Tree *t, Layer *l, const FileData *d, Out *o, PathBuffer 
 	memcpy(kept, first.ptr, first.len);
 	Str target = {kept, first.len};
 	int result = 0;
-	for (int32_t id = t->nodes[d->first_name].next_name; id != NONE && result == 0;
+	for (int32_t id = t->nodes[g->first_name].next_name; id != NONE && result == 0;
 	     id = t->nodes[id].next_name)
 		result = path_of(t, id, p, &other) < 0 ? -1
 			 : put_header(o, other, '1', d->mode, d->mtime, 0, target);
@@ -1136,17 +1165,23 @@ static int write_group(Tree *t, Layer *l, const FileData *d, Out *o, PathBuffer 
 	return result;
 }
 
-static int by_layer_and_ordinal(const void *a, const void *b, void *context)
+/* write_flat_tar's order: by layer, then by member (offsets grow with the ordinal). */
+static int by_layer_and_offset(const void *a, const void *b, void *context)
 {
-	const FileData *data = context;
-	const FileData *x = &data[*(const int32_t *)a], *y = &data[*(const int32_t *)b];
-	if (x->layer != y->layer)
-		return x->layer < y->layer ? -1 : 1;
-	return x->ordinal < y->ordinal ? -1 : x->ordinal > y->ordinal;
+	const Tree *t = context;
+	const Node *x = &t->nodes[((const Group *)a)->data], *y = &t->nodes[((const Group *)b)->data];
+	if (x->u.file.layer != y->u.file.layer)
+		return x->u.file.layer < y->u.file.layer ? -1 : 1;
+	return x->u.file.offset < y->u.file.offset ? -1 : x->u.file.offset > y->u.file.offset;
+}
+
+static int32_t layer_of(const Tree *t, const Group *g)
+{
+	return t->nodes[g->data].u.file.layer;
 }
 
 /* Every file of layer `number`, from the stream open_layer(number) gives (closed after). */
-static int write_layer(Tree *t, PyObject *open_layer, int32_t number, const int32_t *order,
+static int write_layer(Tree *t, PyObject *open_layer, int32_t number, const Group *order,
 		       int32_t count, Layer *l, Out *o, PathBuffer *p)
 {
 	l->stream = PyObject_CallFunction(open_layer, "i", number);
@@ -1156,7 +1191,7 @@ static int write_layer(Tree *t, PyObject *open_layer, int32_t number, const int3
 	l->at = 0;
 	int result = 0;
 	for (int32_t k = 0; k < count && result == 0; k++)
-		result = write_group(t, l, &t->data[order[k]], o, p);
+		result = write_group(t, l, &order[k], o, p);
 	/* contextlib.closing: closed whatever happened; the first error is the one reported */
 	PyObject *type, *value, *traceback;
 	PyErr_Fetch(&type, &value, &traceback);
@@ -1185,24 +1220,18 @@ static int write_tar(Tree *t, PyObject *open_layer, Out *o, Layer *l, PathBuffer
 	for (int32_t k = 0; k < t->symlink_count; k++) {
 		Node *n = &t->nodes[t->symlinks[k]];
 		if (path_of(t, t->symlinks[k], p, &path) < 0 ||
-		    put_header(o, path, '2', 0777, n->mtime, 0, n->link) < 0)
+		    put_header(o, path, '2', 0777, n->mtime, 0,
+			       (Str){n->u.link.ptr, n->u.link.len}) < 0)
 			return -1;
 	}
-	int32_t *order = PyMem_RawMalloc(((size_t)t->group_count + 1) * sizeof(int32_t));
-	if (order == NULL) {
-		PyErr_NoMemory();
-		return -1;
-	}
-	memcpy(order, t->groups, (size_t)t->group_count * sizeof(int32_t));
-	qsort_r(order, t->group_count, sizeof(int32_t), by_layer_and_ordinal, t->data);
+	const Group *order = t->groups; /* by layer and member since merge() */
 	int result = 0;
 	for (int32_t start = 0, end; start < t->group_count && result == 0; start = end) {
-		int32_t number = t->data[order[start]].layer;
-		for (end = start; end < t->group_count && t->data[order[end]].layer == number; end++)
+		int32_t number = layer_of(t, &order[start]);
+		for (end = start; end < t->group_count && layer_of(t, &order[end]) == number; end++)
 			;
 		result = write_layer(t, open_layer, number, order + start, end - start, l, o, p);
 	}
-	PyMem_RawFree(order);
 	if (result < 0 || report(l, 0, 1) < 0 || out_zeros(o, 2 * BLOCK) < 0)
 		return -1;
 	return out_flush(o);
@@ -1250,7 +1279,7 @@ static PyObject *tree_data_layers(Tree *t, PyObject *unused)
 	if (used == NULL)
 		return PyErr_NoMemory();
 	for (int32_t k = 0; k < t->group_count; k++)
-		used[t->data[t->groups[k]].layer] = 1;
+		used[layer_of(t, &t->groups[k])] = 1;
 	PyObject *list = PyList_New(0);
 	for (Py_ssize_t i = 0; list != NULL && i < count; i++) {
 		if (!used[i])
@@ -1269,7 +1298,6 @@ static void tree_dealloc(Tree *t)
 	Py_XDECREF(t->indexes);
 	Py_XDECREF(t->layers);
 	PyMem_RawFree(t->nodes);
-	PyMem_RawFree(t->data);
 	PyMem_RawFree(t->buckets);
 	PyMem_RawFree(t->dirs);
 	PyMem_RawFree(t->symlinks);
