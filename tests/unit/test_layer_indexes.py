@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -79,7 +80,7 @@ def test_the_index_kept_by_one_conversion_is_found_by_the_next(tmp_path: Path) -
     assert load_index(cache, digest, POLICY) is None
     index = index_of(path, digest)
     store_index(cache, digest, index, POLICY)
-    assert cache.sidecar_path(digest, index_name(POLICY)).read_bytes() == index
+    assert zlib.decompress(cache.sidecar_path(digest, index_name(POLICY)).read_bytes()) == index
     assert load_index(cache, digest, POLICY) == index
     assert [entry.path for entry in compact.decode(index).entries] == [
         "etc", "etc/hosts", "bin/tool", "bin/sh", "bin/tool2"]
@@ -129,13 +130,13 @@ def test_an_unreadable_or_foreign_index_is_not_used(tmp_path: Path) -> None:
     cache = CacheLayout(tmp_path).blob_cache()
     path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
     sidecar = cache.sidecar_path(digest, index_name(POLICY))
-    for damaged in (b"{not json", b"IGW", b""):
+    for damaged in (b"{not json", zlib.compress(b"IGW"), b""):
         sidecar.write_bytes(damaged)
         assert load_index(cache, digest, POLICY) is None
     store_index(cache, digest, index_of(path, digest), POLICY)
     assert load_index(cache, digest, POLICY) is not None
     # An index claiming another layer (a copied or mixed-up file) is not trusted either.
-    sidecar.write_bytes(index_of(path, other_digest))
+    sidecar.write_bytes(zlib.compress(index_of(path, other_digest)))
     assert load_index(cache, digest, POLICY) is None
 
 

@@ -3,8 +3,9 @@
 A layer is not decompressed while it downloads (the cache's `ensure_verified` stores
 it, hash-checked): the conversion reads each layer once, newest first, indexing it as
 it goes. Its index is kept here as a sidecar, in the compact form (compact.py: bytes,
-not Python objects), so a layer converted before is never indexed again and its next
-conversion can merge before reading data.
+not Python objects; zlib level 1 on disk, ~5x smaller for ~5 ms of CPU per MB), so a layer
+converted before is never indexed again and its next conversion can merge before
+reading data.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 from imagegw.registry.blobcache import BlobCache
@@ -27,6 +29,9 @@ log = logging.getLogger(__name__)
 #: (3: compact indexes instead of JSON).
 INDEX_VERSION = 3
 _HEADER = struct.Struct("<8sIIQI")
+#: zlib level of the sidecars: most of what a small-file image writes besides the blobs
+#: and the image is their indexes (~75 bytes a member); level 1 keeps a fifth of it.
+_LEVEL = 1
 
 __all__ = ["index_name", "load_index", "store_index"]
 
@@ -56,10 +61,10 @@ def _read_index(path: Path, digest: str) -> bytes | None:
     """The sidecar's bytes when its header is a compact index of `digest` (the rest is
     checked where it is decoded or merged)."""
     try:
-        data = path.read_bytes()
+        data = zlib.decompress(path.read_bytes())
     except FileNotFoundError:
         return None
-    except OSError as exc:
+    except (OSError, zlib.error) as exc:
         log.warning("cached index %s is unreadable (%s); indexing the layer again", path, exc)
         return None
     try:
@@ -81,7 +86,7 @@ def _write_index(path: Path, index: bytes) -> None:
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(index)
+            out.write(zlib.compress(index, _LEVEL))
         os.replace(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
