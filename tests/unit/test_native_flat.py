@@ -13,6 +13,7 @@ import io
 import os
 import random
 import struct
+import tarfile
 import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
@@ -144,6 +145,11 @@ def test_children_are_sorted_as_python_sorts_str_with_surrogate_escapes() -> Non
     layer = b"".join(raw_member(name, type=b"5") for name in names) + bytes(1024)
     got = assert_same([layer])
     assert isinstance(got, bytes)
+    expected = sorted(name.decode("utf-8", "surrogateescape") for name in names)
+    assert expected != [name.decode("utf-8", "surrogateescape") for name in sorted(names)]
+    with tarfile.open(fileobj=io.BytesIO(got), encoding="utf-8",
+                      errors="surrogateescape") as archive:
+        assert [info.name for info in archive] == expected
 
 
 def test_long_non_ascii_and_huge_names_get_the_same_pax_records() -> None:
