@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
-from .native import _flat
+# ModuleNotFoundError (an ImportError) when the extension is not built.
 from .native._flat import Tree
+from .native._flat import merge as _merge
 
 __all__ = ["Tree", "merge", "write_tar"]
 
@@ -23,7 +24,7 @@ def merge(indexes: Sequence[bytes]) -> Tree:
 
     Raises ContentRejected as `flatten.merge_layers` does, ValueError for bytes that are
     not a compact index."""
-    return _flat.merge(list(indexes))
+    return _merge(list(indexes))
 
 
 def write_tar(tree: Tree, open_layer: Callable[[int], BinaryIO], out: BinaryIO | int, *,
