@@ -153,6 +153,19 @@ def test_long_non_ascii_and_huge_names_get_the_same_pax_records() -> None:
         file("big", b"y" * 100, mtime=8**11 + 5))])
 
 
+def test_paths_longer_than_a_member_name_through_symlinked_parents() -> None:
+    # Each symlink's parent resolves through the ones before: the file lands 20 * 251
+    # bytes deep although no member name is longer than 64 bytes.
+    names = [f"s{number}" for number in range(20)]
+    members: list[Member] = [symlink("/".join(names[:number + 1]), chr(65 + number) * 250)
+                             for number in range(20)]
+    got = assert_same([tar_bytes(*members, file("/".join(names) + "/f", b"deep"))])
+    assert isinstance(got, bytes)
+    with tarfile.open(fileobj=io.BytesIO(got)) as archive:
+        deepest = max(archive.getnames(), key=len)
+    assert len(deepest) == 20 * 251 + 1 and deepest.endswith("/f")
+
+
 def test_hostile_corpus_gets_the_same_refusals_and_bytes() -> None:
     checked = 0
     for case in cases():

@@ -240,6 +240,8 @@ static int next_entry(Cursor *c, IndexEntry *e)
 		return damaged("an entry's path is cut short");
 	if (e->kind > K_HARDLINK || e->path.len == 0)
 		return damaged("an entry of unknown kind, or without a path");
+	if (e->path.len > UINT16_MAX || e->link.len > UINT16_MAX) /* members.py: 4096 at most */
+		return damaged("an entry's path is too long");
 	return 0;
 }
 
@@ -476,6 +478,7 @@ static int resolve_dir(Merge *m, Str path, Str member, int create, int32_t *foun
 			set_child(t, top, child);
 		} else if (t->nodes[child].kind == K_SYMLINK) {
 			if (++hops > MAX_SYMLINK_HOPS) {
+				/* the number is MAX_SYMLINK_HOPS (flatten.py's) */
 				reject_member(m->layer, member, "lies below more than 40 symlinks "
 					      "(a symlink loop)", NULL);
 				return -1;
