@@ -43,6 +43,7 @@ from tests.support.layers import (
     hardlink,
     layer,
     opaque,
+    raw_member,
     symlink,
     whiteout,
     write_blob,
@@ -257,7 +258,7 @@ def test_progress_goes_from_zero_to_the_total(tmp_path: Path, python_flatten: No
 @pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
 def test_compiled_progress_follows_indexing_then_the_file_data(tmp_path: Path) -> None:
     small = [file(f"s/{number}", b"s") for number in range(200)]
-    blob = layer(file("a", os.urandom(3 << 20)), file("b", b"b"), *small)
+    blob = layer(*small, file("a", os.urandom(3 << 20)), file("b", b"b"))
     path = write_blob(tmp_path, blob)
     reports: list[tuple[int, int]] = []
     stats = flatten_to_squashfs(
@@ -393,6 +394,44 @@ def test_few_members_per_mib_take_the_one_pass_flatten_many_the_compiled_one(
     again = flatten_to_squashfs(layers, output, options=OPTIONS, limits=LIMITS,
                                 indexes=stats.indexes[::-1])
     assert again.compiled
+
+
+class _Stalled:
+    """A layer whose blob never arrives until `release` is set (a stalled download)."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.name = "sha256:stalled"
+        self.size = 1000
+        self.release = release
+        self.waited_out = False
+
+    def open(self) -> BinaryIO:
+        layer = self
+
+        class Reader(io.RawIOBase):
+            def read(self, size: int = -1) -> bytes:
+                layer.waited_out = not layer.release.wait(120)
+                return b""
+
+        return Reader()  # type: ignore[return-value]
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_a_refused_layer_ends_the_compiled_flatten_without_waiting_for_other_layers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(squashfs._Flatten, "many_members_per_mib", lambda self: True)
+    hostile = layer(file("a"), raw_member("../escape", data=b"x"))
+    release = threading.Event()
+    stalled = _Stalled(release)
+    try:
+        with pytest.raises(ContentRejected, match="'..'"):
+            flatten_to_squashfs([stalled, FileLayer.of(write_blob(tmp_path, hostile),
+                                                       digest(hostile))],
+                                tmp_path / "i.squashfs", options=OPTIONS, limits=LIMITS)
+        assert not release.is_set() and not stalled.waited_out
+    finally:
+        release.set()
+    assert not (tmp_path / "i.squashfs").exists()
 
 
 @pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")

@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
@@ -67,6 +67,10 @@ INDEX_THREADS = 2
 #: first PROBE_BYTES of the newest layers decide (docs/performance.md, the measurements).
 PROBE_BYTES = 16 << 20
 MIN_MEMBERS_PER_MIB = 32
+#: A member with at least this much data ends the probe when the members seen so far
+#: are too few: the probe never waits for data it does not need (a big file still
+#: downloading, which the one-pass flatten converts as it arrives).
+PROBE_BIG_MEMBER = 1 << 20
 _STDERR_TAIL = 2000
 
 __all__ = ["build_squashfs", "tar2sqfs_command", "flatten_to_squashfs", "FlattenStats",
@@ -369,17 +373,19 @@ class _Flatten:
         in their first PROBE_BYTES decompressed bytes (headers read, data skipped)."""
         members = seen = 0
         for number in reversed(range(len(self.layers))):
-            end = 0
+            end = seen
             with self.open(number) as stream:
                 for member in TarReader(stream, layer=self.layer_names[number]):
                     members += 1
-                    end = member.offset + member.size
-                    if seen + end >= PROBE_BYTES:
-                        break
-            seen = min(seen + end, PROBE_BYTES)
-            if seen >= PROBE_BYTES:
-                break
-        dense = members * (1 << 20) >= MIN_MEMBERS_PER_MIB * max(seen, 1)
+                    end = seen + member.offset + member.size
+                    if end >= PROBE_BYTES or (member.size >= PROBE_BIG_MEMBER
+                                              and not _dense(members, end)):
+                        return self._decided(members, min(end, PROBE_BYTES))
+            seen = end
+        return self._decided(members, seen)
+
+    def _decided(self, members: int, seen: int) -> bool:
+        dense = _dense(members, seen)
         log.info("%d members in the first %d bytes of the newest layers: %s", members, seen,
                  "compiled flatten" if dense else "few members per MiB, one-pass flatten")
         return dense
@@ -417,26 +423,34 @@ class _Flatten:
         at a time (a layer still downloading is indexed as its bytes arrive)."""
         made: dict[int, bytes] = {}
         one_at_a_time = threading.Lock()  # on_index is called from one thread at a time
+        failed = False
 
         def scan_one(number: int) -> None:
             with self.open(number, on_raw_bytes) as stream:
                 index = compact.scan_layer(stream, layer=self.layer_names[number],
                                            policy=self.policy)
             with one_at_a_time:
+                if failed:
+                    return
                 made[number] = index
                 if self.on_index is not None:
                     self.on_index(number, index)
 
-        with ThreadPoolExecutor(max_workers=INDEX_THREADS,
-                                thread_name_prefix="index") as pool:
-            futures: list[Future[None]] = [pool.submit(scan_one, number)
-                                           for number in reversed(missing)]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        pool = ThreadPoolExecutor(max_workers=INDEX_THREADS, thread_name_prefix="index")
+        futures = [pool.submit(scan_one, number) for number in reversed(missing)]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
             for future in futures:
-                if future in done and future.exception() is not None:
-                    for other in futures:
-                        other.cancel()
+                if future.done() and future.exception() is not None:
                     future.result()
+        except BaseException:
+            # A scan still running waits for its layer's download, which the caller
+            # stops once this conversion has failed: it is not waited for here.
+            with one_at_a_time:
+                failed = True
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return [index if index is not None else made[number]
                 for number, index in enumerate(known)]
 
@@ -478,6 +492,10 @@ class _Flatten:
 
         build_squashfs(write_tar, output, self.options, expected_bytes=total)
         return _stats(tree, indexes, one_pass=False)
+
+
+def _dense(members: int, data_bytes: int) -> bool:
+    return members * (1 << 20) >= MIN_MEMBERS_PER_MIB * max(data_bytes, 1)
 
 
 def _stats(tree: FlatTree, indexes: list[LayerIndex], *, one_pass: bool) -> FlattenStats:
