@@ -1183,6 +1183,40 @@ static int32_t layer_of(const Tree *t, const Group *g)
 	return t->nodes[g->data].u.file.layer;
 }
 
+/* The exception being raised, kept aside while the layer stream is closed (PyErr_Fetch
+   is deprecated from Python 3.12 on, and -Werror would refuse it). */
+#if PY_VERSION_HEX >= 0x030C0000
+typedef PyObject *SavedError;
+static SavedError save_error(void)
+{
+	return PyErr_GetRaisedException();
+}
+static void restore_error(SavedError error)
+{
+	if (error != NULL) {
+		PyErr_Clear();
+		PyErr_SetRaisedException(error);
+	}
+}
+#else
+typedef struct {
+	PyObject *type, *value, *traceback;
+} SavedError;
+static SavedError save_error(void)
+{
+	SavedError error;
+	PyErr_Fetch(&error.type, &error.value, &error.traceback);
+	return error;
+}
+static void restore_error(SavedError error)
+{
+	if (error.type != NULL) {
+		PyErr_Clear();
+		PyErr_Restore(error.type, error.value, error.traceback);
+	}
+}
+#endif
+
 /* Every file of layer `number`, from the stream open_layer(number) gives (closed after). */
 static int write_layer(Tree *t, PyObject *open_layer, int32_t number, const Group *order,
 		       int32_t count, Layer *l, Out *o, PathBuffer *p)
@@ -1196,15 +1230,11 @@ static int write_layer(Tree *t, PyObject *open_layer, int32_t number, const Grou
 	for (int32_t k = 0; k < count && result == 0; k++)
 		result = write_group(t, l, &order[k], o, p);
 	/* contextlib.closing: closed whatever happened; the first error is the one reported */
-	PyObject *type, *value, *traceback;
-	PyErr_Fetch(&type, &value, &traceback);
+	SavedError first = save_error();
 	PyObject *closed = PyObject_CallMethod(l->stream, "close", NULL);
 	if (closed == NULL && result == 0)
 		result = -1;
-	if (type != NULL) {
-		PyErr_Clear();
-		PyErr_Restore(type, value, traceback);
-	}
+	restore_error(first);
 	Py_XDECREF(closed);
 	Py_CLEAR(l->stream);
 	return result;
