@@ -731,7 +731,8 @@ static int collect(Tree *t)
 		for (int32_t c = t->nodes[dir].u.first_child; c != NONE; c = t->nodes[c].next_sibling)
 			if (append(&children, &child_count, &child_cap, c) < 0)
 				goto done;
-		qsort_r(children, child_count, sizeof(int32_t), compare_names, t->nodes);
+		if (child_count > 1)
+			qsort_r(children, child_count, sizeof(int32_t), compare_names, t->nodes);
 		int32_t subdirs = 0;
 		for (int32_t k = 0; k < child_count; k++) {
 			int32_t id = children[k];
@@ -810,7 +811,8 @@ static PyObject *merge(PyObject *module, PyObject *arg)
 	}
 	if (collect(t) < 0)
 		goto fail;
-	qsort_r(t->groups, t->group_count, sizeof(Group), by_layer_and_offset, t);
+	if (t->group_count > 1)
+		qsort_r(t->groups, t->group_count, sizeof(Group), by_layer_and_offset, t);
 	PyMem_RawFree(m.pending);
 	PyMem_RawFree(m.stack);
 	return (PyObject *)t;
