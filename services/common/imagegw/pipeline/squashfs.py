@@ -248,10 +248,11 @@ def flatten_to_squashfs(
     """Flattens the layers (oldest first) into the squashfs image `output`.
 
     Indexes are compact (compact.py). With the compiled flatten built (native_flat.py),
-    every layer without a known index (`indexes`, from earlier conversions) is indexed
-    as it arrives, two at a time, newest first; the indexes are merged in C and the
-    C writer copies the surviving data into tar2sqfs, each layer decompressed again.
-    Without it: with every index known the layers are merged first and each is
+    and every index known (`indexes`, from earlier conversions) or layers of many
+    members per MiB (`MIN_MEMBERS_PER_MIB`), every layer without a known index is
+    indexed as it arrives, two at a time, newest first; the indexes are merged in C and
+    the C writer copies the surviving data into tar2sqfs, each layer decompressed again.
+    Otherwise: with every index known the layers are merged first and each is
     decompressed once for its file data; otherwise each layer is decompressed once,
     newest first, writing files as it goes (streaming.py), and when that result cannot
     be proven exact the partial image is dropped and the two-pass flatten runs with the
