@@ -26,6 +26,7 @@ from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
 from imagegw.pipeline import squashfs
 from imagegw.pipeline.layer import FileLayer
+from imagegw.pipeline.runtime_files import AddedLayers
 from imagegw.pipeline.squashfs import (
     FlattenStats,
     build_squashfs,
@@ -45,6 +46,7 @@ from tests.support.layers import (
     opaque,
     raw_member,
     symlink,
+    tar_bytes,
     whiteout,
     write_blob,
 )
@@ -432,6 +434,29 @@ def test_a_refused_layer_ends_the_compiled_flatten_without_waiting_for_other_lay
     finally:
         release.set()
     assert not (tmp_path / "i.squashfs").exists()
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_runtime_files_layers_go_through_the_compiled_flatten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    added = AddedLayers(base=tar_bytes(dir("etc"), file("etc/base", b"base")),
+                        top=tar_bytes(dir(".rt"), file(".rt/env", b"top")))
+    blobs = common_layers()
+    layers = [FileLayer.of(write_blob(tmp_path, blob), digest(blob)) for blob in blobs]
+    made: dict[int, bytes] = {}
+    compiled = flatten_to_squashfs(layers, tmp_path / "c.squashfs", options=OPTIONS,
+                                   limits=LIMITS, added=added, on_index=made.__setitem__)
+    with monkeypatch.context() as patch:
+        patch.setattr(squashfs, "native_flat", None)
+        python = flatten_to_squashfs(layers, tmp_path / "p.squashfs", options=OPTIONS,
+                                     limits=LIMITS, added=added)
+    assert compiled.compiled and not python.compiled
+    # The image's own layers' indexes, numbered as the image numbers them.
+    assert sorted(made) == [0, 1, 2] and tuple(made[n] for n in range(3)) == \
+        compiled.indexes[1:-1]
+    tree = read_squashfs(tmp_path / "c.squashfs")
+    assert tree == read_squashfs(tmp_path / "p.squashfs")
+    assert tree["etc/base"].sha256 == sha256(b"base") and tree[".rt/env"].sha256 == sha256(b"top")
 
 
 @pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
