@@ -4,7 +4,8 @@ The `imagegw` namespace (PEP 420) spans one folder per service; every package fo
 below them is shipped, under the import name that is the tail of its path, so a new
 module can never be left out. The worker's libdeflate shim for tar2sqfs is built here as
 a plain shared library (optional: without libdeflate-dev the worker falls back to zlib),
-and so is the compiled layer scanner (optional: the Python scanner is the fallback).
+and so are the compiled layer scanner (`_scan`) and flatten (`_flat`) (optional: without
+them the Python paths run).
 """
 
 from setuptools import Extension, find_namespace_packages, setup
@@ -40,6 +41,13 @@ setup(
         Extension(
             "imagegw.pipeline.native._scan",
             sources=["services/common/imagegw/pipeline/native/scan.c"],
+            extra_compile_args=["-Wall", "-Wextra", "-Werror"],
+            optional=True,
+        ),
+        # The compiled OCI merge and tar writer (issue 21); pure C and the Python C API.
+        Extension(
+            "imagegw.pipeline.native._flat",
+            sources=["services/common/imagegw/pipeline/native/flat.c"],
             extra_compile_args=["-Wall", "-Wextra", "-Werror"],
             optional=True,
         ),

@@ -1,4 +1,8 @@
-"""Layers to squashfs with the real tar2sqfs, read back with sqfs2tar and compared whole."""
+"""Layers to squashfs with the real tar2sqfs, read back with sqfs2tar and compared whole.
+
+The compiled flatten (native_flat.py) is the default when it is built; tests that take
+the `python_flatten` fixture run the Python paths (one pass, two passes) instead.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ import zstandard
 
 from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
+from imagegw.pipeline import squashfs
 from imagegw.pipeline.layer import FileLayer
+from imagegw.pipeline.runtime_files import AddedLayers
 from imagegw.pipeline.squashfs import (
     FlattenStats,
     build_squashfs,
@@ -28,6 +34,7 @@ from imagegw.pipeline.squashfs import (
     tar2sqfs_command,
 )
 from imagegw.pipeline.tarstream import TarWriter
+from tests.support.compiled_flatten import BUILT
 from tests.support.layers import (
     device,
     digest,
@@ -37,7 +44,9 @@ from tests.support.layers import (
     hardlink,
     layer,
     opaque,
+    raw_member,
     symlink,
+    tar_bytes,
     whiteout,
     write_blob,
 )
@@ -46,6 +55,12 @@ from tests.support.squashfs_tree import read_squashfs, sha256, summary
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = ConverterOptions(compressor="gzip", jobs=2)
 LIMITS = Limits()
+
+
+@pytest.fixture
+def python_flatten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flatten as it runs without the extension."""
+    monkeypatch.setattr(squashfs, "native_flat", None)
 
 
 def build(tmp_path: Path, *blobs: bytes, options: ConverterOptions = OPTIONS,
@@ -220,7 +235,7 @@ def test_image_data_beyond_the_unpacked_limit_is_refused(tmp_path: Path) -> None
         build(tmp_path, *blobs, limits=Limits(max_unpacked_bytes=6000))
 
 
-def test_progress_goes_from_zero_to_the_total(tmp_path: Path) -> None:
+def test_progress_goes_from_zero_to_the_total(tmp_path: Path, python_flatten: None) -> None:
     blob = layer(file("a", os.urandom(3 << 20)), file("b", b"b"))
     path = write_blob(tmp_path, blob)
     reports: list[tuple[int, int]] = []
@@ -239,6 +254,23 @@ def test_progress_goes_from_zero_to_the_total(tmp_path: Path) -> None:
         on_progress=lambda done, total: reports.append((done, total)))
     total = (3 << 20) + 1
     assert reports[0] == (0, total) and reports[-1] == (total, total)
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_compiled_progress_follows_indexing_then_the_file_data(tmp_path: Path) -> None:
+    small = [file(f"s/{number}", b"s") for number in range(200)]
+    blob = layer(*small, file("a", os.urandom(3 << 20)), file("b", b"b"))
+    path = write_blob(tmp_path, blob)
+    reports: list[tuple[int, int]] = []
+    stats = flatten_to_squashfs(
+        [FileLayer.of(path, digest(blob))], tmp_path / "i.squashfs", options=OPTIONS,
+        limits=Limits(), on_progress=lambda done, total: reports.append((done, total)))
+    assert stats.compiled and not stats.one_pass
+    # The compressed bytes indexed, then the file data written: it never goes back.
+    end = len(blob) + (3 << 20) + 1 + 200
+    assert reports[0] == (0, len(blob)) and reports[-1] == (end, end)
+    assert (len(blob), len(blob)) in reports
     assert [done for done, _ in reports] == sorted(done for done, _ in reports)
 
 
@@ -317,7 +349,8 @@ def common_layers() -> list[bytes]:
     return [base, update, top]
 
 
-def test_one_pass_image_equals_the_two_pass_image_of_the_same_layers(tmp_path: Path) -> None:
+def test_one_pass_image_equals_the_two_pass_image_of_the_same_layers(
+        tmp_path: Path, python_flatten: None) -> None:
     blobs = common_layers()
     layers = [FileLayer.of(write_blob(tmp_path, blob), digest(blob)) for blob in blobs]
     one = flatten_to_squashfs(layers, tmp_path / "one.squashfs", options=OPTIONS, limits=LIMITS)
@@ -334,13 +367,123 @@ def test_one_pass_image_equals_the_two_pass_image_of_the_same_layers(tmp_path: P
     assert tree["usr/bin/sh"].inode == tree["usr/bin/dash"].inode == tree["usr/bin/sh2"].inode
 
 
-def test_layers_one_pass_cannot_vouch_for_are_flattened_in_two_passes(tmp_path: Path) -> None:
+def test_layers_one_pass_cannot_vouch_for_are_flattened_in_two_passes(
+        tmp_path: Path, python_flatten: None) -> None:
     # image_layers() writes below the symlink lib -> usr/lib: the one pass is dropped,
     # and the image is the exact one (see the first test for its whole tree).
     output, stats = build(tmp_path, *image_layers())
     assert not stats.one_pass
     assert summary(read_squashfs(output))["usr/lib/libc.so.6"] == ("file", 0o644, sha256(b"libc"))
     assert [path.name for path in tmp_path.iterdir() if "partial" in path.name] == []
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_few_members_per_mib_take_the_one_pass_flatten_many_the_compiled_one(
+        tmp_path: Path) -> None:
+    # Inflating every layer twice costs more than the compiled path saves on a few large
+    # files (squashfs.MIN_MEMBERS_PER_MIB); the newest layers' first bytes decide.
+    large = layer(file("big", bytes(20 << 20)), file("small", b"s"))
+    many = layer(*(file(f"d/{number}", b"x" * 100) for number in range(1000)))
+    output, stats = build(tmp_path, many, large)  # 2 members in the first 16 MiB
+    assert stats.one_pass and not stats.compiled
+    output.unlink()
+    output, stats = build(tmp_path, large, many)  # 1000 in 1 MiB, then 1 in 15 MiB
+    assert stats.compiled and not stats.one_pass
+    assert read_squashfs(output)["big"].size == 20 << 20
+    # Every index known: no decompression is saved by one pass, so the compiled one runs.
+    layers = [FileLayer.of(write_blob(tmp_path, blob), digest(blob)) for blob in (many, large)]
+    output.unlink()
+    again = flatten_to_squashfs(layers, output, options=OPTIONS, limits=LIMITS,
+                                indexes=stats.indexes[::-1])
+    assert again.compiled
+
+
+class _Stalled:
+    """A layer whose blob never arrives until `release` is set (a stalled download)."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.name = "sha256:stalled"
+        self.size = 1000
+        self.release = release
+        self.waited_out = False
+
+    def open(self) -> BinaryIO:
+        layer = self
+
+        class Reader(io.RawIOBase):
+            def read(self, size: int = -1) -> bytes:
+                layer.waited_out = not layer.release.wait(120)
+                return b""
+
+        return Reader()  # type: ignore[return-value]
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_a_refused_layer_ends_the_compiled_flatten_without_waiting_for_other_layers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(squashfs._Flatten, "many_members_per_mib", lambda self: True)
+    hostile = layer(file("a"), raw_member("../escape", data=b"x"))
+    release = threading.Event()
+    stalled = _Stalled(release)
+    try:
+        with pytest.raises(ContentRejected, match="'..'"):
+            flatten_to_squashfs([stalled, FileLayer.of(write_blob(tmp_path, hostile),
+                                                       digest(hostile))],
+                                tmp_path / "i.squashfs", options=OPTIONS, limits=LIMITS)
+        assert not release.is_set() and not stalled.waited_out
+    finally:
+        release.set()
+    assert not (tmp_path / "i.squashfs").exists()
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_runtime_files_layers_go_through_the_compiled_flatten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    added = AddedLayers(base=tar_bytes(dir("etc"), file("etc/base", b"base")),
+                        top=tar_bytes(dir(".rt"), file(".rt/env", b"top")))
+    blobs = common_layers()
+    layers = [FileLayer.of(write_blob(tmp_path, blob), digest(blob)) for blob in blobs]
+    made: dict[int, bytes] = {}
+    compiled = flatten_to_squashfs(layers, tmp_path / "c.squashfs", options=OPTIONS,
+                                   limits=LIMITS, added=added, on_index=made.__setitem__)
+    with monkeypatch.context() as patch:
+        patch.setattr(squashfs, "native_flat", None)
+        python = flatten_to_squashfs(layers, tmp_path / "p.squashfs", options=OPTIONS,
+                                     limits=LIMITS, added=added)
+    assert compiled.compiled and not python.compiled
+    # The image's own layers' indexes, numbered as the image numbers them.
+    assert sorted(made) == [0, 1, 2] and tuple(made[n] for n in range(3)) == \
+        compiled.indexes[1:-1]
+    tree = read_squashfs(tmp_path / "c.squashfs")
+    assert tree == read_squashfs(tmp_path / "p.squashfs")
+    assert tree["etc/base"].sha256 == sha256(b"base") and tree[".rt/env"].sha256 == sha256(b"top")
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_compiled_image_equals_the_python_image_of_the_same_layers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for blobs in (common_layers(), image_layers()):
+        layers = [FileLayer.of(write_blob(tmp_path, blob), digest(blob)) for blob in blobs]
+        compiled = flatten_to_squashfs(layers, tmp_path / "c.squashfs", options=OPTIONS,
+                                       limits=LIMITS)
+        # The indexes it kept give the same image again, without indexing.
+        again = flatten_to_squashfs(layers, tmp_path / "k.squashfs", options=OPTIONS,
+                                    limits=LIMITS, indexes=compiled.indexes,
+                                    on_index=lambda number, index: pytest.fail("indexed"))
+        with monkeypatch.context() as patch:
+            patch.setattr(squashfs, "native_flat", None)
+            python = flatten_to_squashfs(layers, tmp_path / "p.squashfs", options=OPTIONS,
+                                         limits=LIMITS)
+        assert compiled.compiled and again.compiled and not python.compiled
+        assert dataclasses.replace(compiled, compiled=False, one_pass=python.one_pass) \
+            == python == dataclasses.replace(again, compiled=False, one_pass=python.one_pass)
+        assert compiled.indexes == python.indexes == again.indexes
+        tree = read_squashfs(tmp_path / "c.squashfs")
+        assert tree == read_squashfs(tmp_path / "p.squashfs") == read_squashfs(
+            tmp_path / "k.squashfs")
+        assert mtimes(tmp_path / "c.squashfs") == mtimes(tmp_path / "p.squashfs")
+        for name in ("c", "k", "p"):
+            (tmp_path / f"{name}.squashfs").unlink()
 
 
 def test_early_writeback_stops_with_the_build_and_leaves_no_descriptor(tmp_path: Path) -> None:

@@ -234,7 +234,7 @@ def test_a_second_conversion_of_the_layers_uses_their_kept_indexes(tmp_path, reg
     # The first conversion reads each layer once, newest first, and keeps their indexes.
     builds = [r.getMessage() for r in caplog.records if "built an image" in r.getMessage()]
     assert len(builds) == 1 and "one_pass=" in builds[0]
-    blobs = sorted((tmp_path / "cache").rglob("*.index-v*.json"))
+    blobs = sorted((tmp_path / "cache").rglob("*.index-v*"))
     assert len(blobs) == 3
     # Other converter options: a new conversion, which merges the kept indexes first.
     caplog.clear()
@@ -257,7 +257,7 @@ def test_a_layer_read_to_its_end_keeps_its_index_when_an_older_layer_is_refused(
     pushed = push_image(registry.url, "cases/refused-below", "1", [refused, newest])
     with pytest.raises(ContentRejected, match="escape"):
         run(builder_for(tmp_path, registry.url), "testreg/cases/refused-below:1")
-    kept = {p.name.split(".", 1)[0] for p in (tmp_path / "cache").rglob("*.index-v*.json")}
+    kept = {p.name.split(".", 1)[0] for p in (tmp_path / "cache").rglob("*.index-v*")}
     # The newest layer was read first and whole: its index is kept for the next pull;
     # the refused layer has none.
     assert kept == {pushed.layer_digests[1].split(":", 1)[1]}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -11,8 +11,8 @@ import pytest
 
 from imagegw.cache.layout import CacheLayout
 from imagegw.domain.errors import DigestMismatch
+from imagegw.pipeline import compact
 from imagegw.pipeline.decompress import open_layer
-from imagegw.pipeline.flatten import LayerIndex, index_layer
 from imagegw.pipeline.indexes import index_name, load_index, store_index
 from imagegw.pipeline.members import MemberPolicy
 from tests.support import layers as L
@@ -54,9 +54,10 @@ MEMBERS = (L.dir("etc"), L.file("etc/hosts", b"127.0.0.1 localhost\n" * 500),
            L.hardlink("bin/tool2", "bin/tool"), L.whiteout("old"))
 
 
-def index_of(path: Path, digest: str, policy: MemberPolicy = POLICY) -> LayerIndex:
+def index_of(path: Path, digest: str, policy: MemberPolicy = POLICY) -> bytes:
+    """The layer's compact index (what the cache keeps)."""
     with open_layer(path, max_uncompressed=CAP, layer=digest) as stream:
-        return index_layer(stream, layer=digest, policy=policy)
+        return compact.scan_layer(stream, layer=digest, policy=policy)
 
 
 def test_a_cached_layer_is_not_downloaded_again(tmp_path: Path) -> None:
@@ -78,9 +79,11 @@ def test_the_index_kept_by_one_conversion_is_found_by_the_next(tmp_path: Path) -
     path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
     assert load_index(cache, digest, POLICY) is None
     index = index_of(path, digest)
-    store_index(cache, index, POLICY)
-    assert cache.sidecar_path(digest, index_name(POLICY)).is_file()
+    store_index(cache, digest, index, POLICY)
+    assert zlib.decompress(cache.sidecar_path(digest, index_name(POLICY)).read_bytes()) == index
     assert load_index(cache, digest, POLICY) == index
+    assert [entry.path for entry in compact.decode(index).entries] == [
+        "etc", "etc/hosts", "bin/tool", "bin/sh", "bin/tool2"]
 
 
 def test_indexes_are_kept_per_member_policy(tmp_path: Path) -> None:
@@ -88,13 +91,18 @@ def test_indexes_are_kept_per_member_policy(tmp_path: Path) -> None:
     cache = CacheLayout(tmp_path).blob_cache()
     path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
     keep = MemberPolicy(keep_setuid=True)
-    store_index(cache, index_of(path, digest), POLICY)
+    store_index(cache, digest, index_of(path, digest), POLICY)
     # The setuid bit differs between the two policies' indexes: one is not the other's.
     assert load_index(cache, digest, keep) is None
-    store_index(cache, index_of(path, digest, keep), keep)
-    modes = {entry.path: entry.mode for entry in load_index(cache, digest, keep).entries}
-    cleared = {entry.path: entry.mode for entry in load_index(cache, digest, POLICY).entries}
-    assert modes["bin/tool"] & 0o4000 and not cleared["bin/tool"] & 0o4000
+    store_index(cache, digest, index_of(path, digest, keep), keep)
+
+    def modes(policy: MemberPolicy) -> dict[str, int]:
+        index = load_index(cache, digest, policy)
+        assert index is not None
+        return {entry.path: entry.mode for entry in compact.decode(index).entries}
+
+    kept, cleared = modes(keep), modes(POLICY)
+    assert kept["bin/tool"] & 0o4000 and not cleared["bin/tool"] & 0o4000
 
 
 def test_a_restarted_download_keeps_exactly_the_blob(tmp_path: Path) -> None:
@@ -122,12 +130,13 @@ def test_an_unreadable_or_foreign_index_is_not_used(tmp_path: Path) -> None:
     cache = CacheLayout(tmp_path).blob_cache()
     path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
     sidecar = cache.sidecar_path(digest, index_name(POLICY))
-    sidecar.write_text("{not json")
-    assert load_index(cache, digest, POLICY) is None
-    store_index(cache, index_of(path, digest), POLICY)
+    for damaged in (b"{not json", zlib.compress(b"IGW"), b""):
+        sidecar.write_bytes(damaged)
+        assert load_index(cache, digest, POLICY) is None
+    store_index(cache, digest, index_of(path, digest), POLICY)
+    assert load_index(cache, digest, POLICY) is not None
     # An index claiming another layer (a copied or mixed-up file) is not trusted either.
-    foreign = index_of(path, other_digest)
-    sidecar.write_text(json.dumps(foreign.to_json()))
+    sidecar.write_bytes(zlib.compress(index_of(path, other_digest)))
     assert load_index(cache, digest, POLICY) is None
 
 

@@ -20,6 +20,7 @@ from imagegw.pipeline import prefetch
 from imagegw.pipeline.flatten import index_layer, merge_layers, write_flat_tar
 from imagegw.pipeline.members import MemberPolicy
 from imagegw.pipeline.streaming import SpeculationFailed, stream_flat_tar
+from tests.support.compiled_flatten import assert_same_merge, assert_same_tar
 from tests.support.layers import Member, dir, file, hardlink, opaque, symlink, tar_bytes, whiteout
 
 POLICY = MemberPolicy()
@@ -54,10 +55,18 @@ def canonical(data: bytes) -> Tree:
 
 
 def two_passes(layers: list[bytes]) -> Tree:
+    """The exact flatten's tree; the compiled flatten writes the same bytes (or refuses
+    the same)."""
     indexes = [index_layer(io.BytesIO(data), layer=f"layer{number}", policy=POLICY)
                for number, data in enumerate(layers)]
+    try:
+        tree = merge_layers(indexes)
+    except ContentRejected as error:
+        assert_same_merge(indexes, error)
+        raise
     out = io.BytesIO()
-    write_flat_tar(merge_layers(indexes), lambda number: io.BytesIO(layers[number]), out)
+    write_flat_tar(tree, lambda number: io.BytesIO(layers[number]), out)
+    assert_same_tar(indexes, layers, out.getvalue())
     return canonical(out.getvalue())
 
 

@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
@@ -33,6 +34,7 @@ from typing import IO, Any, BinaryIO, cast
 from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
 
+from . import compact
 from .decompress import open_layer_stream
 from .flatten import FlatTree, LayerIndex, index_layer, merge_layers, write_flat_tar
 from .gzip_engine import tar2sqfs_environment
@@ -40,7 +42,13 @@ from .layer import Layer
 from .members import MemberPolicy
 from .runtime_files import BASE_LAYER, TOP_LAYER, AddedLayers
 from .streaming import SpeculationFailed, StreamedFlatten, stream_flat_tar
+from .tarstream import TarReader
 from .writeback import EarlyWriteback
+
+try:
+    from . import native_flat
+except ImportError:  # the extension is not built: the Python flatten runs
+    native_flat = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,18 @@ FINISH_TIMEOUT = 3600.0
 PIPE_BUFFER = 1 << 20
 #: Progress is reported at most once per this many bytes of file data.
 PROGRESS_STEP = 1 << 20
+#: Layers indexed at once by the compiled flatten (as their downloads arrive).
+INDEX_THREADS = 2
+#: The compiled flatten decompresses every layer twice (to index it, then for its data):
+#: it pays where layers hold many members per MiB (the per-member cost it saves), not
+#: for a few large files (the second inflate it costs). Without every index known, the
+#: first PROBE_BYTES of the newest layers decide (docs/performance.md, the measurements).
+PROBE_BYTES = 16 << 20
+MIN_MEMBERS_PER_MIB = 32
+#: A member with at least this much data ends the probe when the members seen so far
+#: are too few: the probe never waits for data it does not need (a big file still
+#: downloading, which the one-pass flatten converts as it arrives).
+PROBE_BIG_MEMBER = 1 << 20
 _STDERR_TAIL = 2000
 
 __all__ = ["build_squashfs", "tar2sqfs_command", "flatten_to_squashfs", "FlattenStats",
@@ -70,8 +90,11 @@ class FlattenStats:
     data_bytes: int
     #: Whether each layer was read once, newest first (False: merged, then copied).
     one_pass: bool = False
-    #: Every layer's index, oldest first (kept beside the blobs for the next conversion).
-    indexes: tuple[LayerIndex, ...] = field(default=(), repr=False, compare=False)
+    #: Every layer's compact index (compact.py), oldest first (kept beside the blobs
+    #: for the next conversion).
+    indexes: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
+    #: Whether the compiled merge and writer made it (native_flat.py): how, not what.
+    compiled: bool = field(default=False, compare=False)
 
 
 def partial_path(output: Path) -> Path:
@@ -217,23 +240,27 @@ def flatten_to_squashfs(
     options: ConverterOptions,
     limits: Limits,
     on_progress: Callable[[int, int], None] | None = None,
-    indexes: Sequence[LayerIndex | None] | None = None,
-    on_index: Callable[[int, LayerIndex], None] | None = None,
+    indexes: Sequence[bytes | None] | None = None,
+    on_index: Callable[[int, bytes], None] | None = None,
     added: AddedLayers | None = None,
     policy: MemberPolicy | None = None,
 ) -> FlattenStats:
     """Flattens the layers (oldest first) into the squashfs image `output`.
 
-    With every layer's index known (`indexes`, from earlier conversions), the layers
-    are merged first and each is decompressed once for its file data. Otherwise each
-    layer is decompressed once, newest first, writing files as it goes (streaming.py);
-    when that result cannot be proven exact, the partial image is dropped and the
-    two-pass flatten runs with the indexes made. A layer's blob may still be downloading
-    (its reads wait): layers are opened newest first.
-    `on_progress(bytes_done, bytes_total)` follows the file data written (two passes) or
-    the compressed layer bytes read (one pass; the layers' sizes give the total without
-    waiting for the downloads). `on_index(i, index)` gets the index of layer i as soon as
-    it is made here (a layer read to its end), to keep it.
+    Indexes are compact (compact.py). With the compiled flatten built (native_flat.py),
+    and every index known (`indexes`, from earlier conversions) or layers of many
+    members per MiB (`MIN_MEMBERS_PER_MIB`), every layer without a known index is
+    indexed as it arrives, two at a time, newest first; the indexes are merged in C and
+    the C writer copies the surviving data into tar2sqfs, each layer decompressed again.
+    Otherwise: with every index known the layers are merged first and each is
+    decompressed once for its file data; otherwise each layer is decompressed once,
+    newest first, writing files as it goes (streaming.py), and when that result cannot
+    be proven exact the partial image is dropped and the two-pass flatten runs with the
+    indexes made. A layer's blob may still be downloading (its reads wait).
+    `on_progress(bytes_done, bytes_total)` follows the compressed layer bytes read
+    (indexing, or the one pass; the layers' sizes give the total without waiting for
+    the downloads), then the file data written. `on_index(i, index)` gets the compact
+    index of layer i as soon as it is made here (a layer read to its end), to keep it.
     `added`, when given, are the runtime files' layers (runtime_files.py): flattened
     below and above the image's layers in the same conversion. `policy` overrides the
     member rules the options give (enroot's owner access: runtime_files.py).
@@ -248,23 +275,28 @@ def flatten_to_squashfs(
     if len(layers) > limits.max_layers:
         raise ContentRejected(f"the image has {len(layers)} layers; the limit is "
                               f"{limits.max_layers}")
-    known: list[LayerIndex | None] = list(indexes) if indexes is not None else [None] * len(layers)
-    if len(known) != len(layers) or any(
-            index is not None and index.layer != layer.name
-            for index, layer in zip(known, layers, strict=True)):
+    known: list[bytes | None] = list(indexes) if indexes is not None else [None] * len(layers)
+    if len(known) != len(layers):
         raise ValueError("indexes do not match the layers")
     flatten = _Flatten(layers, options, limits, on_progress, on_index, policy)
-    if all(index is not None for index in known):
-        return flatten.two_passes([index for index in known if index is not None], output)
+    if native_flat is not None and (all(index is not None for index in known)
+                                    or flatten.many_members_per_mib()):
+        return flatten.compiled(known, output)
+    decoded = [None if index is None else compact.decode(index) for index in known]
+    if any(index is not None and index.layer != layer.name
+           for index, layer in zip(decoded, layers, strict=True)):
+        raise ValueError("indexes do not match the layers")
+    if all(index is not None for index in decoded):
+        return flatten.two_passes([index for index in decoded if index is not None], output)
     try:
         return flatten.one_pass(output, [layer.size for layer in layers])
     except SpeculationFailed as failed:
         log.info("one-pass flatten of %s not exact (%s); flattening in two passes",
                  output.name, failed.reason)
         for number, index in failed.indexes.items():
-            known[number] = index
+            decoded[number] = index
     made = [index if index is not None else flatten.index(number)
-            for number, index in enumerate(known)]
+            for number, index in enumerate(decoded)]
     return flatten.two_passes(made, output)
 
 
@@ -285,8 +317,8 @@ class _BytesLayer:
 
 def _with_added_layers(
     added: AddedLayers, layers: Sequence[Layer], output: Path, *,
-    indexes: Sequence[LayerIndex | None] | None,
-    on_index: Callable[[int, LayerIndex], None] | None, **rest: Any,
+    indexes: Sequence[bytes | None] | None,
+    on_index: Callable[[int, bytes], None] | None, **rest: Any,
 ) -> FlattenStats:
     """The image's layers with the runtime layers around them: layer 0 is `added.base`,
     the last `added.top`; the image's layers keep their numbers (shifted by one) when
@@ -294,10 +326,10 @@ def _with_added_layers(
     base, top = _BytesLayer(BASE_LAYER, added.base), _BytesLayer(TOP_LAYER, added.top)
     ours = MemberPolicy()  # our own members: plain files and directories
     known = list(indexes) if indexes is not None else [None] * len(layers)
-    made = [index_layer(io.BytesIO(layer.data), layer=layer.name, policy=ours)
+    made = [compact.scan_layer(io.BytesIO(layer.data), layer=layer.name, policy=ours)
             for layer in (base, top)]
 
-    def index_made(number: int, index: LayerIndex) -> None:
+    def index_made(number: int, index: bytes) -> None:
         if on_index is not None and 0 < number <= len(layers):
             on_index(number - 1, index)
 
@@ -306,11 +338,11 @@ def _with_added_layers(
 
 
 class _Flatten:
-    """The two ways of flattening the same layers into one image."""
+    """The ways of flattening the same layers into one image."""
 
     def __init__(self, layers: Sequence[Layer], options: ConverterOptions, limits: Limits,
                  on_progress: Callable[[int, int], None] | None,
-                 on_index: Callable[[int, LayerIndex], None] | None = None,
+                 on_index: Callable[[int, bytes], None] | None = None,
                  policy: MemberPolicy | None = None) -> None:
         self.layers = layers
         self.layer_names = [layer.name for layer in layers]
@@ -334,8 +366,94 @@ class _Flatten:
         with self.open(number) as stream:
             index = index_layer(stream, layer=self.layer_names[number], policy=self.policy)
         if self.on_index is not None:
-            self.on_index(number, index)
+            self.on_index(number, compact.encode(index))
         return index
+
+    def many_members_per_mib(self) -> bool:
+        """Whether the newest layers hold at least MIN_MEMBERS_PER_MIB members per MiB
+        in their first PROBE_BYTES decompressed bytes (headers read, data skipped)."""
+        members = seen = 0
+        for number in reversed(range(len(self.layers))):
+            end = seen
+            with self.open(number) as stream:
+                for member in TarReader(stream, layer=self.layer_names[number]):
+                    members += 1
+                    end = seen + member.offset + member.size
+                    if end >= PROBE_BYTES or (member.size >= PROBE_BIG_MEMBER
+                                              and not _dense(members, end)):
+                        return self._decided(members, min(end, PROBE_BYTES))
+            seen = end
+        return self._decided(members, seen)
+
+    def _decided(self, members: int, seen: int) -> bool:
+        dense = _dense(members, seen)
+        log.info("%d members in the first %d bytes of the newest layers: %s", members, seen,
+                 "compiled flatten" if dense else "few members per MiB, one-pass flatten")
+        return dense
+
+    def compiled(self, known: list[bytes | None], output: Path) -> FlattenStats:
+        """Indexes what is not known, merges and writes in C (native_flat.py)."""
+        assert native_flat is not None
+        missing = [number for number, index in enumerate(known) if index is None]
+        progress = _Progress(sum(self.layers[number].size for number in missing),
+                             self.on_progress)
+        indexes = self.scan(known, missing, progress.add)
+        tree = native_flat.merge(indexes)
+        if list(tree.layers) != self.layer_names:
+            raise ValueError("indexes do not match the layers")
+        total = tree.data_bytes
+        if total > self.cap:
+            raise ContentRejected(f"the image holds {total} bytes of file data; the limit is "
+                                  f"{self.cap}", hint="the site's maxUnpackedBytes limit")
+        progress.then(total)
+
+        def write_tar(out: BinaryIO) -> None:
+            native_flat.write_tar(tree, self.open, out, on_bytes=progress.add)
+            progress.finish()
+
+        build_squashfs(write_tar, output, self.options, expected_bytes=total)
+        stats = FlattenStats(files=tree.files, dirs=tree.dirs, symlinks=tree.symlinks,
+                             hardlinks=tree.hardlinks, dropped=tree.dropped,
+                             data_bytes=total, indexes=tuple(indexes), compiled=True)
+        log.info("built an image: %s", stats)
+        return stats
+
+    def scan(self, known: list[bytes | None], missing: list[int],
+             on_raw_bytes: Callable[[int], None]) -> list[bytes]:
+        """The compact index of every layer: `known`, else made newest first, INDEX_THREADS
+        at a time (a layer still downloading is indexed as its bytes arrive)."""
+        made: dict[int, bytes] = {}
+        one_at_a_time = threading.Lock()  # on_index is called from one thread at a time
+        failed = False
+
+        def scan_one(number: int) -> None:
+            with self.open(number, on_raw_bytes) as stream:
+                index = compact.scan_layer(stream, layer=self.layer_names[number],
+                                           policy=self.policy)
+            with one_at_a_time:
+                if failed:
+                    return
+                made[number] = index
+                if self.on_index is not None:
+                    self.on_index(number, index)
+
+        pool = ThreadPoolExecutor(max_workers=INDEX_THREADS, thread_name_prefix="index")
+        futures = [pool.submit(scan_one, number) for number in reversed(missing)]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:
+                if future.done() and future.exception() is not None:
+                    future.result()
+        except BaseException:
+            # A scan still running waits for its layer's download, which the caller
+            # stops once this conversion has failed: it is not waited for here.
+            with one_at_a_time:
+                failed = True
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        return [index if index is not None else made[number]
+                for number, index in enumerate(known)]
 
     def one_pass(self, output: Path, layer_sizes: Sequence[int]) -> FlattenStats:
         # Progress counts compressed bytes read: the file data is known only at the end.
@@ -343,10 +461,14 @@ class _Flatten:
         streamed: list[StreamedFlatten] = []
         trees: list[FlatTree] = []
 
+        def on_layer_index(number: int, index: LayerIndex) -> None:
+            if self.on_index is not None:
+                self.on_index(number, compact.encode(index))
+
         def write_tar(out: BinaryIO) -> None:
             streamed.append(stream_flat_tar(
                 self.layer_names, lambda number: self.open(number, progress.add), out,
-                policy=self.policy, max_data_bytes=self.cap, on_layer_index=self.on_index))
+                policy=self.policy, max_data_bytes=self.cap, on_layer_index=on_layer_index))
             progress.finish()
 
         def check() -> None:
@@ -373,11 +495,15 @@ class _Flatten:
         return _stats(tree, indexes, one_pass=False)
 
 
+def _dense(members: int, data_bytes: int) -> bool:
+    return members * (1 << 20) >= MIN_MEMBERS_PER_MIB * max(data_bytes, 1)
+
+
 def _stats(tree: FlatTree, indexes: list[LayerIndex], *, one_pass: bool) -> FlattenStats:
     stats = FlattenStats(
         files=len(tree.files), dirs=len(tree.directories), symlinks=len(tree.symlinks),
         hardlinks=tree.hardlinks, dropped=tree.dropped, data_bytes=tree.data_bytes,
-        one_pass=one_pass, indexes=tuple(indexes),
+        one_pass=one_pass, indexes=tuple(compact.encode(index) for index in indexes),
     )
     log.info("built an image: %s", stats)
     return stats
@@ -420,6 +546,13 @@ class _Progress:
                 return
             self._reported = done = self.done
         self._report(done, self.total)
+
+    def then(self, more: int) -> None:
+        """A second stage of `more` to do (bytes done stay counted: progress never goes
+        back)."""
+        self.finish()
+        with self._lock:
+            self.total = self.done + more
 
     def finish(self) -> None:
         if self._report is not None and self._reported != self.done:

@@ -27,7 +27,6 @@ from imagegw.domain.model import BuildJob, BuildResult, Progress, Stage
 from imagegw.domain.reference import parse_reference
 from imagegw.domain.runtimes import added_files, sif_file, wants_sif
 from imagegw.pipeline import gzip_engine
-from imagegw.pipeline.flatten import LayerIndex
 from imagegw.pipeline.indexes import load_index, store_index
 from imagegw.pipeline.layer import WaitedLayer
 from imagegw.pipeline.members import MemberPolicy
@@ -303,10 +302,12 @@ class Builder:
             progress.layer_done(index, layer.size, downloaded=downloaded)
             return path
 
-        read: dict[int, LayerIndex] = {}
-        store = partial(store_index, self.cache, policy=policy)
+        read: dict[int, bytes] = {}
 
-        def keep(number: int, index: LayerIndex) -> None:
+        def store(number: int, index: bytes) -> None:
+            store_index(self.cache, layers[number].digest, index, policy)
+
+        def keep(number: int, index: bytes) -> None:
             # As soon as a layer is read and verified: kept even when the conversion fails.
             if indexes[number] is None:
                 read[number] = index
@@ -346,14 +347,14 @@ class Builder:
             _keep_verified(read, futures, store)
 
 
-def _keep_verified(read: dict[int, LayerIndex], futures: dict[int, Future[Path]],
-                   store: Callable[[LayerIndex], None]) -> None:
+def _keep_verified(read: dict[int, bytes], futures: dict[int, Future[Path]],
+                   store: Callable[[int, bytes], None]) -> None:
     """Stores the indexes of the layers read whose downloads are verified (once each)."""
     for number in list(read):
         future = futures.get(number)
         if future is not None and future.done() and not future.cancelled() \
                 and future.exception() is None:
-            store(read.pop(number))
+            store(number, read.pop(number))
 
 
 def _download_error(blobs: Sequence[GrowingBlob], futures: dict[int, Future[Path]]

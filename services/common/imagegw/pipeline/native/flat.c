@@ -1,0 +1,1414 @@
+/*
+ * imagegw.pipeline.native._flat: the exact OCI merge of compact layer indexes and the
+ * canonical tar writer, in C (issue 21: the per-member path without Python objects).
+ *
+ * The Python reference is pipeline/flatten.py (merge_layers, _collect, write_flat_tar)
+ * and pipeline/tarstream.py (_header); each function here names the one it mirrors, and
+ * tests/unit/test_native_flat.py checks that both give the same bytes and the same
+ * refusals. The input format is pipeline/compact.py's.
+ *
+ * Memory: nodes live in one array (72 bytes each; a file's node is also its FileData),
+ * found by a hash table keyed by (parent, name); names, symlink targets and member paths
+ * are not copied: they point into the compact index bytes, which the tree keeps alive
+ * (the indexes are its name arena). No Python object per node; cost linear in layers and
+ * members (each member resolves its parent once, through the hash table).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { K_FILE = 0, K_DIR = 1, K_SYMLINK = 2, K_HARDLINK = 3 };
+enum { M_WHITEOUT = 0, M_OPAQUE = 1 };
+
+#define MAX_SYMLINK_HOPS 40
+#define IMPLICIT_DIR_MODE 0755
+#define NONE (-1)
+#define ROOT 0
+#define BLOCK 512
+#define READ_CHUNK (1 << 20)
+#define OUT_BUFFER (1 << 20)
+#define PROGRESS_STEP (1 << 20)
+#define USTAR_MAX_NUMBER 8589934591LL /* 8**11 - 1 */
+
+static const char HOSTILE_HINT[] = "the layer is hostile or corrupt; this image cannot be converted";
+static const unsigned char MAGIC[8] = {'I', 'G', 'W', 'I', 'D', 'X', '1', 0};
+
+static PyObject *ContentRejected; /* imagegw.domain.errors.ContentRejected */
+
+typedef struct {
+	const char *ptr;
+	uint32_t len;
+} Str;
+
+/* flatten.Node: one entry of the merged tree (72 bytes). A file node made from a member
+   also stands for flatten.FileData, its bytes: the names of a link group point at it
+   (`data`), and it keeps them even once its own name is replaced or removed. */
+typedef struct {
+	const char *name; /* into the index bytes */
+	int64_t mtime;
+	int32_t parent, next_sibling, prev_sibling, hash_next;
+	int32_t data;      /* files: the node holding their data (FileData) */
+	int32_t next_name; /* _collect: the next name of the same data */
+	uint16_t name_len;
+	uint16_t mode;   /* permission bits (members.py keeps 0o7777 at most) */
+	uint8_t kind;    /* K_FILE, K_DIR or K_SYMLINK */
+	uint8_t in_hash; /* found by child_of (not removed) */
+	uint16_t member_prefix; /* data: the member's path is name - member_prefix */
+	union {
+		int32_t first_child; /* directories */
+		struct {
+			const char *ptr;
+			uint32_t len;
+		} link; /* symlinks */
+		struct {
+			int64_t offset; /* in the decompressed layer */
+			uint64_t size;
+			int32_t layer;
+		} file; /* data (files made from a member) */
+	} u;
+} Node;
+
+/* A link group of _collect: a FileData and its surviving names, in order. */
+typedef struct {
+	int32_t data, first_name, last_name;
+	uint32_t names;
+} Group;
+
+typedef struct {
+	PyObject_HEAD
+	PyObject *indexes; /* tuple of bytes: every Str points into them */
+	PyObject *layers;  /* tuple of str: the layer names */
+	Node *nodes;
+	int32_t node_count, node_cap;
+	int32_t *buckets;
+	uint32_t bucket_mask;
+	/* _collect's result: node ids (directories, symlinks) and link groups (files) */
+	int32_t *dirs, *symlinks;
+	Group *groups;
+	int32_t dir_count, symlink_count, group_count;
+	uint64_t dropped, data_bytes, hardlinks;
+} Tree;
+
+/* -- small helpers -------------------------------------------------------------- */
+
+static int grow(void **array, int32_t *cap, int32_t need, size_t item)
+{
+	if (need <= *cap)
+		return 0;
+	int64_t cap2 = *cap ? *cap : 1024;
+	while (cap2 < need)
+		cap2 *= 2;
+	if (cap2 > INT32_MAX) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	void *bigger = PyMem_RawRealloc(*array, (size_t)cap2 * item);
+	if (bigger == NULL) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	*array = bigger;
+	*cap = (int32_t)cap2;
+	return 0;
+}
+
+static int str_eq(Str a, const char *text)
+{
+	size_t n = strlen(text);
+	return a.len == n && memcmp(a.ptr, text, n) == 0;
+}
+
+static Str name_of(const Node *n)
+{
+	return (Str){n->name, n->name_len};
+}
+
+static PyObject *text(Str s)
+{
+	return PyUnicode_DecodeUTF8(s.ptr, s.len, "surrogateescape");
+}
+
+/* Raises ContentRejected(message, hint=hint); steals `message`. */
+static void raise_rejected(PyObject *message, const char *hint)
+{
+	if (message == NULL)
+		return;
+	PyObject *args = PyTuple_Pack(1, message);
+	PyObject *kwargs = Py_BuildValue("{s:s}", "hint", hint);
+	Py_DECREF(message);
+	if (args != NULL && kwargs != NULL) {
+		PyObject *error = PyObject_Call(ContentRejected, args, kwargs);
+		if (error != NULL) {
+			PyErr_SetObject(ContentRejected, error);
+			Py_DECREF(error);
+		}
+	}
+	Py_XDECREF(args);
+	Py_XDECREF(kwargs);
+}
+
+/* _LayerMerge._reject: "layer L: member 'm' <problem>" (problem may hold one %R of `arg`). */
+static void reject_member(PyObject *layer, Str member, const char *problem, Str *arg)
+{
+	PyObject *name = text(member);
+	PyObject *what = NULL;
+	if (name == NULL)
+		return;
+	if (arg != NULL) {
+		PyObject *value = text(*arg);
+		if (value != NULL)
+			what = PyUnicode_FromFormat(problem, value);
+		Py_XDECREF(value);
+	} else {
+		what = PyUnicode_FromString(problem);
+	}
+	if (what != NULL)
+		raise_rejected(PyUnicode_FromFormat("layer %U: member %R %U", layer, name, what),
+			       HOSTILE_HINT);
+	Py_DECREF(name);
+	Py_XDECREF(what);
+}
+
+/* -- the compact index (compact.py's layout) ------------------------------------ */
+
+typedef struct {
+	const unsigned char *at, *end;
+} Cursor;
+
+static uint64_t le(const unsigned char *p, int bytes)
+{
+	uint64_t value = 0;
+	for (int i = bytes - 1; i >= 0; i--)
+		value = value << 8 | p[i];
+	return value;
+}
+
+static const unsigned char *take(Cursor *c, uint64_t count)
+{
+	if ((uint64_t)(c->end - c->at) < count)
+		return NULL;
+	const unsigned char *start = c->at;
+	c->at += count;
+	return start;
+}
+
+typedef struct {
+	uint8_t kind;
+	uint32_t mode;
+	int64_t mtime;
+	uint64_t size, ordinal;
+	int64_t offset;
+	Str path, link;
+} IndexEntry;
+
+typedef struct {
+	uint32_t entries, markers;
+	uint64_t dropped;
+	Str layer;
+	Cursor entry_list, marker_list; /* where each part starts */
+} IndexHeader;
+
+static int damaged(const char *what)
+{
+	PyErr_Format(PyExc_ValueError, "a damaged compact layer index: %s", what);
+	return -1;
+}
+
+/* One entry: u8 kind, u32 mode, i64 mtime, u64 size, u64 ordinal, i64 offset,
+   u32 path length, u32 link length, path, link. */
+static int next_entry(Cursor *c, IndexEntry *e)
+{
+	const unsigned char *p = take(c, 45);
+	if (p == NULL)
+		return damaged("an entry is cut short");
+	e->kind = p[0];
+	e->mode = (uint32_t)le(p + 1, 4);
+	e->mtime = (int64_t)le(p + 5, 8);
+	e->size = le(p + 13, 8);
+	e->ordinal = le(p + 21, 8);
+	e->offset = (int64_t)le(p + 29, 8);
+	e->path.len = (uint32_t)le(p + 37, 4);
+	e->link.len = (uint32_t)le(p + 41, 4);
+	e->path.ptr = (const char *)take(c, e->path.len);
+	e->link.ptr = (const char *)take(c, e->link.len);
+	if (e->path.ptr == NULL || e->link.ptr == NULL)
+		return damaged("an entry's path is cut short");
+	if (e->kind > K_HARDLINK || e->path.len == 0)
+		return damaged("an entry of unknown kind, or without a path");
+	if (e->path.len > UINT16_MAX || e->link.len > UINT16_MAX) /* members.py: 4096 at most */
+		return damaged("an entry's path is too long");
+	return 0;
+}
+
+/* One marker: u8 kind, u32 path length, path. */
+static int next_marker(Cursor *c, uint8_t *kind, Str *path)
+{
+	const unsigned char *p = take(c, 5);
+	if (p == NULL)
+		return damaged("a marker is cut short");
+	*kind = p[0];
+	path->len = (uint32_t)le(p + 1, 4);
+	path->ptr = (const char *)take(c, path->len);
+	if (path->ptr == NULL || *kind > M_OPAQUE)
+		return damaged("a marker is cut short, or of unknown kind");
+	return 0;
+}
+
+/* Header: magic, u32 entries, u32 markers, u64 dropped, u32 name length, name;
+   the whole index is walked once to find where the markers start. */
+static int read_header(PyObject *bytes, IndexHeader *h)
+{
+	if (!PyBytes_Check(bytes)) {
+		PyErr_SetString(PyExc_TypeError, "a compact layer index must be bytes");
+		return -1;
+	}
+	Cursor c = {(const unsigned char *)PyBytes_AS_STRING(bytes), NULL};
+	c.end = c.at + PyBytes_GET_SIZE(bytes);
+	const unsigned char *p = take(&c, 28);
+	if (p == NULL || memcmp(p, MAGIC, 8) != 0) {
+		PyErr_SetString(PyExc_ValueError, "not a compact layer index");
+		return -1;
+	}
+	h->entries = (uint32_t)le(p + 8, 4);
+	h->markers = (uint32_t)le(p + 12, 4);
+	h->dropped = le(p + 16, 8);
+	h->layer.len = (uint32_t)le(p + 24, 4);
+	h->layer.ptr = (const char *)take(&c, h->layer.len);
+	if (h->layer.ptr == NULL)
+		return damaged("the layer name is cut short");
+	h->entry_list = c;
+	IndexEntry e;
+	for (uint32_t i = 0; i < h->entries; i++)
+		if (next_entry(&c, &e) < 0)
+			return -1;
+	h->marker_list = c;
+	uint8_t kind;
+	Str path;
+	for (uint32_t i = 0; i < h->markers; i++)
+		if (next_marker(&c, &kind, &path) < 0)
+			return -1;
+	if (c.at != c.end)
+		return damaged("trailing bytes");
+	return 0;
+}
+
+/* -- nodes and the (parent, name) hash table ------------------------------------ */
+
+static uint32_t name_hash(int32_t parent, Str name)
+{
+	uint64_t h = 1469598103934665603ULL ^ (uint64_t)(uint32_t)parent * 0x9E3779B97F4A7C15ULL;
+	for (uint32_t i = 0; i < name.len; i++)
+		h = (h ^ (unsigned char)name.ptr[i]) * 1099511628211ULL;
+	return (uint32_t)(h ^ h >> 32);
+}
+
+static int rehash(Tree *t, uint32_t buckets)
+{
+	int32_t *table = PyMem_RawMalloc((size_t)buckets * sizeof(int32_t));
+	if (table == NULL) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	for (uint32_t i = 0; i < buckets; i++)
+		table[i] = NONE;
+	for (int32_t id = 0; id < t->node_count; id++) {
+		Node *n = &t->nodes[id];
+		if (!n->in_hash)
+			continue;
+		uint32_t b = name_hash(n->parent, name_of(n)) & (buckets - 1);
+		n->hash_next = table[b];
+		table[b] = id;
+	}
+	PyMem_RawFree(t->buckets);
+	t->buckets = table;
+	t->bucket_mask = buckets - 1;
+	return 0;
+}
+
+/* directory.children.get(name) */
+static int32_t child_of(Tree *t, int32_t parent, Str name)
+{
+	int32_t id = t->buckets[name_hash(parent, name) & t->bucket_mask];
+	while (id != NONE) {
+		Node *n = &t->nodes[id];
+		if (n->parent == parent && n->name_len == name.len &&
+		    memcmp(n->name, name.ptr, name.len) == 0)
+			return id;
+		id = n->hash_next;
+	}
+	return NONE;
+}
+
+/* A new node, detached; NONE with an exception set when out of memory. */
+static int32_t new_node(Tree *t, uint8_t kind, uint32_t mode, int64_t mtime, Str name)
+{
+	if (name.len > UINT16_MAX) {
+		PyErr_SetString(PyExc_ValueError, "a path component longer than 65535 bytes");
+		return NONE;
+	}
+	if (grow((void **)&t->nodes, &t->node_cap, t->node_count + 1, sizeof(Node)) < 0)
+		return NONE;
+	if ((uint32_t)t->node_count > t->bucket_mask &&
+	    rehash(t, (t->bucket_mask + 1) * 2) < 0)
+		return NONE;
+	int32_t id = t->node_count++;
+	Node *n = &t->nodes[id];
+	memset(n, 0, sizeof(*n));
+	n->kind = kind;
+	n->mode = (uint16_t)mode;
+	n->mtime = mtime;
+	n->name = name.ptr;
+	n->name_len = (uint16_t)name.len;
+	n->parent = n->next_sibling = n->prev_sibling = NONE;
+	n->hash_next = n->data = n->next_name = NONE;
+	if (kind == K_DIR)
+		n->u.first_child = NONE;
+	return id;
+}
+
+/* del directory.children[name] (the node and its subtree become unreachable) */
+static void unlink_child(Tree *t, int32_t id)
+{
+	Node *n = &t->nodes[id];
+	int32_t *slot = &t->buckets[name_hash(n->parent, name_of(n)) & t->bucket_mask];
+	while (*slot != id)
+		slot = &t->nodes[*slot].hash_next;
+	*slot = n->hash_next;
+	n->in_hash = 0;
+	if (n->prev_sibling != NONE)
+		t->nodes[n->prev_sibling].next_sibling = n->next_sibling;
+	else
+		t->nodes[n->parent].u.first_child = n->next_sibling;
+	if (n->next_sibling != NONE)
+		t->nodes[n->next_sibling].prev_sibling = n->prev_sibling;
+}
+
+/* directory.children[name] = node (replacing whatever had that name) */
+static void set_child(Tree *t, int32_t parent, int32_t id)
+{
+	Node *n = &t->nodes[id];
+	int32_t old = child_of(t, parent, name_of(n));
+	if (old != NONE)
+		unlink_child(t, old);
+	n->parent = parent;
+	uint32_t b = name_hash(parent, name_of(n)) & t->bucket_mask;
+	n->hash_next = t->buckets[b];
+	t->buckets[b] = id;
+	n->in_hash = 1;
+	n->prev_sibling = NONE;
+	n->next_sibling = t->nodes[parent].u.first_child;
+	if (n->next_sibling != NONE)
+		t->nodes[n->next_sibling].prev_sibling = id;
+	t->nodes[parent].u.first_child = id;
+}
+
+/* directory.children.clear() (an opaque marker) */
+static void clear_children(Tree *t, int32_t dir)
+{
+	while (t->nodes[dir].u.first_child != NONE)
+		unlink_child(t, t->nodes[dir].u.first_child);
+}
+
+/* -- the merge (flatten._LayerMerge) -------------------------------------------- */
+
+typedef struct {
+	Tree *t;
+	int32_t number;
+	PyObject *layer; /* its name, for messages */
+	Str *pending;    /* _resolve_dir's components still to walk, last first */
+	int32_t pending_count, pending_cap;
+	int32_t *stack; /* _resolve_dir's directories walked */
+	int32_t stack_count, stack_cap;
+} Merge;
+
+/* pending.extend(path.split("/")[::-1]) ("" and "." are skipped here, not later) */
+static int push_components(Merge *m, Str path)
+{
+	uint32_t end = path.len;
+	while (end > 0) {
+		uint32_t start = end;
+		while (start > 0 && path.ptr[start - 1] != '/')
+			start--;
+		Str part = {path.ptr + start, end - start};
+		if (part.len > 0 && !str_eq(part, ".")) {
+			if (grow((void **)&m->pending, &m->pending_cap, m->pending_count + 1,
+				 sizeof(Str)) < 0)
+				return -1;
+			m->pending[m->pending_count++] = part;
+		}
+		end = start > 0 ? start - 1 : 0;
+	}
+	return 0;
+}
+
+/* _LayerMerge._resolve_dir: the directory at `path`, following symlinks confined to
+   the root ('..' stops at the root, absolute targets restart there). Sets *found to
+   NONE when it is missing (or not a directory) and not `create`; -1 on a refusal. */
+static int resolve_dir(Merge *m, Str path, Str member, int create, int32_t *found)
+{
+	Tree *t = m->t;
+	int hops = 0;
+	m->pending_count = 0;
+	m->stack_count = 1;
+	m->stack[0] = ROOT;
+	if (push_components(m, path) < 0)
+		return -1;
+	while (m->pending_count > 0) {
+		Str part = m->pending[--m->pending_count];
+		if (str_eq(part, "..")) {
+			if (m->stack_count > 1)
+				m->stack_count--;
+			continue;
+		}
+		int32_t top = m->stack[m->stack_count - 1];
+		int32_t child = child_of(t, top, part);
+		if (child == NONE) {
+			if (!create) {
+				*found = NONE;
+				return 0;
+			}
+			child = new_node(t, K_DIR, IMPLICIT_DIR_MODE, 0, part);
+			if (child == NONE)
+				return -1;
+			set_child(t, top, child);
+		} else if (t->nodes[child].kind == K_SYMLINK) {
+			if (++hops > MAX_SYMLINK_HOPS) {
+				/* the number is MAX_SYMLINK_HOPS (flatten.py's) */
+				reject_member(m->layer, member, "lies below more than 40 symlinks "
+					      "(a symlink loop)", NULL);
+				return -1;
+			}
+			Str link = {t->nodes[child].u.link.ptr, t->nodes[child].u.link.len};
+			if (link.len > 0 && link.ptr[0] == '/')
+				m->stack_count = 1;
+			if (push_components(m, link) < 0)
+				return -1;
+			continue;
+		} else if (t->nodes[child].kind != K_DIR) {
+			if (!create) {
+				*found = NONE;
+				return 0;
+			}
+			reject_member(m->layer, member, "lies below %R, which is not a directory", &part);
+			return -1;
+		}
+		if (grow((void **)&m->stack, &m->stack_cap, m->stack_count + 1, sizeof(int32_t)) < 0)
+			return -1;
+		m->stack[m->stack_count++] = child;
+	}
+	*found = m->stack[m->stack_count - 1];
+	return 0;
+}
+
+/* path.rpartition("/"): the parent path and the last name */
+static void split_last(Str path, Str *parent, Str *name)
+{
+	uint32_t cut = path.len;
+	while (cut > 0 && path.ptr[cut - 1] != '/')
+		cut--;
+	parent->ptr = path.ptr;
+	parent->len = cut > 0 ? cut - 1 : 0;
+	name->ptr = path.ptr + cut;
+	name->len = path.len - cut;
+}
+
+/* _LayerMerge.apply_marker */
+static int apply_marker(Merge *m, uint8_t kind, Str path)
+{
+	int32_t dir;
+	if (kind == M_OPAQUE) {
+		if (resolve_dir(m, path, path, 0, &dir) < 0)
+			return -1;
+		if (dir != NONE)
+			clear_children(m->t, dir);
+		return 0;
+	}
+	Str parent_path, name;
+	split_last(path, &parent_path, &name);
+	if (resolve_dir(m, parent_path, path, 0, &dir) < 0)
+		return -1;
+	if (dir != NONE) {
+		int32_t child = child_of(m->t, dir, name);
+		if (child != NONE)
+			unlink_child(m->t, child);
+	}
+	return 0;
+}
+
+/* _LayerMerge._hardlink: a new node for `e`, sharing (or copying) its target's. */
+static int32_t hardlink(Merge *m, const IndexEntry *e, Str name)
+{
+	Tree *t = m->t;
+	Str parent_path, target_name;
+	int32_t parent, target = NONE;
+	split_last(e->link, &parent_path, &target_name);
+	if (resolve_dir(m, parent_path, e->link, 0, &parent) < 0)
+		return NONE;
+	if (parent != NONE)
+		target = child_of(t, parent, target_name);
+	if (target == NONE) {
+		reject_member(m->layer, e->path, "is a hardlink to %R, which does not exist at that "
+			      "point (missing, or only later in the layer)", (Str *)&e->link);
+		return NONE;
+	}
+	if (t->nodes[target].kind == K_DIR) {
+		reject_member(m->layer, e->path, "is a hardlink to the directory %R", (Str *)&e->link);
+		return NONE;
+	}
+	Node copy = t->nodes[target];
+	if (copy.kind == K_SYMLINK) {
+		int32_t id = new_node(t, K_SYMLINK, 0777, copy.mtime, name);
+		if (id != NONE)
+			t->nodes[id].u.link = copy.u.link;
+		return id;
+	}
+	int32_t id = new_node(t, K_FILE, copy.mode, copy.mtime, name);
+	if (id != NONE)
+		t->nodes[id].data = copy.data;
+	return id;
+}
+
+/* _LayerMerge.apply_entry */
+static int apply_entry(Merge *m, const IndexEntry *e)
+{
+	Tree *t = m->t;
+	Str parent_path, name;
+	int32_t parent, id;
+	split_last(e->path, &parent_path, &name);
+	if (resolve_dir(m, parent_path, e->path, 1, &parent) < 0)
+		return -1;
+	int32_t existing = child_of(t, parent, name);
+	switch (e->kind) {
+	case K_DIR:
+		if (existing != NONE && t->nodes[existing].kind == K_DIR) {
+			t->nodes[existing].mode = e->mode;
+			t->nodes[existing].mtime = e->mtime;
+			return 0;
+		}
+		id = new_node(t, K_DIR, e->mode, e->mtime, name);
+		break;
+	case K_FILE:
+		id = new_node(t, K_FILE, e->mode, e->mtime, name);
+		if (id != NONE) {
+			Node *n = &t->nodes[id];
+			n->data = id;
+			n->member_prefix = (uint16_t)(e->path.len - name.len);
+			n->u.file.offset = e->offset;
+			n->u.file.size = e->size;
+			n->u.file.layer = m->number;
+		}
+		break;
+	case K_SYMLINK:
+		id = new_node(t, K_SYMLINK, 0777, e->mtime, name);
+		if (id != NONE) {
+			t->nodes[id].u.link.ptr = e->link.ptr;
+			t->nodes[id].u.link.len = e->link.len;
+		}
+		break;
+	default:
+		id = hardlink(m, e, name);
+	}
+	if (id == NONE)
+		return -1;
+	set_child(t, parent, id);
+	return 0;
+}
+
+/* merge_layers' loop over one layer: every marker, then every entry. */
+static int merge_layer(Merge *m, const IndexHeader *h)
+{
+	Cursor c = h->marker_list;
+	for (uint32_t i = 0; i < h->markers; i++) {
+		uint8_t kind;
+		Str path;
+		if (next_marker(&c, &kind, &path) < 0 || apply_marker(m, kind, path) < 0)
+			return -1;
+	}
+	c = h->entry_list;
+	for (uint32_t i = 0; i < h->entries; i++) {
+		IndexEntry e;
+		if (next_entry(&c, &e) < 0 || apply_entry(m, &e) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* -- _collect: parents first, children sorted as Python sorts str ---------------- */
+
+/* The next code point of UTF-8 decoded with surrogateescape (as Python decodes it):
+   a well-formed sequence gives its code point, any other byte b gives U+DC00 + b. */
+static uint32_t next_code_point(const unsigned char *s, uint32_t len, uint32_t *at)
+{
+	uint32_t i = *at;
+	unsigned char b = s[i];
+	uint32_t need = 0, cp = 0, low = 0x80, high = 0xBF;
+	if (b < 0x80) {
+		*at = i + 1;
+		return b;
+	}
+	if (b >= 0xC2 && b <= 0xDF) {
+		need = 1;
+		cp = b & 0x1F;
+	} else if (b >= 0xE0 && b <= 0xEF) {
+		need = 2;
+		cp = b & 0x0F;
+		if (b == 0xE0)
+			low = 0xA0;
+		if (b == 0xED)
+			high = 0x9F; /* no encoded surrogates */
+	} else if (b >= 0xF0 && b <= 0xF4) {
+		need = 3;
+		cp = b & 0x07;
+		if (b == 0xF0)
+			low = 0x90;
+		if (b == 0xF4)
+			high = 0x8F;
+	}
+	if (need == 0 || i + need >= len)
+		goto escaped;
+	for (uint32_t k = 1; k <= need; k++) {
+		unsigned char c = s[i + k];
+		if (c < low || c > high)
+			goto escaped;
+		low = 0x80;
+		high = 0xBF;
+		cp = cp << 6 | (c & 0x3F);
+	}
+	*at = i + need + 1;
+	return cp;
+escaped:
+	*at = i + 1;
+	return 0xDC00 + b;
+}
+
+static int compare_names(const void *a, const void *b, void *context)
+{
+	const Node *nodes = context;
+	Str x = name_of(&nodes[*(const int32_t *)a]), y = name_of(&nodes[*(const int32_t *)b]);
+	uint32_t i = 0, j = 0;
+	while (i < x.len && j < y.len) {
+		uint32_t p = next_code_point((const unsigned char *)x.ptr, x.len, &i);
+		uint32_t q = next_code_point((const unsigned char *)y.ptr, y.len, &j);
+		if (p != q)
+			return p < q ? -1 : 1;
+	}
+	return (i < x.len) - (j < y.len);
+}
+
+static int append(int32_t **array, int32_t *count, int32_t *cap, int32_t value)
+{
+	if (grow((void **)array, cap, *count + 1, sizeof(int32_t)) < 0)
+		return -1;
+	(*array)[(*count)++] = value;
+	return 0;
+}
+
+/* flatten._collect */
+static int collect(Tree *t)
+{
+	int32_t *stack = NULL, *children = NULL;
+	int32_t stack_count = 0, stack_cap = 0, child_cap = 0;
+	int32_t dir_cap = 0, symlink_cap = 0, group_cap = 0;
+	int result = -1;
+	/* groups.setdefault(id(node.data), ...): the group of each FileData, once seen */
+	int32_t *group_of = PyMem_RawMalloc(((size_t)t->node_count + 1) * sizeof(int32_t));
+	if (group_of == NULL) {
+		PyErr_NoMemory();
+		goto done;
+	}
+	for (int32_t id = 0; id < t->node_count; id++)
+		group_of[id] = NONE;
+	if (append(&stack, &stack_count, &stack_cap, ROOT) < 0)
+		goto done;
+	while (stack_count > 0) {
+		int32_t dir = stack[--stack_count];
+		int32_t child_count = 0;
+		for (int32_t c = t->nodes[dir].u.first_child; c != NONE; c = t->nodes[c].next_sibling)
+			if (append(&children, &child_count, &child_cap, c) < 0)
+				goto done;
+		if (child_count > 1)
+			qsort_r(children, child_count, sizeof(int32_t), compare_names, t->nodes);
+		int32_t subdirs = 0;
+		for (int32_t k = 0; k < child_count; k++) {
+			int32_t id = children[k];
+			Node *n = &t->nodes[id];
+			if (n->kind == K_DIR) {
+				if (append(&t->dirs, &t->dir_count, &dir_cap, id) < 0)
+					goto done;
+				children[subdirs++] = id; /* k >= subdirs: nothing unread is overwritten */
+			} else if (n->kind == K_SYMLINK) {
+				if (append(&t->symlinks, &t->symlink_count, &symlink_cap, id) < 0)
+					goto done;
+			} else if (group_of[n->data] == NONE) {
+				if (grow((void **)&t->groups, &group_cap, t->group_count + 1,
+					 sizeof(Group)) < 0)
+					goto done;
+				group_of[n->data] = t->group_count;
+				t->groups[t->group_count++] = (Group){n->data, id, id, 1};
+				t->data_bytes += t->nodes[n->data].u.file.size;
+			} else {
+				Group *g = &t->groups[group_of[n->data]];
+				t->nodes[g->last_name].next_name = id;
+				g->last_name = id;
+				g->names++;
+				t->hardlinks++;
+			}
+		}
+		while (subdirs > 0) /* stack.extend(reversed(subdirs)) */
+			if (append(&stack, &stack_count, &stack_cap, children[--subdirs]) < 0)
+				goto done;
+	}
+	result = 0;
+done:
+	PyMem_RawFree(group_of);
+	PyMem_RawFree(stack);
+	PyMem_RawFree(children);
+	return result;
+}
+
+/* -- merge(indexes) ------------------------------------------------------------- */
+
+static PyTypeObject TreeType;
+static int by_layer_and_offset(const void *a, const void *b, void *context);
+
+static PyObject *merge(PyObject *module, PyObject *arg)
+{
+	(void)module;
+	Merge m = {0};
+	Tree *t = PyObject_New(Tree, &TreeType);
+	if (t == NULL)
+		return NULL;
+	memset((char *)t + sizeof(PyObject), 0, sizeof(Tree) - sizeof(PyObject));
+	t->indexes = PySequence_Tuple(arg);
+	if (t->indexes == NULL)
+		goto fail;
+	Py_ssize_t count = PyTuple_GET_SIZE(t->indexes);
+	t->layers = PyTuple_New(count);
+	if (t->layers == NULL || rehash(t, 1024) < 0 ||
+	    new_node(t, K_DIR, IMPLICIT_DIR_MODE, 0, (Str){"", 0}) != ROOT)
+		goto fail;
+	m.t = t;
+	if (grow((void **)&m.stack, &m.stack_cap, 64, sizeof(int32_t)) < 0)
+		goto fail;
+	for (Py_ssize_t i = 0; i < count; i++) {
+		IndexHeader h;
+		if (read_header(PyTuple_GET_ITEM(t->indexes, i), &h) < 0)
+			goto fail;
+		PyObject *layer = text(h.layer);
+		if (layer == NULL)
+			goto fail;
+		PyTuple_SET_ITEM(t->layers, i, layer);
+		m.number = (int32_t)i;
+		m.layer = layer;
+		t->dropped += h.dropped;
+		if (merge_layer(&m, &h) < 0)
+			goto fail;
+	}
+	if (collect(t) < 0)
+		goto fail;
+	if (t->group_count > 1)
+		qsort_r(t->groups, t->group_count, sizeof(Group), by_layer_and_offset, t);
+	PyMem_RawFree(m.pending);
+	PyMem_RawFree(m.stack);
+	return (PyObject *)t;
+fail:
+	PyMem_RawFree(m.pending);
+	PyMem_RawFree(m.stack);
+	Py_DECREF(t);
+	return NULL;
+}
+
+/* -- the canonical tar (tarstream._header, TarWriter) --------------------------- */
+
+typedef struct {
+	int fd;
+	char *buf;
+	size_t len;
+} Out;
+
+/* Writes everything buffered to the fd, without the GIL. */
+static int out_flush(Out *o)
+{
+	size_t done = 0;
+	int error = 0;
+	Py_BEGIN_ALLOW_THREADS
+	while (done < o->len) {
+		ssize_t n = write(o->fd, o->buf + done, o->len - done);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			error = errno;
+			break;
+		}
+		done += (size_t)n;
+	}
+	Py_END_ALLOW_THREADS
+	o->len = 0;
+	if (error) {
+		errno = error;
+		PyErr_SetFromErrno(PyExc_OSError);
+		return -1;
+	}
+	return 0;
+}
+
+static int out_put(Out *o, const void *data, size_t count)
+{
+	const char *p = data;
+	while (count > 0) {
+		if (o->len == OUT_BUFFER && out_flush(o) < 0)
+			return -1;
+		size_t room = OUT_BUFFER - o->len;
+		size_t n = count < room ? count : room;
+		memcpy(o->buf + o->len, p, n);
+		o->len += n;
+		p += n;
+		count -= n;
+	}
+	return 0;
+}
+
+static int out_zeros(Out *o, size_t count)
+{
+	static const char zeros[BLOCK * 2];
+	while (count > 0) {
+		size_t n = count < sizeof(zeros) ? count : sizeof(zeros);
+		if (out_put(o, zeros, n) < 0)
+			return -1;
+		count -= n;
+	}
+	return 0;
+}
+
+static void octal(unsigned char *field, int digits, uint64_t value)
+{
+	for (int i = digits - 1; i >= 0; i--) {
+		field[i] = (unsigned char)('0' + (value & 7));
+		value >>= 3;
+	}
+}
+
+static int is_ascii(Str s)
+{
+	for (uint32_t i = 0; i < s.len; i++)
+		if ((unsigned char)s.ptr[i] >= 0x80)
+			return 0;
+	return 1;
+}
+
+/* tarstream._ustar_block (over _template: root:root, ustar magic) */
+static void ustar_block(unsigned char *block, Str prefix, Str base, char kind, uint32_t mode,
+			int64_t mtime, uint64_t size, Str link)
+{
+	memset(block, 0, BLOCK);
+	memcpy(block, base.ptr, base.len);
+	octal(block + 100, 7, mode & 07777);
+	memcpy(block + 108, "0000000\0" "0000000", 16);
+	octal(block + 124, 11, size);
+	octal(block + 136, 11, (uint64_t)mtime);
+	memset(block + 148, ' ', 8);
+	block[156] = (unsigned char)kind;
+	memcpy(block + 157, link.ptr, link.len);
+	memcpy(block + 257, "ustar\0" "00" "root", 12);
+	memcpy(block + 297, "root", 4);
+	memcpy(block + 329, "0000000\0" "0000000", 16);
+	memcpy(block + 345, prefix.ptr, prefix.len);
+	unsigned sum = 0;
+	for (int i = 0; i < BLOCK; i++)
+		sum += block[i];
+	octal(block + 148, 6, sum);
+	block[154] = 0;
+	block[155] = ' ';
+}
+
+static int decimal_digits(uint64_t n)
+{
+	int digits = 1;
+	while (n >= 10) {
+		n /= 10;
+		digits++;
+	}
+	return digits;
+}
+
+/* tarstream._pax_record: "<length> key=value\n", length counting itself */
+static size_t pax_record(char *at, const char *key, Str value)
+{
+	size_t body = 1 + strlen(key) + 1 + value.len + 1;
+	size_t length = body + 1;
+	while ((size_t)decimal_digits(length) + body != length)
+		length = (size_t)decimal_digits(length) + body;
+	if (at != NULL) {
+		int n = sprintf(at, "%zu %s=", length, key);
+		memcpy(at + n, value.ptr, value.len);
+		at[n + value.len] = '\n';
+	}
+	return length;
+}
+
+/* _split_ustar_name: prefix and name fields, or 0 when the name needs a PAX path. */
+static int split_ustar_name(Str name, Str *prefix, Str *base)
+{
+	if (name.len <= 100) {
+		*prefix = (Str){"", 0};
+		*base = name;
+		return 1;
+	}
+	int64_t cut = (name.len < 156 ? name.len : 156) - 1;
+	while (cut >= 0 && name.ptr[cut] != '/')
+		cut--;
+	if (cut > 0 && cut < (int64_t)name.len - 1 && name.len - cut - 1 <= 100) {
+		*prefix = (Str){name.ptr, (uint32_t)cut};
+		*base = (Str){name.ptr + cut + 1, name.len - (uint32_t)cut - 1};
+		return 1;
+	}
+	return 0;
+}
+
+/* tarstream._header: one member's header(s) */
+static int put_header(Out *o, Str name, char kind, uint32_t mode, int64_t mtime,
+		      uint64_t size, Str link)
+{
+	Str prefix, base;
+	int pax_path = !split_ustar_name(name, &prefix, &base) || !is_ascii(name);
+	if (pax_path) {
+		prefix = (Str){"", 0};
+		base = (Str){name.ptr, name.len < 100 ? name.len : 100};
+	}
+	int pax_link = link.len > 100 || !is_ascii(link);
+	int pax_size = size > (uint64_t)USTAR_MAX_NUMBER;
+	char size_text[24];
+	Str size_value = {size_text, (uint32_t)snprintf(size_text, sizeof(size_text), "%llu",
+							(unsigned long long)size)};
+	mtime = mtime < 0 ? 0 : mtime > USTAR_MAX_NUMBER ? USTAR_MAX_NUMBER : mtime;
+	Str short_link = {link.ptr, link.len < 100 ? link.len : 100};
+	unsigned char block[BLOCK];
+	if (pax_path || pax_link || pax_size) {
+		size_t length = (pax_path ? pax_record(NULL, "path", name) : 0) +
+				(pax_link ? pax_record(NULL, "linkpath", link) : 0) +
+				(pax_size ? pax_record(NULL, "size", size_value) : 0);
+		char *records = PyMem_RawMalloc(length + 32);
+		if (records == NULL) {
+			PyErr_NoMemory();
+			return -1;
+		}
+		size_t at = 0;
+		if (pax_path)
+			at += pax_record(records + at, "path", name);
+		if (pax_link)
+			at += pax_record(records + at, "linkpath", link);
+		if (pax_size)
+			at += pax_record(records + at, "size", size_value);
+		ustar_block(block, (Str){"", 0}, (Str){"PaxHeader", 9}, 'x', 0644, mtime, length,
+			    (Str){"", 0});
+		int failed = out_put(o, block, BLOCK) < 0 || out_put(o, records, length) < 0 ||
+			     out_zeros(o, (BLOCK - length % BLOCK) % BLOCK) < 0;
+		PyMem_RawFree(records);
+		if (failed)
+			return -1;
+	}
+	ustar_block(block, prefix, base, kind, mode, mtime, pax_size ? 0 : size, short_link);
+	return out_put(o, block, BLOCK);
+}
+
+/* The path of a node: its names from the root, joined by "/" (into a growing buffer). */
+typedef struct {
+	char *buf;
+	int32_t len, cap;
+	int32_t *chain;
+	int32_t chain_count, chain_cap;
+} PathBuffer;
+
+static int path_of(Tree *t, int32_t id, PathBuffer *p, Str *path)
+{
+	p->chain_count = 0;
+	for (int32_t at = id; at != ROOT; at = t->nodes[at].parent)
+		if (append(&p->chain, &p->chain_count, &p->chain_cap, at) < 0)
+			return -1;
+	p->len = 0;
+	while (p->chain_count > 0) {
+		Str name = name_of(&t->nodes[p->chain[--p->chain_count]]);
+		if (grow((void **)&p->buf, &p->cap, p->len + (int32_t)name.len + 1, 1) < 0)
+			return -1;
+		if (p->len > 0)
+			p->buf[p->len++] = '/';
+		memcpy(p->buf + p->len, name.ptr, name.len);
+		p->len += (int32_t)name.len;
+	}
+	*path = (Str){p->buf, (uint32_t)p->len};
+	return 0;
+}
+
+/* -- file data, copied by offset (write_flat_tar's layer pass) ------------------ */
+
+typedef struct {
+	PyObject *stream, *view; /* the decompressed layer, and a memoryview of buf */
+	char *buf;
+	size_t pos, len;  /* unread bytes: buf[pos:len] */
+	uint64_t at;      /* stream offset of buf[pos] */
+	PyObject *on_bytes;
+	uint64_t unreported;
+} Layer;
+
+/* Refills the buffer by stream.readinto; 0 at the end of the stream. */
+static int64_t refill(Layer *l)
+{
+	PyObject *got = PyObject_CallMethod(l->stream, "readinto", "O", l->view);
+	if (got == NULL)
+		return -1;
+	Py_ssize_t n = PyLong_Check(got) ? PyLong_AsSsize_t(got) : -1;
+	Py_DECREF(got);
+	if (n < 0 || n > READ_CHUNK) {
+		if (!PyErr_Occurred())
+			PyErr_SetString(PyExc_ValueError, "a layer stream's readinto returned no count");
+		return -1;
+	}
+	l->pos = 0;
+	l->len = (size_t)n;
+	return n;
+}
+
+static int report(Layer *l, uint64_t count, int force)
+{
+	l->unreported += count;
+	if (l->on_bytes == Py_None || l->unreported == 0 ||
+	    (!force && l->unreported < PROGRESS_STEP))
+		return 0;
+	PyObject *done = PyObject_CallFunction(l->on_bytes, "K", (unsigned long long)l->unreported);
+	l->unreported = 0;
+	Py_XDECREF(done);
+	return done == NULL ? -1 : 0;
+}
+
+static void truncated(PyObject *layer, const char *message, Str *member, const char *hint)
+{
+	PyObject *name = member ? text(*member) : NULL;
+	if (member && name == NULL)
+		return;
+	raise_rejected(member ? PyUnicode_FromFormat(message, layer, name)
+			      : PyUnicode_FromFormat(message, layer), hint);
+	Py_XDECREF(name);
+}
+
+/* Skips to the data of `d` (the layer read forward only), then copies it to `o`. */
+static int copy_member(Layer *l, PyObject *layer, const Node *d, Out *o)
+{
+	int64_t offset = d->u.file.offset;
+	Str member = {d->name - d->member_prefix, (uint32_t)d->member_prefix + d->name_len};
+	if (offset < 0 || (uint64_t)offset < l->at) {
+		PyErr_SetString(PyExc_ValueError, "a compact layer index without data offsets");
+		return -1;
+	}
+	while (l->at < (uint64_t)offset) {
+		if (l->pos == l->len) {
+			int64_t n = refill(l);
+			if (n < 0)
+				return -1;
+			if (n == 0) {
+				truncated(layer, "layer %U ends before member %R", &member,
+					  "the layer is truncated; pull the image again");
+				return -1;
+			}
+		}
+		uint64_t skip = (uint64_t)offset - l->at, have = l->len - l->pos;
+		size_t n = (size_t)(skip < have ? skip : have);
+		l->pos += n;
+		l->at += n;
+	}
+	for (uint64_t left = d->u.file.size; left > 0;) {
+		if (l->pos == l->len) {
+			int64_t n = refill(l);
+			if (n < 0)
+				return -1;
+			if (n == 0) {
+				truncated(layer, "layer %U ends in the middle of a tar member", NULL,
+					  "the layer is truncated or corrupt");
+				return -1;
+			}
+		}
+		uint64_t have = l->len - l->pos;
+		size_t n = (size_t)(left < have ? left : have);
+		if (out_put(o, l->buf + l->pos, n) < 0 || report(l, n, 0) < 0)
+			return -1;
+		l->pos += n;
+		l->at += n;
+		left -= n;
+	}
+	return out_zeros(o, (BLOCK - d->u.file.size % BLOCK) % BLOCK);
+}
+
+/* A file's header and data, then a hardlink header for each other name (_write_layer_files). */
+static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
+{
+	Str first, other;
+	const Node *d = &t->nodes[g->data];
+	if (path_of(t, g->first_name, p, &first) < 0 ||
+	    put_header(o, first, '0', d->mode, d->mtime, d->u.file.size, (Str){"", 0}) < 0 ||
+	    copy_member(l, PyTuple_GET_ITEM(t->layers, d->u.file.layer), d, o) < 0)
+		return -1;
+	if (g->names == 1)
+		return 0;
+	/* the first name is kept aside: path_of reuses the buffer */
+	char *kept = PyMem_RawMalloc(first.len + 1);
+	if (kept == NULL) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	memcpy(kept, first.ptr, first.len);
+	Str target = {kept, first.len};
+	int result = 0;
+	for (int32_t id = t->nodes[g->first_name].next_name; id != NONE && result == 0;
+	     id = t->nodes[id].next_name)
+		result = path_of(t, id, p, &other) < 0 ? -1
+			 : put_header(o, other, '1', d->mode, d->mtime, 0, target);
+	PyMem_RawFree(kept);
+	return result;
+}
+
+/* write_flat_tar's order: by layer, then by member (offsets grow with the ordinal). */
+static int by_layer_and_offset(const void *a, const void *b, void *context)
+{
+	const Tree *t = context;
+	const Node *x = &t->nodes[((const Group *)a)->data], *y = &t->nodes[((const Group *)b)->data];
+	if (x->u.file.layer != y->u.file.layer)
+		return x->u.file.layer < y->u.file.layer ? -1 : 1;
+	return x->u.file.offset < y->u.file.offset ? -1 : x->u.file.offset > y->u.file.offset;
+}
+
+static int32_t layer_of(const Tree *t, const Group *g)
+{
+	return t->nodes[g->data].u.file.layer;
+}
+
+/* The exception being raised, kept aside while the layer stream is closed (PyErr_Fetch
+   is deprecated from Python 3.12 on, and -Werror would refuse it). */
+#if PY_VERSION_HEX >= 0x030C0000
+typedef PyObject *SavedError;
+static SavedError save_error(void)
+{
+	return PyErr_GetRaisedException();
+}
+static void restore_error(SavedError error)
+{
+	if (error != NULL) {
+		PyErr_Clear();
+		PyErr_SetRaisedException(error);
+	}
+}
+#else
+typedef struct {
+	PyObject *type, *value, *traceback;
+} SavedError;
+static SavedError save_error(void)
+{
+	SavedError error;
+	PyErr_Fetch(&error.type, &error.value, &error.traceback);
+	return error;
+}
+static void restore_error(SavedError error)
+{
+	if (error.type != NULL) {
+		PyErr_Clear();
+		PyErr_Restore(error.type, error.value, error.traceback);
+	}
+}
+#endif
+
+/* Every file of layer `number`, from the stream open_layer(number) gives (closed after). */
+static int write_layer(Tree *t, PyObject *open_layer, int32_t number, const Group *order,
+		       int32_t count, Layer *l, Out *o, PathBuffer *p)
+{
+	l->stream = PyObject_CallFunction(open_layer, "i", number);
+	if (l->stream == NULL)
+		return -1;
+	l->pos = l->len = 0;
+	l->at = 0;
+	int result = 0;
+	for (int32_t k = 0; k < count && result == 0; k++)
+		result = write_group(t, l, &order[k], o, p);
+	/* contextlib.closing: closed whatever happened; the first error is the one reported */
+	SavedError first = save_error();
+	PyObject *closed = PyObject_CallMethod(l->stream, "close", NULL);
+	if (closed == NULL && result == 0)
+		result = -1;
+	restore_error(first);
+	Py_XDECREF(closed);
+	Py_CLEAR(l->stream);
+	return result;
+}
+
+/* Directories, symlinks, then the files layer by layer; two zero blocks (write_flat_tar). */
+static int write_tar(Tree *t, PyObject *open_layer, Out *o, Layer *l, PathBuffer *p)
+{
+	Str path;
+	for (int32_t k = 0; k < t->dir_count; k++) {
+		Node *n = &t->nodes[t->dirs[k]];
+		if (path_of(t, t->dirs[k], p, &path) < 0 ||
+		    put_header(o, path, '5', n->mode, n->mtime, 0, (Str){"", 0}) < 0)
+			return -1;
+	}
+	for (int32_t k = 0; k < t->symlink_count; k++) {
+		Node *n = &t->nodes[t->symlinks[k]];
+		if (path_of(t, t->symlinks[k], p, &path) < 0 ||
+		    put_header(o, path, '2', 0777, n->mtime, 0,
+			       (Str){n->u.link.ptr, n->u.link.len}) < 0)
+			return -1;
+	}
+	const Group *order = t->groups; /* by layer and member since merge() */
+	int result = 0;
+	for (int32_t start = 0, end; start < t->group_count && result == 0; start = end) {
+		int32_t number = layer_of(t, &order[start]);
+		for (end = start; end < t->group_count && layer_of(t, &order[end]) == number; end++)
+			;
+		result = write_layer(t, open_layer, number, order + start, end - start, l, o, p);
+	}
+	if (result < 0 || report(l, 0, 1) < 0 || out_zeros(o, 2 * BLOCK) < 0)
+		return -1;
+	return out_flush(o);
+}
+
+static PyObject *tree_write(Tree *t, PyObject *args, PyObject *kwargs)
+{
+	static char *names[] = {"open_layer", "out_fd", "on_bytes", NULL};
+	PyObject *open_layer, *on_bytes = Py_None;
+	Out o = {0};
+	Layer l = {0};
+	PathBuffer p = {0};
+	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oi|O", names, &open_layer, &o.fd,
+					 &on_bytes))
+		return NULL;
+	l.on_bytes = on_bytes;
+	o.buf = PyMem_RawMalloc(OUT_BUFFER);
+	l.buf = PyMem_RawMalloc(READ_CHUNK);
+	int result = -1;
+	if (o.buf == NULL || l.buf == NULL) {
+		PyErr_NoMemory();
+	} else {
+		l.view = PyMemoryView_FromMemory(l.buf, READ_CHUNK, PyBUF_WRITE);
+		if (l.view != NULL)
+			result = write_tar(t, open_layer, &o, &l, &p);
+	}
+	Py_XDECREF(l.view);
+	PyMem_RawFree(o.buf);
+	PyMem_RawFree(l.buf);
+	PyMem_RawFree(p.buf);
+	PyMem_RawFree(p.chain);
+	if (result < 0)
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+/* -- the Tree type -------------------------------------------------------------- */
+
+/* The layers holding surviving file data (the ones write() opens), ascending. */
+static PyObject *tree_data_layers(Tree *t, PyObject *unused)
+{
+	(void)unused;
+	Py_ssize_t count = PyTuple_GET_SIZE(t->layers);
+	char *used = PyMem_RawCalloc((size_t)count + 1, 1);
+	if (used == NULL)
+		return PyErr_NoMemory();
+	for (int32_t k = 0; k < t->group_count; k++)
+		used[layer_of(t, &t->groups[k])] = 1;
+	PyObject *list = PyList_New(0);
+	for (Py_ssize_t i = 0; list != NULL && i < count; i++) {
+		if (!used[i])
+			continue;
+		PyObject *number = PyLong_FromSsize_t(i);
+		if (number == NULL || PyList_Append(list, number) < 0)
+			Py_CLEAR(list);
+		Py_XDECREF(number);
+	}
+	PyMem_RawFree(used);
+	return list;
+}
+
+static void tree_dealloc(Tree *t)
+{
+	Py_XDECREF(t->indexes);
+	Py_XDECREF(t->layers);
+	PyMem_RawFree(t->nodes);
+	PyMem_RawFree(t->buckets);
+	PyMem_RawFree(t->dirs);
+	PyMem_RawFree(t->symlinks);
+	PyMem_RawFree(t->groups);
+	PyObject_Free(t);
+}
+
+static PyObject *get_files(Tree *t, void *c) { (void)c; return PyLong_FromLong(t->group_count); }
+static PyObject *get_dirs(Tree *t, void *c) { (void)c; return PyLong_FromLong(t->dir_count); }
+static PyObject *get_symlinks(Tree *t, void *c) { (void)c; return PyLong_FromLong(t->symlink_count); }
+static PyObject *get_hardlinks(Tree *t, void *c) { (void)c; return PyLong_FromUnsignedLongLong(t->hardlinks); }
+static PyObject *get_dropped(Tree *t, void *c) { (void)c; return PyLong_FromUnsignedLongLong(t->dropped); }
+static PyObject *get_data_bytes(Tree *t, void *c) { (void)c; return PyLong_FromUnsignedLongLong(t->data_bytes); }
+static PyObject *get_layers(Tree *t, void *c) { (void)c; Py_INCREF(t->layers); return t->layers; }
+static PyObject *get_nodes(Tree *t, void *c) { (void)c; return PyLong_FromLong(t->node_count); }
+
+static PyGetSetDef tree_getset[] = {
+	{"files", (getter)get_files, NULL, "surviving files (link groups)", NULL},
+	{"dirs", (getter)get_dirs, NULL, "surviving directories", NULL},
+	{"symlinks", (getter)get_symlinks, NULL, "surviving symlinks", NULL},
+	{"hardlinks", (getter)get_hardlinks, NULL, "names beyond the first of each link group", NULL},
+	{"dropped", (getter)get_dropped, NULL, "members the layers dropped", NULL},
+	{"data_bytes", (getter)get_data_bytes, NULL, "bytes of surviving file data", NULL},
+	{"layers", (getter)get_layers, NULL, "the layer names, oldest first", NULL},
+	{"nodes", (getter)get_nodes, NULL, "nodes made while merging (memory used)", NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef tree_methods[] = {
+	{"write", (PyCFunction)(void (*)(void))tree_write, METH_VARARGS | METH_KEYWORDS,
+	 "write(open_layer, out_fd, on_bytes=None): the canonical tar into the fd"},
+	{"data_layers", (PyCFunction)tree_data_layers, METH_NOARGS,
+	 "the layers holding surviving file data"},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TreeType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "imagegw.pipeline.native._flat.Tree",
+	.tp_basicsize = sizeof(Tree),
+	.tp_dealloc = (destructor)tree_dealloc,
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = "A merged image tree (merge() makes one).",
+	.tp_methods = tree_methods,
+	.tp_getset = tree_getset,
+};
+
+static PyMethodDef module_methods[] = {
+	{"merge", merge, METH_O, "merge(indexes): the tree of compact layer indexes, oldest first"},
+	{NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef flat_module = {
+	PyModuleDef_HEAD_INIT, "_flat", "The compiled OCI merge and canonical tar writer.", -1,
+	module_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__flat(void)
+{
+	if (PyType_Ready(&TreeType) < 0)
+		return NULL;
+	PyObject *errors = PyImport_ImportModule("imagegw.domain.errors");
+	if (errors == NULL)
+		return NULL;
+	ContentRejected = PyObject_GetAttrString(errors, "ContentRejected");
+	Py_DECREF(errors);
+	if (ContentRejected == NULL)
+		return NULL;
+	PyObject *module = PyModule_Create(&flat_module);
+	if (module == NULL)
+		return NULL;
+	Py_INCREF(&TreeType);
+	if (PyModule_AddObject(module, "Tree", (PyObject *)&TreeType) < 0) {
+		Py_DECREF(&TreeType);
+		Py_DECREF(module);
+		return NULL;
+	}
+	return module;
+}
