@@ -388,6 +388,7 @@ class _PullProgress:
         self._total = total
         self._done = 0
         self._pending = count
+        self._converted = (0, 0)  # (total, done) last reported
         self._lock = threading.Lock()
 
     def start(self, image_file: str) -> None:
@@ -417,8 +418,15 @@ class _PullProgress:
         with self._lock:
             if self._pending:
                 return  # the download progress speaks until the last layer is here
-        self._emit(Progress(Stage.CONVERTING, layer_count=self._count, bytes_done=done,
-                            bytes_total=total, message="converting"))
+            # Two threads count the conversion (a layer is read ahead beside the one
+            # written); a count one of them was late to report would move the bar back.
+            # (A new total is a new count: the two-pass flatten after the one pass.)
+            last_total, last_done = self._converted
+            if total == last_total and done < last_done:
+                return
+            self._converted = (total, done)
+            self._emit(Progress(Stage.CONVERTING, layer_count=self._count, bytes_done=done,
+                                bytes_total=total, message="converting"))
 
 
 def _publish_progress(emit: Throttle, image_file: str) -> Callable[[int, int], None]:
