@@ -1,46 +1,64 @@
-"""The cyclic garbage collector is off while build jobs run (worker/collector.py)."""
+"""Full garbage collections are deferred while build jobs run (worker/collector.py)."""
 
 from __future__ import annotations
 
 import gc
 import threading
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from imagegw.worker import collector
-from imagegw.worker.collector import collector_paused
+from imagegw.worker.collector import FULL_COLLECTION_EVERY, full_collections_deferred
+
+DEFAULT = (700, 10, 10)
 
 
 @pytest.fixture(autouse=True)
-def collector_on() -> Iterator[None]:
-    was = gc.isenabled()
-    gc.enable()
+def cpython_thresholds() -> Iterator[None]:
+    was = gc.get_threshold()
+    gc.set_threshold(*DEFAULT)
     yield
-    gc.enable() if was else gc.disable()
+    gc.set_threshold(*was)
 
 
-def test_the_collector_is_off_during_a_build_and_on_after_it() -> None:
-    with collector_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
+def test_full_collections_wait_during_a_build_and_not_after_it() -> None:
+    with full_collections_deferred():
+        assert gc.get_threshold() == (700, 10, FULL_COLLECTION_EVERY)
+    assert gc.get_threshold() == DEFAULT
 
 
-def test_overlapping_builds_keep_it_off_until_the_last_one_ends() -> None:
+def test_a_build_still_collects_cycles_of_the_young_generations() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    with full_collections_deferred():
+        gc.collect()
+        freed = threading.Event()
+        node = Node()
+        weakref.finalize(node, freed.set)
+        del node  # a cycle: only the collector frees it
+        kept = [[] for _ in range(3 * 700)]  # containers enough for a young collection
+        assert freed.is_set()
+        del kept
+
+
+def test_overlapping_builds_keep_the_deferral_until_the_last_one_ends() -> None:
     first_in, second_in, first_done = threading.Event(), threading.Event(), threading.Event()
-    seen: list[bool] = []
+    seen: list[tuple[int, int, int]] = []
 
     def first() -> None:
-        with collector_paused():
+        with full_collections_deferred():
             first_in.set()
             second_in.wait(10)
         first_done.set()
 
     def second() -> None:
-        with collector_paused():
+        with full_collections_deferred():
             second_in.set()
             first_done.wait(10)
-            seen.append(gc.isenabled())  # the first build ended; this one still runs
+            seen.append(gc.get_threshold())  # the first build ended; this one still runs
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     threads[0].start()
@@ -48,29 +66,18 @@ def test_overlapping_builds_keep_it_off_until_the_last_one_ends() -> None:
     threads[1].start()
     for thread in threads:
         thread.join(10)
-    assert seen == [False]
-    assert gc.isenabled()
+    assert seen == [(700, 10, FULL_COLLECTION_EVERY)]
+    assert gc.get_threshold() == DEFAULT
 
 
-def test_a_build_that_fails_still_turns_it_back_on() -> None:
-    with pytest.raises(RuntimeError), collector_paused():
+def test_a_build_that_fails_sets_the_thresholds_back() -> None:
+    with pytest.raises(RuntimeError), full_collections_deferred():
         raise RuntimeError("conversion failed")
-    assert gc.isenabled()
+    assert gc.get_threshold() == DEFAULT
 
 
-def test_a_collector_someone_turned_off_stays_off() -> None:
-    gc.disable()
-    with collector_paused():
-        pass
-    assert not gc.isenabled()
-
-
-def test_a_worker_never_idle_still_collects(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(collector, "LONGEST_PAUSE", 0.0)
-    collected: list[int] = []
-    monkeypatch.setattr(collector.gc, "collect", lambda: collected.append(1) or 0)
-    with collector_paused():
-        with collector_paused():
-            pass  # ends while the outer build runs, the pause being over its longest
-        assert collected == [1] and not gc.isenabled()
-    assert gc.isenabled()
+def test_a_site_s_own_thresholds_are_kept() -> None:
+    gc.set_threshold(5000, 20, 2000)
+    with full_collections_deferred():
+        assert gc.get_threshold() == (5000, 20, 2000)
+    assert gc.get_threshold() == (5000, 20, 2000)

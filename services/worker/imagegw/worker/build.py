@@ -45,7 +45,7 @@ from imagegw.registry.following import DownloadRestarted, GrowingBlob
 from imagegw.registry.policy import guard_for_reference
 from imagegw.registry.resolve import ResolvedImage, resolve_image
 from imagegw.signatures import load_site_trust
-from imagegw.worker.collector import collector_paused
+from imagegw.worker.collector import full_collections_deferred
 from imagegw.worker.signature_check import SignatureCheck
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class Builder:
             limits=self.config.limits, ca_bundle=location.sslcacert if location else None,
             address_check=guard_for_reference(self.config, reference),
         )
-        with collector_paused(), client:  # collector.py: full collections free nothing here
+        with full_collections_deferred(), client:  # collector.py: they free nothing here
             check = SignatureCheck(self.trust, job, reference, client)
             if reference.artifact or (location is not None and location.remotetype == "oras"):
                 return check.stamp(build_ready_made(job, reference, client, config=self.config,
