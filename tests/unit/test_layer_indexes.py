@@ -83,21 +83,6 @@ def test_the_index_kept_by_one_conversion_is_found_by_the_next(tmp_path: Path) -
     assert load_index(cache, digest, POLICY) == index
 
 
-def test_the_sidecar_is_the_indexes_own_json(tmp_path: Path) -> None:
-    # Written from the index's tuples without copying them into lists: the same text
-    # as LayerIndex.to_json, so sidecars of earlier versions and this one read alike.
-    data, digest = blob_of(*MEMBERS, L.opaque("etc"))
-    cache = CacheLayout(tmp_path).blob_cache()
-    path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
-    index = index_of(path, digest)
-    assert {entry.kind for entry in index.entries} == {"dir", "file", "symlink", "hardlink"}
-    assert index.markers
-    store_index(cache, index, POLICY)
-    text = cache.sidecar_path(digest, index_name(POLICY)).read_text()
-    assert text == json.dumps(index.to_json(), separators=(",", ":"))
-    assert LayerIndex.from_json(json.loads(text)) == index
-
-
 def test_indexes_are_kept_per_member_policy(tmp_path: Path) -> None:
     data, digest = blob_of(*MEMBERS)
     cache = CacheLayout(tmp_path).blob_cache()
