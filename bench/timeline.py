@@ -79,7 +79,7 @@ class Watcher(threading.Thread):
         running: set[int] = set()
         while not self.stopped.is_set():
             now = time.perf_counter() - self.start_time
-            kids = set()
+            kids: set[int] = set()
             for task in Path(f"/proc/{self.pid}/task").iterdir():
                 try:
                     kids.update(int(p) for p in (task / "children").read_text().split())
