@@ -171,6 +171,19 @@ def test_refetch_with_everything_cached_makes_zero_blob_gets(registry, tmp_path)
         assert proxy.count("GET", r"/manifests/") == 1
 
 
+def test_a_corrupt_image_config_fails_the_resolve_and_is_not_cached(registry, tmp_path):
+    # The config is hashed once, by the download, on its way into the cache.
+    pushed = push_image(registry.url, "test/cached", "v1", [os.urandom(5000)])
+    cache = CacheLayout(tmp_path / "cache").blob_cache()
+    with RegistryProxy(registry.url) as proxy:
+        proxy.faults.append(CorruptBody(rf"/blobs/{pushed.config_digest}$"))
+        with pytest.raises(DigestMismatch, match="hashes to"):
+            _resolve_and_fetch(proxy.url, cache)
+        assert not cache.has(pushed.config_digest)
+        assert _resolve_and_fetch(proxy.url, cache) == [True]
+        assert cache.path(pushed.config_digest).read_bytes() == pushed.config
+
+
 def test_corrupt_download_through_the_cache_publishes_nothing(registry, tmp_path):
     pushed = push_image(registry.url, "test/corrupt", "v1", [os.urandom(5000)])
     cache = CacheLayout(tmp_path).blob_cache()

@@ -12,32 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import threading
 from pathlib import Path
 from types import TracebackType
 
+from imagegw.registry.writeback import AVAILABLE, start_writeback
+
 log = logging.getLogger(__name__)
 
-SYNC_FILE_RANGE_WRITE = 2
-
 __all__ = ["EarlyWriteback"]
-
-
-def _sync_file_range() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        function = libc.sync_file_range
-    except (OSError, AttributeError, TypeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
 
 
 class EarlyWriteback:
@@ -50,7 +35,7 @@ class EarlyWriteback:
         self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
 
     def __enter__(self) -> EarlyWriteback:
-        if _SYNC_FILE_RANGE is not None:
+        if AVAILABLE:
             self._thread.start()
         return self
 
@@ -61,7 +46,6 @@ class EarlyWriteback:
             self._thread.join()
 
     def _run(self) -> None:
-        assert _SYNC_FILE_RANGE is not None
         fd = -1
         try:
             while not self._stop.wait(self._interval):
@@ -70,7 +54,7 @@ class EarlyWriteback:
                         fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
                     except OSError:
                         continue  # not created yet
-                if _SYNC_FILE_RANGE(fd, 0, 0, SYNC_FILE_RANGE_WRITE) != 0:
+                if not start_writeback(fd):
                     log.debug("sync_file_range on %s: errno %d; stopping early writeback",
                               self._path, ctypes.get_errno())
                     return

@@ -118,7 +118,8 @@ def _config_bytes(
                           max_bytes=limits.max_config_bytes)
 
     if cache is not None:
-        path, _ = cache.ensure(descriptor.digest, descriptor.size, fetch)
+        # fetch_blob checks size and sha256 as it writes: the cache need not hash it again.
+        path, _ = cache.ensure_verified(descriptor.digest, descriptor.size, fetch)
         return path.read_bytes()
     buffer = io.BytesIO()
     fetch(buffer)

@@ -44,6 +44,7 @@ from imagegw.registry.following import DownloadRestarted, GrowingBlob
 from imagegw.registry.policy import guard_for_reference
 from imagegw.registry.resolve import ResolvedImage, resolve_image
 from imagegw.signatures import load_site_trust
+from imagegw.worker.collector import full_collections_deferred
 from imagegw.worker.signature_check import SignatureCheck
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Builder:
             limits=self.config.limits, ca_bundle=location.sslcacert if location else None,
             address_check=guard_for_reference(self.config, reference),
         )
-        with client:
+        with full_collections_deferred(), client:  # collector.py: they free nothing here
             check = SignatureCheck(self.trust, job, reference, client)
             if reference.artifact or (location is not None and location.remotetype == "oras"):
                 return check.stamp(build_ready_made(job, reference, client, config=self.config,
@@ -389,6 +390,7 @@ class _PullProgress:
         self._total = total
         self._done = 0
         self._pending = count
+        self._converted = (0, 0)  # (total, done) last reported
         self._lock = threading.Lock()
 
     def start(self, image_file: str) -> None:
@@ -418,8 +420,15 @@ class _PullProgress:
         with self._lock:
             if self._pending:
                 return  # the download progress speaks until the last layer is here
-        self._emit(Progress(Stage.CONVERTING, layer_count=self._count, bytes_done=done,
-                            bytes_total=total, message="converting"))
+            # Two threads count the conversion (a layer is read ahead beside the one
+            # written); a count one of them was late to report would move the bar back.
+            # (A new total is a new count: the two-pass flatten after the one pass.)
+            last_total, last_done = self._converted
+            if total == last_total and done < last_done:
+                return
+            self._converted = (total, done)
+            self._emit(Progress(Stage.CONVERTING, layer_count=self._count, bytes_done=done,
+                                bytes_total=total, message="converting"))
 
 
 def _publish_progress(emit: Throttle, image_file: str) -> Callable[[int, int], None]:
