@@ -24,6 +24,7 @@ from tests.support import layers as L
 from tests.support.images import push_image
 from tests.support.proxy import RegistryProxy, Trickle
 from tests.support.redis_server import RedisServer
+from tests.support.rpc import details
 from tests.support.services import start_service
 from tests.support.squashfs_tree import read_squashfs, sha256
 
@@ -253,14 +254,14 @@ def test_seed_configs_start_unchanged_and_report_mongodb_unreachable(tmp_path, n
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         with grpc.insecure_channel(gateway.address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                              timeout=10)
+            reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(), timeout=10)  # (the health stub is untyped)
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
             with pytest.raises(grpc.RpcError) as info:
                 pb_stub(channel).LookupImage(pb.LookupImageRequest(
                     system="mycluster", reference="ubuntu:24.04"), timeout=30)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "MongoDB" in info.value.details()
+            assert "MongoDB" in details(info.value)
         assert gateway.process.poll() is None, "the gateway keeps running and retrying"
     finally:
         gateway.stop()

@@ -30,8 +30,11 @@ def test_each_step_of_a_download_is_queued_for_the_disk_before_its_fsync(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blobcache, "WRITEBACK_STEP", STEP)
     queued: list[tuple[int, int]] = []
-    monkeypatch.setattr(blobcache, "start_writeback",
-                        lambda fd, offset, count: queued.append((offset, count)) or True)
+    def start_writeback(fd: int, offset: int, count: int) -> bool:
+        queued.append((offset, count))
+        return True
+
+    monkeypatch.setattr(blobcache, "start_writeback", start_writeback)
     cache = CacheLayout(tmp_path).blob_cache()
 
     def fetch(out: BinaryIO) -> None:

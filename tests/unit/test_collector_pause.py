@@ -39,7 +39,7 @@ def test_a_build_still_collects_cycles_of_the_young_generations() -> None:
         node = Node()
         weakref.finalize(node, freed.set)
         del node  # a cycle: only the collector frees it
-        kept = [[] for _ in range(3 * 700)]  # containers enough for a young collection
+        kept: list[list[None]] = [[] for _ in range(3 * 700)]  # containers enough for a young collection
         assert freed.is_set()
         del kept
 

@@ -25,7 +25,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Literal, cast
 
 import pytest
 import zstandard
@@ -133,7 +133,7 @@ def test_without_the_extension_compact_uses_the_python_scanner(
 # -- crafted layers -------------------------------------------------------------------
 
 
-def mixed_layer(tar_format: int) -> bytes:
+def mixed_layer(tar_format: Literal[0, 1, 2]) -> bytes:
     long_dir = "/".join(f"level{n}-" + "d" * 40 for n in range(5))
     return tar_bytes(
         dir("etc", 0o750, mtime=7),
@@ -158,7 +158,8 @@ def mixed_layer(tar_format: int) -> bytes:
 @pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT,
                                         tarfile.PAX_FORMAT], ids=["ustar", "gnu", "pax"])
 @pytest.mark.parametrize("policy", POLICIES, ids=["default", "setuid-owner-access"])
-def test_every_tar_dialect_gives_the_same_index(tar_format: int, policy: MemberPolicy) -> None:
+def test_every_tar_dialect_gives_the_same_index(tar_format: Literal[0, 1, 2],
+                                               policy: MemberPolicy) -> None:
     if tar_format == tarfile.USTAR_FORMAT:  # ustar cannot hold the long names
         data = tar_bytes(file("usr/" + "p" * 120 + "/" + "n" * 99, b"prefix"),
                          file("a", b"x"), dir("d/"), symlink("s", "t"), tar_format=tar_format)

@@ -7,6 +7,7 @@ reading newest first could go wrong.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import random
@@ -149,6 +150,10 @@ PARENTS = ["d", "e"]
 NAMES = ["a", "b", "c", "d"]
 
 
+def _layer_stream(layers: list[bytes], number: int) -> BinaryIO:
+    return io.BytesIO(layers[number])
+
+
 def random_stack(rng: random.Random) -> list[bytes]:
     """2-4 layers of random members over a small name space, so that they collide."""
     layers = []
@@ -227,7 +232,7 @@ def test_generated_stacks_are_flattened_exactly_or_left_to_the_two_pass_flatten(
         out = io.BytesIO()
         try:
             streamed = stream_flat_tar([f"layer{n}" for n in range(len(layers))],
-                                       lambda n, blobs=layers: io.BytesIO(blobs[n]), out, policy=POLICY,
+                                       functools.partial(_layer_stream, layers), out, policy=POLICY,
                                        max_data_bytes=1 << 40)
             # Whatever gets written, tar2sqfs builds it: a wrong guess must end in a
             # fallback, never in a failed conversion of a good image.
