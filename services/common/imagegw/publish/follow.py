@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from imagegw.domain.errors import TransferFailed
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 SUPERBLOCK_SIZE = 96
 #: Bytes the reader stays behind the growing end while the writer runs.
 DEFAULT_LAG = 32 * 1024 * 1024
+#: While the writer runs, fewer bytes than this (or than the lag) wait for more: one
+#: remote `dd` a frame.
+MIN_FRAME = 4 * 1024 * 1024
 _POLL = 0.05
 
 
@@ -74,6 +78,7 @@ class FollowingPublish:
         superblock, commits. False when nothing was published and `final` should be
         published whole: the writer rewrote bytes already sent, or the stream failed (the
         conversion is not lost to a connection that broke while it ran)."""
+        converted = time.monotonic()
         self._done.set()
         self._thread.join()
         try:
@@ -89,17 +94,22 @@ class FollowingPublish:
             if os.fstat(self._fd).st_ino != os.stat(final).st_ino:
                 log.info("the converter started %s over; publishing it whole", final.name)
                 return False
+            ahead = self._sent
             try:
                 with LocalChecksum(self._fd) as checksum:
                     self._send_available(to_end=True)
+                    sent = time.monotonic()
                     self._remote.patch_head(os.pread(self._fd, SUPERBLOCK_SIZE, 0))
                     self._remote.commit(meta, checksum.result())
             except TransferFailed as exc:
                 log.warning("streaming %s failed (%s); publishing it whole", self._names[0],
                             exc)
                 return False
-            log.info("streamed %s to %s while it was built", self._names[0],
-                     self._remote.where)
+            done = time.monotonic()
+            log.info("streamed %s to %s while it was built: %.1f of %.1f MB sent before the "
+                     "conversion ended; then the rest in %.2f s, checked, synced and renamed "
+                     "in %.2f s", self._names[0], self._remote.where, ahead / 1e6,
+                     self._sent / 1e6, sent - converted, done - sent)
             return True
         finally:
             self.close()
@@ -138,6 +148,8 @@ class FollowingPublish:
         assert self._remote is not None
         size = os.fstat(self._fd).st_size
         limit = size if to_end else size - self._lag
+        if not to_end and limit - self._sent < min(MIN_FRAME, self._lag):
+            return False
         sent_any = False
         while self._sent < limit and not self._stop.is_set():
             count = min(FRAME_SIZE, limit - self._sent)

@@ -96,7 +96,6 @@ _SCRIPT = "; ".join([
     'IFS=" " read -r w a b c || exit 24; fi',
     '[ "$w" = COMMIT ] || exit 24',
     'want=$a; size=$b; mlen=$c',
-    '[ -z "$y" ] || wait "$y"',
     '{ sync -- "$t" 2>/dev/null || sync; } & y=$!',
     's=$(cksum < "$t") || exit 23',
     'wait "$y"',
