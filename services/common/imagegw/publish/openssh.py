@@ -385,15 +385,10 @@ class RemoteImage:
                 offset += sent
                 self._progress = time.monotonic()
         except OSError as exc:
-            raise self._ended(exc) from exc
+            raise self._ended() from exc
         finally:
             self._writing = False
         self._size += count
-
-    @property
-    def sent(self) -> int:
-        """Bytes appended to the remote temporary so far."""
-        return self._size
 
     def patch_head(self, head: bytes) -> None:
         """Rewrites the first len(head) bytes of the remote temporary (after every send),
@@ -450,11 +445,11 @@ class RemoteImage:
                 view = view[written:]
                 self._progress = time.monotonic()
         except OSError as exc:
-            raise self._ended(exc) from exc
+            raise self._ended() from exc
         finally:
             self._writing = False
 
-    def _ended(self, exc: OSError) -> Exception:
+    def _ended(self) -> Exception:
         """The error for a write into a session that ended: say why it did."""
         self._process.kill()
         self._process.wait()
