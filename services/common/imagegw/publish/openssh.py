@@ -82,13 +82,8 @@ _SCRIPT = "; ".join([
     'umask 077',
     'set -C; : > "$t" || exit 22; set +C; chmod "$mode" "$t" || exit 22',
     'echo READY',
-    'y=',
-    # After each frame, a flush of what is there starts unless one still runs: the disk
-    # writes while the stream goes on, and the last sync finds little left to do.
     'while IFS= read -r n && [ "$n" -gt 0 ]; do '
     'dd bs=131072 iflag=fullblock,count_bytes count="$n" 2>/dev/null >> "$t" || exit 23; '
-    'if [ -z "$y" ] || ! kill -0 "$y" 2>/dev/null; then '
-    '{ sync -- "$t" 2>/dev/null & } ; y=$!; fi; '
     'done',
     'IFS=" " read -r w a b c || exit 24',
     'if [ "$w" = PATCH ]; then '
