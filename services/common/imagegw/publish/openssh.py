@@ -82,8 +82,11 @@ _SCRIPT = "; ".join([
     'umask 077',
     'set -C; : > "$t" || exit 22; set +C; chmod "$mode" "$t" || exit 22',
     'echo READY',
+    # oflag=nocache: dd asks the kernel to start writing each block as it lands (pages
+    # still dirty stay cached): the final sync finds little left to write.
     'while IFS= read -r n && [ "$n" -gt 0 ]; do '
-    'dd bs=131072 iflag=fullblock,count_bytes count="$n" 2>/dev/null >> "$t" || exit 23; '
+    'dd bs=131072 iflag=fullblock,count_bytes count="$n" oflag=append,nocache conv=notrunc '
+    'of="$t" 2>/dev/null || exit 23; '
     'done',
     'IFS=" " read -r w a b c || exit 24',
     'if [ "$w" = PATCH ]; then '
