@@ -4,8 +4,9 @@ One `ssh` session per publish runs a short POSIX shell script on the remote host
 creates the temporary and appends what arrives to it (`dd`, length-prefixed frames, so a
 sender that dies mid-stream is told apart from a finished one: the script then exits and
 its trap removes the temporaries). The sender's closing line names the size and POSIX
-`cksum` CRC of the local file; the script checks its temporary against them (while
-`sync` flushes it), writes the meta file, syncs it, and renames image then meta.
+`cksum` CRC of the local file, then the meta file's bytes; the script writes the meta
+temporary, checks the image temporary against size and CRC while `sync` flushes both,
+and renames image then meta.
 
 Why a CRC of the written file, and not a sha256 of what arrives: SSH's MAC already
 guards every byte on the wire; what the check guards against is a copy on the remote
@@ -94,17 +95,16 @@ _SCRIPT = "; ".join([
     'IFS=" " read -r w a b c || exit 24; fi',
     '[ "$w" = COMMIT ] || exit 24',
     'want=$a; size=$b; mlen=$c',
-    '{ sync -- "$t" 2>/dev/null || sync; } & y=$!',
+    'set -C; : > "$m" || exit 22; set +C; chmod "$mode" "$m" || exit 22',
+    'if [ "$mlen" -gt 0 ]; then '
+    'dd bs="$mlen" count=1 iflag=fullblock of="$m" 2>/dev/null || exit 27; fi',
+    '[ "$(stat -c %s -- "$m")" = "$mlen" ] || exit 27',
+    '{ sync -- "$t" "$m" 2>/dev/null || sync; } & y=$!',
     's=$(cksum < "$t") || exit 23',
     'wait "$y"',
     'set -- $s',
     '[ "$2" = "$size" ] || { echo "SIZE $2"; exit 25; }',
     '[ "$1" = "$want" ] || { echo "CKSUM $1"; exit 26; }',
-    'set -C; : > "$m" || exit 22; set +C; chmod "$mode" "$m" || exit 22',
-    'if [ "$mlen" -gt 0 ]; then '
-    'dd bs="$mlen" count=1 iflag=fullblock of="$m" 2>/dev/null || exit 27; fi',
-    '[ "$(stat -c %s -- "$m")" = "$mlen" ] || exit 27',
-    '{ sync -- "$m" 2>/dev/null || sync; }',
     # The runtime reads the meta file first: it must never name a missing image.
     'mv -fT -- "$t" "$f" || exit 28',
     'mv -fT -- "$m" "$g" || exit 28',
