@@ -163,6 +163,32 @@ def test_a_copy_that_differs_from_the_local_file_is_not_renamed(
     assert _eventually_empty(image_dir)
 
 
+def test_a_copy_damaged_on_the_remote_file_system_is_not_renamed(
+    sshd_target: SshdServer, image_dir: Path
+) -> None:
+    # What the check is for: the bytes crossed the wire intact (SSH's MAC), but the copy
+    # on the remote file system is not what was sent. It reads the file, not the stream.
+    publisher = OpenSshPublisher(sshd_target.target())
+    local = os.urandom(MIB)
+
+    with pytest.raises(TransferFailed, match="different checksum"), \
+            publisher.stream("abc.squashfs", "abc.meta") as remote:
+        remote.send(local)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            (temporary,) = leftovers(image_dir)
+            if (image_dir / temporary).stat().st_size == MIB:
+                break
+            time.sleep(0.02)
+        with open(image_dir / temporary, "r+b") as copy:
+            copy.seek(MIB // 3)
+            copy.write(bytes([local[MIB // 3] ^ 0x40]))
+        remote.commit(META, cksum_of(local))
+
+    assert not (image_dir / "abc.squashfs").exists()
+    assert _eventually_empty(image_dir)
+
+
 def test_a_copy_shorter_than_the_local_file_is_not_renamed(
     sshd_target: SshdServer, image_dir: Path
 ) -> None:
