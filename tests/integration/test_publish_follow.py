@@ -330,3 +330,33 @@ def test_a_conversion_started_over_is_never_committed_from_the_first_attempt(
 
     assert not follower.finish(final, META)
     assert _eventually_empty(image_dir)
+
+
+def test_a_file_growing_in_small_writes_lands_whole_behind_its_lag(
+    sshd_target: SshdServer, image_dir: Path, tmp_path: Path
+) -> None:
+    # Frames wait for MIN_FRAME bytes (or the lag) while the writer runs; the finish sends
+    # what is left, and the final superblock patched last.
+    growing = tmp_path / ".abc.squashfs.partial"
+    follower = FollowingPublish(OpenSshPublisher(sshd_target.target()), growing,
+                                "abc.squashfs", "abc.meta", lag=MIB)
+    follower.start()
+    body = bytearray(os.urandom(5 * MIB + 4321))
+    with open(growing, "wb") as writer:
+        writer.write(b"\0" * 96)  # a provisional superblock, as tar2sqfs writes it
+        for start in range(96, len(body), 64 * 1024):
+            writer.write(body[start:start + 64 * 1024])
+            writer.flush()
+        deadline = time.monotonic() + 10
+        while follower._sent < 3 * MIB and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sent_while_writing = follower._sent
+        writer.seek(0)
+        writer.write(body[:96])
+    final = tmp_path / "abc.squashfs"
+    os.replace(growing, final)
+
+    assert MIB <= sent_while_writing <= len(body) - MIB
+    assert follower.finish(final, META)
+    assert (image_dir / "abc.squashfs").read_bytes() == bytes(body)
+    assert sorted(os.listdir(image_dir)) == ["abc.meta", "abc.squashfs"]

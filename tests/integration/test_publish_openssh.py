@@ -3,7 +3,8 @@
 Every test of the paramiko publisher (test_publish_ssh) runs again here over
 `OpenSshPublisher`'s stream; then what only the stream does: a sender that dies or
 stops mid-image leaves nothing behind, a superblock patched last lands, and a copy
-that does not match what was sent never gets its final name.
+that does not match the local file (the remote `cksum` of what landed) never gets its
+final name.
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ def test_a_killed_sender_process_leaves_no_temporary(
     assert _eventually_empty(image_dir)
 
 
+def cksum_of(data: bytes) -> tuple[int, int]:
+    """What coreutils' cksum says of `data` (CRC, size): the local side of the check."""
+    crc, size = subprocess.run(["cksum"], input=data, capture_output=True, check=True
+                               ).stdout.split()
+    return int(crc), int(size)
+
+
 def test_a_head_patched_last_lands_and_is_checked(
     sshd_target: SshdServer, image_dir: Path
 ) -> None:
@@ -115,7 +123,7 @@ def test_a_head_patched_last_lands_and_is_checked(
     with publisher.stream("abc.squashfs", "abc.meta") as remote:
         remote.send(b"\0" * 96 + body[96:])  # provisional head, as tar2sqfs writes it
         remote.patch_head(final_head)
-        remote.commit(META)
+        remote.commit(META, cksum_of(final_head + body[96:]))
 
     landed = (image_dir / "abc.squashfs").read_bytes()
     assert landed == final_head + body[96:]
@@ -123,20 +131,115 @@ def test_a_head_patched_last_lands_and_is_checked(
     assert leftovers(image_dir) == []
 
 
-def test_a_copy_that_differs_from_what_was_sent_is_not_renamed(
+def test_a_head_patched_other_than_the_local_file_is_not_renamed(
+    sshd_target: SshdServer, image_dir: Path
+) -> None:
+    body = os.urandom(MIB)
+    publisher = OpenSshPublisher(sshd_target.target())
+
+    with pytest.raises(TransferFailed, match="different checksum"), \
+            publisher.stream("abc.squashfs", "abc.meta") as remote:
+        remote.send(body)
+        remote.patch_head(b"\1" * 96)
+        remote.commit(META, cksum_of(body))  # the local file kept its head
+
+    assert _eventually_empty(image_dir)
+
+
+def test_a_copy_that_differs_from_the_local_file_is_not_renamed(
     sshd_target: SshdServer, image_dir: Path
 ) -> None:
     publisher = OpenSshPublisher(sshd_target.target())
+    local = bytearray(os.urandom(MIB))
 
-    with pytest.raises(TransferFailed, match="different sha256") as failure, \
+    with pytest.raises(TransferFailed, match="different checksum") as failure, \
             publisher.stream("abc.squashfs", "abc.meta") as remote:
-        remote.send(os.urandom(MIB))
-        remote._digest.update(b"a byte the remote side never saw")
-        remote.commit(META)
+        remote.send(bytes(local))
+        local[MIB // 2] ^= 1  # one bit the remote copy does not have
+        remote.commit(META, cksum_of(bytes(local)))
 
     assert failure.value.retryable
     assert not (image_dir / "abc.squashfs").exists()
     assert _eventually_empty(image_dir)
+
+
+def test_a_copy_damaged_on_the_remote_file_system_is_not_renamed(
+    sshd_target: SshdServer, image_dir: Path
+) -> None:
+    # What the check is for: the bytes crossed the wire intact (SSH's MAC), but the copy
+    # on the remote file system is not what was sent. It reads the file, not the stream.
+    publisher = OpenSshPublisher(sshd_target.target())
+    local = os.urandom(MIB)
+
+    with pytest.raises(TransferFailed, match="different checksum"), \
+            publisher.stream("abc.squashfs", "abc.meta") as remote:
+        remote.send(local)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            (temporary,) = leftovers(image_dir)
+            if (image_dir / temporary).stat().st_size == MIB:
+                break
+            time.sleep(0.02)
+        with open(image_dir / temporary, "r+b") as copy:
+            copy.seek(MIB // 3)
+            copy.write(bytes([local[MIB // 3] ^ 0x40]))
+        remote.commit(META, cksum_of(local))
+
+    assert not (image_dir / "abc.squashfs").exists()
+    assert _eventually_empty(image_dir)
+
+
+def test_a_copy_shorter_than_the_local_file_is_not_renamed(
+    sshd_target: SshdServer, image_dir: Path
+) -> None:
+    publisher = OpenSshPublisher(sshd_target.target())
+    local = os.urandom(MIB)
+
+    with pytest.raises(TransferFailed, match="different size") as failure, \
+            publisher.stream("abc.squashfs", "abc.meta") as remote:
+        remote.send(local[:-1])
+        remote.commit(META, cksum_of(local))
+
+    assert failure.value.retryable
+    assert _eventually_empty(image_dir)
+
+
+def test_an_image_larger_than_a_frame_lands_exact_through_sendfile(
+    sshd_target: SshdServer, image_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import imagegw.publish.openssh as openssh
+
+    monkeypatch.setattr(openssh, "FRAME_SIZE", MIB)  # several frames, one short last one
+    source = tmp_path / "abc.squashfs"
+    source.write_bytes(os.urandom(3 * MIB + 12345))
+    progress: list[tuple[int, int]] = []
+
+    OpenSshPublisher(sshd_target.target()).publish(
+        source, "abc.squashfs", META, "abc.meta",
+        on_bytes=lambda done, total: progress.append((done, total)))
+
+    assert (image_dir / "abc.squashfs").read_bytes() == source.read_bytes()
+    assert [done for done, _ in progress] == [MIB, 2 * MIB, 3 * MIB, 3 * MIB + 12345]
+    assert leftovers(image_dir) == []
+
+
+def test_a_missing_local_cksum_fails_before_connecting(
+    sshd_target: SshdServer, image_dir: Path, source: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import imagegw.publish.openssh as openssh
+
+    monkeypatch.setattr(openssh, "CKSUM", "/nonexistent/cksum")
+    before = sshd_target.log.read_text(errors="replace").count("Accepted publickey")
+
+    with pytest.raises(TransferFailed, match="cksum.* is not installed") as failure:
+        OpenSshPublisher(sshd_target.target()).publish(source, "abc.squashfs", META,
+                                                       "abc.meta")
+
+    assert failure.value.hint == "install coreutils"
+    assert sshd_target.log.read_text(errors="replace").count("Accepted publickey") == before
+    assert os.listdir(image_dir) == []
 
 
 def test_a_publish_is_one_ssh_login(

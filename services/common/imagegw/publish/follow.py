@@ -4,24 +4,25 @@ tar2sqfs writes a squashfs front to back, except its 96-byte superblock, rewritt
 offset 0 at the end. `FollowingPublish` reads the growing file (staying `lag` bytes
 behind its end, where a writer may still truncate and rewrite deduplicated blocks)
 and sends it through an `OpenSshPublisher` stream; once the converter is done it sends
-the rest, patches the superblock remotely and commits. Every byte sent is checked
-against the finished file before the commit; if the writer rewrote any of them, the
-remote temporary is dropped and `finish` says so (the caller publishes the file whole).
+the rest, patches the superblock remotely and commits. The remote copy is checked
+against the finished file (its `cksum`, read once here while the rest is sent) before
+any rename; if the writer rewrote bytes already sent, the copy differs, the remote
+temporary is dropped and `finish` says so (the caller publishes the file whole).
 A conversion that fails ends the session without a commit: no temporary stays behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from imagegw.domain.errors import TransferFailed
 from imagegw.publish.base import ProgressCallback
-from imagegw.publish.openssh import FRAME_SIZE, OpenSshPublisher, RemoteImage
+from imagegw.publish.openssh import FRAME_SIZE, LocalChecksum, OpenSshPublisher, RemoteImage
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 SUPERBLOCK_SIZE = 96
 #: Bytes the reader stays behind the growing end while the writer runs.
 DEFAULT_LAG = 32 * 1024 * 1024
+#: While the writer runs, fewer bytes than this (or than the lag) wait for more: one
+#: remote `dd` a frame.
+MIN_FRAME = 4 * 1024 * 1024
 _POLL = 0.05
 
 
@@ -59,8 +63,6 @@ class FollowingPublish:
         self._remote: RemoteImage | None = None
         self._fd = -1
         self._sent = 0
-        #: The first SUPERBLOCK_SIZE bytes as sent (provisional), for the final check.
-        self._head = b""
         self._thread = threading.Thread(target=self._run, name="follow-publish", daemon=True)
 
     def start(self) -> None:
@@ -76,6 +78,7 @@ class FollowingPublish:
         superblock, commits. False when nothing was published and `final` should be
         published whole: the writer rewrote bytes already sent, or the stream failed (the
         conversion is not lost to a connection that broke while it ran)."""
+        converted = time.monotonic()
         self._done.set()
         self._thread.join()
         try:
@@ -88,21 +91,25 @@ class FollowingPublish:
             assert self._remote is not None
             if self._fd < 0:
                 self._fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
+            if os.fstat(self._fd).st_ino != os.stat(final).st_ino:
+                log.info("the converter started %s over; publishing it whole", final.name)
+                return False
+            ahead = self._sent
             try:
-                self._send_available(to_end=True)
-                if os.fstat(self._fd).st_ino != os.stat(final).st_ino or \
-                        not self._unchanged():
-                    log.info("the converter rewrote bytes already streamed; publishing %s "
-                             "whole", final.name)
-                    return False
-                self._remote.patch_head(os.pread(self._fd, SUPERBLOCK_SIZE, 0))
-                self._remote.commit(meta)
+                with LocalChecksum(self._fd) as checksum:
+                    self._send_available(to_end=True)
+                    sent = time.monotonic()
+                    self._remote.patch_head(os.pread(self._fd, SUPERBLOCK_SIZE, 0))
+                    self._remote.commit(meta, checksum.result())
             except TransferFailed as exc:
                 log.warning("streaming %s failed (%s); publishing it whole", self._names[0],
                             exc)
                 return False
-            log.info("streamed %s to %s while it was built", self._names[0],
-                     self._remote.where)
+            done = time.monotonic()
+            log.info("streamed %s to %s while it was built: %.1f of %.1f MB sent before the "
+                     "conversion ended; then the rest in %.2f s, checked, synced and renamed "
+                     "in %.2f s", self._names[0], self._remote.where, ahead / 1e6,
+                     self._sent / 1e6, sent - converted, done - sent)
             return True
         finally:
             self.close()
@@ -141,31 +148,15 @@ class FollowingPublish:
         assert self._remote is not None
         size = os.fstat(self._fd).st_size
         limit = size if to_end else size - self._lag
+        if not to_end and limit - self._sent < min(MIN_FRAME, self._lag):
+            return False
         sent_any = False
         while self._sent < limit and not self._stop.is_set():
-            data = os.pread(self._fd, min(FRAME_SIZE, limit - self._sent), self._sent)
-            if not data:
-                break
-            self._remote.send(data)
-            if self._sent < SUPERBLOCK_SIZE:
-                self._head += data[:SUPERBLOCK_SIZE - self._sent]
-            self._sent += len(data)
+            count = min(FRAME_SIZE, limit - self._sent)
+            self._remote.send_file(self._fd, self._sent, count)
+            self._sent += count
             sent_any = True
             if to_end and self._on_bytes is not None:  # the tail, after the conversion
                 self._on_bytes(self._sent, size)
         return sent_any
-
-    def _unchanged(self) -> bool:
-        """Whether the finished file is exactly what was sent (its superblock aside):
-        the provisional head sent and the file's bytes after it hash to what the stream
-        hashed (one read of the file; the stream's hash is computed anyway)."""
-        assert self._remote is not None
-        if os.fstat(self._fd).st_size != self._sent:
-            return False
-        check = hashlib.sha256(self._head)
-        offset = len(self._head)
-        while chunk := os.pread(self._fd, FRAME_SIZE, offset):
-            check.update(chunk)
-            offset += len(chunk)
-        return check.hexdigest() == self._remote.sent_sha256()
 
