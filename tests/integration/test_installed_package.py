@@ -185,6 +185,8 @@ def test_the_wheel_is_built_from_the_sdist_and_ships_the_shim_source_and_units(d
     with tarfile.open(dists.server_sdist) as sdist:
         names = sdist.getnames()
     assert any(name.endswith("imagegw/pipeline/native/sqfs_libdeflate.c") for name in names)
+    assert any(name.endswith("imagegw/pipeline/native/scan.c") for name in names)
+    assert any(name.endswith("imagegw/pipeline/native/flat.c") for name in names)
     assert any(name.endswith("imagegw/cli/systemd/imagegw-worker@.service") for name in names)
     with zipfile.ZipFile(dists.server_wheel) as wheel:
         members = wheel.namelist()
@@ -192,6 +194,8 @@ def test_the_wheel_is_built_from_the_sdist_and_ships_the_shim_source_and_units(d
                for name in members), "the shim is compiled into the platform wheel"
     assert any(name.startswith("imagegw/pipeline/native/_scan.") and name.endswith(".so")
                for name in members), "the compiled layer scanner is built into the wheel"
+    assert any(name.startswith("imagegw/pipeline/native/_flat.") and name.endswith(".so")
+               for name in members), "the compiled merge and writer are built into the wheel"
     assert "imagegw/cli/systemd/imagegw-gateway.service" in members
     assert not any(name.startswith(("imagegw/client/", "imagegw/v1/")) for name in members), \
         "the client's modules belong to imagegw-client only"
@@ -255,7 +259,9 @@ def test_every_installed_module_imports_with_the_declared_dependencies(
     found = json.loads(done.stdout)
     assert found["failed"] == {}
     assert {"imagegw.gateway.api.servicer", "imagegw.worker.app", "imagegw.cli.doctor",
-            "imagegw.client.shifterimg", "imagegw.pipeline.gzip_engine"} <= set(found["names"])
+            "imagegw.client.shifterimg", "imagegw.pipeline.gzip_engine",
+            # the compiled scanner and flatten: their wrappers import only when built
+            "imagegw.pipeline.native_scan", "imagegw.pipeline.native_flat"} <= set(found["names"])
 
 def test_client_only_install_has_no_server_dependency(venvs: tuple[Venv, Venv]) -> None:
     _, client = venvs
