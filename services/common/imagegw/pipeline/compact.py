@@ -30,8 +30,8 @@ from typing import BinaryIO
 from .flatten import Entry, LayerIndex, index_layer
 from .members import Kind, MarkerKind, MemberPolicy
 
-__all__ = ["MAGIC", "ENTRY_KINDS", "MARKER_KINDS", "encode", "decode", "scan_layer",
-           "scan_layer_python"]
+__all__ = ["MAGIC", "ENTRY_KINDS", "MARKER_KINDS", "encode", "decode", "layer_of",
+           "scan_layer", "scan_layer_python"]
 
 MAGIC = b"IGWIDX1\0"
 ENTRY_KINDS: tuple[Kind, ...] = (Kind.FILE, Kind.DIR, Kind.SYMLINK, Kind.HARDLINK)
@@ -102,6 +102,18 @@ def decode(data: bytes) -> LayerIndex:
     if offset != len(view):
         raise ValueError("a compact layer index with trailing bytes")
     return index
+
+
+def layer_of(data: bytes) -> str:
+    """The layer a compact index names, from its header alone; ValueError when `data`
+    does not start like a compact index (the rest is checked where it is decoded)."""
+    try:
+        magic, _, _, _, layer_length = _HEADER.unpack_from(data, 0)
+    except struct.error:
+        raise ValueError("not a compact layer index") from None
+    if magic != MAGIC:
+        raise ValueError("not a compact layer index")
+    return _text(data[_HEADER.size:_HEADER.size + layer_length])
 
 
 def scan_layer_python(stream: BinaryIO, *, layer: str, policy: MemberPolicy) -> bytes:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import struct
 import tempfile
 import zlib
 from pathlib import Path
 
 from imagegw.registry.blobcache import BlobCache
 
-from .compact import MAGIC
+from .compact import layer_of
 from .members import MemberPolicy
 
 log = logging.getLogger(__name__)
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 #: Bumped whenever the index format or the member rules change what an index holds
 #: (3: compact indexes instead of JSON).
 INDEX_VERSION = 3
-_HEADER = struct.Struct("<8sIIQI")
 #: zlib level of the sidecars: most of what a small-file image writes besides the blobs
 #: and the image is their indexes (~75 bytes a member); level 1 keeps a fifth of it.
 _LEVEL = 1
@@ -68,11 +66,8 @@ def _read_index(path: Path, digest: str) -> bytes | None:
         log.warning("cached index %s is unreadable (%s); indexing the layer again", path, exc)
         return None
     try:
-        magic, _, _, _, name_length = _HEADER.unpack_from(data)
-        layer = data[_HEADER.size:_HEADER.size + name_length].decode("utf-8", "surrogateescape")
-    except struct.error:
-        magic, layer = b"", ""
-    if magic != MAGIC:
+        layer = layer_of(data)
+    except ValueError:
         log.warning("cached index %s is not a compact index; indexing the layer again", path)
         return None
     if layer != digest:
