@@ -3,7 +3,8 @@
 glibc gives each thread that allocates under contention an arena of its own (up to 8 per
 core), and memory freed into one arena is not reused by the others. A conversion runs
 download, index and read-ahead threads beside the gRPC ones, so a worker's peak RSS kept
-~11 MiB of freed, unreusable memory in a dozen arenas (docs/performance.md, "Memory").
+~11 MiB of freed, unreusable memory in a dozen arenas (docs/performance.md, "Memory of
+the service process").
 Python threads mostly allocate under the GIL, so two arenas lose no measurable speed.
 """
 
