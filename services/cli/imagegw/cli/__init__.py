@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from imagegw.cache.layout import private_directory
-from imagegw.cli import doctor, units
+from imagegw.cli import doctor, malloc, units
 from imagegw.domain.config import Config, default_config, load_config, parse_host_port
 from imagegw.domain.errors import ImageGatewayError
 from imagegw.signatures import load_site_trust
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command in ("serve", "gateway", "worker"):
+        malloc.limit_arenas(os.environ)  # before any thread starts (cli/malloc.py)
     handlers = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check-config": _check,
                 "doctor": doctor.run, "units": units.run, "reconcile": _reconcile}
     try:

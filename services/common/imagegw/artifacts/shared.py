@@ -7,6 +7,8 @@ the key, downloads its squashfs layer (verified) instead of converting;
 `SharedConversions.publish` pushes a fresh conversion (squashfs + meta layers, metadata
 config, key annotations) with oras. Both are best effort: trouble with the shared
 registry is logged and the job carries on (converting, or with its image published).
+oras (with requests and jsonschema, ~6 MiB of modules) is imported by `_oras_push` at
+the first push, not by importing this.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from imagegw.domain.config import Config, ConverterOptions, Location, SharedConversions
 from imagegw.domain.errors import ConfigError, ImageGatewayError, ImageNotFound
@@ -33,7 +36,6 @@ from .content import (
     check_squashfs,
     metadata_config,
 )
-from .oras_push import ArtifactFile, push_artifact
 from .ready_made import get_artifact
 
 log = logging.getLogger(__name__)
@@ -179,16 +181,28 @@ class SharedConversionRegistry:
                 config_file.write_bytes(metadata_config(metadata))
                 annotations = {**key.annotations(), ANNOTATION_IMAGE_ID: image_id,
                                ANNOTATION_SOURCE_REFERENCE: reference}
-                return push_artifact(
+                oras = _oras_push()
+                return oras.push_artifact(
                     self.location, self.settings.repository, key.tag,
-                    [ArtifactFile(squashfs, SQUASHFS_MEDIA_TYPE, image_name),
-                     ArtifactFile(meta_file, META_MEDIA_TYPE, meta_file.name)],
+                    [oras.ArtifactFile(squashfs, SQUASHFS_MEDIA_TYPE, image_name),
+                     oras.ArtifactFile(meta_file, META_MEDIA_TYPE, meta_file.name)],
                     (config_file, CONFIG_MEDIA_TYPE), annotations,
                     credentials=self.credentials, limits=self.config.limits)
         except (ImageGatewayError, OSError) as exc:
             log.warning("publishing the conversion of %s to %s/%s failed: %s", reference,
                         self.location.name, self.settings.repository, exc)
             return None
+
+
+def _oras_push() -> ModuleType:
+    """`oras_push` (the oras package), imported at the first push: the one place that does."""
+    try:
+        from . import oras_push
+    except ImportError as exc:
+        raise ConfigError(f"SharedConversions.push: oras cannot be loaded: {exc}",
+                          hint="install oras (pip install 'oras>=0.2.43') or set "
+                          "SharedConversions.push to false") from exc
+    return oras_push
 
 
 def _matches(annotations: dict[str, str], key: ConversionKey, image_id: str) -> bool:

@@ -2,7 +2,8 @@
 
 Workers `register` (and re-register as a heartbeat) with a time-to-live; the
 gateway reads `live()` to send each job only to a worker that serves its system.
-A worker that dies simply stops renewing and drops out after the TTL."""
+A worker that dies simply stops renewing and drops out after the TTL.
+redis-py is imported by `_redis_module` when a Broker is used, not by importing this."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-
-import redis
-from redis.sentinel import Sentinel
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from imagegw.domain.errors import BackendUnavailable, ConfigError, WorkerUnavailable
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,19 @@ class WorkerInfo:
 SENTINEL_SCHEME = "redis+sentinel://"
 
 
+def _redis_module() -> ModuleType:
+    """redis-py, imported on first use (the one place that imports it): a process whose
+    configuration has no Broker never loads it (~6 MiB of modules)."""
+    try:
+        import redis
+        import redis.sentinel
+    except ImportError as exc:
+        raise ConfigError(f"Broker: the Redis client cannot be loaded: {exc}",
+                          hint="install redis-py (pip install 'redis>=5,<9') or remove "
+                          "Broker to queue in memory") from exc
+    return redis
+
+
 def redis_from_url(url: str) -> redis.Redis:
     """A Redis client with timeouts for `Broker`: redis://, rediss:// or unix:// for one
     server, or `redis+sentinel://[:password@]host:port[,host:port...]/master[/db]` for the
@@ -53,9 +69,9 @@ def redis_from_url(url: str) -> redis.Redis:
                           hint="other Celery brokers (amqp) are not supported; "
                           "remove Broker to queue in memory")
     try:
-        return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
-                                    socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                                    health_check_interval=30)
+        return _redis_module().Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                                              socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                              health_check_interval=30)
     except ValueError as exc:
         raise ConfigError(f"Broker: not a usable Redis URL: {exc}") from exc
 
@@ -88,7 +104,7 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str |
 
 def _sentinel_client(url: str) -> redis.Redis:
     sentinels, master, db, password = parse_sentinel_url(url)
-    sentinel = Sentinel(
+    sentinel = _redis_module().sentinel.Sentinel(
         sentinels, socket_timeout=SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT_SECONDS,
@@ -99,6 +115,7 @@ def _sentinel_client(url: str) -> redis.Redis:
 class WorkerDirectory:
     def __init__(self, client: redis.Redis, *, ttl: float = DEFAULT_TTL_SECONDS) -> None:
         self._redis = client
+        self._errors: type[Exception] = _redis_module().RedisError
         self.ttl = ttl
 
     def register(self, info: WorkerInfo) -> None:
@@ -109,14 +126,14 @@ class WorkerDirectory:
             pipe.set(f"{PREFIX}:{info.worker_id}", record, px=int(self.ttl * 1000))
             pipe.sadd(MEMBERS, info.worker_id)
             pipe.execute()
-        except redis.RedisError as exc:
+        except self._errors as exc:
             raise WorkerUnavailable(f"cannot register worker in Redis: {exc}") from exc
 
     def unregister(self, worker_id: str) -> None:
         try:
             self._redis.delete(f"{PREFIX}:{worker_id}")
             self._redis.srem(MEMBERS, worker_id)
-        except redis.RedisError as exc:
+        except self._errors as exc:
             log.warning("could not unregister worker %s: %s", worker_id, exc)
 
     def live(self) -> list[WorkerInfo]:
@@ -125,7 +142,7 @@ class WorkerDirectory:
             if not ids:
                 return []
             records = self._redis.mget([f"{PREFIX}:{worker_id}" for worker_id in ids])
-        except redis.RedisError as exc:
+        except self._errors as exc:
             # The broker is away, not the workers: a job in hand is handed back, not failed.
             raise BackendUnavailable(f"cannot read the worker directory in Redis: {exc}",
                                      hint="check that Redis is running and Broker points "

@@ -13,10 +13,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-
 from .gpg import SignatureInvalid
 
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -30,6 +26,11 @@ class SigstoreKey:
     fingerprint: str
 
     def verify(self, payload: bytes, encoded_signature: str) -> None:
+        # cryptography (~8 MiB once imported) is loaded by a policy with sigstore keys only.
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
         try:
             signature = base64.b64decode(encoded_signature, validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -48,6 +49,9 @@ class SigstoreKey:
 
 def load_sigstore_key(data: bytes) -> SigstoreKey:
     """A PEM public key (ECDSA, RSA or ed25519); ValueError otherwise."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:

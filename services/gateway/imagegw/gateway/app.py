@@ -32,7 +32,6 @@ from imagegw.gateway.core.pulls import PullManager
 from imagegw.gateway.core.reconcile import Reconciler, SweepLoop
 from imagegw.gateway.core.vault import CredentialVault
 from imagegw.gateway.queue import open_queue
-from imagegw.gateway.rest import RestApi, RestServices, build_app, start_rest
 from imagegw.gateway.store import open_store
 from imagegw.gateway.workers import open_worker_pool
 from imagegw.rpc.server import (
@@ -84,6 +83,18 @@ def _data_path(config: Config, name: str) -> Path:
     return Path(config.data_dir or ".") / name
 
 
+def _rest_server(services: Services, blocking: Blocking, fair_share: FairShare) -> AsyncServer:
+    """Shifter's REST API (`RestListen`). aiohttp (~8 MiB of modules) is imported here,
+    when a configuration asks for it, not when the gateway is."""
+    from imagegw.gateway.rest import RestApi, RestServices, build_app, start_rest
+
+    config = services.config
+    return start_rest(build_app(
+        RestApi(RestServices(config=config, pulls=services.pulls, expirer=services.expirer,
+                             importer=services.importer, logins=services.logins)),
+        blocking, fair_share), config)
+
+
 class GatewayApp:
     def __init__(self, config: Config, listen: str, worker_addresses: Sequence[str]) -> None:
         check_listen_security(config, listen)
@@ -131,11 +142,7 @@ class GatewayApp:
         self._started = False
         if config.rest_listen:  # Shifter's REST API, on the same loop and core
             check_listen_security(config, config.rest_listen, "RestListen")
-            self.add_async_server(start_rest(build_app(
-                RestApi(RestServices(config=config, pulls=services.pulls,
-                                     expirer=services.expirer, importer=services.importer,
-                                     logins=services.logins)),
-                self.blocking, self.fair_share), config))
+            self.add_async_server(_rest_server(services, self.blocking, self.fair_share))
         credentials = (server_credentials(config.tls_certificate, config.tls_key,
                                           config.tls_client_ca)
                        if config.tls_certificate else None)

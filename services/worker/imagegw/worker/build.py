@@ -34,10 +34,14 @@ from imagegw.pipeline.meta import render_meta
 from imagegw.pipeline.runtime_files import AddedLayers, added_layers
 from imagegw.pipeline.sif import write_sif
 from imagegw.pipeline.squashfs import flatten_to_squashfs, partial_path
-from imagegw.publish import LocalPublisher, Publisher, publisher_for
+from imagegw.publish import (
+    LocalPublisher,
+    Publisher,
+    following_publish,
+    publisher_for,
+    streams_while_written,
+)
 from imagegw.publish.access import readers_for
-from imagegw.publish.follow import FollowingPublish
-from imagegw.publish.openssh import OpenSshPublisher
 from imagegw.publish.sif import has_published
 from imagegw.registry.client import RegistryClient
 from imagegw.registry.following import DownloadRestarted, GrowingBlob
@@ -242,12 +246,12 @@ class Builder:
                     in_place.unlink(missing_ok=True)
                     raise
                 return in_place, True
-        if not (isinstance(publisher, OpenSshPublisher) and output.suffix == ".squashfs"):
+        if not (output.suffix == ".squashfs" and streams_while_written(publisher)):
             self._download_and_convert(client, image, output, emit, added=added)
             return output, False
-        follower = FollowingPublish(publisher, partial_path(output), image_file, meta_file,
-                                    private=private,
-                                    on_bytes=_publish_progress(emit, image_file))
+        follower = following_publish()(publisher, partial_path(output), image_file, meta_file,
+                                       private=private,
+                                       on_bytes=_publish_progress(emit, image_file))
         follower.start()
         try:
             self._download_and_convert(client, image, output, emit, added=added)

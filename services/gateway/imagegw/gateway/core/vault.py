@@ -14,15 +14,25 @@ import logging
 import os
 import threading
 from pathlib import Path
-
-from cryptography.fernet import Fernet, InvalidToken
+from typing import TYPE_CHECKING
 
 from imagegw.domain.errors import ConfigError
 from imagegw.domain.model import RegistryCredentials
 
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
+
 __all__ = ["CredentialVault"]
 
 log = logging.getLogger(__name__)
+
+
+def _fernet() -> type[Fernet]:
+    """cryptography's Fernet, imported when credentials are first used: it adds ~8 MiB
+    to a process that imports it, which most gateways never need."""
+    from cryptography.fernet import Fernet
+
+    return Fernet
 
 
 class CredentialVault:
@@ -61,8 +71,11 @@ class CredentialVault:
             token = self._path(uid, registry).read_bytes()
         except FileNotFoundError:
             return None
+        cipher = self._cipher()
+        from cryptography.fernet import InvalidToken
+
         try:
-            data = json.loads(self._cipher().decrypt(token))
+            data = json.loads(cipher.decrypt(token))
         except (InvalidToken, ValueError):
             log.warning("ignoring unreadable stored credentials of uid %d for %s "
                         "(was the key file replaced?)", uid, registry)
@@ -86,7 +99,7 @@ class CredentialVault:
     def _cipher(self) -> Fernet:
         with self._lock:
             if self._fernet is None:
-                self._fernet = Fernet(self._load_or_create_key())
+                self._fernet = _fernet()(self._load_or_create_key())
             return self._fernet
 
     def _load_or_create_key(self) -> bytes:
@@ -98,7 +111,7 @@ class CredentialVault:
         except OSError as exc:
             raise ConfigError(f"CredentialKeyFile: cannot create {self.key_file}: "
                               f"{exc.strerror}") from exc
-        key = Fernet.generate_key()
+        key = _fernet().generate_key()
         with os.fdopen(fd, "wb") as out:
             out.write(key)
             os.fsync(out.fileno())
@@ -116,7 +129,7 @@ class CredentialVault:
             raise ConfigError(f"CredentialKeyFile: {self.key_file} is readable by others "
                               f"(mode {mode & 0o777:o})", hint=f"chmod 600 {self.key_file}")
         try:
-            Fernet(key)
+            _fernet()(key)
         except ValueError as exc:
             raise ConfigError(f"CredentialKeyFile: {self.key_file} does not hold a Fernet key "
                               "(32 url-safe base64 bytes)") from exc
