@@ -1,0 +1,510 @@
+/* The one-pass flatten's state (onepass.h): what the newer layers hide, what was written
+ * under which name, and the checks of streaming._NewestFirst, over compact indexes. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <string.h>
+
+#include "onepass.h"
+
+#define IMPLICIT_MODE 0755
+
+static uint64_t le(const uint8_t *p, int bytes)
+{
+	uint64_t value = 0;
+	for (int i = bytes - 1; i >= 0; i--)
+		value = value << 8 | p[i];
+	return value;
+}
+
+static uint32_t hash_bytes(const uint8_t *p, uint32_t n)
+{
+	uint64_t h = 0x9E3779B97F4A7C15ULL ^ n;
+	while (n >= 8) {
+		uint64_t w;
+		memcpy(&w, p, 8);
+		h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+		h ^= h >> 31;
+		p += 8;
+		n -= 8;
+	}
+	uint64_t w = 0;
+	memcpy(&w, p, n);
+	h = (h ^ w) * 0x94D049BB133111EBULL;
+	h ^= h >> 29;
+	return (uint32_t)(h ^ h >> 32);
+}
+
+const uint8_t *onepass_bytes(const onepass_t *op, Ref ref)
+{
+	return op->base[ref.layer] + ref.off;
+}
+
+Ref record_path(const Record *r)
+{
+	return (Ref){r->layer, r->entry + ENTRY_HEAD, r->path_len};
+}
+
+const uint8_t *record_entry(const onepass_t *op, const Record *r)
+{
+	return op->base[r->layer] + r->entry;
+}
+
+/* -- tables: open addressing over ids whose key is a Ref ------------------------- */
+
+static Ref key_of(const onepass_t *op, const Table *t, uint32_t id)
+{
+	if (t == &op->emitted)
+		return record_path(&op->records[id - 1]);
+	return op->refs[id - 1];
+}
+
+/* The slot holding `path`, or the empty slot where it would go. */
+static Slot *slot_of(const onepass_t *op, const Table *t, const uint8_t *path, uint32_t len,
+		     uint32_t hash)
+{
+	for (uint32_t i = hash & t->mask;; i = (i + 1) & t->mask) {
+		Slot *s = &t->slots[i];
+		if (s->id == 0)
+			return s;
+		if (s->hash != hash)
+			continue;
+		Ref key = key_of(op, t, s->id);
+		if (key.len == len && memcmp(onepass_bytes(op, key), path, len) == 0)
+			return s;
+	}
+}
+
+static int table_grow(Table *t)
+{
+	uint32_t size = t->slots ? (t->mask + 1) * 2 : 1024;
+	Slot *slots = PyMem_RawCalloc(size, sizeof(Slot));
+	if (slots == NULL)
+		return -1;
+	for (uint32_t i = 0; t->slots && i <= t->mask; i++) {
+		Slot s = t->slots[i];
+		if (s.id == 0)
+			continue;
+		uint32_t k = s.hash & (size - 1);
+		while (slots[k].id != 0)
+			k = (k + 1) & (size - 1);
+		slots[k] = s;
+	}
+	PyMem_RawFree(t->slots);
+	t->slots = slots;
+	t->mask = size - 1;
+	return 0;
+}
+
+/* Room for one more id (at most 70 % full). */
+static int table_room(Table *t)
+{
+	if (t->slots != NULL && (uint64_t)(t->count + 1) * 10 <= (uint64_t)(t->mask + 1) * 7)
+		return 0;
+	return table_grow(t);
+}
+
+static int table_has(const onepass_t *op, const Table *t, const uint8_t *path, uint32_t len)
+{
+	if (t->slots == NULL)
+		return 0;
+	return slot_of(op, t, path, len, hash_bytes(path, len))->id != 0;
+}
+
+Record *onepass_find(const onepass_t *op, const uint8_t *path, uint32_t len)
+{
+	if (op->emitted.slots == NULL)
+		return NULL;
+	Slot *s = slot_of(op, &op->emitted, path, len, hash_bytes(path, len));
+	return s->id ? &op->records[s->id - 1] : NULL;
+}
+
+/* set.add for hidden / hidden_below */
+static int set_add(onepass_t *op, Table *t, Ref ref)
+{
+	const uint8_t *path = onepass_bytes(op, ref);
+	if (t == &op->hidden_below && ref.len == 0)
+		op->root_hidden_below = 1;
+	if (table_room(t) < 0)
+		return -1;
+	uint32_t hash = hash_bytes(path, ref.len);
+	Slot *s = slot_of(op, t, path, ref.len, hash);
+	if (s->id != 0)
+		return 0;
+	if (op->ref_count == op->ref_cap) {
+		uint32_t cap = op->ref_cap ? op->ref_cap * 2 : 4096;
+		Ref *refs = PyMem_RawRealloc(op->refs, (size_t)cap * sizeof(Ref));
+		if (refs == NULL)
+			return -1;
+		op->refs = refs;
+		op->ref_cap = cap;
+	}
+	op->refs[op->ref_count++] = ref;
+	*s = (Slot){hash, op->ref_count};
+	t->count++;
+	return 0;
+}
+
+/* The id (1 + number) of the record of `path`, made (kind R_NONE) when missing; 0 when
+   out of memory. `path` must be the bytes of `ref`. */
+static uint32_t record_at(onepass_t *op, Ref ref, uint32_t entry)
+{
+	const uint8_t *path = onepass_bytes(op, ref);
+	if (table_room(&op->emitted) < 0)
+		return 0;
+	uint32_t hash = hash_bytes(path, ref.len);
+	Slot *s = slot_of(op, &op->emitted, path, ref.len, hash);
+	if (s->id != 0)
+		return s->id;
+	if (op->record_count == op->record_cap) {
+		uint32_t cap = op->record_cap ? op->record_cap * 2 : 4096;
+		Record *records = PyMem_RawRealloc(op->records, (size_t)cap * sizeof(Record));
+		if (records == NULL)
+			return 0;
+		op->records = records;
+		op->record_cap = cap;
+	}
+	op->records[op->record_count++] = (Record){ref.layer, entry, (uint16_t)ref.len, R_NONE, 0, 0};
+	*s = (Slot){hash, op->record_count};
+	op->emitted.count++;
+	return op->record_count;
+}
+
+/* -- failures ---------------------------------------------------------------------- */
+
+static char *copy_of(const uint8_t *data, uint32_t len)
+{
+	char *copy = PyMem_RawMalloc(len + 1);
+	if (copy != NULL)
+		memcpy(copy, data, len);
+	return copy;
+}
+
+static int fail(onepass_t *op, int why, const uint8_t *path, uint32_t len, const uint8_t *other,
+		uint32_t other_len)
+{
+	op->fail = why;
+	if (path != NULL) {
+		op->fail_path = copy_of(path, len);
+		op->fail_path_len = len;
+	}
+	if (other != NULL) {
+		op->fail_other = copy_of(other, other_len);
+		op->fail_other_len = other_len;
+	}
+	if ((path && !op->fail_path) || (other && !op->fail_other)) {
+		op->fail = FAIL_OUTPUT;
+		op->out.error = ENOMEM;
+	}
+	return -1;
+}
+
+static int out_of_memory(onepass_t *op)
+{
+	if (!op->out.error)
+		op->out.error = ENOMEM;
+	op->fail = FAIL_OUTPUT;
+	return -1;
+}
+
+static PyObject *decoded(const char *data, uint32_t len)
+{
+	return PyUnicode_DecodeUTF8(data, len, "surrogateescape");
+}
+
+PyObject *onepass_reason(const onepass_t *op)
+{
+	PyObject *path = NULL, *other = NULL, *reason = NULL;
+	if (op->fail == FAIL_OUTPUT) {
+		out_raise(&op->out);
+		return NULL;
+	}
+	if (op->fail_path && (path = decoded(op->fail_path, op->fail_path_len)) == NULL)
+		return NULL;
+	if (op->fail_other && (other = decoded(op->fail_other, op->fail_other_len)) == NULL) {
+		Py_XDECREF(path);
+		return NULL;
+	}
+	switch (op->fail) {
+	case FAIL_BELOW_NON_DIR:
+		reason = PyUnicode_FromFormat("%R lies below the non-directory %R", path, other);
+		break;
+	case FAIL_TWICE:
+		reason = PyUnicode_FromFormat("%R appears twice in one layer", path);
+		break;
+	case FAIL_DIR_AND_OTHER:
+		reason = PyUnicode_FromFormat("%R is a directory and something else", path);
+		break;
+	default:
+		reason = PyUnicode_FromString("the data written passes the unpacked-size limit");
+	}
+	Py_XDECREF(path);
+	Py_XDECREF(other);
+	return reason;
+}
+
+/* -- _NewestFirst ------------------------------------------------------------------- */
+
+static int emitted_kind(const Record *r)
+{
+	return r != NULL && r->kind >= R_FILE && r->kind <= R_HARDLINK;
+}
+
+/* path.rpartition("/")[0]'s length (0 without a "/") */
+static uint32_t parent_length(const uint8_t *path, uint32_t len)
+{
+	while (len > 0 && path[len - 1] != '/')
+		len--;
+	return len > 0 ? len - 1 : 0;
+}
+
+/* _NewestFirst.visible: 1 visible, 0 hidden by a newer layer (`newer`), -1 a clash. */
+static int visible(onepass_t *op, Ref ref, int kind, int newer)
+{
+	const uint8_t *path = onepass_bytes(op, ref);
+	uint32_t len = ref.len;
+	if (newer && table_has(op, &op->hidden, path, len))
+		return 0;
+	uint32_t parent = parent_length(path, len);
+	int same = newer && op->has_clear && op->clear.len == parent &&
+		   memcmp(onepass_bytes(op, op->clear), path, parent) == 0;
+	if (!same) {
+		for (uint32_t slash = 0; slash < len; slash++) {
+			if (path[slash] != '/')
+				continue;
+			if (newer && table_has(op, &op->hidden_below, path, slash))
+				return 0;
+			const Record *r = onepass_find(op, path, slash);
+			if (emitted_kind(r) && r->kind != R_DIR)
+				return fail(op, FAIL_BELOW_NON_DIR, path, len, path, slash);
+		}
+		if (newer && op->root_hidden_below)
+			return 0;
+		/* siblings are checked at once (most entries follow one of their siblings) */
+		op->has_clear = parent > 0 && newer;
+		op->clear = (Ref){ref.layer, ref.off, parent};
+	}
+	const Record *r = onepass_find(op, path, len);
+	if (r != NULL && (emitted_kind(r) || r->kind == R_DEFERRED))
+		return fail(op, FAIL_TWICE, path, len, NULL, 0);
+	if (kind != EK_DIR && r != NULL && r->implicit)
+		return fail(op, FAIL_DIR_AND_OTHER, path, len, NULL, 0);
+	return 1;
+}
+
+/* _NewestFirst.claim: `ref` goes out as `rkind` (the entry at `entry` of its layer);
+   the record's id, or 0 when out of memory. */
+static uint32_t claim(onepass_t *op, Ref ref, uint32_t entry, int rkind, uint32_t target)
+{
+	uint32_t id = record_at(op, ref, entry);
+	if (id == 0)
+		return 0;
+	Record *r = &op->records[id - 1];
+	r->layer = ref.layer;
+	r->entry = entry;
+	r->kind = (uint8_t)rkind;
+	r->target = target;
+	const uint8_t *path = onepass_bytes(op, ref);
+	uint32_t parent = parent_length(path, ref.len);
+	if (rkind != R_DIR && op->has_clear) {
+		const uint8_t *clear = onepass_bytes(op, op->clear);
+		if ((op->clear.len == ref.len || (op->clear.len > ref.len && clear[ref.len] == '/')) &&
+		    memcmp(clear, path, ref.len) == 0)
+			op->has_clear = 0; /* a non-directory now lies on that parent's path */
+	}
+	if (op->has_claimed && op->claimed.len == parent &&
+	    memcmp(onepass_bytes(op, op->claimed), path, parent) == 0)
+		return id; /* its ancestors are known already */
+	op->has_claimed = 1;
+	op->claimed = (Ref){ref.layer, ref.off, parent};
+	for (uint32_t slash = 0; slash < ref.len; slash++) {
+		if (path[slash] != '/')
+			continue;
+		uint32_t at = record_at(op, (Ref){ref.layer, ref.off, slash}, entry);
+		if (at == 0)
+			return 0;
+		Record *ancestor = &op->records[at - 1];
+		if (!emitted_kind(ancestor))
+			ancestor->implicit = 1;
+		path = onepass_bytes(op, ref); /* (the same bytes: only records moved) */
+	}
+	return id;
+}
+
+typedef struct {
+	uint8_t kind;
+	uint32_t mode;
+	int64_t mtime;
+	uint64_t size;
+	Ref path, link;
+} EntryView;
+
+static EntryView view_entry(const onepass_t *op, uint32_t layer, uint32_t entry)
+{
+	const uint8_t *e = op->base[layer] + entry;
+	EntryView v;
+	v.kind = e[0];
+	v.mode = (uint32_t)le(e + 1, 4);
+	v.mtime = (int64_t)le(e + 5, 8);
+	v.size = le(e + 13, 8);
+	v.path = (Ref){layer, entry + ENTRY_HEAD, (uint32_t)le(e + 37, 4)};
+	v.link = (Ref){layer, v.path.off + v.path.len, (uint32_t)le(e + 41, 4)};
+	return v;
+}
+
+static Str str_of(const onepass_t *op, Ref ref)
+{
+	return (Str){(const char *)onepass_bytes(op, ref), ref.len};
+}
+
+static int written(onepass_t *op)
+{
+	return op->fail = FAIL_OUTPUT, -1;
+}
+
+/* _NewestFirst.read_layer's body for one admitted entry. */
+int onepass_entry(onepass_t *op, uint32_t entry, int member_type, int *data)
+{
+	EntryView v = view_entry(op, op->current, entry);
+	*data = 0;
+	int shown = visible(op, v.path, v.kind, 1);
+	if (shown <= 0)
+		return shown;
+	Str path = str_of(op, v.path), none = {"", 0};
+	uint32_t id;
+	switch (v.kind) {
+	case EK_FILE:
+		if (member_type != '0')
+			return 0; /* left for the verify to notice */
+		op->data_bytes += v.size;
+		if (op->data_bytes > op->max_data_bytes) /* the exact merge gives the verdict */
+			return fail(op, FAIL_LIMIT, NULL, 0, NULL, 0);
+		if (put_header(&op->out, path, '0', v.mode, v.mtime, v.size, none) < 0)
+			return written(op);
+		id = claim(op, v.path, entry, R_FILE, 0);
+		op->files++;
+		*data = 1;
+		break;
+	case EK_DIR:
+		if (put_header(&op->out, path, '5', v.mode, v.mtime, 0, none) < 0)
+			return written(op);
+		id = claim(op, v.path, entry, R_DIR, 0);
+		break;
+	case EK_SYMLINK:
+		if (put_header(&op->out, path, '2', 0777, v.mtime, 0, str_of(op, v.link)) < 0)
+			return written(op);
+		id = claim(op, v.path, entry, R_SYMLINK, 0);
+		break;
+	default: {
+		/* a hardlink to a file written before it in this layer, else left for the end */
+		const Record *target = onepass_find(op, onepass_bytes(op, v.link), v.link.len);
+		if (target == NULL || target->kind != R_FILE || target->layer != op->current) {
+			id = record_at(op, v.path, entry);
+			if (id != 0)
+				op->records[id - 1] = (Record){v.path.layer, entry, (uint16_t)v.path.len,
+							       R_DEFERRED, op->records[id - 1].implicit, 0};
+			op->deferred++;
+			break;
+		}
+		uint32_t target_id = (uint32_t)(target - op->records) + 1;
+		EntryView file = view_entry(op, target->layer, target->entry);
+		if (put_header(&op->out, path, '1', file.mode, file.mtime, 0, str_of(op, v.link)) < 0)
+			return written(op);
+		id = claim(op, v.path, entry, R_HARDLINK, target_id);
+		op->links++;
+	}
+	}
+	return id == 0 ? out_of_memory(op) : 0;
+}
+
+/* write_deferred_links' step for one name of a link group whose file went out. */
+int onepass_deferred(onepass_t *op, const uint8_t *name, uint32_t name_len, Record *first,
+		     uint32_t mode, int64_t mtime)
+{
+	Record *r = onepass_find(op, name, name_len);
+	if (r == NULL || r->kind != R_DEFERRED)
+		return 0;
+	uint32_t first_id = (uint32_t)(first - op->records) + 1;
+	Ref first_path = record_path(first);
+	r->kind = R_NONE; /* deferred_links.discard(name) */
+	Ref ref = record_path(r);
+	uint32_t entry = r->entry;
+	if (visible(op, ref, EK_HARDLINK, 0) < 0)
+		return -1;
+	if (put_header(&op->out, str_of(op, ref), '1', mode, mtime, 0, str_of(op, first_path)) < 0)
+		return written(op);
+	if (claim(op, ref, entry, R_HARDLINK, first_id) == 0)
+		return out_of_memory(op);
+	op->links++;
+	return 0;
+}
+
+/* _NewestFirst._hide: every entry of the layer just read hides its path from the older
+   layers (a non-directory its subtree too); whiteouts a path, opaque markers a subtree. */
+int onepass_hide(onepass_t *op, const uint8_t *index, size_t size)
+{
+	(void)size; /* the index was made by the scanner: its layout is known good */
+	uint32_t entries = (uint32_t)le(index + 8, 4), markers = (uint32_t)le(index + 12, 4);
+	const uint8_t *section = index + 28 + le(index + 24, 4);
+	uint32_t layer = op->current, at = 0;
+	op->base[layer] = section;
+	op->has_clear = 0;
+	for (uint32_t i = 0; i < entries; i++) {
+		EntryView v = view_entry(op, layer, at);
+		if (set_add(op, &op->hidden, v.path) < 0 ||
+		    (v.kind != EK_DIR && set_add(op, &op->hidden_below, v.path) < 0))
+			return -1;
+		at = v.link.off + v.link.len;
+	}
+	for (uint32_t i = 0; i < markers; i++) {
+		const uint8_t *m = section + at;
+		Ref path = {layer, at + 5, (uint32_t)le(m + 1, 4)};
+		if (set_add(op, &op->hidden_below, path) < 0 ||
+		    (m[0] == MK_WHITEOUT && set_add(op, &op->hidden, path) < 0))
+			return -1;
+		at = path.off + path.len;
+	}
+	return 0;
+}
+
+void onepass_free_hidden(onepass_t *op)
+{
+	PyMem_RawFree(op->hidden.slots);
+	PyMem_RawFree(op->hidden_below.slots);
+	PyMem_RawFree(op->refs);
+	op->hidden = op->hidden_below = (Table){NULL, 0, 0};
+	op->refs = NULL;
+	op->ref_count = op->ref_cap = 0;
+}
+
+onepass_t *onepass_new(int fd, uint64_t max_data_bytes, uint32_t layers)
+{
+	onepass_t *op = PyMem_RawCalloc(1, sizeof(onepass_t));
+	if (op == NULL)
+		return NULL;
+	op->out.fd = fd;
+	op->out.buf = PyMem_RawMalloc(OUT_BUFFER);
+	op->base = PyMem_RawCalloc(layers + 1, sizeof(*op->base));
+	op->max_data_bytes = max_data_bytes;
+	op->layers = layers;
+	if (op->out.buf == NULL || op->base == NULL) {
+		onepass_free(op);
+		return NULL;
+	}
+	return op;
+}
+
+void onepass_free(onepass_t *op)
+{
+	if (op == NULL)
+		return;
+	onepass_free_hidden(op);
+	PyMem_RawFree(op->out.buf);
+	PyMem_RawFree(op->base);
+	PyMem_RawFree(op->records);
+	PyMem_RawFree(op->emitted.slots);
+	PyMem_RawFree(op->fail_path);
+	PyMem_RawFree(op->fail_other);
+	PyMem_RawFree(op);
+}
