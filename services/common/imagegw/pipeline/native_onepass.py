@@ -67,8 +67,6 @@ def stream_flat_tar(
             stream.close()
         if on_layer_index is not None:
             on_layer_index(number, indexes[number])
-    # What newer layers hid is not needed any more; the merge builds the tree.
-    emitter.free_hidden()
     streamed = CompiledStream(emitter, [indexes[n] for n in range(len(layer_names))])
     streamed.write_deferred_links()
     emitter.close()

@@ -1293,7 +1293,7 @@ static int same_directories(Tree *t, onepass_t *op, PathBuffer *p)
 {
 	uint32_t written = 0;
 	for (uint32_t k = 0; k < op->record_count; k++)
-		written += op->records[k].kind == R_DIR || op->records[k].implicit;
+		written += op->records[k].kind == R_DIR || (op->records[k].flags & F_IMPLICIT);
 	if (written != (uint32_t)t->dir_count)
 		return 0;
 	for (int32_t k = 0; k < t->dir_count; k++) {
@@ -1309,7 +1309,7 @@ static int same_directories(Tree *t, onepass_t *op, PathBuffer *p)
 			mode = (uint32_t)(e[1] | e[2] << 8 | e[3] << 16 | (uint32_t)e[4] << 24);
 			for (int i = 7; i >= 0; i--)
 				mtime = (int64_t)((uint64_t)mtime << 8 | e[5 + i]);
-		} else if (r != NULL && r->implicit) {
+		} else if (r != NULL && (r->flags & F_IMPLICIT)) {
 			mode = IMPLICIT_DIR_MODE;
 		} else {
 			return 0;

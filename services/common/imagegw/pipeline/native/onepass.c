@@ -43,22 +43,15 @@ const uint8_t *onepass_bytes(const onepass_t *op, Ref ref)
 
 Ref record_path(const Record *r)
 {
-	return (Ref){r->layer, r->entry + ENTRY_HEAD, r->path_len};
+	return (Ref){r->layer, r->path, r->path_len};
 }
 
 const uint8_t *record_entry(const onepass_t *op, const Record *r)
 {
-	return op->base[r->layer] + r->entry;
+	return op->base[r->layer] + r->path - ENTRY_HEAD;
 }
 
-/* -- tables: open addressing over ids whose key is a Ref ------------------------- */
-
-static Ref key_of(const onepass_t *op, const Table *t, uint32_t id)
-{
-	if (t == &op->emitted)
-		return record_path(&op->records[id - 1]);
-	return op->refs[id - 1];
-}
+/* -- the path table: open addressing over record ids ----------------------------- */
 
 /* The slot holding `path`, or the empty slot where it would go. */
 static Slot *slot_of(const onepass_t *op, const Table *t, const uint8_t *path, uint32_t len,
@@ -70,8 +63,8 @@ static Slot *slot_of(const onepass_t *op, const Table *t, const uint8_t *path, u
 			return s;
 		if (s->hash != hash)
 			continue;
-		Ref key = key_of(op, t, s->id);
-		if (key.len == len && memcmp(onepass_bytes(op, key), path, len) == 0)
+		const Record *r = &op->records[s->id - 1];
+		if (r->path_len == len && memcmp(op->base[r->layer] + r->path, path, len) == 0)
 			return s;
 	}
 }
@@ -105,56 +98,23 @@ static int table_room(Table *t)
 	return table_grow(t);
 }
 
-static int table_has(const onepass_t *op, const Table *t, const uint8_t *path, uint32_t len)
-{
-	if (t->slots == NULL)
-		return 0;
-	return slot_of(op, t, path, len, hash_bytes(path, len))->id != 0;
-}
-
 Record *onepass_find(const onepass_t *op, const uint8_t *path, uint32_t len)
 {
-	if (op->emitted.slots == NULL)
+	if (op->paths.slots == NULL)
 		return NULL;
-	Slot *s = slot_of(op, &op->emitted, path, len, hash_bytes(path, len));
+	Slot *s = slot_of(op, &op->paths, path, len, hash_bytes(path, len));
 	return s->id ? &op->records[s->id - 1] : NULL;
 }
 
-/* set.add for hidden / hidden_below */
-static int set_add(onepass_t *op, Table *t, Ref ref)
+/* The id (1 + number) of the record of the path at `ref`, made (kind R_NONE, no flags)
+   when missing; 0 when out of memory. */
+static uint32_t record_at(onepass_t *op, Ref ref)
 {
 	const uint8_t *path = onepass_bytes(op, ref);
-	if (t == &op->hidden_below && ref.len == 0)
-		op->root_hidden_below = 1;
-	if (table_room(t) < 0)
-		return -1;
-	uint32_t hash = hash_bytes(path, ref.len);
-	Slot *s = slot_of(op, t, path, ref.len, hash);
-	if (s->id != 0)
-		return 0;
-	if (op->ref_count == op->ref_cap) {
-		uint32_t cap = op->ref_cap ? op->ref_cap * 2 : 4096;
-		Ref *refs = PyMem_RawRealloc(op->refs, (size_t)cap * sizeof(Ref));
-		if (refs == NULL)
-			return -1;
-		op->refs = refs;
-		op->ref_cap = cap;
-	}
-	op->refs[op->ref_count++] = ref;
-	*s = (Slot){hash, op->ref_count};
-	t->count++;
-	return 0;
-}
-
-/* The id (1 + number) of the record of `path`, made (kind R_NONE) when missing; 0 when
-   out of memory. `path` must be the bytes of `ref`. */
-static uint32_t record_at(onepass_t *op, Ref ref, uint32_t entry)
-{
-	const uint8_t *path = onepass_bytes(op, ref);
-	if (table_room(&op->emitted) < 0)
+	if (table_room(&op->paths) < 0)
 		return 0;
 	uint32_t hash = hash_bytes(path, ref.len);
-	Slot *s = slot_of(op, &op->emitted, path, ref.len, hash);
+	Slot *s = slot_of(op, &op->paths, path, ref.len, hash);
 	if (s->id != 0)
 		return s->id;
 	if (op->record_count == op->record_cap) {
@@ -165,10 +125,25 @@ static uint32_t record_at(onepass_t *op, Ref ref, uint32_t entry)
 		op->records = records;
 		op->record_cap = cap;
 	}
-	op->records[op->record_count++] = (Record){ref.layer, entry, (uint16_t)ref.len, R_NONE, 0, 0};
+	op->records[op->record_count++] = (Record){ref.layer, ref.off, (uint16_t)ref.len, R_NONE, 0, 0};
 	*s = (Slot){hash, op->record_count};
-	op->emitted.count++;
+	op->paths.count++;
 	return op->record_count;
+}
+
+/* Makes the record of `ref` stand for the entry whose path it is. */
+static void record_entry_set(Record *r, Ref ref, int kind, uint32_t target)
+{
+	r->layer = ref.layer;
+	r->path = ref.off;
+	r->path_len = (uint16_t)ref.len;
+	r->kind = (uint8_t)kind;
+	r->target = target;
+}
+
+static int has_flag(const Record *r, int flag)
+{
+	return r != NULL && (r->flags & flag) != 0;
 }
 
 /* -- failures ---------------------------------------------------------------------- */
@@ -264,7 +239,8 @@ static int visible(onepass_t *op, Ref ref, int kind, int newer)
 {
 	const uint8_t *path = onepass_bytes(op, ref);
 	uint32_t len = ref.len;
-	if (newer && table_has(op, &op->hidden, path, len))
+	const Record *r = onepass_find(op, path, len); /* (no record is added below) */
+	if (newer && has_flag(r, F_HIDDEN))
 		return 0;
 	uint32_t parent = parent_length(path, len);
 	int same = newer && op->has_clear && op->clear.len == parent &&
@@ -273,10 +249,10 @@ static int visible(onepass_t *op, Ref ref, int kind, int newer)
 		for (uint32_t slash = 0; slash < len; slash++) {
 			if (path[slash] != '/')
 				continue;
-			if (newer && table_has(op, &op->hidden_below, path, slash))
+			const Record *ancestor = onepass_find(op, path, slash);
+			if (newer && has_flag(ancestor, F_HIDDEN_BELOW))
 				return 0;
-			const Record *r = onepass_find(op, path, slash);
-			if (emitted_kind(r) && r->kind != R_DIR)
+			if (emitted_kind(ancestor) && ancestor->kind != R_DIR)
 				return fail(op, FAIL_BELOW_NON_DIR, path, len, path, slash);
 		}
 		if (newer && op->root_hidden_below)
@@ -285,26 +261,21 @@ static int visible(onepass_t *op, Ref ref, int kind, int newer)
 		op->has_clear = parent > 0 && newer;
 		op->clear = (Ref){ref.layer, ref.off, parent};
 	}
-	const Record *r = onepass_find(op, path, len);
 	if (r != NULL && (emitted_kind(r) || r->kind == R_DEFERRED))
 		return fail(op, FAIL_TWICE, path, len, NULL, 0);
-	if (kind != EK_DIR && r != NULL && r->implicit)
+	if (kind != EK_DIR && has_flag(r, F_IMPLICIT))
 		return fail(op, FAIL_DIR_AND_OTHER, path, len, NULL, 0);
 	return 1;
 }
 
-/* _NewestFirst.claim: `ref` goes out as `rkind` (the entry at `entry` of its layer);
-   the record's id, or 0 when out of memory. */
-static uint32_t claim(onepass_t *op, Ref ref, uint32_t entry, int rkind, uint32_t target)
+/* _NewestFirst.claim: the entry whose path is `ref` goes out as `rkind`; the record's
+   id, or 0 when out of memory. */
+static uint32_t claim(onepass_t *op, Ref ref, int rkind, uint32_t target)
 {
-	uint32_t id = record_at(op, ref, entry);
+	uint32_t id = record_at(op, ref);
 	if (id == 0)
 		return 0;
-	Record *r = &op->records[id - 1];
-	r->layer = ref.layer;
-	r->entry = entry;
-	r->kind = (uint8_t)rkind;
-	r->target = target;
+	record_entry_set(&op->records[id - 1], ref, rkind, target);
 	const uint8_t *path = onepass_bytes(op, ref);
 	uint32_t parent = parent_length(path, ref.len);
 	if (rkind != R_DIR && op->has_clear) {
@@ -321,13 +292,12 @@ static uint32_t claim(onepass_t *op, Ref ref, uint32_t entry, int rkind, uint32_
 	for (uint32_t slash = 0; slash < ref.len; slash++) {
 		if (path[slash] != '/')
 			continue;
-		uint32_t at = record_at(op, (Ref){ref.layer, ref.off, slash}, entry);
+		uint32_t at = record_at(op, (Ref){ref.layer, ref.off, slash});
 		if (at == 0)
 			return 0;
 		Record *ancestor = &op->records[at - 1];
 		if (!emitted_kind(ancestor))
-			ancestor->implicit = 1;
-		path = onepass_bytes(op, ref); /* (the same bytes: only records moved) */
+			ancestor->flags |= F_IMPLICIT;
 	}
 	return id;
 }
@@ -382,36 +352,35 @@ int onepass_entry(onepass_t *op, uint32_t entry, int member_type, int *data)
 			return fail(op, FAIL_LIMIT, NULL, 0, NULL, 0);
 		if (put_header(&op->out, path, '0', v.mode, v.mtime, v.size, none) < 0)
 			return written(op);
-		id = claim(op, v.path, entry, R_FILE, 0);
+		id = claim(op, v.path, R_FILE, 0);
 		op->files++;
 		*data = 1;
 		break;
 	case EK_DIR:
 		if (put_header(&op->out, path, '5', v.mode, v.mtime, 0, none) < 0)
 			return written(op);
-		id = claim(op, v.path, entry, R_DIR, 0);
+		id = claim(op, v.path, R_DIR, 0);
 		break;
 	case EK_SYMLINK:
 		if (put_header(&op->out, path, '2', 0777, v.mtime, 0, str_of(op, v.link)) < 0)
 			return written(op);
-		id = claim(op, v.path, entry, R_SYMLINK, 0);
+		id = claim(op, v.path, R_SYMLINK, 0);
 		break;
 	default: {
 		/* a hardlink to a file written before it in this layer, else left for the end */
 		const Record *target = onepass_find(op, onepass_bytes(op, v.link), v.link.len);
 		if (target == NULL || target->kind != R_FILE || target->layer != op->current) {
-			id = record_at(op, v.path, entry);
+			id = record_at(op, v.path);
 			if (id != 0)
-				op->records[id - 1] = (Record){v.path.layer, entry, (uint16_t)v.path.len,
-							       R_DEFERRED, op->records[id - 1].implicit, 0};
+				record_entry_set(&op->records[id - 1], v.path, R_DEFERRED, 0);
 			op->deferred++;
 			break;
 		}
 		uint32_t target_id = (uint32_t)(target - op->records) + 1;
-		EntryView file = view_entry(op, target->layer, target->entry);
+		EntryView file = view_entry(op, target->layer, target->path - ENTRY_HEAD);
 		if (put_header(&op->out, path, '1', file.mode, file.mtime, 0, str_of(op, v.link)) < 0)
 			return written(op);
-		id = claim(op, v.path, entry, R_HARDLINK, target_id);
+		id = claim(op, v.path, R_HARDLINK, target_id);
 		op->links++;
 	}
 	}
@@ -429,22 +398,32 @@ int onepass_deferred(onepass_t *op, const uint8_t *name, uint32_t name_len, Reco
 	Ref first_path = record_path(first);
 	r->kind = R_NONE; /* deferred_links.discard(name) */
 	Ref ref = record_path(r);
-	uint32_t entry = r->entry;
 	if (visible(op, ref, EK_HARDLINK, 0) < 0)
 		return -1;
 	if (put_header(&op->out, str_of(op, ref), '1', mode, mtime, 0, str_of(op, first_path)) < 0)
 		return written(op);
-	if (claim(op, ref, entry, R_HARDLINK, first_id) == 0)
+	if (claim(op, ref, R_HARDLINK, first_id) == 0)
 		return out_of_memory(op);
 	op->links++;
 	return 0;
 }
 
+/* hidden.add / hidden_below.add: the flag on the path's record. */
+static int hide(onepass_t *op, Ref ref, int flags)
+{
+	if (ref.len == 0 && (flags & F_HIDDEN_BELOW))
+		op->root_hidden_below = 1;
+	uint32_t id = record_at(op, ref);
+	if (id == 0)
+		return -1;
+	op->records[id - 1].flags |= (uint8_t)flags;
+	return 0;
+}
+
 /* _NewestFirst._hide: every entry of the layer just read hides its path from the older
    layers (a non-directory its subtree too); whiteouts a path, opaque markers a subtree. */
-int onepass_hide(onepass_t *op, const uint8_t *index, size_t size)
+int onepass_hide(onepass_t *op, const uint8_t *index)
 {
-	(void)size; /* the index was made by the scanner: its layout is known good */
 	uint32_t entries = (uint32_t)le(index + 8, 4), markers = (uint32_t)le(index + 12, 4);
 	const uint8_t *section = index + 28 + le(index + 24, 4);
 	uint32_t layer = op->current, at = 0;
@@ -452,30 +431,19 @@ int onepass_hide(onepass_t *op, const uint8_t *index, size_t size)
 	op->has_clear = 0;
 	for (uint32_t i = 0; i < entries; i++) {
 		EntryView v = view_entry(op, layer, at);
-		if (set_add(op, &op->hidden, v.path) < 0 ||
-		    (v.kind != EK_DIR && set_add(op, &op->hidden_below, v.path) < 0))
+		if (hide(op, v.path, v.kind == EK_DIR ? F_HIDDEN : F_HIDDEN | F_HIDDEN_BELOW) < 0)
 			return -1;
 		at = v.link.off + v.link.len;
 	}
 	for (uint32_t i = 0; i < markers; i++) {
 		const uint8_t *m = section + at;
 		Ref path = {layer, at + 5, (uint32_t)le(m + 1, 4)};
-		if (set_add(op, &op->hidden_below, path) < 0 ||
-		    (m[0] == MK_WHITEOUT && set_add(op, &op->hidden, path) < 0))
+		if (hide(op, path, m[0] == MK_WHITEOUT ? F_HIDDEN | F_HIDDEN_BELOW
+			 : F_HIDDEN_BELOW) < 0)
 			return -1;
 		at = path.off + path.len;
 	}
 	return 0;
-}
-
-void onepass_free_hidden(onepass_t *op)
-{
-	PyMem_RawFree(op->hidden.slots);
-	PyMem_RawFree(op->hidden_below.slots);
-	PyMem_RawFree(op->refs);
-	op->hidden = op->hidden_below = (Table){NULL, 0, 0};
-	op->refs = NULL;
-	op->ref_count = op->ref_cap = 0;
 }
 
 onepass_t *onepass_new(int fd, uint64_t max_data_bytes, uint32_t layers)
@@ -499,11 +467,10 @@ void onepass_free(onepass_t *op)
 {
 	if (op == NULL)
 		return;
-	onepass_free_hidden(op);
 	PyMem_RawFree(op->out.buf);
 	PyMem_RawFree(op->base);
 	PyMem_RawFree(op->records);
-	PyMem_RawFree(op->emitted.slots);
+	PyMem_RawFree(op->paths.slots);
 	PyMem_RawFree(op->fail_path);
 	PyMem_RawFree(op->fail_other);
 	PyMem_RawFree(op);

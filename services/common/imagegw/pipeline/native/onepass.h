@@ -8,9 +8,12 @@
  * No Python object per member. Every path is a reference into a compact index's bytes
  * (the entries section of layer `layer`, at `off`): the layer being scanned is in the
  * scanner's growing buffer until the layer ends, then in its index bytes (same layout,
- * so references stay valid). Memory per member: a 16-byte record plus an 8-byte slot
- * (at most 70 % full) for what was written; per entry of the newer layers, 16 bytes in
- * `hidden` (and in `hidden_below` for non-directories), freed before the exact merge.
+ * so references stay valid). One table maps each path to its record: what went out
+ * under it (_NewestFirst.emitted, implicit_dirs, deferred_links) and whether the newer
+ * layers hide it (hidden, hidden_below: two flag bits), so an entry costs one lookup
+ * while its layer is read and one when its layer hides it. Memory: a 16-byte record
+ * and an 8-byte slot (the table at most 70 % full) per path written or hidden; a path
+ * hidden only (overwritten, whited out) is the only cost the hidden sets add.
  */
 #ifndef IMAGEGW_ONEPASS_H
 #define IMAGEGW_ONEPASS_H
@@ -40,13 +43,18 @@ typedef struct {
 /* What a path went out as (streaming._NewestFirst's emitted / deferred_links). */
 enum { R_NONE = 0, R_FILE, R_DIR, R_SYMLINK, R_HARDLINK, R_DEFERRED };
 
-/* One path written (or deferred, or made implicitly): its entry, and what it became. */
+/* The record's flags: in implicit_dirs, hidden, hidden_below. */
+enum { F_IMPLICIT = 1, F_HIDDEN = 2, F_HIDDEN_BELOW = 4 };
+
+/* One path: written (or deferred, or made implicitly), and/or hidden by newer layers. */
 typedef struct {
-	uint32_t layer;    /* the layer of `entry` */
-	uint32_t entry;    /* offset of the entry in its layer's entries section */
-	uint16_t path_len; /* the path: the entry's path, cut to this length (implicit dirs) */
+	uint32_t layer;    /* where the path's bytes are */
+	uint32_t path;     /* their offset in that layer's entries section: an entry's path
+			      (R_FILE..R_DEFERRED: that entry's; implicit dirs: a prefix of a
+			      descendant's) or a marker's */
+	uint16_t path_len;
 	uint8_t kind;      /* R_* */
-	uint8_t implicit;  /* in implicit_dirs */
+	uint8_t flags;     /* F_* */
 	uint32_t target;   /* R_HARDLINK: the record of the file it links to */
 } Record;
 
@@ -75,16 +83,12 @@ typedef struct {
 	uint32_t layers;
 	const uint8_t **base; /* each layer's entries section (NULL: not read yet) */
 	uint32_t current;     /* the layer being scanned */
-	/* emitted, implicit_dirs and deferred_links: path -> record */
+	/* every path written, deferred, made implicitly or hidden: path -> record */
 	Record *records;
 	uint32_t record_count, record_cap;
-	Table emitted;
+	Table paths;
 	uint32_t files, links; /* R_FILE and R_HARDLINK records (len(written), len(links)) */
 	uint32_t deferred;     /* hardlinks left for the end (deferred_links was not empty) */
-	/* hidden and hidden_below: sets of paths of the newer layers */
-	Ref *refs;
-	uint32_t ref_count, ref_cap;
-	Table hidden, hidden_below;
 	int root_hidden_below; /* "" in hidden_below (an opaque marker at the root) */
 	/* _clear_parent and _claimed_parent (has_*: not None) */
 	int has_clear, has_claimed;
@@ -109,8 +113,7 @@ ONEPASS_HIDDEN Record *onepass_find(const onepass_t *op, const uint8_t *path, ui
    -1 when it failed (op->fail). No GIL needed when op->out.nogil. */
 ONEPASS_HIDDEN int onepass_entry(onepass_t *op, uint32_t entry, int member_type, int *data);
 /* _NewestFirst._hide of the layer just read, from its index bytes. -1: out of memory. */
-ONEPASS_HIDDEN int onepass_hide(onepass_t *op, const uint8_t *index, size_t size);
-ONEPASS_HIDDEN void onepass_free_hidden(onepass_t *op);
+ONEPASS_HIDDEN int onepass_hide(onepass_t *op, const uint8_t *index);
 /* write_deferred_links' step for one name: writes `name` as a hardlink to `first` when
    it is still deferred. -1 when it failed (op->fail). GIL held. */
 ONEPASS_HIDDEN int onepass_deferred(onepass_t *op, const uint8_t *name, uint32_t name_len,

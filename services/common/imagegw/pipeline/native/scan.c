@@ -1267,16 +1267,6 @@ static int emitter_usable(Emitter *self)
     return 1;
 }
 
-/* hidden.clear(), hidden_below.clear(): not needed once every layer is read. */
-static PyObject *emitter_free_hidden(Emitter *self, PyObject *unused)
-{
-    (void)unused;
-    if (!emitter_usable(self))
-        return NULL;
-    onepass_free_hidden(self->op);
-    Py_RETURN_NONE;
-}
-
 /* TarWriter.close: two zero blocks, and everything buffered goes out. */
 static PyObject *emitter_close(Emitter *self, PyObject *unused)
 {
@@ -1322,8 +1312,6 @@ static PyObject *emitter_data_bytes(Emitter *self, void *unused)
 }
 
 static PyMethodDef emitter_methods[] = {
-    {"free_hidden", (PyCFunction)emitter_free_hidden, METH_NOARGS,
-     "forgets what the newer layers hide (every layer is read)"},
     {"close", (PyCFunction)emitter_close, METH_NOARGS,
      "ends the tar (two zero blocks) and writes out what is buffered"},
     {NULL, NULL, 0, NULL},
@@ -1366,7 +1354,7 @@ static int emitter_layer_done(Emitter *self, PyObject *index)
     const uint8_t *bytes = (const uint8_t *)PyBytes_AS_STRING(index);
     op->base[op->current] = bytes + 28 + (size_t)(bytes[24] | bytes[25] << 8 |
                                                   bytes[26] << 16 | (uint32_t)bytes[27] << 24);
-    if (op->current > 0 && onepass_hide(op, bytes, (size_t)PyBytes_GET_SIZE(index)) < 0) {
+    if (op->current > 0 && onepass_hide(op, bytes) < 0) {
         PyErr_NoMemory();
         return -1;
     }
