@@ -1132,7 +1132,7 @@ static int32_t *collect_order(Tree *t)
 
 /* emitter.written.get((data.layer, data.ordinal)): the record of the file written from
    the member of `d` (under the member's own path), or NULL. */
-static Record *written_file(onepass_t *op, Tree *t, const Node *d)
+static Record *written_file(onepass_t *op, const Node *d)
 {
 	Str member = {d->name - d->member_prefix, (uint32_t)d->member_prefix + d->name_len};
 	Record *r = onepass_find(op, (const uint8_t *)member.ptr, member.len);
@@ -1142,13 +1142,7 @@ static Record *written_file(onepass_t *op, Tree *t, const Node *d)
 	int64_t offset = 0;
 	for (int i = 7; i >= 0; i--)
 		offset = (int64_t)((uint64_t)offset << 8 | entry[29 + i]);
-	(void)t;
 	return offset == d->u.file.offset ? r : NULL;
-}
-
-static PyObject *verdict(onepass_t *op)
-{
-	return onepass_reason(op);
 }
 
 /* StreamedFlatten.write_deferred_links: hardlinks whose target was not written before
@@ -1168,7 +1162,7 @@ static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
 	for (int32_t k = 0; k < t->group_count; k++) {
 		const Group *g = &t->groups[order[k]];
 		const Node *d = &t->nodes[g->data];
-		Record *first = written_file(op, t, d);
+		Record *first = written_file(op, d);
 		if (first == NULL)
 			continue;
 		Ref first_path = record_path(first);
@@ -1183,7 +1177,7 @@ static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
 			/* records move as they are added: the first is found by its number */
 			if (onepass_deferred(op, (const uint8_t *)name.ptr, name.len,
 					     &op->records[first_id], d->mode, d->mtime) < 0) {
-				result = verdict(op);
+				result = onepass_reason(op);
 				goto done;
 			}
 		}
@@ -1213,7 +1207,7 @@ static PyObject *unproven_files(Tree *t, onepass_t *op, PathBuffer *p)
 	for (int32_t k = 0; k < t->group_count && reason == NULL; k++) {
 		const Group *g = &t->groups[order[k]];
 		const Node *d = &t->nodes[g->data];
-		Record *file = written_file(op, t, d);
+		Record *file = written_file(op, d);
 		Str name;
 		int found = 0;
 		for (int32_t id = g->first_name; id != NONE && file && !found; id = t->nodes[id].next_name) {

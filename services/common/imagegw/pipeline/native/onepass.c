@@ -211,6 +211,9 @@ PyObject *onepass_reason(const onepass_t *op)
 	case FAIL_DIR_AND_OTHER:
 		reason = PyUnicode_FromFormat("%R is a directory and something else", path);
 		break;
+	case FAIL_TOO_LARGE:
+		reason = PyUnicode_FromString("a layer's index passes 4 GiB");
+		break;
 	default:
 		reason = PyUnicode_FromString("the data written passes the unpacked-size limit");
 	}
@@ -328,16 +331,20 @@ static Str str_of(const onepass_t *op, Ref ref)
 	return (Str){(const char *)onepass_bytes(op, ref), ref.len};
 }
 
-static int written(onepass_t *op)
+/* A header could not be written (out.error says why). */
+static int output_failed(onepass_t *op)
 {
-	return op->fail = FAIL_OUTPUT, -1;
+	op->fail = FAIL_OUTPUT;
+	return -1;
 }
 
 /* _NewestFirst.read_layer's body for one admitted entry. */
-int onepass_entry(onepass_t *op, uint32_t entry, int member_type, int *data)
+int onepass_entry(onepass_t *op, size_t entry, int member_type, int *data)
 {
-	EntryView v = view_entry(op, op->current, entry);
 	*data = 0;
+	if (entry > UINT32_MAX - 2 * (size_t)UINT16_MAX - ENTRY_HEAD)
+		return fail(op, FAIL_TOO_LARGE, NULL, 0, NULL, 0);
+	EntryView v = view_entry(op, op->current, (uint32_t)entry);
 	int shown = visible(op, v.path, v.kind, 1);
 	if (shown <= 0)
 		return shown;
@@ -351,19 +358,19 @@ int onepass_entry(onepass_t *op, uint32_t entry, int member_type, int *data)
 		if (op->data_bytes > op->max_data_bytes) /* the exact merge gives the verdict */
 			return fail(op, FAIL_LIMIT, NULL, 0, NULL, 0);
 		if (put_header(&op->out, path, '0', v.mode, v.mtime, v.size, none) < 0)
-			return written(op);
+			return output_failed(op);
 		id = claim(op, v.path, R_FILE, 0);
 		op->files++;
 		*data = 1;
 		break;
 	case EK_DIR:
 		if (put_header(&op->out, path, '5', v.mode, v.mtime, 0, none) < 0)
-			return written(op);
+			return output_failed(op);
 		id = claim(op, v.path, R_DIR, 0);
 		break;
 	case EK_SYMLINK:
 		if (put_header(&op->out, path, '2', 0777, v.mtime, 0, str_of(op, v.link)) < 0)
-			return written(op);
+			return output_failed(op);
 		id = claim(op, v.path, R_SYMLINK, 0);
 		break;
 	default: {
@@ -379,7 +386,7 @@ int onepass_entry(onepass_t *op, uint32_t entry, int member_type, int *data)
 		uint32_t target_id = (uint32_t)(target - op->records) + 1;
 		EntryView file = view_entry(op, target->layer, target->path - ENTRY_HEAD);
 		if (put_header(&op->out, path, '1', file.mode, file.mtime, 0, str_of(op, v.link)) < 0)
-			return written(op);
+			return output_failed(op);
 		id = claim(op, v.path, R_HARDLINK, target_id);
 		op->links++;
 	}
@@ -401,7 +408,7 @@ int onepass_deferred(onepass_t *op, const uint8_t *name, uint32_t name_len, Reco
 	if (visible(op, ref, EK_HARDLINK, 0) < 0)
 		return -1;
 	if (put_header(&op->out, str_of(op, ref), '1', mode, mtime, 0, str_of(op, first_path)) < 0)
-		return written(op);
+		return output_failed(op);
 	if (claim(op, ref, R_HARDLINK, first_id) == 0)
 		return out_of_memory(op);
 	op->links++;

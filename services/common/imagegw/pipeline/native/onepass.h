@@ -75,6 +75,7 @@ enum {
 	FAIL_DIR_AND_OTHER, /* "{path!r} is a directory and something else" */
 	FAIL_LIMIT,         /* "the data written passes the unpacked-size limit" */
 	FAIL_OUTPUT,        /* writing failed: out.error */
+	FAIL_TOO_LARGE,     /* a layer's entries pass 4 GiB (references are 32-bit) */
 };
 
 typedef struct {
@@ -111,7 +112,7 @@ ONEPASS_HIDDEN Record *onepass_find(const onepass_t *op, const uint8_t *path, ui
    (already there): _NewestFirst.read_layer's body. Writes it when visible; for a file
    whose header went out, *data is set: the caller writes its data and padding next.
    -1 when it failed (op->fail). No GIL needed when op->out.nogil. */
-ONEPASS_HIDDEN int onepass_entry(onepass_t *op, uint32_t entry, int member_type, int *data);
+ONEPASS_HIDDEN int onepass_entry(onepass_t *op, size_t entry, int member_type, int *data);
 /* _NewestFirst._hide of the layer just read, from its index bytes. -1: out of memory. */
 ONEPASS_HIDDEN int onepass_hide(onepass_t *op, const uint8_t *index);
 /* write_deferred_links' step for one name: writes `name` as a hardlink to `first` when

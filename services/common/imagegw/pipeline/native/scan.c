@@ -936,7 +936,7 @@ static int emit_buffered(scanner_t *sc, size_t entry, int type, uint64_t size)
     onepass_t *op = sc->op;
     int data;
     op->base[op->current] = sc->entries.data;
-    if (onepass_entry(op, (uint32_t)entry, type, &data) < 0)
+    if (onepass_entry(op, entry, type, &data) < 0)
         return -1;
     if (!data)
         return 0;
@@ -970,7 +970,7 @@ static int emit_general(scanner_t *sc, size_t entry, int type, uint64_t size)
     onepass_t *op = sc->op;
     int data;
     op->base[op->current] = sc->entries.data;
-    if (onepass_entry(op, (uint32_t)entry, type, &data) < 0)
+    if (onepass_entry(op, entry, type, &data) < 0)
         return emitter_failed(sc);
     for (uint64_t left = data ? size : 0; left > 0;) {
         if (sc->pos == sc->len) {
@@ -1349,6 +1349,10 @@ static PyTypeObject EmitterType = {
 static int emitter_layer_done(Emitter *self, PyObject *index)
 {
     onepass_t *op = self->op;
+    if ((uint64_t)PyBytes_GET_SIZE(index) > UINT32_MAX) { /* references are 32-bit */
+        PyErr_SetString(SpeculationFailed, "a layer's index passes 4 GiB");
+        return -1;
+    }
     if (PyList_Append(self->indexes, index) < 0)
         return -1;
     const uint8_t *bytes = (const uint8_t *)PyBytes_AS_STRING(index);
