@@ -26,7 +26,7 @@ import zstandard
 from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
 from imagegw.pipeline import squashfs
-from imagegw.pipeline.layer import FileLayer
+from imagegw.pipeline.layer import FileLayer, Layer
 from imagegw.pipeline.runtime_files import AddedLayers
 from imagegw.pipeline.squashfs import (
     FlattenStats,
@@ -429,6 +429,63 @@ class _Stalled:
                 return b""
 
         return Reader()  # type: ignore[return-value]
+
+
+def images_left(directory: Path) -> list[str]:
+    return [path.name for path in directory.iterdir()
+            if path.name.endswith(".squashfs") or "partial" in path.name]
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_a_compiled_one_pass_stopped_midway_leaves_no_partial_image(tmp_path: Path) -> None:
+    # The one pass passes the data limit in the second layer it reads: the two-pass
+    # flatten gives the verdict (the image is over the limit), and nothing is left.
+    older, newer = layer(file("a", os.urandom(3 << 20))), layer(file("b", os.urandom(3 << 20)))
+    with pytest.raises(ContentRejected, match="the limit is 5242880"):
+        build(tmp_path, older, newer, limits=Limits(max_unpacked_bytes=5 << 20))
+    assert images_left(tmp_path) == []
+    # A member refused in the middle of a layer, after files of it went out.
+    hostile = layer(file("x", os.urandom(2 << 20)), raw_member("../escape", data=b"x"),
+                    file("y", b"y"))
+    with pytest.raises(ContentRejected, match="'..'"):
+        build(tmp_path, layer(file("base", b"b")), hostile)
+    assert images_left(tmp_path) == []
+
+
+class _FailingDownload:
+    """A layer whose download fails after `good` bytes (the reads raise)."""
+
+    def __init__(self, blob: bytes, good: int) -> None:
+        self.name = digest(blob)
+        self.size = len(blob)
+        self.blob = blob
+        self.good = good
+
+    def open(self) -> BinaryIO:
+        layer = self
+
+        class Reader(io.RawIOBase):
+            offset = 0
+
+            def read(self, size: int = -1) -> bytes:
+                if self.offset >= layer.good:
+                    raise ConversionFailed("the download of this layer failed")
+                data = layer.blob[self.offset:min(self.offset + max(size, 1), layer.good)]
+                self.offset += len(data)
+                return data
+
+        return Reader()  # type: ignore[return-value]
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_a_failed_download_stops_the_compiled_one_pass(tmp_path: Path) -> None:
+    blob = layer(*(file(f"d/{number}", os.urandom(4096)) for number in range(400)))
+    base = layer(file("base", b"b"))
+    layers: list[Layer] = [FileLayer.of(write_blob(tmp_path, base), digest(base)),
+                           _FailingDownload(blob, len(blob) // 2)]
+    with pytest.raises(ConversionFailed, match="download of this layer failed"):
+        flatten_to_squashfs(layers, tmp_path / "i.squashfs", options=OPTIONS, limits=LIMITS)
+    assert images_left(tmp_path) == []
 
 
 @pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
