@@ -36,18 +36,28 @@ setup(
             extra_compile_args=["-Wall", "-Wextra", "-Werror"],
             optional=True,
         ),
-        # The compiled layer scanner (issue 21; imagegw.pipeline.native_scan): Python's C
-        # API only. Optional: without it compact.scan_layer uses the Python scanner.
+        # The compiled layer scanner (issue 21; imagegw.pipeline.native_scan) and the
+        # one-pass flatten's emitter (native_onepass): Python's C API only. Optional:
+        # without it compact.scan_layer uses the Python scanner. tarout.c and onepass.c
+        # are compiled into both extensions (the same tar bytes, the same one-pass state).
         Extension(
             "imagegw.pipeline.native._scan",
-            sources=["services/common/imagegw/pipeline/native/scan.c"],
+            sources=["services/common/imagegw/pipeline/native/scan.c",
+                     "services/common/imagegw/pipeline/native/tarout.c",
+                     "services/common/imagegw/pipeline/native/onepass.c"],
+            depends=["services/common/imagegw/pipeline/native/tarout.h",
+                     "services/common/imagegw/pipeline/native/onepass.h"],
             extra_compile_args=["-Wall", "-Wextra", "-Werror"],
             optional=True,
         ),
         # The compiled OCI merge and tar writer (issue 21); pure C and the Python C API.
         Extension(
             "imagegw.pipeline.native._flat",
-            sources=["services/common/imagegw/pipeline/native/flat.c"],
+            sources=["services/common/imagegw/pipeline/native/flat.c",
+                     "services/common/imagegw/pipeline/native/tarout.c",
+                     "services/common/imagegw/pipeline/native/onepass.c"],
+            depends=["services/common/imagegw/pipeline/native/tarout.h",
+                     "services/common/imagegw/pipeline/native/onepass.h"],
             extra_compile_args=["-Wall", "-Wextra", "-Werror"],
             optional=True,
         ),

@@ -1,7 +1,8 @@
 """Layers to squashfs with the real tar2sqfs, read back with sqfs2tar and compared whole.
 
-The compiled flatten (native_flat.py) is the default when it is built; tests that take
-the `python_flatten` fixture run the Python paths (one pass, two passes) instead.
+The compiled flatten (native_onepass.py, native_flat.py) is the default when it is
+built; tests that take the `python_flatten` fixture run the Python paths (one pass, two
+passes) instead.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import zstandard
 from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
 from imagegw.pipeline import squashfs
-from imagegw.pipeline.layer import FileLayer
+from imagegw.pipeline.layer import FileLayer, Layer
 from imagegw.pipeline.runtime_files import AddedLayers
 from imagegw.pipeline.squashfs import (
     FlattenStats,
@@ -258,7 +259,7 @@ def test_progress_goes_from_zero_to_the_total(tmp_path: Path, python_flatten: No
 
 
 @pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
-def test_compiled_progress_follows_indexing_then_the_file_data(tmp_path: Path) -> None:
+def test_compiled_progress_follows_the_one_pass_then_a_fallback(tmp_path: Path) -> None:
     small = [file(f"s/{number}", b"s") for number in range(200)]
     blob = layer(*small, file("a", os.urandom(3 << 20)), file("b", b"b"))
     path = write_blob(tmp_path, blob)
@@ -266,12 +267,23 @@ def test_compiled_progress_follows_indexing_then_the_file_data(tmp_path: Path) -
     stats = flatten_to_squashfs(
         [FileLayer.of(path, digest(blob))], tmp_path / "i.squashfs", options=OPTIONS,
         limits=Limits(), on_progress=lambda done, total: reports.append((done, total)))
-    assert stats.compiled and not stats.one_pass
-    # The compressed bytes indexed, then the file data written: it never goes back.
-    end = len(blob) + (3 << 20) + 1 + 200
-    assert reports[0] == (0, len(blob)) and reports[-1] == (end, end)
-    assert (len(blob), len(blob)) in reports
+    assert stats.compiled and stats.one_pass
+    # One pass: the compressed bytes read.
+    assert reports[0] == (0, len(blob)) and reports[-1] == (len(blob), len(blob))
     assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+    # A one pass that fails (a member below a symlinked parent): the compressed bytes
+    # read, the layers not indexed yet, then the file data written; never back.
+    blobs = image_layers()
+    layers = [FileLayer.of(write_blob(tmp_path, data), digest(data)) for data in blobs]
+    reports.clear()
+    stats = flatten_to_squashfs(layers, tmp_path / "j.squashfs", options=OPTIONS,
+                                limits=Limits(),
+                                on_progress=lambda done, total: reports.append((done, total)))
+    assert stats.compiled and not stats.one_pass
+    assert reports[0] == (0, sum(len(data) for data in blobs))
+    assert reports[-1][0] == reports[-1][1] > sum(len(data) for data in blobs)
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+    assert [path.name for path in tmp_path.iterdir() if "partial" in path.name] == []
 
 
 class _RandomIsh:
@@ -379,24 +391,24 @@ def test_layers_one_pass_cannot_vouch_for_are_flattened_in_two_passes(
 
 
 @pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
-def test_few_members_per_mib_take_the_one_pass_flatten_many_the_compiled_one(
+def test_any_layers_take_the_compiled_one_pass_and_known_indexes_the_two_pass_one(
         tmp_path: Path) -> None:
-    # Inflating every layer twice costs more than the compiled path saves on a few large
-    # files (squashfs.MIN_MEMBERS_PER_MIB); the newest layers' first bytes decide.
+    # Each layer is decompressed once either way: large files and many small ones alike.
     large = layer(file("big", bytes(20 << 20)), file("small", b"s"))
     many = layer(*(file(f"d/{number}", b"x" * 100) for number in range(1000)))
-    output, stats = build(tmp_path, many, large)  # 2 members in the first 16 MiB
-    assert stats.one_pass and not stats.compiled
+    output, stats = build(tmp_path, many, large)
+    assert stats.one_pass and stats.compiled
     output.unlink()
-    output, stats = build(tmp_path, large, many)  # 1000 in 1 MiB, then 1 in 15 MiB
-    assert stats.compiled and not stats.one_pass
+    output, stats = build(tmp_path, large, many)
+    assert stats.one_pass and stats.compiled
     assert read_squashfs(output)["big"].size == 20 << 20
-    # Every index known: no decompression is saved by one pass, so the compiled one runs.
-    layers = [FileLayer.of(write_blob(tmp_path, blob), digest(blob)) for blob in (many, large)]
+    # Every index known: no decompression is saved by one pass, so the two-pass one runs.
+    layers = [FileLayer.of(write_blob(tmp_path, blob), digest(blob)) for blob in (large, many)]
     output.unlink()
     again = flatten_to_squashfs(layers, output, options=OPTIONS, limits=LIMITS,
-                                indexes=stats.indexes[::-1])
-    assert again.compiled
+                                indexes=stats.indexes)
+    assert again.compiled and not again.one_pass
+    assert dataclasses.replace(again, one_pass=True) == stats
 
 
 class _Stalled:
@@ -419,10 +431,66 @@ class _Stalled:
         return Reader()  # type: ignore[return-value]
 
 
+def images_left(directory: Path) -> list[str]:
+    return [path.name for path in directory.iterdir()
+            if path.name.endswith(".squashfs") or "partial" in path.name]
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_a_compiled_one_pass_stopped_midway_leaves_no_partial_image(tmp_path: Path) -> None:
+    # The one pass passes the data limit in the second layer it reads: the two-pass
+    # flatten gives the verdict (the image is over the limit), and nothing is left.
+    older, newer = layer(file("a", os.urandom(3 << 20))), layer(file("b", os.urandom(3 << 20)))
+    with pytest.raises(ContentRejected, match="the limit is 5242880"):
+        build(tmp_path, older, newer, limits=Limits(max_unpacked_bytes=5 << 20))
+    assert images_left(tmp_path) == []
+    # A member refused in the middle of a layer, after files of it went out.
+    hostile = layer(file("x", os.urandom(2 << 20)), raw_member("../escape", data=b"x"),
+                    file("y", b"y"))
+    with pytest.raises(ContentRejected, match="'..'"):
+        build(tmp_path, layer(file("base", b"b")), hostile)
+    assert images_left(tmp_path) == []
+
+
+class _FailingDownload:
+    """A layer whose download fails after `good` bytes (the reads raise)."""
+
+    def __init__(self, blob: bytes, good: int) -> None:
+        self.name = digest(blob)
+        self.size = len(blob)
+        self.blob = blob
+        self.good = good
+
+    def open(self) -> BinaryIO:
+        layer = self
+
+        class Reader(io.RawIOBase):
+            offset = 0
+
+            def read(self, size: int = -1) -> bytes:
+                if self.offset >= layer.good:
+                    raise ConversionFailed("the download of this layer failed")
+                data = layer.blob[self.offset:min(self.offset + max(size, 1), layer.good)]
+                self.offset += len(data)
+                return data
+
+        return Reader()  # type: ignore[return-value]
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
+def test_a_failed_download_stops_the_compiled_one_pass(tmp_path: Path) -> None:
+    blob = layer(*(file(f"d/{number}", os.urandom(4096)) for number in range(400)))
+    base = layer(file("base", b"b"))
+    layers: list[Layer] = [FileLayer.of(write_blob(tmp_path, base), digest(base)),
+                           _FailingDownload(blob, len(blob) // 2)]
+    with pytest.raises(ConversionFailed, match="download of this layer failed"):
+        flatten_to_squashfs(layers, tmp_path / "i.squashfs", options=OPTIONS, limits=LIMITS)
+    assert images_left(tmp_path) == []
+
+
 @pytest.mark.skipif(not BUILT, reason="the compiled flatten is not built here")
 def test_a_refused_layer_ends_the_compiled_flatten_without_waiting_for_other_layers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(squashfs._Flatten, "many_members_per_mib", lambda self: True)
+        tmp_path: Path) -> None:
     hostile = layer(file("a"), raw_member("../escape", data=b"x"))
     release = threading.Event()
     stalled = _Stalled(release)

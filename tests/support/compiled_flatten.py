@@ -54,3 +54,50 @@ def assert_same_tar(indexes: Sequence[LayerIndex], layers: Sequence[bytes],
     """The compiled path writes exactly `expected` (write_flat_tar's bytes)."""
     if native_flat is not None:
         assert compiled_tar(indexes, layers) == expected
+
+
+def one_pass_outcome(layers: Sequence[bytes], *, max_data_bytes: int = 1 << 40,
+                     compiled: bool) -> tuple:
+    """What the one-pass flatten (`streaming.stream_flat_tar`, or the compiled
+    `native_onepass.stream_flat_tar`) makes of the layer tars: ("tree", the tar's bytes),
+    ("fallback", the reason) or ("refused", message, hint)."""
+    from imagegw.pipeline import streaming
+    from imagegw.pipeline.members import MemberPolicy
+
+    names = [f"layer{number}" for number in range(len(layers))]
+    policy = MemberPolicy()
+    with tempfile.TemporaryFile() as out:
+        try:
+            if compiled:
+                from imagegw.pipeline import native_onepass
+                try:
+                    native = native_onepass.stream_flat_tar(
+                        names, lambda number: io.BytesIO(layers[number]), out, policy=policy,
+                        max_data_bytes=max_data_bytes)
+                    native.verify()
+                except native_onepass.SpeculationFailed as failed:
+                    assert all(compact.layer_of(index) == names[number]
+                               for number, index in failed.indexes.items())
+                    return ("fallback", failed.reason)
+            else:
+                try:
+                    python = streaming.stream_flat_tar(
+                        names, lambda number: io.BytesIO(layers[number]), out, policy=policy,
+                        max_data_bytes=max_data_bytes)
+                    python.verify()
+                except streaming.SpeculationFailed as failed:
+                    return ("fallback", failed.reason)
+        except ContentRejected as refused:
+            return ("refused", refused.message, refused.hint)
+        out.flush()
+        out.seek(0)
+        return ("tree", out.read())
+
+
+def assert_same_one_pass(layers: Sequence[bytes], *, max_data_bytes: int = 1 << 40) -> tuple:
+    """The compiled one-pass flatten writes exactly the Python one's bytes and reaches the
+    same verdict (skipped when the extensions are not built); the Python outcome."""
+    expected = one_pass_outcome(layers, max_data_bytes=max_data_bytes, compiled=False)
+    if native_flat is not None:
+        assert one_pass_outcome(layers, max_data_bytes=max_data_bytes, compiled=True) == expected
+    return expected

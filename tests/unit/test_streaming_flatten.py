@@ -21,7 +21,7 @@ from imagegw.pipeline import prefetch
 from imagegw.pipeline.flatten import index_layer, merge_layers, write_flat_tar
 from imagegw.pipeline.members import MemberPolicy
 from imagegw.pipeline.streaming import SpeculationFailed, stream_flat_tar
-from tests.support.compiled_flatten import assert_same_merge, assert_same_tar
+from tests.support.compiled_flatten import assert_same_merge, assert_same_one_pass, assert_same_tar
 from tests.support.layers import Member, dir, file, hardlink, opaque, symlink, tar_bytes, whiteout
 
 POLICY = MemberPolicy()
@@ -77,6 +77,7 @@ def one_pass(layers: list[bytes], opened: list[int] | None = None) -> Tree:
             opened.append(number)
         return io.BytesIO(layers[number])
 
+    assert_same_one_pass(layers)  # the compiled one-pass flatten: the same bytes and verdict
     out = io.BytesIO()
     streamed = stream_flat_tar([f"layer{number}" for number in range(len(layers))],
                                open_layer, out, policy=POLICY, max_data_bytes=1 << 40)
@@ -138,6 +139,7 @@ def test_a_refused_image_is_refused_not_written() -> None:
 
 def test_data_beyond_the_limit_stops_the_one_pass_flatten() -> None:
     layers = [tar_bytes(file("a", b"x" * 600)), tar_bytes(file("b", b"y" * 600))]
+    assert assert_same_one_pass(layers, max_data_bytes=1000)[0] == "fallback"
     with pytest.raises(SpeculationFailed, match="limit"):
         stream_flat_tar(["l0", "l1"], lambda number: io.BytesIO(layers[number]), io.BytesIO(),
                         policy=POLICY, max_data_bytes=1000)
@@ -225,6 +227,8 @@ def test_generated_stacks_are_flattened_exactly_or_left_to_the_two_pass_flatten(
     outcomes = {"one pass": 0, "fallback": 0, "refused": 0}
     for _ in range(800):
         layers = random_stack(rng)
+        if ahead_bytes == 5:
+            assert_same_one_pass(layers)  # and the compiled one-pass flatten
         try:
             exact: Tree | None = two_passes(layers)
         except ContentRejected:

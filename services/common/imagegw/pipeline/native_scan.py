@@ -26,14 +26,21 @@ _MARKER_CODES = {kind: code for code, kind in enumerate(MARKER_KINDS)}
 _TYPE_OF_KIND = (tarstream.REGULAR, tarstream.DIRECTORY, tarstream.SYMLINK, tarstream.HARDLINK)
 
 
-def scan_layer(stream: BinaryIO, *, layer: str, policy: MemberPolicy) -> bytes:
+def scan_layer(stream: BinaryIO, *, layer: str, policy: MemberPolicy,
+               emitter: _scan.Emitter | None = None, number: int = 0) -> bytes:
     """The compact index of a decompressed layer; raises ContentRejected as
-    `flatten.index_layer` does."""
+    `flatten.index_layer` does. With an `emitter` (native_onepass.py), the layer is layer
+    `number` of the one-pass flatten: its visible entries are written too."""
     try:
         name = layer.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # compact.encode fails on it after the scan: same path
+        if emitter is not None:
+            raise _scan.SpeculationFailed(f"the layer name {layer!r} is not UTF-8") from None
         return scan_layer_python(stream, layer=layer, policy=policy)
-    result: bytes = _scan.scan(stream, name, _Hooks(layer, policy))
+    if emitter is None:
+        result: bytes = _scan.scan(stream, name, _Hooks(layer, policy))
+    else:
+        result = _scan.scan(stream, name, _Hooks(layer, policy), emitter, number)
     return result
 
 

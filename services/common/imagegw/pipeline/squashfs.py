@@ -1,6 +1,6 @@
 """Builds a squashfs image from a tar stream with tar2sqfs, and the one-call
 layers-to-squashfs helper (each layer read once, newest first, proven exact; or index,
-merge, then copy).
+merge, then copy; in C when the extensions are built).
 
 Checked against tar2sqfs 1.2.0 (squashfs-tools-ng) before relying on it:
 - a directory entry that arrives AFTER files below it is accepted: the directory
@@ -42,13 +42,16 @@ from .layer import Layer
 from .members import MemberPolicy
 from .runtime_files import BASE_LAYER, TOP_LAYER, AddedLayers
 from .streaming import SpeculationFailed, StreamedFlatten, stream_flat_tar
-from .tarstream import TarReader
 from .writeback import EarlyWriteback
 
 try:
     from . import native_flat
 except ImportError:  # the extension is not built: the Python flatten runs
     native_flat = None  # type: ignore[assignment]
+try:
+    from . import native_onepass
+except ImportError:  # the extensions are not built: the Python flatten runs
+    native_onepass = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +62,8 @@ FINISH_TIMEOUT = 3600.0
 PIPE_BUFFER = 1 << 20
 #: Progress is reported at most once per this many bytes of file data.
 PROGRESS_STEP = 1 << 20
-#: Layers indexed at once by the compiled flatten (as their downloads arrive).
+#: Layers indexed at once by the compiled two-pass flatten (as their downloads arrive).
 INDEX_THREADS = 2
-#: The compiled flatten decompresses every layer twice (to index it, then for its data):
-#: it pays where layers hold many members per MiB (the per-member cost it saves), not
-#: for a few large files (the second inflate it costs). Without every index known, the
-#: first PROBE_BYTES of the newest layers decide (docs/performance.md, the measurements).
-PROBE_BYTES = 16 << 20
-MIN_MEMBERS_PER_MIB = 32
-#: A member with at least this much data ends the probe when the members seen so far
-#: are too few: the probe never waits for data it does not need (a big file still
-#: downloading, which the one-pass flatten converts as it arrives).
-PROBE_BIG_MEMBER = 1 << 20
 _STDERR_TAIL = 2000
 
 __all__ = ["build_squashfs", "tar2sqfs_command", "flatten_to_squashfs", "FlattenStats",
@@ -247,19 +240,17 @@ def flatten_to_squashfs(
 ) -> FlattenStats:
     """Flattens the layers (oldest first) into the squashfs image `output`.
 
-    Indexes are compact (compact.py). With the compiled flatten built (native_flat.py),
-    and every index known (`indexes`, from earlier conversions) or layers of many
-    members per MiB (`MIN_MEMBERS_PER_MIB`), every layer without a known index is
-    indexed as it arrives, two at a time, newest first; the indexes are merged in C and
-    the C writer copies the surviving data into tar2sqfs, each layer decompressed again.
-    Otherwise: with every index known the layers are merged first and each is
-    decompressed once for its file data; otherwise each layer is decompressed once,
-    newest first, writing files as it goes (streaming.py), and when that result cannot
-    be proven exact the partial image is dropped and the two-pass flatten runs with the
-    indexes made. A layer's blob may still be downloading (its reads wait).
+    Indexes are compact (compact.py). With every index known (`indexes`, from earlier
+    conversions) the layers are merged first and each is decompressed once for its file
+    data; otherwise each layer is decompressed once, newest first, writing what no newer
+    layer hides as it goes, and when that result cannot be proven exact the partial
+    image is dropped and the two-pass flatten runs with the indexes made (the layers not
+    read yet are indexed first). With the extensions built all of it runs in C
+    (native_onepass.py, native_flat.py); without them in Python (streaming.py,
+    flatten.py). A layer's blob may still be downloading (its reads wait).
     `on_progress(bytes_done, bytes_total)` follows the compressed layer bytes read
     (indexing, or the one pass; the layers' sizes give the total without waiting for
-    the downloads), then the file data written. `on_index(i, index)` gets the compact
+    the downloads), then the file data written; it never goes back. `on_index(i, index)` gets the compact
     index of layer i as soon as it is made here (a layer read to its end), to keep it.
     `added`, when given, are the runtime files' layers (runtime_files.py): flattened
     below and above the image's layers in the same conversion. `policy` overrides the
@@ -279,9 +270,10 @@ def flatten_to_squashfs(
     if len(known) != len(layers):
         raise ValueError("indexes do not match the layers")
     flatten = _Flatten(layers, options, limits, on_progress, on_index, policy)
-    if native_flat is not None and (all(index is not None for index in known)
-                                    or flatten.many_members_per_mib()):
+    if native_flat is not None and all(index is not None for index in known):
         return flatten.compiled(known, output)
+    if native_flat is not None and native_onepass is not None:
+        return flatten.compiled_one_pass(output)
     decoded = [None if index is None else compact.decode(index) for index in known]
     if any(index is not None and index.layer != layer.name
            for index, layer in zip(decoded, layers, strict=True)):
@@ -369,34 +361,55 @@ class _Flatten:
             self.on_index(number, compact.encode(index))
         return index
 
-    def many_members_per_mib(self) -> bool:
-        """Whether the newest layers hold at least MIN_MEMBERS_PER_MIB members per MiB
-        in their first PROBE_BYTES decompressed bytes (headers read, data skipped)."""
-        members = seen = 0
-        for number in reversed(range(len(self.layers))):
-            end = seen
-            with self.open(number) as stream:
-                for member in TarReader(stream, layer=self.layer_names[number]):
-                    members += 1
-                    end = seen + member.offset + member.size
-                    if end >= PROBE_BYTES or (member.size >= PROBE_BIG_MEMBER
-                                              and not _dense(members, end)):
-                        return self._decided(members, min(end, PROBE_BYTES))
-            seen = end
-        return self._decided(members, seen)
+    def compiled_one_pass(self, output: Path) -> FlattenStats:
+        """Each layer decompressed once, newest first, its visible entries written as it
+        is indexed, then proven exact while tar2sqfs finishes (native_onepass.py); when
+        that fails, the partial image is dropped and the compiled two-pass flatten runs
+        with the indexes made."""
+        assert native_onepass is not None
+        layer_bytes = sum(layer.size for layer in self.layers)
+        progress = _Progress(layer_bytes, self.on_progress)
+        streamed: list[native_onepass.CompiledStream] = []
+        trees: list[native_flat.Tree] = []
 
-    def _decided(self, members: int, seen: int) -> bool:
-        dense = _dense(members, seen)
-        log.info("%d members in the first %d bytes of the newest layers: %s", members, seen,
-                 "compiled flatten" if dense else "few members per MiB, one-pass flatten")
-        return dense
+        def write_tar(out: BinaryIO) -> None:
+            assert native_onepass is not None
+            streamed.append(native_onepass.stream_flat_tar(
+                self.layer_names, lambda number: self.open(number, progress.add), out,
+                policy=self.policy, max_data_bytes=self.cap, on_layer_index=self.on_index))
+            progress.finish()
 
-    def compiled(self, known: list[bytes | None], output: Path) -> FlattenStats:
-        """Indexes what is not known, merges and writes in C (native_flat.py)."""
+        def check() -> None:
+            trees.append(streamed[0].verify())
+
+        try:
+            # The image is about as large as the compressed layers; the data is unknown.
+            build_squashfs(write_tar, output, self.options, expected_bytes=layer_bytes,
+                           expected_what="bytes of compressed layers", check=check)
+        except native_onepass.SpeculationFailed as failed:
+            log.info("one-pass flatten of %s not exact (%s); flattening in two passes",
+                     output.name, failed.reason)
+            known = [failed.indexes.get(number) for number in range(len(self.layers))]
+            return self.compiled(known, output, progress)
+        tree = trees[0]
+        stats = FlattenStats(files=tree.files, dirs=tree.dirs, symlinks=tree.symlinks,
+                             hardlinks=tree.hardlinks, dropped=tree.dropped,
+                             data_bytes=tree.data_bytes, one_pass=True,
+                             indexes=tuple(streamed[0].indexes), compiled=True)
+        log.info("built an image: %s", stats)
+        return stats
+
+    def compiled(self, known: list[bytes | None], output: Path,
+                 progress: _Progress | None = None) -> FlattenStats:
+        """Indexes what is not known, merges and writes in C (native_flat.py); `progress`
+        goes on from a one pass that failed."""
         assert native_flat is not None
         missing = [number for number, index in enumerate(known) if index is None]
-        progress = _Progress(sum(self.layers[number].size for number in missing),
-                             self.on_progress)
+        missing_bytes = sum(self.layers[number].size for number in missing)
+        if progress is None:
+            progress = _Progress(missing_bytes, self.on_progress)
+        else:
+            progress.then(missing_bytes)
         indexes = self.scan(known, missing, progress.add)
         tree = native_flat.merge(indexes)
         if list(tree.layers) != self.layer_names:
@@ -493,10 +506,6 @@ class _Flatten:
 
         build_squashfs(write_tar, output, self.options, expected_bytes=total)
         return _stats(tree, indexes, one_pass=False)
-
-
-def _dense(members: int, data_bytes: int) -> bool:
-    return members * (1 << 20) >= MIN_MEMBERS_PER_MIB * max(data_bytes, 1)
 
 
 def _stats(tree: FlatTree, indexes: list[LayerIndex], *, one_pass: bool) -> FlattenStats:

@@ -22,6 +22,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "onepass.h"
+#include "tarout.h"
+
 enum { K_FILE = 0, K_DIR = 1, K_SYMLINK = 2, K_HARDLINK = 3 };
 enum { M_WHITEOUT = 0, M_OPAQUE = 1 };
 
@@ -29,21 +32,14 @@ enum { M_WHITEOUT = 0, M_OPAQUE = 1 };
 #define IMPLICIT_DIR_MODE 0755
 #define NONE (-1)
 #define ROOT 0
-#define BLOCK 512
+#define BLOCK TAR_BLOCK
 #define READ_CHUNK (1 << 20)
-#define OUT_BUFFER (1 << 20)
 #define PROGRESS_STEP (1 << 20)
-#define USTAR_MAX_NUMBER 8589934591LL /* 8**11 - 1 */
 
 static const char HOSTILE_HINT[] = "the layer is hostile or corrupt; this image cannot be converted";
 static const unsigned char MAGIC[8] = {'I', 'G', 'W', 'I', 'D', 'X', '1', 0};
 
 static PyObject *ContentRejected; /* imagegw.domain.errors.ContentRejected */
-
-typedef struct {
-	const char *ptr;
-	uint32_t len;
-} Str;
 
 /* flatten.Node: one entry of the merged tree (72 bytes). A file node made from a member
    also stands for flatten.FileData, its bytes: the names of a link group point at it
@@ -77,6 +73,7 @@ typedef struct {
 typedef struct {
 	int32_t data, first_name, last_name;
 	uint32_t names;
+	int32_t seen; /* its place in _collect's order (FlatTree.files) */
 } Group;
 
 typedef struct {
@@ -749,7 +746,8 @@ static int collect(Tree *t)
 					 sizeof(Group)) < 0)
 					goto done;
 				group_of[n->data] = t->group_count;
-				t->groups[t->group_count++] = (Group){n->data, id, id, 1};
+				t->groups[t->group_count] = (Group){n->data, id, id, 1, t->group_count};
+				t->group_count++;
 				t->data_bytes += t->nodes[n->data].u.file.size;
 			} else {
 				Group *g = &t->groups[group_of[n->data]];
@@ -823,198 +821,7 @@ fail:
 	return NULL;
 }
 
-/* -- the canonical tar (tarstream._header, TarWriter) --------------------------- */
-
-typedef struct {
-	int fd;
-	char *buf;
-	size_t len;
-} Out;
-
-/* Writes everything buffered to the fd, without the GIL. */
-static int out_flush(Out *o)
-{
-	size_t done = 0;
-	int error = 0;
-	Py_BEGIN_ALLOW_THREADS
-	while (done < o->len) {
-		ssize_t n = write(o->fd, o->buf + done, o->len - done);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			error = errno;
-			break;
-		}
-		done += (size_t)n;
-	}
-	Py_END_ALLOW_THREADS
-	o->len = 0;
-	if (error) {
-		errno = error;
-		PyErr_SetFromErrno(PyExc_OSError);
-		return -1;
-	}
-	return 0;
-}
-
-static int out_put(Out *o, const void *data, size_t count)
-{
-	const char *p = data;
-	while (count > 0) {
-		if (o->len == OUT_BUFFER && out_flush(o) < 0)
-			return -1;
-		size_t room = OUT_BUFFER - o->len;
-		size_t n = count < room ? count : room;
-		memcpy(o->buf + o->len, p, n);
-		o->len += n;
-		p += n;
-		count -= n;
-	}
-	return 0;
-}
-
-static int out_zeros(Out *o, size_t count)
-{
-	static const char zeros[BLOCK * 2];
-	while (count > 0) {
-		size_t n = count < sizeof(zeros) ? count : sizeof(zeros);
-		if (out_put(o, zeros, n) < 0)
-			return -1;
-		count -= n;
-	}
-	return 0;
-}
-
-static void octal(unsigned char *field, int digits, uint64_t value)
-{
-	for (int i = digits - 1; i >= 0; i--) {
-		field[i] = (unsigned char)('0' + (value & 7));
-		value >>= 3;
-	}
-}
-
-static int is_ascii(Str s)
-{
-	for (uint32_t i = 0; i < s.len; i++)
-		if ((unsigned char)s.ptr[i] >= 0x80)
-			return 0;
-	return 1;
-}
-
-/* tarstream._ustar_block (over _template: root:root, ustar magic) */
-static void ustar_block(unsigned char *block, Str prefix, Str base, char kind, uint32_t mode,
-			int64_t mtime, uint64_t size, Str link)
-{
-	memset(block, 0, BLOCK);
-	memcpy(block, base.ptr, base.len);
-	octal(block + 100, 7, mode & 07777);
-	memcpy(block + 108, "0000000\0" "0000000", 16);
-	octal(block + 124, 11, size);
-	octal(block + 136, 11, (uint64_t)mtime);
-	memset(block + 148, ' ', 8);
-	block[156] = (unsigned char)kind;
-	memcpy(block + 157, link.ptr, link.len);
-	memcpy(block + 257, "ustar\0" "00" "root", 12);
-	memcpy(block + 297, "root", 4);
-	memcpy(block + 329, "0000000\0" "0000000", 16);
-	memcpy(block + 345, prefix.ptr, prefix.len);
-	unsigned sum = 0;
-	for (int i = 0; i < BLOCK; i++)
-		sum += block[i];
-	octal(block + 148, 6, sum);
-	block[154] = 0;
-	block[155] = ' ';
-}
-
-static int decimal_digits(uint64_t n)
-{
-	int digits = 1;
-	while (n >= 10) {
-		n /= 10;
-		digits++;
-	}
-	return digits;
-}
-
-/* tarstream._pax_record: "<length> key=value\n", length counting itself */
-static size_t pax_record(char *at, const char *key, Str value)
-{
-	size_t body = 1 + strlen(key) + 1 + value.len + 1;
-	size_t length = body + 1;
-	while ((size_t)decimal_digits(length) + body != length)
-		length = (size_t)decimal_digits(length) + body;
-	if (at != NULL) {
-		int n = sprintf(at, "%zu %s=", length, key);
-		memcpy(at + n, value.ptr, value.len);
-		at[n + value.len] = '\n';
-	}
-	return length;
-}
-
-/* _split_ustar_name: prefix and name fields, or 0 when the name needs a PAX path. */
-static int split_ustar_name(Str name, Str *prefix, Str *base)
-{
-	if (name.len <= 100) {
-		*prefix = (Str){"", 0};
-		*base = name;
-		return 1;
-	}
-	int64_t cut = (name.len < 156 ? name.len : 156) - 1;
-	while (cut >= 0 && name.ptr[cut] != '/')
-		cut--;
-	if (cut > 0 && cut < (int64_t)name.len - 1 && name.len - cut - 1 <= 100) {
-		*prefix = (Str){name.ptr, (uint32_t)cut};
-		*base = (Str){name.ptr + cut + 1, name.len - (uint32_t)cut - 1};
-		return 1;
-	}
-	return 0;
-}
-
-/* tarstream._header: one member's header(s) */
-static int put_header(Out *o, Str name, char kind, uint32_t mode, int64_t mtime,
-		      uint64_t size, Str link)
-{
-	Str prefix, base;
-	int pax_path = !split_ustar_name(name, &prefix, &base) || !is_ascii(name);
-	if (pax_path) {
-		prefix = (Str){"", 0};
-		base = (Str){name.ptr, name.len < 100 ? name.len : 100};
-	}
-	int pax_link = link.len > 100 || !is_ascii(link);
-	int pax_size = size > (uint64_t)USTAR_MAX_NUMBER;
-	char size_text[24];
-	Str size_value = {size_text, (uint32_t)snprintf(size_text, sizeof(size_text), "%llu",
-							(unsigned long long)size)};
-	mtime = mtime < 0 ? 0 : mtime > USTAR_MAX_NUMBER ? USTAR_MAX_NUMBER : mtime;
-	Str short_link = {link.ptr, link.len < 100 ? link.len : 100};
-	unsigned char block[BLOCK];
-	if (pax_path || pax_link || pax_size) {
-		size_t length = (pax_path ? pax_record(NULL, "path", name) : 0) +
-				(pax_link ? pax_record(NULL, "linkpath", link) : 0) +
-				(pax_size ? pax_record(NULL, "size", size_value) : 0);
-		char *records = PyMem_RawMalloc(length + 32);
-		if (records == NULL) {
-			PyErr_NoMemory();
-			return -1;
-		}
-		size_t at = 0;
-		if (pax_path)
-			at += pax_record(records + at, "path", name);
-		if (pax_link)
-			at += pax_record(records + at, "linkpath", link);
-		if (pax_size)
-			at += pax_record(records + at, "size", size_value);
-		ustar_block(block, (Str){"", 0}, (Str){"PaxHeader", 9}, 'x', 0644, mtime, length,
-			    (Str){"", 0});
-		int failed = out_put(o, block, BLOCK) < 0 || out_put(o, records, length) < 0 ||
-			     out_zeros(o, (BLOCK - length % BLOCK) % BLOCK) < 0;
-		PyMem_RawFree(records);
-		if (failed)
-			return -1;
-	}
-	ustar_block(block, prefix, base, kind, mode, mtime, pax_size ? 0 : size, short_link);
-	return out_put(o, block, BLOCK);
-}
+/* -- the canonical tar: tarout.c (shared with the one-pass emitter) ---------- */
 
 /* The path of a node: its names from the root, joined by "/" (into a growing buffer). */
 typedef struct {
@@ -1303,6 +1110,241 @@ static PyObject *tree_write(Tree *t, PyObject *args, PyObject *kwargs)
 	Py_RETURN_NONE;
 }
 
+/* -- the one-pass flatten's end (streaming.StreamedFlatten, over onepass.h) -------- */
+
+static onepass_t *state_of(PyObject *capsule)
+{
+	return PyCapsule_GetPointer(capsule, ONEPASS_CAPSULE);
+}
+
+/* The groups in FlatTree.files' order (merge() sorted them by layer and member). */
+static int32_t *collect_order(Tree *t)
+{
+	int32_t *order = PyMem_RawMalloc(((size_t)t->group_count + 1) * sizeof(int32_t));
+	if (order == NULL) {
+		PyErr_NoMemory();
+		return NULL;
+	}
+	for (int32_t k = 0; k < t->group_count; k++)
+		order[t->groups[k].seen] = k;
+	return order;
+}
+
+/* emitter.written.get((data.layer, data.ordinal)): the record of the file written from
+   the member of `d` (under the member's own path), or NULL. */
+static Record *written_file(onepass_t *op, const Node *d)
+{
+	Str member = {d->name - d->member_prefix, (uint32_t)d->member_prefix + d->name_len};
+	Record *r = onepass_find(op, (const uint8_t *)member.ptr, member.len);
+	if (r == NULL || r->kind != R_FILE || r->layer != (uint32_t)d->u.file.layer)
+		return NULL;
+	const uint8_t *entry = record_entry(op, r);
+	int64_t offset = 0;
+	for (int i = 7; i >= 0; i--)
+		offset = (int64_t)((uint64_t)offset << 8 | entry[29 + i]);
+	return offset == d->u.file.offset ? r : NULL;
+}
+
+/* StreamedFlatten.write_deferred_links: hardlinks whose target was not written before
+   them, as the exact tree says, checked like any entry. None, or why the speculation
+   failed. */
+static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
+{
+	onepass_t *op = state_of(capsule);
+	if (op == NULL)
+		return NULL;
+	int32_t *order = collect_order(t);
+	PathBuffer p = {0};
+	PyObject *result = NULL;
+	if (order == NULL)
+		return NULL;
+	op->out.nogil = 0;
+	for (int32_t k = 0; k < t->group_count; k++) {
+		const Group *g = &t->groups[order[k]];
+		const Node *d = &t->nodes[g->data];
+		Record *first = written_file(op, d);
+		if (first == NULL)
+			continue;
+		Ref first_path = record_path(first);
+		uint32_t first_id = (uint32_t)(first - op->records);
+		for (int32_t id = g->first_name; id != NONE; id = t->nodes[id].next_name) {
+			Str name;
+			if (path_of(t, id, &p, &name) < 0)
+				goto done;
+			if (name.len == first_path.len &&
+			    memcmp(name.ptr, onepass_bytes(op, first_path), name.len) == 0)
+				continue;
+			/* records move as they are added: the first is found by its number */
+			if (onepass_deferred(op, (const uint8_t *)name.ptr, name.len,
+					     &op->records[first_id], d->mode, d->mtime) < 0) {
+				result = onepass_reason(op);
+				goto done;
+			}
+		}
+	}
+	result = Py_None;
+	Py_INCREF(result);
+done:
+	PyMem_RawFree(order);
+	PyMem_RawFree(p.buf);
+	PyMem_RawFree(p.chain);
+	return result;
+}
+
+static int same_bytes(Str a, const uint8_t *b, uint32_t len)
+{
+	return a.len == len && memcmp(a.ptr, b, len) == 0;
+}
+
+/* StreamedFlatten.verify's checks of the link groups: each file written under one of
+   its names, the other names linked to it. NULL (no exception): they hold. */
+static PyObject *unproven_files(Tree *t, onepass_t *op, PathBuffer *p)
+{
+	int32_t *order = collect_order(t);
+	if (order == NULL)
+		return NULL;
+	PyObject *reason = NULL;
+	for (int32_t k = 0; k < t->group_count && reason == NULL; k++) {
+		const Group *g = &t->groups[order[k]];
+		const Node *d = &t->nodes[g->data];
+		Record *file = written_file(op, d);
+		Str name;
+		int found = 0;
+		for (int32_t id = g->first_name; id != NONE && file && !found; id = t->nodes[id].next_name) {
+			if (path_of(t, id, p, &name) < 0)
+				goto failed;
+			found = onepass_find(op, (const uint8_t *)name.ptr, name.len) == file;
+		}
+		if (!found) {
+			if (path_of(t, g->first_name, p, &name) < 0)
+				goto failed;
+			PyObject *first = text(name);
+			if (first == NULL)
+				goto failed;
+			reason = PyUnicode_FromFormat("%R is not the file written from layer %d", first,
+						      (int)d->u.file.layer + 1);
+			Py_DECREF(first);
+			if (reason == NULL)
+				goto failed;
+			break;
+		}
+		uint32_t file_id = (uint32_t)(file - op->records) + 1;
+		for (int32_t id = g->first_name; id != NONE; id = t->nodes[id].next_name) {
+			if (path_of(t, id, p, &name) < 0)
+				goto failed;
+			const Record *r = onepass_find(op, (const uint8_t *)name.ptr, name.len);
+			if (r == file || (r != NULL && r->kind == R_HARDLINK && r->target == file_id))
+				continue;
+			Ref path = record_path(file);
+			PyObject *first = text((Str){(const char *)onepass_bytes(op, path), path.len});
+			if (first == NULL)
+				goto failed;
+			reason = PyUnicode_FromFormat("the names of %R are not all linked to it", first);
+			Py_DECREF(first);
+			if (reason == NULL)
+				goto failed;
+			break;
+		}
+	}
+	PyMem_RawFree(order);
+	return reason;
+failed:
+	PyMem_RawFree(order);
+	return NULL;
+}
+
+/* The symlinks written are the image's (path, target, mtime): 1, 0, or -1. */
+static int same_symlinks(Tree *t, onepass_t *op, PathBuffer *p)
+{
+	uint32_t written = 0;
+	for (uint32_t k = 0; k < op->record_count; k++)
+		written += op->records[k].kind == R_SYMLINK;
+	if (written != (uint32_t)t->symlink_count)
+		return 0;
+	for (int32_t k = 0; k < t->symlink_count; k++) {
+		const Node *n = &t->nodes[t->symlinks[k]];
+		Str path;
+		if (path_of(t, t->symlinks[k], p, &path) < 0)
+			return -1;
+		const Record *r = onepass_find(op, (const uint8_t *)path.ptr, path.len);
+		if (r == NULL || r->kind != R_SYMLINK)
+			return 0;
+		const uint8_t *e = record_entry(op, r);
+		uint32_t path_len = (uint32_t)(e[37] | e[38] << 8 | e[39] << 16 | (uint32_t)e[40] << 24);
+		uint32_t link_len = (uint32_t)(e[41] | e[42] << 8 | e[43] << 16 | (uint32_t)e[44] << 24);
+		int64_t mtime = 0;
+		for (int i = 7; i >= 0; i--)
+			mtime = (int64_t)((uint64_t)mtime << 8 | e[5 + i]);
+		if (mtime != n->mtime ||
+		    !same_bytes((Str){n->u.link.ptr, n->u.link.len}, e + ENTRY_HEAD + path_len, link_len))
+			return 0;
+	}
+	return 1;
+}
+
+/* The directories written, explicitly or implicitly (0755, mtime 0), are the image's. */
+static int same_directories(Tree *t, onepass_t *op, PathBuffer *p)
+{
+	uint32_t written = 0;
+	for (uint32_t k = 0; k < op->record_count; k++)
+		written += op->records[k].kind == R_DIR || (op->records[k].flags & F_IMPLICIT);
+	if (written != (uint32_t)t->dir_count)
+		return 0;
+	for (int32_t k = 0; k < t->dir_count; k++) {
+		const Node *n = &t->nodes[t->dirs[k]];
+		Str path;
+		if (path_of(t, t->dirs[k], p, &path) < 0)
+			return -1;
+		const Record *r = onepass_find(op, (const uint8_t *)path.ptr, path.len);
+		uint32_t mode;
+		int64_t mtime = 0;
+		if (r != NULL && r->kind == R_DIR) {
+			const uint8_t *e = record_entry(op, r);
+			mode = (uint32_t)(e[1] | e[2] << 8 | e[3] << 16 | (uint32_t)e[4] << 24);
+			for (int i = 7; i >= 0; i--)
+				mtime = (int64_t)((uint64_t)mtime << 8 | e[5 + i]);
+		} else if (r != NULL && (r->flags & F_IMPLICIT)) {
+			mode = IMPLICIT_DIR_MODE;
+		} else {
+			return 0;
+		}
+		if (mode != n->mode || mtime != n->mtime)
+			return 0;
+	}
+	return 1;
+}
+
+/* StreamedFlatten.verify: None when the tar written holds exactly this tree, else why
+   not (the reason of a SpeculationFailed). */
+static PyObject *tree_verify(Tree *t, PyObject *capsule)
+{
+	onepass_t *op = state_of(capsule);
+	if (op == NULL)
+		return NULL;
+	if (op->files != (uint32_t)t->group_count || op->links != t->hardlinks)
+		return PyUnicode_FromFormat("%u files and %u hardlinks were written; the image has "
+					    "%d and %llu", op->files, op->links, (int)t->group_count,
+					    (unsigned long long)t->hardlinks);
+	PathBuffer p = {0};
+	PyObject *result = unproven_files(t, op, &p);
+	int same = 1;
+	if (result == NULL && !PyErr_Occurred()) {
+		same = same_symlinks(t, op, &p);
+		if (same == 0)
+			result = PyUnicode_FromString("the symlinks written are not the image's");
+	}
+	if (result == NULL && !PyErr_Occurred() && same > 0) {
+		same = same_directories(t, op, &p);
+		if (same == 0)
+			result = PyUnicode_FromString("the directories written are not the image's");
+	}
+	PyMem_RawFree(p.buf);
+	PyMem_RawFree(p.chain);
+	if (result == NULL && !PyErr_Occurred())
+		Py_RETURN_NONE;
+	return result;
+}
+
 /* -- the Tree type -------------------------------------------------------------- */
 
 /* The layers holding surviving file data (the ones write() opens), ascending. */
@@ -1366,6 +1408,10 @@ static PyMethodDef tree_methods[] = {
 	 "write(open_layer, out_fd, on_bytes=None): the canonical tar into the fd"},
 	{"data_layers", (PyCFunction)tree_data_layers, METH_NOARGS,
 	 "the layers holding surviving file data"},
+	{"write_deferred", (PyCFunction)tree_write_deferred, METH_O,
+	 "write_deferred(state): the one-pass flatten's deferred hardlinks; None, or why not"},
+	{"verify", (PyCFunction)tree_verify, METH_O,
+	 "verify(state): None when the one-pass tar holds exactly this tree, else why not"},
 	{NULL, NULL, 0, NULL},
 };
 

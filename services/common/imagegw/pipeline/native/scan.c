@@ -7,12 +7,18 @@
  *
  * A plain member costs one header parse in C, straight from the read buffer and, in runs
  * of them, with the GIL released; member data is skipped in place, never copied out.
+ *
+ * With an Emitter (the one-pass flatten, onepass.h), each admitted entry is also written
+ * to the image's tar when no newer layer hides it (streaming._NewestFirst), a file's data
+ * straight from the read buffer: each layer is decompressed once.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <stdint.h>
 #include <string.h>
+
+#include "onepass.h"
 
 #define BLOCK 512
 #define MODE_SLOTS 1024
@@ -93,7 +99,10 @@ typedef struct {
     mode_slot_t modes[MODE_SLOTS];
     size_t mode_count;
     extensions_t ext;
+    onepass_t *op; /* the one-pass flatten's emitter, or NULL: index only */
 } scanner_t;
+
+static PyObject *SpeculationFailed; /* _scan.SpeculationFailed: the reason, for the wrapper */
 
 /* -- output ----------------------------------------------------------------------- */
 
@@ -917,6 +926,76 @@ static void reset_extensions(extensions_t *ext)
     ext->sparse = 0;
 }
 
+/* -- the one-pass emitter (onepass.h) ---------------------------------------------- */
+
+/* The emitter's part for the entry just indexed at `entry` of the entries: written when
+   visible; a file's data (`size` bytes, buffered at pos) copied after its header. No GIL
+   needed (the data is in the buffer). -1: op->fail says why. */
+static int emit_buffered(scanner_t *sc, size_t entry, int type, uint64_t size)
+{
+    onepass_t *op = sc->op;
+    int data;
+    op->base[op->current] = sc->entries.data;
+    if (onepass_entry(op, entry, type, &data) < 0)
+        return -1;
+    if (!data)
+        return 0;
+    if (out_put(&op->out, sc->buf + sc->pos, (size_t)size) < 0 ||
+        out_zeros(&op->out, (BLOCK - size % BLOCK) % BLOCK) < 0) {
+        op->fail = FAIL_OUTPUT;
+        return -1;
+    }
+    sc->pos += (size_t)size;
+    sc->offset += size;
+    sc->pending -= size;
+    return 0;
+}
+
+/* Raises what stopped the emitter: _scan.SpeculationFailed(reason), or the output's
+   error (GIL held). */
+static int emitter_failed(scanner_t *sc)
+{
+    PyObject *reason = onepass_reason(sc->op);
+    if (reason != NULL) {
+        PyErr_SetObject(SpeculationFailed, reason);
+        Py_DECREF(reason);
+    }
+    return -1;
+}
+
+/* The emitter's part for a member general_step indexed (GIL held): a file's data may
+   need reads (TarReader.copy_data). */
+static int emit_general(scanner_t *sc, size_t entry, int type, uint64_t size)
+{
+    onepass_t *op = sc->op;
+    int data;
+    op->base[op->current] = sc->entries.data;
+    if (onepass_entry(op, entry, type, &data) < 0)
+        return emitter_failed(sc);
+    for (uint64_t left = data ? size : 0; left > 0;) {
+        if (sc->pos == sc->len) {
+            Py_ssize_t got = read_into(sc, 0, sc->chunk);
+            if (got < 0)
+                return -1;
+            if (got == 0)
+                return refuse(sc, "truncated_member", "()");
+            sc->pos = 0;
+            sc->len = (size_t)got;
+        }
+        size_t have = sc->len - sc->pos;
+        size_t n = left < have ? (size_t)left : have;
+        if (out_put(&op->out, sc->buf + sc->pos, n) < 0)
+            return -1;
+        sc->pos += n;
+        sc->offset += n;
+        sc->pending -= n;
+        left -= n;
+    }
+    if (data && out_zeros(&op->out, (BLOCK - size % BLOCK) % BLOCK) < 0)
+        return -1;
+    return 0;
+}
+
 /* One logical member the general way (GIL held): TarReader.__iter__'s skip, then
  * _next_member with every extension header, then index_layer's admit. 1 for a member,
  * 0 at the end of the archive, -1 with an exception set. */
@@ -967,17 +1046,24 @@ static int general_step(scanner_t *sc)
     if (m.data_size.value < 0)
         return refuse(sc, "negative_size", "(y#)", (const char *)m.name, (Py_ssize_t)m.name_len);
     sc->pending = padded_size(&m.data_size);
-    uint64_t ordinal = sc->ordinal++;
+    uint64_t ordinal = sc->ordinal++, entries = sc->entry_count;
+    size_t entry = sc->entries.len;
     fast_t f;
     uint32_t mode;
-    if (!fast_admit(sc, &m, &f))
-        return admit_in_python(sc, &m, ordinal, sc->offset) < 0 ? -1 : 1;
-    if (python_mode(sc, m.mode.value, f.kind, &mode) < 0)
-        return -1;
-    if (emit_fast(sc, &m, &f, mode, ordinal, sc->offset) < 0) {
-        PyErr_NoMemory();
-        return -1;
+    if (!fast_admit(sc, &m, &f)) {
+        if (admit_in_python(sc, &m, ordinal, sc->offset) < 0)
+            return -1;
+    } else {
+        if (python_mode(sc, m.mode.value, f.kind, &mode) < 0)
+            return -1;
+        if (emit_fast(sc, &m, &f, mode, ordinal, sc->offset) < 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
     }
+    if (sc->op && sc->entry_count != entries &&
+        emit_general(sc, entry, m.type, (uint64_t)m.data_size.value) < 0)
+        return -1;
     return 1;
 }
 
@@ -985,6 +1071,7 @@ static int general_step(scanner_t *sc)
  * a layer of slow members (PAX headers, whiteouts) never trades the GIL per member. */
 #define FAST_PROBE 32
 #define FAST_NO_MEMORY (-1)
+#define FAST_EMIT_FAILED (-2)
 
 /* The members general_step would handle without a read, an extension header, Python or
  * a question: plain ustar members whose header is in the buffer and whose mode is cached.
@@ -1009,11 +1096,18 @@ static long fast_run(scanner_t *sc, long limit)
         if (m.data_size.value < 0 || m.data_size.overflow || m.mtime.overflow ||
             !fast_admit(sc, &m, &f) || !cached_mode(sc, m.mode.value, f.kind, &mode))
             break;
+        /* a file the emitter may write: its data must be buffered too */
+        if (sc->op && f.kind == KIND_FILE &&
+            (uint64_t)m.data_size.value > avail - sc->pending - BLOCK)
+            break;
         sc->pos += (size_t)sc->pending + BLOCK;
         sc->offset += sc->pending + BLOCK;
         sc->pending = padded_size(&m.data_size);
+        size_t entry = sc->entries.len;
         if (emit_fast(sc, &m, &f, mode, sc->ordinal++, sc->offset) < 0)
             return FAST_NO_MEMORY;
+        if (sc->op && emit_buffered(sc, entry, m.type, (uint64_t)m.data_size.value) < 0)
+            return FAST_EMIT_FAILED;
     }
     return done;
 }
@@ -1024,13 +1118,19 @@ static int fast_members(scanner_t *sc)
     long done = fast_run(sc, FAST_PROBE);
     if (done == FAST_PROBE) {
         Py_BEGIN_ALLOW_THREADS
+        if (sc->op)
+            sc->op->out.nogil = 1;
         done = fast_run(sc, LONG_MAX);
+        if (sc->op)
+            sc->op->out.nogil = 0;
         Py_END_ALLOW_THREADS
     }
     if (done == FAST_NO_MEMORY) {
         PyErr_NoMemory();
         return -1;
     }
+    if (done == FAST_EMIT_FAILED)
+        return emitter_failed(sc);
     return 0;
 }
 
@@ -1116,19 +1216,187 @@ static void scanner_free(scanner_t *sc)
     PyMem_RawFree(sc);
 }
 
+/* -- the Emitter: the one-pass flatten's state (onepass.h) as a Python object -------- */
+
+typedef struct {
+    PyObject_HEAD
+    onepass_t *op;
+    PyObject *indexes; /* list: the index bytes of the layers read (the paths' arena) */
+    int broken;        /* a scan failed midway: its records point at freed memory */
+    uint32_t read;     /* layers read to their end */
+} Emitter;
+
+static PyTypeObject EmitterType;
+
+static int emitter_init(Emitter *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"out_fd", "max_data_bytes", "layers", NULL};
+    int fd;
+    unsigned long long max_data_bytes;
+    unsigned int layers;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iKI", names, &fd, &max_data_bytes,
+                                     &layers))
+        return -1;
+    if (self->op != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "an Emitter is initialised once");
+        return -1;
+    }
+    self->indexes = PyList_New(0);
+    self->op = onepass_new(fd, max_data_bytes, layers);
+    if (self->indexes == NULL || self->op == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void emitter_dealloc(Emitter *self)
+{
+    onepass_free(self->op);
+    Py_XDECREF(self->indexes);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int emitter_usable(Emitter *self)
+{
+    if (self->op == NULL || self->broken) {
+        PyErr_SetString(PyExc_RuntimeError, "the emitter is not initialised, or failed");
+        return 0;
+    }
+    return 1;
+}
+
+/* TarWriter.close: two zero blocks, and everything buffered goes out. */
+static PyObject *emitter_close(Emitter *self, PyObject *unused)
+{
+    (void)unused;
+    if (!emitter_usable(self))
+        return NULL;
+    if (out_zeros(&self->op->out, 2 * BLOCK) < 0 || out_flush(&self->op->out) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static void release_state(PyObject *capsule)
+{
+    Py_XDECREF((PyObject *)PyCapsule_GetContext(capsule));
+}
+
+/* The state for _flat's Tree.write_deferred and Tree.verify (it keeps the emitter). */
+static PyObject *emitter_state(Emitter *self, void *unused)
+{
+    (void)unused;
+    if (!emitter_usable(self))
+        return NULL;
+    if (self->read != self->op->layers) {
+        PyErr_SetString(PyExc_RuntimeError, "the emitter has not read every layer");
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(self->op, ONEPASS_CAPSULE, release_state);
+    if (capsule == NULL)
+        return NULL;
+    Py_INCREF(self);
+    if (PyCapsule_SetContext(capsule, self) < 0) {
+        Py_DECREF(self);
+        Py_DECREF(capsule);
+        return NULL;
+    }
+    return capsule;
+}
+
+static PyObject *emitter_data_bytes(Emitter *self, void *unused)
+{
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(self->op ? self->op->data_bytes : 0);
+}
+
+static PyMethodDef emitter_methods[] = {
+    {"close", (PyCFunction)emitter_close, METH_NOARGS,
+     "ends the tar (two zero blocks) and writes out what is buffered"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *emitter_deferred(Emitter *self, void *unused)
+{
+    (void)unused;
+    return PyLong_FromUnsignedLong(self->op ? self->op->deferred : 0);
+}
+
+static PyGetSetDef emitter_getset[] = {
+    {"state", (getter)emitter_state, NULL, "a capsule of the state, for _flat", NULL},
+    {"data_bytes", (getter)emitter_data_bytes, NULL, "bytes of file data written", NULL},
+    {"deferred", (getter)emitter_deferred, NULL, "hardlinks left for the end", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject EmitterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "imagegw.pipeline.native._scan.Emitter",
+    .tp_basicsize = sizeof(Emitter),
+    .tp_dealloc = (destructor)emitter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Emitter(out_fd, max_data_bytes, layers): the one-pass flatten's writer "
+              "(use imagegw.pipeline.native_onepass).",
+    .tp_methods = emitter_methods,
+    .tp_getset = emitter_getset,
+    .tp_init = (initproc)emitter_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* The layer's index is made: its records now point into its bytes, and it hides its
+   paths from the older layers (not after the oldest: nothing is read after it). */
+static int emitter_layer_done(Emitter *self, PyObject *index)
+{
+    onepass_t *op = self->op;
+    if ((uint64_t)PyBytes_GET_SIZE(index) > UINT32_MAX) { /* references are 32-bit */
+        PyErr_SetString(SpeculationFailed, "a layer's index passes 4 GiB");
+        return -1;
+    }
+    if (PyList_Append(self->indexes, index) < 0)
+        return -1;
+    const uint8_t *bytes = (const uint8_t *)PyBytes_AS_STRING(index);
+    op->base[op->current] = bytes + 28 + (size_t)(bytes[24] | bytes[25] << 8 |
+                                                  bytes[26] << 16 | (uint32_t)bytes[27] << 24);
+    if (op->current > 0 && onepass_hide(op, bytes) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->read++;
+    return 0;
+}
+
 static PyObject *scan(PyObject *module, PyObject *args)
 {
     (void)module;
-    PyObject *stream, *hooks, *result = NULL;
+    PyObject *stream, *hooks, *result = NULL, *emitter = Py_None;
     const char *layer;
     Py_ssize_t layer_len;
-    if (!PyArg_ParseTuple(args, "Oy#O:scan", &stream, &layer, &layer_len, &hooks))
+    unsigned int number = 0;
+    if (!PyArg_ParseTuple(args, "Oy#O|OI:scan", &stream, &layer, &layer_len, &hooks, &emitter,
+                          &number))
         return NULL;
+    Emitter *em = NULL;
+    if (emitter != Py_None) {
+        if (!PyObject_TypeCheck(emitter, &EmitterType)) {
+            PyErr_SetString(PyExc_TypeError, "scan's emitter must be an Emitter");
+            return NULL;
+        }
+        em = (Emitter *)emitter;
+        if (!emitter_usable(em))
+            return NULL;
+        if (number >= em->op->layers || em->op->base[number] != NULL) {
+            PyErr_SetString(PyExc_ValueError, "a layer number out of range, or read twice");
+            return NULL;
+        }
+        em->op->current = number;
+    }
     scanner_t *sc = PyMem_RawCalloc(1, sizeof(scanner_t));
     if (!sc)
         return PyErr_NoMemory();
     sc->stream = stream;
     sc->hooks = hooks;
+    sc->op = em ? em->op : NULL;
     for (size_t i = 0; i < MODE_SLOTS; i++)
         sc->modes[i].kind = -1;
     if (read_limits(sc) < 0)
@@ -1154,15 +1422,20 @@ static PyObject *scan(PyObject *module, PyObject *args)
             break;
     }
     result = index_bytes(sc, layer, layer_len);
+    if (result && em && emitter_layer_done(em, result) < 0)
+        Py_CLEAR(result);
 done:
+    if (em && !result)
+        em->broken = 1;
     scanner_free(sc);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(stream, layer: bytes, hooks) -> bytes: the compact index of a decompressed "
-     "layer (use imagegw.pipeline.native_scan.scan_layer)."},
+     "scan(stream, layer: bytes, hooks, emitter=None, number=0) -> bytes: the compact "
+     "index of a decompressed layer (use imagegw.pipeline.native_scan.scan_layer); with an "
+     "Emitter, layer `number`'s visible entries are written too (native_onepass)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1173,5 +1446,25 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__scan(void)
 {
-    return PyModule_Create(&module_def);
+    if (PyType_Ready(&EmitterType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL)
+        return NULL;
+    SpeculationFailed = PyErr_NewException("imagegw.pipeline.native._scan.SpeculationFailed",
+                                           NULL, NULL);
+    Py_INCREF(&EmitterType);
+    if (SpeculationFailed == NULL ||
+        PyModule_AddObject(module, "Emitter", (PyObject *)&EmitterType) < 0) {
+        Py_DECREF(&EmitterType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(SpeculationFailed);
+    if (PyModule_AddObject(module, "SpeculationFailed", SpeculationFailed) < 0) {
+        Py_DECREF(SpeculationFailed);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

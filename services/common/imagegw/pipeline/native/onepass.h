@@ -1,0 +1,125 @@
+/*
+ * The one-pass flatten's state in C (issue 21): streaming._NewestFirst and the checks of
+ * StreamedFlatten, over compact indexes. Compiled into both extensions from onepass.c:
+ * _scan writes the visible entries while it scans each layer (newest first), _flat
+ * writes the deferred hardlinks and verifies the result against its exact merge; the
+ * state travels between them in a capsule (ONEPASS_CAPSULE) made by _scan.Emitter.
+ *
+ * No Python object per member. Every path is a reference into a compact index's bytes
+ * (the entries section of layer `layer`, at `off`): the layer being scanned is in the
+ * scanner's growing buffer until the layer ends, then in its index bytes (same layout,
+ * so references stay valid). One table maps each path to its record: what went out
+ * under it (_NewestFirst.emitted, implicit_dirs, deferred_links) and whether the newer
+ * layers hide it (hidden, hidden_below: two flag bits), so an entry costs one lookup
+ * while its layer is read and one when its layer hides it. Memory: a 16-byte record
+ * and an 8-byte slot (the table at most 70 % full) per path written or hidden; a path
+ * hidden only (overwritten, whited out) is the only cost the hidden sets add.
+ */
+#ifndef IMAGEGW_ONEPASS_H
+#define IMAGEGW_ONEPASS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tarout.h"
+
+#ifndef Py_PYTHON_H
+#error "include Python.h first"
+#endif
+
+#define ONEPASS_HIDDEN __attribute__((visibility("hidden")))
+#define ONEPASS_CAPSULE "imagegw.pipeline.native.onepass"
+
+/* The compact entry layout (compact.py): the fixed part, then path and link. */
+#define ENTRY_HEAD 45
+enum { EK_FILE = 0, EK_DIR = 1, EK_SYMLINK = 2, EK_HARDLINK = 3 };
+enum { MK_WHITEOUT = 0, MK_OPAQUE = 1 };
+
+/* A byte string in an index: the entries section of layer `layer`, from `off`. */
+typedef struct {
+	uint32_t layer, off, len;
+} Ref;
+
+/* What a path went out as (streaming._NewestFirst's emitted / deferred_links). */
+enum { R_NONE = 0, R_FILE, R_DIR, R_SYMLINK, R_HARDLINK, R_DEFERRED };
+
+/* The record's flags: in implicit_dirs, hidden, hidden_below. */
+enum { F_IMPLICIT = 1, F_HIDDEN = 2, F_HIDDEN_BELOW = 4 };
+
+/* One path: written (or deferred, or made implicitly), and/or hidden by newer layers. */
+typedef struct {
+	uint32_t layer;    /* where the path's bytes are */
+	uint32_t path;     /* their offset in that layer's entries section: an entry's path
+			      (R_FILE..R_DEFERRED: that entry's; implicit dirs: a prefix of a
+			      descendant's) or a marker's */
+	uint16_t path_len;
+	uint8_t kind;      /* R_* */
+	uint8_t flags;     /* F_* */
+	uint32_t target;   /* R_HARDLINK: the record of the file it links to */
+} Record;
+
+typedef struct {
+	uint32_t hash, id; /* id: 1 + the item's number; 0: an empty slot */
+} Slot;
+
+typedef struct {
+	Slot *slots;
+	uint32_t mask, count;
+} Table;
+
+/* Why the speculation failed (the messages of streaming.py). */
+enum {
+	FAIL_NONE = 0,
+	FAIL_BELOW_NON_DIR, /* "{path!r} lies below the non-directory {ancestor!r}" */
+	FAIL_TWICE,         /* "{path!r} appears twice in one layer" */
+	FAIL_DIR_AND_OTHER, /* "{path!r} is a directory and something else" */
+	FAIL_LIMIT,         /* "the data written passes the unpacked-size limit" */
+	FAIL_OUTPUT,        /* writing failed: out.error */
+	FAIL_TOO_LARGE,     /* a layer's entries pass 4 GiB (references are 32-bit) */
+};
+
+typedef struct {
+	Out out;
+	uint64_t max_data_bytes, data_bytes;
+	uint32_t layers;
+	const uint8_t **base; /* each layer's entries section (NULL: not read yet) */
+	uint32_t current;     /* the layer being scanned */
+	/* every path written, deferred, made implicitly or hidden: path -> record */
+	Record *records;
+	uint32_t record_count, record_cap;
+	Table paths;
+	uint32_t files, links; /* R_FILE and R_HARDLINK records (len(written), len(links)) */
+	uint32_t deferred;     /* hardlinks left for the end (deferred_links was not empty) */
+	int root_hidden_below; /* "" in hidden_below (an opaque marker at the root) */
+	/* _clear_parent and _claimed_parent (has_*: not None) */
+	int has_clear, has_claimed;
+	Ref clear, claimed;
+	/* the failure: its kind and the paths its message names (copies) */
+	int fail;
+	char *fail_path, *fail_other;
+	uint32_t fail_path_len, fail_other_len;
+} onepass_t;
+
+ONEPASS_HIDDEN onepass_t *onepass_new(int fd, uint64_t max_data_bytes, uint32_t layers);
+ONEPASS_HIDDEN void onepass_free(onepass_t *op);
+ONEPASS_HIDDEN const uint8_t *onepass_bytes(const onepass_t *op, Ref ref);
+ONEPASS_HIDDEN Ref record_path(const Record *r);
+ONEPASS_HIDDEN const uint8_t *record_entry(const onepass_t *op, const Record *r);
+/* The record of a path; NULL when it has none. */
+ONEPASS_HIDDEN Record *onepass_find(const onepass_t *op, const uint8_t *path, uint32_t len);
+
+/* One admitted entry of the layer being scanned, at `entry` in its entries section
+   (already there): _NewestFirst.read_layer's body. Writes it when visible; for a file
+   whose header went out, *data is set: the caller writes its data and padding next.
+   -1 when it failed (op->fail). No GIL needed when op->out.nogil. */
+ONEPASS_HIDDEN int onepass_entry(onepass_t *op, size_t entry, int member_type, int *data);
+/* _NewestFirst._hide of the layer just read, from its index bytes. -1: out of memory. */
+ONEPASS_HIDDEN int onepass_hide(onepass_t *op, const uint8_t *index);
+/* write_deferred_links' step for one name: writes `name` as a hardlink to `first` when
+   it is still deferred. -1 when it failed (op->fail). GIL held. */
+ONEPASS_HIDDEN int onepass_deferred(onepass_t *op, const uint8_t *name, uint32_t name_len,
+				    Record *first, uint32_t mode, int64_t mtime);
+/* The reason of op->fail as a str (GIL held); NULL with an exception for FAIL_OUTPUT. */
+ONEPASS_HIDDEN PyObject *onepass_reason(const onepass_t *op);
+
+#endif

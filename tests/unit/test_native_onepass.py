@@ -1,0 +1,237 @@
+"""The compiled one-pass flatten (pipeline/native_onepass.py, native/onepass.c) against
+the Python one (streaming.stream_flat_tar): the same tar bytes and the same verdict
+(verified, speculation failed with the same reason, or the same refusal) on generated
+layer stacks, the hostile corpus, 120 layers, and a 400k-file image.
+
+test_streaming_flatten.py runs each of its cases over the compiled path as well
+(tests/support/compiled_flatten.py: assert_same_one_pass).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import tempfile
+
+import pytest
+
+from imagegw.domain.errors import ContentRejected
+from imagegw.pipeline import compact
+from imagegw.pipeline.members import MemberPolicy
+from imagegw.pipeline.tarstream import REGULAR, _header
+from tests.support.compiled_flatten import assert_same_one_pass, one_pass_outcome
+from tests.support.hostile_corpus import cases
+from tests.support.layers import (
+    Member,
+    dir,
+    file,
+    hardlink,
+    opaque,
+    raw_member,
+    symlink,
+    tar_bytes,
+    whiteout,
+)
+
+try:
+    from imagegw.pipeline import native_onepass
+except ImportError as error:  # not built: every test here fails (CI builds it)
+    native_onepass = None  # type: ignore[assignment]
+    _IMPORT_ERROR: ImportError | None = error
+else:
+    _IMPORT_ERROR = None
+
+POLICY = MemberPolicy()
+
+
+@pytest.fixture(autouse=True)
+def _compiled() -> None:
+    if native_onepass is None and os.environ.get("CI") == "true":
+        pytest.fail(f"the compiled one-pass flatten is not built: {_IMPORT_ERROR}")
+    if native_onepass is None:
+        pytest.skip("the compiled one-pass flatten is not built (scripts/setup)")
+
+
+def same(*layers: list[Member], max_data_bytes: int = 1 << 40) -> tuple:
+    return assert_same_one_pass([tar_bytes(*members) for members in layers],
+                                max_data_bytes=max_data_bytes)
+
+
+def test_layers_are_written_newest_first_byte_for_byte() -> None:
+    got = same([dir("usr"), file("usr/a", b"old"), file("usr/b", b"b" * 700),
+                symlink("lib", "usr"), file("x" * 150, b"long name")],
+               [file("usr/a", b"new", 0o755, mtime=5), whiteout("usr/b"), dir("é", mtime=2),
+                hardlink("usr/c", "usr/a"), hardlink("usr/d", "x" * 150)])
+    assert got[0] == "tree"
+
+
+@pytest.mark.parametrize("layers", [
+    [[symlink("lib", "usr/lib"), dir("usr/lib")], [file("lib/x", b"x")]],
+    [[file("a", b"1")], [hardlink("b", "a")], [whiteout("a")]],
+    [[file("a", b"old"), file("a", b"new")]],
+    [[file("a", b"1"), dir("a")]],
+    [[file("a", b"1")], [file("a/b", b"2")]],
+    [[file("a", b"1")], [dir("a"), file("a/b", b"2")], [opaque(""), file("c", b"3")]],
+], ids=["symlinked parent", "whited-out link target", "twice in a layer",
+        "dir below a file", "refused image", "opaque root"])
+def test_the_verdicts_are_the_python_ones(layers: list[list[Member]]) -> None:
+    same(*layers)
+
+
+def test_data_beyond_the_limit_fails_the_speculation() -> None:
+    got = same([file("a", b"x" * 600)], [file("b", b"y" * 600)], max_data_bytes=1000)
+    assert got == ("fallback", "the data written passes the unpacked-size limit")
+
+
+def test_a_member_refused_midway_refuses_the_image() -> None:
+    # Written up to the refused member (a PAX path with ".."), then refused like Python.
+    refused = (raw_member("b", data=b"2" * 700) + raw_member("x", pax={"path": "../escape"})
+               + raw_member("c", data=b"3") + bytes(1024))
+    got = assert_same_one_pass([tar_bytes(file("a", b"1")), refused])
+    assert got[0] == "refused" and "escape" in got[1]
+
+
+def test_a_layer_cut_in_a_file_written_is_refused() -> None:
+    whole = tar_bytes(file("a", b"1"), file("big", b"z" * (3 << 20)))
+    layers = [tar_bytes(file("b", b"2")), whole[:(2 << 20)]]
+    assert assert_same_one_pass(layers)[0] == "refused"
+
+
+def test_large_files_cross_the_read_buffer() -> None:
+    rng = random.Random(7)
+    members = [file(f"f{k}", rng.randbytes(rng.choice([0, 1, 511, 512, 513, 1 << 20,
+                                                       (1 << 20) + 3, 3 << 20])))
+               for k in range(12)]
+    assert same(members[:6], members[6:], [hardlink("h", "f1"), file("f2", b"new")])[0] == "tree"
+
+
+def test_a_closed_pipe_is_a_broken_pipe_error() -> None:
+    assert native_onepass is not None
+    layers = [tar_bytes(file("a", b"x" * (3 << 20)))]
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        with pytest.raises(BrokenPipeError):
+            native_onepass.stream_flat_tar(["l0"], lambda number: io.BytesIO(layers[0]), writer,
+                                           policy=POLICY, max_data_bytes=1 << 40)
+    finally:
+        os.close(writer)
+
+
+def test_the_indexes_are_the_scanner_ones_and_come_as_each_layer_ends() -> None:
+    assert native_onepass is not None
+    layers = [tar_bytes(dir("d"), file("d/a", b"1")), tar_bytes(file("d/a", b"2"), whiteout("x"))]
+    made: list[int] = []
+    with tempfile.TemporaryFile() as out:
+        streamed = native_onepass.stream_flat_tar(
+            ["l0", "l1"], lambda number: io.BytesIO(layers[number]), out, policy=POLICY,
+            max_data_bytes=1 << 40, on_layer_index=lambda number, index: made.append(number))
+        tree = streamed.verify()
+    assert made == [1, 0]
+    assert streamed.indexes == [compact.scan_layer(io.BytesIO(data), layer=f"l{number}",
+                                                   policy=POLICY)
+                                for number, data in enumerate(layers)]
+    assert (tree.files, tree.dirs) == (1, 1)
+
+
+# -- generated layer stacks, the hostile corpus, many layers, many files ---------------
+
+
+def test_generated_stacks_get_the_python_bytes_and_verdicts() -> None:
+    from tests.unit.test_streaming_flatten import random_stack
+
+    rng = random.Random(20261207)
+    outcomes = {"tree": 0, "fallback": 0, "refused": 0}
+    for _ in range(600):
+        outcomes[assert_same_one_pass(random_stack(rng))[0]] += 1
+    assert min(outcomes.values()) > 40, outcomes
+
+
+def test_hostile_corpus_gets_the_same_verdicts_and_bytes() -> None:
+    from tests.unit.test_native_flat import read_all
+
+    checked = 0
+    for case in cases():
+        if not case.layers:
+            continue
+        try:
+            layers = [read_all(blob) for blob in case.layers]
+        except ContentRejected:
+            continue  # refused while decompressing, before any member
+        assert_same_one_pass(layers)
+        checked += 1
+    assert checked > 20
+
+
+def test_a_hundred_and_twenty_layers_over_one_tree() -> None:
+    rng = random.Random(120)
+    layers = []
+    for number in range(120):
+        members: list[Member] = [dir("usr"), dir(f"usr/l{number % 7}")]
+        members += [file(f"usr/l{rng.randrange(7)}/f{rng.randrange(40)}", f"{number}".encode())
+                    for _ in range(6)]
+        if number % 5 == 4:
+            members.append(whiteout(f"usr/l{rng.randrange(7)}"))
+        if number % 11 == 10:
+            members.append(opaque("usr"))
+        layers.append(tar_bytes(*members))
+    outcome = assert_same_one_pass(layers)
+    assert outcome[0] in ("tree", "fallback")
+
+
+def plain_layer(number: int, names: list[str], whiteouts: list[str]) -> bytes:
+    """A layer tar of 2-byte files (one directory entry per 1000) and whiteouts."""
+    parts = []
+    for path in sorted({name.rpartition("/")[0] for name in names}):
+        parts.append(_header(path, "5", mode=0o755, mtime=number))
+    data = b"%02d" % number + bytes(510)
+    for path in names:
+        parts.append(_header(path, REGULAR, mode=0o644, mtime=number, size=2))
+        parts.append(data)
+    for path in whiteouts:
+        parent, _, base = path.rpartition("/")
+        parts.append(_header(f"{parent}/.wh.{base}", REGULAR, mode=0o644, mtime=0))
+    return b"".join(parts) + bytes(1024)
+
+
+def test_a_400k_file_image_over_40_layers() -> None:
+    assert native_onepass is not None
+    layers = []
+    expected: set[str] = set()
+    for number in range(40):
+        # 10k new files a layer, the previous layer's first 500 again (overwritten),
+        # whiteouts of 200 files of the layer before that.
+        names = [f"l{number:02d}/d{i // 1000:03d}/f{i:05d}" for i in range(10_000)]
+        again = [f"l{number - 1:02d}/d{i // 1000:03d}/f{i:05d}" for i in range(500)] \
+            if number else []
+        gone = [f"l{number - 2:02d}/d{i // 1000:03d}/f{i:05d}" for i in range(600, 800)] \
+            if number > 1 else []
+        layers.append(plain_layer(number, names + again, gone))
+        expected -= set(gone)
+        expected |= set(names + again)
+    with tempfile.TemporaryFile() as out:
+        streamed = native_onepass.stream_flat_tar(
+            [f"layer{n}" for n in range(40)], lambda number: io.BytesIO(layers[number]), out,
+            policy=POLICY, max_data_bytes=1 << 40)
+        tree = streamed.verify()
+        size = out.tell()
+        assert tree.files == len(expected) == 40 * 10_000 - 38 * 200
+        # Every header one block (short ASCII names), each file one data block; the 40
+        # top directories have no entry (tar2sqfs makes them).
+        assert tree.dirs == 40 + 400
+        assert size == 512 * (400 + 2 * tree.files + 2)
+        out.seek(0)
+        first = out.read(1024)
+    # Newest first: the first entry is the newest layer's first directory (a directory
+    # of layer 38 it writes into).
+    assert first[:100].rstrip(b"\0") == b"l38/d000"
+    # The same bytes as the Python one-pass flatten on a tenth of it (its cost per member).
+    assert_same_one_pass([layer for layer in layers[:4]])
+
+
+def test_the_oracle_compares_bytes_not_only_verdicts() -> None:
+    # The oracle itself: a wrong tar is noticed (it compares bytes, not just verdicts).
+    a = one_pass_outcome([tar_bytes(file("a", b"1"))], compiled=True)
+    b = one_pass_outcome([tar_bytes(file("a", b"2"))], compiled=True)
+    assert a[0] == b[0] == "tree" and a != b
