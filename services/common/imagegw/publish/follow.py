@@ -100,6 +100,8 @@ class FollowingPublish:
                     self._send_available(to_end=True)
                     sent = time.monotonic()
                     self._remote.patch_head(os.pread(self._fd, SUPERBLOCK_SIZE, 0))
+                    # The remote side reads its copy back while this side reads the file.
+                    self._remote.end_data()
                     self._remote.commit(meta, checksum.result())
             except TransferFailed as exc:
                 log.warning("streaming %s failed (%s); publishing it whole", self._names[0],
