@@ -92,6 +92,9 @@ _SCRIPT = "; ".join([
     'end=',
     'while IFS=" " read -r n p; do '
     'if [ "$n" = 0 ]; then end=1; break; fi; '
+    # "T OFFSET": cut the temporary back to OFFSET (the sender sends those bytes again).
+    'if [ "$n" = T ]; then [ "$p" -ge 0 ] 2>/dev/null || exit 24; '
+    'dd of="$t" bs=1 seek="$p" count=0 2>/dev/null || exit 23; continue; fi; '
     '[ "$n" -gt 0 ] 2>/dev/null || exit 24; '
     # oflag=nocache: dd asks the kernel to start writing each block as it lands (pages
     # still dirty stay cached): the final sync finds little left to write.
@@ -178,7 +181,10 @@ class OpenSshPublisher(SshPublisher):
         with reader, LocalChecksum(reader.fileno()) as checksum, \
                 self.stream(image_file, meta_file, private=private) as remote:
             for offset in range(0, total, FRAME_SIZE):
-                remote.send_file(reader.fileno(), offset, min(FRAME_SIZE, total - offset))
+                count = min(FRAME_SIZE, total - offset)
+                if remote.send_file(reader.fileno(), offset, count) < count:
+                    raise TransferFailed(f"the image {source} became shorter while it was "
+                                         "sent")
                 if on_bytes is not None:
                     on_bytes(min(offset + FRAME_SIZE, total), total)
             remote.end_data()  # the remote check starts before this side's CRC is known
@@ -378,28 +384,40 @@ class RemoteImage:
             self._write(view[start:start + _WRITE_SIZE])
         self._size += len(view)
 
-    def send_file(self, fd: int, offset: int, count: int) -> None:
+    def send_file(self, fd: int, offset: int, count: int) -> int:
         """Appends `count` bytes of the local file `fd` from `offset` to the remote
-        temporary, without copying them through this process (sendfile into the pipe)."""
+        temporary, without copying them through this process (sendfile into the pipe).
+        Returns how many came from the file: fewer when it ended early (a writer cut it
+        short meanwhile), the frame then being filled up with zeros (cut them off with
+        `truncate`)."""
         if count <= 0:
-            return
+            return 0
         self._write(b"%d\n" % count)
-        end = offset + count
+        start, end = offset, offset + count
         self._progress = time.monotonic()
         self._writing = True
         try:
             while offset < end:
                 sent = os.sendfile(self._stdin, fd, offset, min(_WRITE_SIZE, end - offset))
                 if sent == 0:
-                    raise TransferFailed(f"the image ended {end - offset} bytes early while "
-                                         "it was sent")
+                    break
                 offset += sent
                 self._progress = time.monotonic()
         except OSError as exc:
             raise self._ended() from exc
         finally:
             self._writing = False
+        if offset < end:  # the remote `dd` reads the whole frame
+            zeros = bytes(min(_WRITE_SIZE, end - offset))
+            for at in range(offset, end, len(zeros)):
+                self._write(zeros[:end - at])
         self._size += count
+        return offset - start
+
+    def truncate(self, offset: int) -> None:
+        """Cuts the remote temporary back to `offset` bytes; what follows is sent again."""
+        self._write(b"T %d\n" % offset)
+        self._size = offset
 
     def patch_head(self, head: bytes) -> None:
         """Rewrites the first len(head) bytes of the remote temporary (after every send),
