@@ -14,6 +14,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import tarfile
 import tempfile
 import threading
@@ -25,7 +26,7 @@ import pytest
 
 from imagegw.cache.layout import WorkerPaths
 from imagegw.domain.config import ConverterOptions, parse_config
-from imagegw.domain.errors import DigestMismatch
+from imagegw.domain.errors import DigestMismatch, TransferFailed
 from imagegw.domain.model import BuildJob
 from imagegw.pipeline.squashfs import build_squashfs, partial_path
 from imagegw.publish.follow import FollowingPublish
@@ -114,6 +115,29 @@ def test_an_image_of_duplicate_files_streamed_while_built_lands_whole(
     tree = read_squashfs(image_dir / "abc.squashfs")
     assert {name: tree[name].sha256 for name in contents} == \
         {name: sha256(data) for name, data in contents.items()}
+
+
+def test_a_host_that_cannot_be_reached_fails_the_publish_not_the_start(
+    sshd_target: SshdServer, image_dir: Path, tmp_path: Path
+) -> None:
+    # The converter does not wait for the connection: the follower makes it in its own
+    # thread, and a failed one means the image is published whole, which says why.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    publisher = OpenSshPublisher(sshd_target.target(port=closed_port, connect_timeout=1.0))
+    growing = tmp_path / ".abc.squashfs.partial"
+    follower = FollowingPublish(publisher, growing, "abc.squashfs", "abc.meta", lag=0)
+    follower.start()  # no error here: the conversion goes on
+    growing.write_bytes(os.urandom(MIB))
+    final = tmp_path / "abc.squashfs"
+    os.replace(growing, final)
+
+    assert not follower.finish(final, META)
+    with pytest.raises(TransferFailed, match="cannot reach any ssh host") as failure:
+        publisher.publish(final, "abc.squashfs", META, "abc.meta")
+    assert failure.value.retryable
+    assert not os.listdir(image_dir)
 
 
 def test_a_conversion_that_fails_mid_stream_leaves_no_remote_temporary(

@@ -82,11 +82,10 @@ class FollowingPublish:
         self._thread = threading.Thread(target=self._run, name="follow-publish", daemon=True)
 
     def start(self) -> None:
-        """Connects (TransferFailed here if no host takes it) and starts following."""
-        session = contextlib.ExitStack()
-        self._remote = session.enter_context(
-            self._publisher.stream(*self._names, private=self._private))
-        self._session = session
+        """Starts following, in a thread of its own: it connects (to the first host that
+        takes the stream), then sends the file as it grows. The converter need not wait
+        for the connection (~0.2 s: OpenSSH's key exchange, login, the remote script); one
+        that fails shows in `finish` (False: publish the file whole, which says why)."""
         self._thread.start()
 
     def finish(self, final: Path, meta: bytes) -> bool:
@@ -151,6 +150,9 @@ class FollowingPublish:
 
     def _run(self) -> None:
         try:
+            self._session = contextlib.ExitStack()
+            self._remote = self._session.enter_context(
+                self._publisher.stream(*self._names, private=self._private))
             while not self._stop.is_set() and self._fd < 0:
                 try:
                     self._fd = os.open(self._growing, os.O_RDONLY | os.O_CLOEXEC)
