@@ -2,9 +2,10 @@
 
 Remote: a squashfs streamed to a real sshd while the real tar2sqfs writes it lands byte
 for byte with its superblock patched last; a conversion that fails mid-stream leaves no
-temporary on the remote side; bytes the writer rewrites after they were sent are caught
-before any commit. Local, on another file system than the scratch: the converter
-writes the image in the image directory itself; a failed conversion leaves nothing.
+temporary on the remote side; bytes the writer rewrites after they were sent (tar2sqfs
+drops a duplicate file's blocks) are sent again, or caught by the check before any
+commit. Local, on another file system than the scratch: the converter writes the image
+in the image directory itself; a failed conversion leaves nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import tarfile
 import tempfile
 import threading
@@ -24,7 +26,7 @@ import pytest
 
 from imagegw.cache.layout import WorkerPaths
 from imagegw.domain.config import ConverterOptions, parse_config
-from imagegw.domain.errors import DigestMismatch
+from imagegw.domain.errors import DigestMismatch, TransferFailed
 from imagegw.domain.model import BuildJob
 from imagegw.pipeline.squashfs import build_squashfs, partial_path
 from imagegw.publish.follow import FollowingPublish
@@ -87,6 +89,57 @@ def test_an_image_streamed_while_built_lands_whole_with_its_superblock(
     assert sorted(os.listdir(image_dir)) == ["abc.meta", "abc.squashfs"]
 
 
+def test_an_image_of_duplicate_files_streamed_while_built_lands_whole(
+    sshd_target: SshdServer, image_dir: Path, tmp_path: Path
+) -> None:
+    # tar2sqfs writes each duplicate's blocks, finds them equal to an earlier file's,
+    # truncates them away and writes the next file over them: the follower, holding
+    # nothing back, sent some of them and must send those bytes again.
+    originals = files(6, 768 * 1024)
+    contents = {}
+    for number in range(24):
+        name = f"data/{number:03d}.bin"
+        contents[name] = originals[f"data/{number % 6:03d}.bin"] if number >= 6 else \
+            originals[name]
+    output = tmp_path / "abc.squashfs"
+    follower = FollowingPublish(OpenSshPublisher(sshd_target.target()), partial_path(output),
+                                "abc.squashfs", "abc.meta", lag=0)
+    follower.start()
+    # A short compressor queue: blocks reach the file while the tar still flows.
+    build_squashfs(tar_writer(contents, pause=0.05), output,
+                   ConverterOptions(gzip_engine="zlib", jobs=1, queue_backlog=2))
+
+    assert output.stat().st_size < 7 * 768 * 1024  # the duplicates' blocks were dropped
+    assert follower.finish(output, META)
+    assert (image_dir / "abc.squashfs").read_bytes() == output.read_bytes()
+    tree = read_squashfs(image_dir / "abc.squashfs")
+    assert {name: tree[name].sha256 for name in contents} == \
+        {name: sha256(data) for name, data in contents.items()}
+
+
+def test_a_host_that_cannot_be_reached_fails_the_publish_not_the_start(
+    sshd_target: SshdServer, image_dir: Path, tmp_path: Path
+) -> None:
+    # The converter does not wait for the connection: the follower makes it in its own
+    # thread, and a failed one means the image is published whole, which says why.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    publisher = OpenSshPublisher(sshd_target.target(port=closed_port, connect_timeout=1.0))
+    growing = tmp_path / ".abc.squashfs.partial"
+    follower = FollowingPublish(publisher, growing, "abc.squashfs", "abc.meta", lag=0)
+    follower.start()  # no error here: the conversion goes on
+    growing.write_bytes(os.urandom(MIB))
+    final = tmp_path / "abc.squashfs"
+    os.replace(growing, final)
+
+    assert not follower.finish(final, META)
+    with pytest.raises(TransferFailed, match="cannot reach any ssh host") as failure:
+        publisher.publish(final, "abc.squashfs", META, "abc.meta")
+    assert failure.value.retryable
+    assert not os.listdir(image_dir)
+
+
 def test_a_conversion_that_fails_mid_stream_leaves_no_remote_temporary(
     sshd_target: SshdServer, image_dir: Path, tmp_path: Path
 ) -> None:
@@ -114,7 +167,7 @@ def test_a_conversion_that_fails_mid_stream_leaves_no_remote_temporary(
     assert not output.exists()
 
 
-def test_bytes_rewritten_after_they_were_sent_are_never_committed(
+def test_bytes_rewritten_after_they_were_sent_are_sent_again_before_the_commit(
     sshd_target: SshdServer, image_dir: Path, tmp_path: Path
 ) -> None:
     growing = tmp_path / ".abc.squashfs.partial"
@@ -130,7 +183,39 @@ def test_bytes_rewritten_after_they_were_sent_are_never_committed(
         # What a writer deduplicating blocks does: truncate what it wrote, write on.
         writer.truncate(MIB)
         writer.seek(MIB)
-        writer.write(os.urandom(2 * MIB))
+        writer.write(os.urandom(3 * MIB))
+        writer.flush()
+        # Found while the writer runs: the frame's sample changed.
+        deadline = time.monotonic() + 10
+        while follower._resent == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        resent_while_writing = follower._resent
+    final = tmp_path / "abc.squashfs"
+    os.replace(growing, final)
+
+    assert resent_while_writing >= 3 * MIB
+    assert follower.finish(final, META)
+    assert (image_dir / "abc.squashfs").read_bytes() == final.read_bytes()
+    assert sorted(os.listdir(image_dir)) == ["abc.meta", "abc.squashfs"]
+
+
+def test_bytes_rewritten_where_no_sample_sees_them_are_never_committed(
+    sshd_target: SshdServer, image_dir: Path, tmp_path: Path
+) -> None:
+    # The samples only save sending the image again; the check is what keeps a copy that
+    # differs from the finished file from ever being named.
+    growing = tmp_path / ".abc.squashfs.partial"
+    follower = FollowingPublish(OpenSshPublisher(sshd_target.target()), growing,
+                                "abc.squashfs", "abc.meta", lag=0)
+    follower.start()
+    with open(growing, "wb") as writer:
+        writer.write(os.urandom(3 * MIB))
+        writer.flush()
+        deadline = time.monotonic() + 10
+        while follower._sent < 3 * MIB and time.monotonic() < deadline:
+            time.sleep(0.02)
+        writer.seek(MIB)  # the middle of the frame, far from its sampled end
+        writer.write(os.urandom(100))
     final = tmp_path / "abc.squashfs"
     os.replace(growing, final)
 

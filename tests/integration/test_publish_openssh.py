@@ -106,6 +106,39 @@ def test_a_killed_sender_process_leaves_no_temporary(
     assert _eventually_empty(image_dir)
 
 
+def test_a_sender_gone_after_the_data_ended_leaves_no_temporary(
+    sshd_target: SshdServer, image_dir: Path
+) -> None:
+    # The remote side starts its flush and read-back when the data ends, before the
+    # sender's CRC: a sender that fails while computing it never commits.
+    publisher = OpenSshPublisher(sshd_target.target())
+
+    with pytest.raises(RuntimeError, match="local cksum failed"), \
+            publisher.stream("abc.squashfs", "abc.meta") as remote:
+        remote.send(b"\0" * 96 + os.urandom(3 * MIB))
+        remote.patch_head(os.urandom(96))
+        remote.end_data()
+        raise RuntimeError("local cksum failed")
+
+    assert _eventually_empty(image_dir)
+
+
+def test_an_end_line_cut_short_never_ends_the_data(
+    sshd_target: SshdServer, image_dir: Path
+) -> None:
+    # A sender killed while writing the line that ends the data: "0" with no newline.
+    publisher = OpenSshPublisher(sshd_target.target())
+
+    with publisher.stream("abc.squashfs", "abc.meta") as remote:
+        remote.send(os.urandom(MIB))
+        remote._write(b"0")
+        remote._close_stdin()
+        remote._process.wait(10)
+
+    assert remote._process.returncode == 24  # "the sender stopped before the end"
+    assert _eventually_empty(image_dir)
+
+
 def cksum_of(data: bytes) -> tuple[int, int]:
     """What coreutils' cksum says of `data` (CRC, size): the local side of the check."""
     crc, size = subprocess.run(["cksum"], input=data, capture_output=True, check=True

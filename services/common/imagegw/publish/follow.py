@@ -1,13 +1,16 @@
 """Streaming an image to a remote system while the converter is still writing it.
 
 tar2sqfs writes a squashfs front to back, except its 96-byte superblock, rewritten at
-offset 0 at the end. `FollowingPublish` reads the growing file (staying `lag` bytes
-behind its end, where a writer may still truncate and rewrite deduplicated blocks)
-and sends it through an `OpenSshPublisher` stream; once the converter is done it sends
-the rest, patches the superblock remotely and commits. The remote copy is checked
-against the finished file (its `cksum`, read once here while the rest is sent) before
-any rename; if the writer rewrote bytes already sent, the copy differs, the remote
-temporary is dropped and `finish` says so (the caller publishes the file whole).
+offset 0 at the end, and the blocks of a file found to duplicate an earlier one, which
+it truncates away and writes over. `FollowingPublish` sends the growing file through an
+`OpenSshPublisher` stream as it grows, and keeps a sample of each frame it sent (a CRC
+of its last 4 KiB): while the writer runs, the frames of the last `watch` bytes are
+checked every poll, and once it is done, all of them; a frame whose sample changed, or
+that reaches past the file's end, is cut from the remote temporary and sent again, from
+its start. Then the rest is sent, the superblock patched remotely, and the commit made.
+The remote copy is checked against the finished file (its `cksum`, read once here)
+before any rename, so a rewrite no sample saw is still caught: the copy differs, the
+remote temporary is dropped and `finish` says so (the caller publishes the file whole).
 A conversion that fails ends the session without a commit: no temporary stays behind.
 """
 
@@ -18,6 +21,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from pathlib import Path
 
 from imagegw.domain.errors import TransferFailed
@@ -28,11 +32,18 @@ log = logging.getLogger(__name__)
 
 #: The squashfs superblock, written last at offset 0.
 SUPERBLOCK_SIZE = 96
-#: Bytes the reader stays behind the growing end while the writer runs.
-DEFAULT_LAG = 32 * 1024 * 1024
+#: While the writer runs, the samples of the frames in this many bytes before the sent
+#: end are checked every poll (a duplicate file's blocks, truncated away and written over,
+#: are at most one file back); once it is done, every frame's.
+DEFAULT_WATCH = 32 * 1024 * 1024
+#: The bytes at the end of each sent frame whose CRC is its sample.
+SAMPLE_SIZE = 4096
 #: While the writer runs, fewer bytes than this (or than the lag) wait for more: one
 #: remote `dd` a frame.
 MIN_FRAME = 4 * 1024 * 1024
+#: Bytes the reader stays behind the growing end while the writer runs: one frame (what
+#: the writer rewrites further back is found by the frames' samples and sent again).
+DEFAULT_LAG = MIN_FRAME
 _POLL = 0.05
 
 
@@ -48,6 +59,7 @@ class FollowingPublish:
         *,
         private: bool = False,
         lag: int = DEFAULT_LAG,
+        watch: int = DEFAULT_WATCH,
         on_bytes: ProgressCallback | None = None,
     ) -> None:
         self._publisher = publisher
@@ -55,6 +67,7 @@ class FollowingPublish:
         self._names = (image_file, meta_file)
         self._private = private
         self._lag = lag
+        self._watch = watch
         self._on_bytes = on_bytes
         self._done = threading.Event()
         self._stop = threading.Event()
@@ -63,14 +76,16 @@ class FollowingPublish:
         self._remote: RemoteImage | None = None
         self._fd = -1
         self._sent = 0
+        self._resent = 0
+        #: (start, end, CRC of the sample) of every frame sent, in order.
+        self._frames: list[tuple[int, int, int]] = []
         self._thread = threading.Thread(target=self._run, name="follow-publish", daemon=True)
 
     def start(self) -> None:
-        """Connects (TransferFailed here if no host takes it) and starts following."""
-        session = contextlib.ExitStack()
-        self._remote = session.enter_context(
-            self._publisher.stream(*self._names, private=self._private))
-        self._session = session
+        """Starts following, in a thread of its own: it connects (to the first host that
+        takes the stream), then sends the file as it grows. The converter need not wait
+        for the connection (~0.2 s: OpenSSH's key exchange, login, the remote script); one
+        that fails shows in `finish` (False: publish the file whole, which says why)."""
         self._thread.start()
 
     def finish(self, final: Path, meta: bytes) -> bool:
@@ -97,9 +112,12 @@ class FollowingPublish:
             ahead = self._sent
             try:
                 with LocalChecksum(self._fd) as checksum:
+                    self._send_again_what_changed(window=None)
                     self._send_available(to_end=True)
                     sent = time.monotonic()
                     self._remote.patch_head(os.pread(self._fd, SUPERBLOCK_SIZE, 0))
+                    # The remote side reads its copy back while this side reads the file.
+                    self._remote.end_data()
                     self._remote.commit(meta, checksum.result())
             except TransferFailed as exc:
                 log.warning("streaming %s failed (%s); publishing it whole", self._names[0],
@@ -107,9 +125,10 @@ class FollowingPublish:
                 return False
             done = time.monotonic()
             log.info("streamed %s to %s while it was built: %.1f of %.1f MB sent before the "
-                     "conversion ended; then the rest in %.2f s, checked, synced and renamed "
-                     "in %.2f s", self._names[0], self._remote.where, ahead / 1e6,
-                     self._sent / 1e6, sent - converted, done - sent)
+                     "conversion ended (%.1f MB sent again: rewritten by the converter); "
+                     "then the rest in %.2f s, checked, synced and renamed in %.2f s",
+                     self._names[0], self._remote.where, ahead / 1e6, self._sent / 1e6,
+                     self._resent / 1e6, sent - converted, done - sent)
             return True
         finally:
             self.close()
@@ -131,6 +150,9 @@ class FollowingPublish:
 
     def _run(self) -> None:
         try:
+            self._session = contextlib.ExitStack()
+            self._remote = self._session.enter_context(
+                self._publisher.stream(*self._names, private=self._private))
             while not self._stop.is_set() and self._fd < 0:
                 try:
                     self._fd = os.open(self._growing, os.O_RDONLY | os.O_CLOEXEC)
@@ -138,6 +160,7 @@ class FollowingPublish:
                     if self._done.wait(_POLL):
                         return  # the writer finished first: finish() opens the result
             while not self._done.is_set():
+                self._send_again_what_changed(window=self._watch)
                 if not self._send_available(to_end=False):
                     self._done.wait(_POLL)
         except BaseException as exc:  # noqa: BLE001 - handed to finish()
@@ -153,10 +176,40 @@ class FollowingPublish:
         sent_any = False
         while self._sent < limit and not self._stop.is_set():
             count = min(FRAME_SIZE, limit - self._sent)
-            self._remote.send_file(self._fd, self._sent, count)
-            self._sent += count
+            start, end = self._sent, self._sent + count
+            # Sampled before it is sent: a rewrite while it is sent shows as a change, and
+            # a frame the writer cut short meanwhile (sent padded) as one past the end.
+            self._frames.append((start, end, self._sample(end)))
+            self._remote.send_file(self._fd, start, count)
+            self._sent = end
             sent_any = True
             if to_end and self._on_bytes is not None:  # the tail, after the conversion
                 self._on_bytes(self._sent, size)
         return sent_any
 
+    def _sample(self, end: int) -> int:
+        """The CRC of the SAMPLE_SIZE bytes before `end` (the superblock left out: it is
+        patched last); -1 where the file no longer holds them all."""
+        start = max(SUPERBLOCK_SIZE, end - SAMPLE_SIZE)
+        data = os.pread(self._fd, end - start, start) if end > start else b""
+        return zlib.crc32(data) if len(data) == max(0, end - start) else -1
+
+    def _send_again_what_changed(self, *, window: int | None) -> None:
+        """Cuts the remote temporary back to the start of the first sent frame (of those
+        ending in the last `window` bytes sent; None: of all) that the writer rewrote or
+        cut short since; the next sends start there."""
+        assert self._remote is not None
+        size = os.fstat(self._fd).st_size
+        first = 0 if window is None else self._sent - window
+        oldest = len(self._frames)
+        while oldest > 0 and self._frames[oldest - 1][1] >= first:
+            oldest -= 1
+        for number, (start, end, sample) in enumerate(self._frames[oldest:], oldest):
+            if end > size or self._sample(end) != sample:
+                log.debug("%s: %d bytes from %d changed after they were sent; sending "
+                          "them again", self._names[0], self._sent - start, start)
+                self._remote.truncate(start)
+                self._resent += self._sent - start
+                self._sent = start
+                del self._frames[number:]
+                return

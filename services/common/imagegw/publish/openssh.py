@@ -3,10 +3,11 @@
 One `ssh` session per publish runs a short POSIX shell script on the remote host: it
 creates the temporary and appends what arrives to it (`dd`, length-prefixed frames, so a
 sender that dies mid-stream is told apart from a finished one: the script then exits and
-its trap removes the temporaries). The sender's closing line names the size and POSIX
-`cksum` CRC of the local file, then the meta file's bytes; the script writes the meta
-temporary, checks the image temporary against size and CRC while `sync` flushes both,
-and renames image then meta.
+its trap removes the temporaries). Once the data has ended, the script flushes the
+image temporary to disk and reads it back for its POSIX `cksum` CRC, while the sender
+computes the local file's; the sender's closing line then names that CRC and the size,
+then the meta file's bytes; the script writes and flushes the meta temporary, checks
+the image temporary against size and CRC, and renames image then meta.
 
 Why a CRC of the written file, and not a sha256 of what arrives: SSH's MAC already
 guards every byte on the wire; what the check guards against is a copy on the remote
@@ -72,7 +73,10 @@ _PIPE_SIZE = 1024 * 1024
 # Positional parameters: 1 directory, 2 image temporary, 3 image, 4 meta temporary,
 # 5 meta, 6 mode. Exit codes 20-29 name the step that failed (see _STEPS). The frame
 # reader and dd read exactly the announced bytes, never beyond (dd count_bytes). The
-# temporary is flushed to disk while cksum reads it back (page cache), before any rename.
+# last frame line, "0 P", ends the data and announces P bytes written over the head of
+# the temporary (0: none). Then, before the sender's CRC arrives (it is read from the
+# finished local file meanwhile), the temporary is flushed to disk while cksum reads it
+# back (page cache); the COMMIT line's CRC and size are checked before any rename.
 _SCRIPT = "; ".join([
     'd=$1; t=$1/$2; f=$1/$3; m=$1/$4; g=$1/$5; mode=$6',
     "trap 'rm -f -- \"$t\" \"$m\"' EXIT",
@@ -83,24 +87,33 @@ _SCRIPT = "; ".join([
     'umask 077',
     'set -C; : > "$t" || exit 22; set +C; chmod "$mode" "$t" || exit 22',
     'echo READY',
+    # A sender that dies mid-stream leaves a line cut short or none: only a whole "0 P"
+    # line (read returned 0) ends the data.
+    'end=',
+    'while IFS=" " read -r n p; do '
+    'if [ "$n" = 0 ]; then end=1; break; fi; '
+    # "T OFFSET": cut the temporary back to OFFSET (the sender sends those bytes again).
+    'if [ "$n" = T ]; then [ "$p" -ge 0 ] 2>/dev/null || exit 24; '
+    'dd of="$t" bs=1 seek="$p" count=0 2>/dev/null || exit 23; continue; fi; '
+    '[ "$n" -gt 0 ] 2>/dev/null || exit 24; '
     # oflag=nocache: dd asks the kernel to start writing each block as it lands (pages
     # still dirty stay cached): the final sync finds little left to write.
-    'while IFS= read -r n && [ "$n" -gt 0 ]; do '
     'dd bs=131072 iflag=fullblock,count_bytes count="$n" oflag=append,nocache conv=notrunc '
     'of="$t" 2>/dev/null || exit 23; '
     'done',
+    '[ -n "$end" ] || exit 24',
+    'if [ "$p" -gt 0 ] 2>/dev/null; then '
+    'dd bs="$p" count=1 iflag=fullblock of="$t" conv=notrunc 2>/dev/null || exit 23; fi',
+    '{ sync -- "$t" 2>/dev/null || sync; } & y=$!',
+    's=$(cksum < "$t") || exit 23',
     'IFS=" " read -r w a b c || exit 24',
-    'if [ "$w" = PATCH ]; then '
-    'dd bs="$a" count=1 iflag=fullblock of="$t" conv=notrunc 2>/dev/null || exit 23; '
-    'IFS=" " read -r w a b c || exit 24; fi',
     '[ "$w" = COMMIT ] || exit 24',
     'want=$a; size=$b; mlen=$c',
     'set -C; : > "$m" || exit 22; set +C; chmod "$mode" "$m" || exit 22',
     'if [ "$mlen" -gt 0 ]; then '
     'dd bs="$mlen" count=1 iflag=fullblock of="$m" 2>/dev/null || exit 27; fi',
     '[ "$(stat -c %s -- "$m")" = "$mlen" ] || exit 27',
-    '{ sync -- "$t" "$m" 2>/dev/null || sync; } & y=$!',
-    's=$(cksum < "$t") || exit 23',
+    'sync -- "$m" 2>/dev/null || sync',
     'wait "$y"',
     'set -- $s',
     '[ "$2" = "$size" ] || { echo "SIZE $2"; exit 25; }',
@@ -168,9 +181,13 @@ class OpenSshPublisher(SshPublisher):
         with reader, LocalChecksum(reader.fileno()) as checksum, \
                 self.stream(image_file, meta_file, private=private) as remote:
             for offset in range(0, total, FRAME_SIZE):
-                remote.send_file(reader.fileno(), offset, min(FRAME_SIZE, total - offset))
+                count = min(FRAME_SIZE, total - offset)
+                if remote.send_file(reader.fileno(), offset, count) < count:
+                    raise TransferFailed(f"the image {source} became shorter while it was "
+                                         "sent")
                 if on_bytes is not None:
                     on_bytes(min(offset + FRAME_SIZE, total), total)
+            remote.end_data()  # the remote check starts before this side's CRC is known
             remote.commit(meta, checksum.result())
         log.info("published %s and %s to %s:%s", image_file, meta_file, remote.where,
                  self.image_dir)
@@ -312,8 +329,10 @@ class RemoteImage:
         self._stall = publisher._stall
         self._size = 0
         self._patch: bytes | None = None
+        self._ended_data = False
         self._committed = False
         self._ready = threading.Event()
+        self._output_ended = threading.Event()
         self._lines: list[str] = []
         self._errors = bytearray()
         self._progress = time.monotonic()
@@ -365,49 +384,72 @@ class RemoteImage:
             self._write(view[start:start + _WRITE_SIZE])
         self._size += len(view)
 
-    def send_file(self, fd: int, offset: int, count: int) -> None:
+    def send_file(self, fd: int, offset: int, count: int) -> int:
         """Appends `count` bytes of the local file `fd` from `offset` to the remote
-        temporary, without copying them through this process (sendfile into the pipe)."""
+        temporary, without copying them through this process (sendfile into the pipe).
+        Returns how many came from the file: fewer when it ended early (a writer cut it
+        short meanwhile), the frame then being filled up with zeros (cut them off with
+        `truncate`)."""
         if count <= 0:
-            return
+            return 0
         self._write(b"%d\n" % count)
-        end = offset + count
+        start, end = offset, offset + count
         self._progress = time.monotonic()
         self._writing = True
         try:
             while offset < end:
                 sent = os.sendfile(self._stdin, fd, offset, min(_WRITE_SIZE, end - offset))
                 if sent == 0:
-                    raise TransferFailed(f"the image ended {end - offset} bytes early while "
-                                         "it was sent")
+                    break
                 offset += sent
                 self._progress = time.monotonic()
         except OSError as exc:
             raise self._ended() from exc
         finally:
             self._writing = False
+        if offset < end:  # the remote `dd` reads the whole frame
+            zeros = bytes(min(_WRITE_SIZE, end - offset))
+            for at in range(offset, end, len(zeros)):
+                self._write(zeros[:end - at])
         self._size += count
+        return offset - start
+
+    def truncate(self, offset: int) -> None:
+        """Cuts the remote temporary back to `offset` bytes; what follows is sent again."""
+        self._write(b"T %d\n" % offset)
+        self._size = offset
 
     def patch_head(self, head: bytes) -> None:
         """Rewrites the first len(head) bytes of the remote temporary (after every send),
         e.g. a squashfs superblock written last."""
         self._patch = bytes(head)
 
+    def end_data(self) -> None:
+        """Ends the data (the head patched): the remote side starts flushing its temporary
+        and reading it back for its CRC at once, while this side computes its own."""
+        if self._ended_data:
+            return
+        patch = self._patch or b""
+        self._write(b"0 %d\n" % len(patch) + patch)
+        self._ended_data = True
+
     def commit(self, meta: bytes, checksum: tuple[int, int]) -> None:
         """Ends the stream: the remote side checks its temporary (head patched) against
         `checksum`, the local file's (CRC, size) from `LocalChecksum`, writes `meta`,
         syncs and renames both into place; raises TransferFailed when any step fails."""
         crc, size = checksum
-        self._write(b"0\n")
-        if self._patch is not None:
-            self._write(b"PATCH %d\n" % len(self._patch) + self._patch)
+        self.end_data()
         self._write(f"COMMIT {crc} {size} {len(meta)}\n".encode() + meta)
         self._close_stdin()
         # The remote side now checks and syncs what it wrote; give a slow disk its time.
+        # Its answer ends ssh's output: waiting for that (not polling the process, which
+        # Popen.wait with a timeout does every 50 ms) adds no latency to the publish.
         self._watching = False
-        try:
-            self._process.wait(self._stall + size / _SYNC_BYTES_PER_SECOND)
-        except subprocess.TimeoutExpired:
+        patience = self._stall + size / _SYNC_BYTES_PER_SECOND
+        if self._output_ended.wait(patience):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(self._stall)
+        if self._process.poll() is None:
             self._stalled = True
             self._process.kill()
             self._process.wait()
@@ -477,6 +519,7 @@ class RemoteImage:
                 self._lines.append(line)
             if line == "READY":
                 self._ready.set()
+        self._output_ended.set()
 
     def _read_errors(self) -> None:
         assert self._process.stderr is not None
