@@ -16,6 +16,7 @@ import pytest
 from imagegw.domain.config import parse_config
 from imagegw.domain.model import ImageMetadata, ImageState, Progress, Stage
 from imagegw.gateway.aio import Blocking, EventLoopThread, watch_pull
+from imagegw.gateway.core import pulls as pulls_module
 from imagegw.gateway.core.access import ANONYMOUS_CALLER
 from imagegw.gateway.core.pulls import PullManager, PullRequest, PullTicket, progress_event
 from imagegw.gateway.queue import MemoryJobQueue, MemoryProgressHub, ProgressEvent
@@ -131,3 +132,41 @@ def test_a_watcher_that_goes_away_closes_its_subscription(world, blocking):
     while hub._subscribers and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not hub._subscribers
+
+
+def test_a_quiet_spell_never_moves_the_bar_back_to_the_records_older_progress(
+        world, blocking, monkeypatch):
+    # The dispatcher writes progress to the records once a second, events go out always:
+    # when no event comes for WATCH_POLL_SECONDS the stream re-reads the records, which
+    # may hold less than the events already said (a bar that jumped back every 2 s).
+    # Progress the records hold beyond it (the broker away) is still said.
+    monkeypatch.setattr(pulls_module, "WATCH_POLL_SECONDS", 0.2)
+    pulls, store, hub = world
+    ticket = pulls.request_pull(PullRequest(SYSTEM, REFERENCE), ANONYMOUS_CALLER)
+    older = Progress(Stage.DOWNLOADING, 1, 2, 10, 100)
+    newer = Progress(Stage.DOWNLOADING, 2, 2, 60, 100)
+    ahead = Progress(Stage.DOWNLOADING, 2, 2, 90, 100)
+
+    def later(seconds: float, act) -> None:
+        threading.Timer(seconds, act).start()
+
+    async def watch() -> list:
+        seen = []
+        async with contextlib.aclosing(watch_pull(pulls, ticket, blocking)) as statuses:
+            async for status in statuses:
+                seen.append(status)
+                if len(seen) == 1:
+                    store.update_pull(ticket.key, ticket.job_id, ImageState.PULLING, older,
+                                      time.time())
+                    hub.publish(ticket.job_id, progress_event(ImageState.PULLING, newer))
+                    # Two quiet spells on the older records, then the records move on.
+                    later(0.7, lambda: store.update_pull(
+                        ticket.key, ticket.job_id, ImageState.PULLING, ahead, time.time()))
+                    later(1.4, lambda: finish(store, hub, ticket))
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(watch(), 10))
+    done = [status.progress.bytes_done for status in seen
+            if status.state == ImageState.PULLING and status.progress is not None]
+    assert done == [60, 90]
+    assert seen[-1].state == ImageState.READY

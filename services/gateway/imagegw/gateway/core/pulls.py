@@ -455,6 +455,8 @@ class PullWatch:
         self.job_id = ticket.job_id
         self.done = False
         self._status: ImageStatus | None = None
+        #: The last status this stream said (a progress event's, or the records').
+        self._said: ImageStatus | None = None
         self._last_read = 0.0
 
     def begin(self) -> ImageStatus:
@@ -464,6 +466,7 @@ class PullWatch:
     def _read(self) -> ImageStatus:
         status = self.pulls.status(self.key)
         self._status = status
+        self._said = status
         self._last_read = time.monotonic()
         if not status.state.in_flight:
             self.done = True
@@ -484,14 +487,16 @@ class PullWatch:
     def progress(self, event: ProgressEvent) -> ImageStatus:
         """The status a progress event makes (no I/O)."""
         assert self._status is not None, "begin() first"
-        return PullManager._progress_status(self._status, event)
+        status = PullManager._progress_status(self._status, event)
+        self._said = status
+        return status
 
     def reread(self, event: ProgressEvent | None) -> list[ImageStatus]:
         """Reads the records after a final event or a quiet spell (blocks); the statuses
         to send, in order. Sets `done` at the outcome, and `job_id` to a newer job. In a
         quiet spell (no events: the broker may be away) the records' progress is sent
         when it moved."""
-        previous = self._status
+        previous, said = self._status, self._said
         status = self._read()
         if not status.state.in_flight:
             self.pulls._forget(self.key.system, self.key.reference)
@@ -503,8 +508,22 @@ class PullWatch:
             return [self.progress(event)]
         if event is None and previous is not None and (
                 (status.state, status.progress) != (previous.state, previous.progress)):
+            if _behind(status, said):
+                # The records keep progress once a second (dispatch.py); the events
+                # this stream already said are newer: a bar never moves back.
+                self._said = said
+                return []
             return [status]
         return []
+
+
+def _behind(status: ImageStatus, said: ImageStatus | None) -> bool:
+    """Whether `status` (the records) says less of the same stage than `said` did."""
+    if said is None or said.state != status.state:
+        return False
+    now, before = status.progress, said.progress
+    return (now is not None and before is not None and now.stage == before.stage
+            and now.bytes_done < before.bytes_done)
 def split_image_name(text: str) -> tuple[str, str]:
     """(image id, runtime name) from an image id ("<hex>", "sha256:<hex>") or a runtime
     name ("<id>-<12 hex>", a private image's file stem); the name is "" for a bare id."""
