@@ -32,6 +32,7 @@ from tests.support.layers import (
     file,
     hardlink,
     opaque,
+    overlapping_layers,
     raw_member,
     symlink,
     tar_bytes,
@@ -189,17 +190,7 @@ def read_all(blob: bytes) -> bytes:
 
 
 def test_a_hundred_and_twenty_layers_over_one_tree() -> None:
-    rng = random.Random(120)
-    layers = []
-    for number in range(120):
-        members: list[Member] = [dir("usr"), dir(f"usr/l{number % 7}")]
-        members += [file(f"usr/l{rng.randrange(7)}/f{rng.randrange(40)}", f"{number}".encode())
-                    for _ in range(6)]
-        if number % 5 == 4:
-            members.append(whiteout(f"usr/l{rng.randrange(7)}"))
-        if number % 11 == 10:
-            members.append(opaque("usr"))
-        layers.append(tar_bytes(*members))
+    layers = overlapping_layers(120, seed=120)
     got = assert_same(layers)
     assert isinstance(got, bytes) and len(got) > 10_000
 

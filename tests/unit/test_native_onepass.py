@@ -28,6 +28,7 @@ from tests.support.layers import (
     file,
     hardlink,
     opaque,
+    overlapping_layers,
     raw_member,
     symlink,
     tar_bytes,
@@ -165,17 +166,7 @@ def test_hostile_corpus_gets_the_same_verdicts_and_bytes() -> None:
 
 
 def test_a_hundred_and_twenty_layers_over_one_tree() -> None:
-    rng = random.Random(120)
-    layers = []
-    for number in range(120):
-        members: list[Member] = [dir("usr"), dir(f"usr/l{number % 7}")]
-        members += [file(f"usr/l{rng.randrange(7)}/f{rng.randrange(40)}", f"{number}".encode())
-                    for _ in range(6)]
-        if number % 5 == 4:
-            members.append(whiteout(f"usr/l{rng.randrange(7)}"))
-        if number % 11 == 10:
-            members.append(opaque("usr"))
-        layers.append(tar_bytes(*members))
+    layers = overlapping_layers(120, seed=120)
     outcome = assert_same_one_pass(layers)
     assert outcome[0] in ("tree", "fallback")
 
