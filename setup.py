@@ -23,6 +23,22 @@ def discover() -> tuple[list[str], dict[str, str]]:
     return packages, package_dir
 
 
+NATIVE = "services/common/imagegw/pipeline/native/"
+
+
+def compiled_flatten(name: str, source: str) -> Extension:
+    """An extension of the compiled flatten (issue 21): Python's C API only, optional
+    (without it the Python flatten runs). tarout.c and onepass.c are compiled into each
+    (the same tar bytes, the same one-pass state)."""
+    return Extension(
+        f"imagegw.pipeline.native.{name}",
+        sources=[NATIVE + source, NATIVE + "tarout.c", NATIVE + "onepass.c"],
+        depends=[NATIVE + "tarout.h", NATIVE + "onepass.h"],
+        extra_compile_args=["-Wall", "-Wextra", "-Werror"],
+        optional=True,
+    )
+
+
 packages, package_dir = discover()
 
 setup(
@@ -37,29 +53,10 @@ setup(
             optional=True,
         ),
         # The compiled layer scanner (issue 21; imagegw.pipeline.native_scan) and the
-        # one-pass flatten's emitter (native_onepass): Python's C API only. Optional:
-        # without it compact.scan_layer uses the Python scanner. tarout.c and onepass.c
-        # are compiled into both extensions (the same tar bytes, the same one-pass state).
-        Extension(
-            "imagegw.pipeline.native._scan",
-            sources=["services/common/imagegw/pipeline/native/scan.c",
-                     "services/common/imagegw/pipeline/native/tarout.c",
-                     "services/common/imagegw/pipeline/native/onepass.c"],
-            depends=["services/common/imagegw/pipeline/native/tarout.h",
-                     "services/common/imagegw/pipeline/native/onepass.h"],
-            extra_compile_args=["-Wall", "-Wextra", "-Werror"],
-            optional=True,
-        ),
-        # The compiled OCI merge and tar writer (issue 21); pure C and the Python C API.
-        Extension(
-            "imagegw.pipeline.native._flat",
-            sources=["services/common/imagegw/pipeline/native/flat.c",
-                     "services/common/imagegw/pipeline/native/tarout.c",
-                     "services/common/imagegw/pipeline/native/onepass.c"],
-            depends=["services/common/imagegw/pipeline/native/tarout.h",
-                     "services/common/imagegw/pipeline/native/onepass.h"],
-            extra_compile_args=["-Wall", "-Wextra", "-Werror"],
-            optional=True,
-        ),
+        # one-pass flatten's emitter (native_onepass). Without it compact.scan_layer uses
+        # the Python scanner.
+        compiled_flatten("_scan", "scan.c"),
+        # The compiled OCI merge and tar writer (issue 21; native_flat).
+        compiled_flatten("_flat", "flat.c"),
     ],
 )
