@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from imagegw.domain.errors import ContentRejected
 from imagegw.pipeline import compact
@@ -66,27 +67,21 @@ def one_pass_outcome(layers: Sequence[bytes], *, max_data_bytes: int = 1 << 40,
 
     names = [f"layer{number}" for number in range(len(layers))]
     policy = MemberPolicy()
+    one_pass: Any = streaming
+    if compiled:
+        from imagegw.pipeline import native_onepass
+        one_pass = native_onepass
     with tempfile.TemporaryFile() as out:
         try:
-            if compiled:
-                from imagegw.pipeline import native_onepass
-                try:
-                    native = native_onepass.stream_flat_tar(
-                        names, lambda number: io.BytesIO(layers[number]), out, policy=policy,
-                        max_data_bytes=max_data_bytes)
-                    native.verify()
-                except native_onepass.SpeculationFailed as failed:
+            try:
+                one_pass.stream_flat_tar(
+                    names, lambda number: io.BytesIO(layers[number]), out, policy=policy,
+                    max_data_bytes=max_data_bytes).verify()
+            except one_pass.SpeculationFailed as failed:
+                if compiled:  # the compact indexes made so far, for the two-pass flatten
                     assert all(compact.layer_of(index) == names[number]
                                for number, index in failed.indexes.items())
-                    return ("fallback", failed.reason)
-            else:
-                try:
-                    python = streaming.stream_flat_tar(
-                        names, lambda number: io.BytesIO(layers[number]), out, policy=policy,
-                        max_data_bytes=max_data_bytes)
-                    python.verify()
-                except streaming.SpeculationFailed as failed:
-                    return ("fallback", failed.reason)
+                return ("fallback", failed.reason)
         except ContentRejected as refused:
             return ("refused", refused.message, refused.hint)
         out.flush()
