@@ -277,3 +277,24 @@ def test_a_tree_outlives_the_released_stream_on_generated_stacks() -> None:
             assert tree.data_layers() == sorted(tree.data_layers())
             trees += 1
     assert trees > 30
+
+
+def test_verify_after_the_tree_was_written_gives_the_same_verdict() -> None:
+    # write() sorts the link groups by layer and member; verify and the deferred links
+    # read them in the merge's order (native/flat.c: collect_order), sorted or not.
+    assert native_onepass is not None
+    layers = [tar_bytes(file("z", b"0"), file("a/b", b"1"), file("m", b"2")),
+              tar_bytes(file("b", b"3"), hardlink("c", "z"), file("a/a", b"4")),
+              tar_bytes(file("y", b"5"), file("m", b"6"))]
+    verdicts = []
+    for write_first in (False, True):
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as copy:
+            streamed = native_onepass.stream_flat_tar(
+                ["l0", "l1", "l2"], lambda number: io.BytesIO(layers[number]), out,
+                policy=POLICY, max_data_bytes=1 << 40)
+            if write_first:
+                streamed.exact_tree().write(lambda number: io.BytesIO(layers[number]),
+                                            copy.fileno())
+            tree = streamed.verify()
+            verdicts.append((tree.files, tree.hardlinks, tree.dirs))
+    assert verdicts == [(6, 1, 1)] * 2

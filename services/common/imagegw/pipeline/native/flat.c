@@ -11,7 +11,9 @@
  * found by a hash table keyed by (parent, name); names, symlink targets and member paths
  * are not copied: they point into the compact index bytes, which the tree keeps alive
  * (the indexes are its name arena). No Python object per node; cost linear in layers and
- * members (each member resolves its parent once, through the hash table).
+ * members (each member resolves its parent once, through the hash table). The hash table
+ * is freed once the merge is done, and the link groups are sorted for write() only, in
+ * place: the one pass's verify holds neither beside tar2sqfs (issue 21).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -86,8 +88,9 @@ typedef struct {
 	uint32_t bucket_mask;
 	/* _collect's result: node ids (directories, symlinks) and link groups (files) */
 	int32_t *dirs, *symlinks;
-	Group *groups;
+	Group *groups; /* _collect's order until write() sorts them by layer and member */
 	int32_t dir_count, symlink_count, group_count;
+	int sorted;    /* groups are in write()'s order (each keeps its place in `seen`) */
 	uint64_t dropped, data_bytes, hardlinks;
 } Tree;
 
@@ -809,8 +812,10 @@ static PyObject *merge(PyObject *module, PyObject *arg)
 	}
 	if (collect(t) < 0)
 		goto fail;
-	if (t->group_count > 1)
-		qsort_r(t->groups, t->group_count, sizeof(Group), by_layer_and_offset, t);
+	/* The names are all resolved: the (parent, name) table is not read again. Freed now
+	   since the one pass's verify runs while tar2sqfs holds its whole tree (issue 21). */
+	PyMem_RawFree(t->buckets);
+	t->buckets = NULL;
 	PyMem_RawFree(m.pending);
 	PyMem_RawFree(m.stack);
 	return (PyObject *)t;
@@ -1066,7 +1071,12 @@ static int write_tar(Tree *t, PyObject *open_layer, Out *o, Layer *l, PathBuffer
 			       (Str){n->u.link.ptr, n->u.link.len}) < 0)
 			return -1;
 	}
-	const Group *order = t->groups; /* by layer and member since merge() */
+	/* By layer and member. Sorted here, not in merge(): the one pass's verify reads the
+	   groups in _collect's order and the sort's scratch copy would add to its peak. */
+	if (!t->sorted && t->group_count > 1)
+		qsort_r(t->groups, t->group_count, sizeof(Group), by_layer_and_offset, t);
+	t->sorted = 1;
+	const Group *order = t->groups;
 	int result = 0;
 	for (int32_t start = 0, end; start < t->group_count && result == 0; start = end) {
 		int32_t number = layer_of(t, &order[start]);
@@ -1117,9 +1127,12 @@ static onepass_t *state_of(PyObject *capsule)
 	return PyCapsule_GetPointer(capsule, ONEPASS_CAPSULE);
 }
 
-/* The groups in FlatTree.files' order (merge() sorted them by layer and member). */
+/* The groups in FlatTree.files' order, when write() has sorted them by layer and member;
+   NULL without an exception while they are still in it (group_at: the identity). */
 static int32_t *collect_order(Tree *t)
 {
+	if (!t->sorted)
+		return NULL;
 	int32_t *order = PyMem_RawMalloc(((size_t)t->group_count + 1) * sizeof(int32_t));
 	if (order == NULL) {
 		PyErr_NoMemory();
@@ -1128,6 +1141,12 @@ static int32_t *collect_order(Tree *t)
 	for (int32_t k = 0; k < t->group_count; k++)
 		order[t->groups[k].seen] = k;
 	return order;
+}
+
+/* The k-th group in FlatTree.files' order (`order`: collect_order's). */
+static const Group *group_at(const Tree *t, const int32_t *order, int32_t k)
+{
+	return &t->groups[order != NULL ? order[k] : k];
 }
 
 /* emitter.written.get((data.layer, data.ordinal)): the record of the file written from
@@ -1156,11 +1175,11 @@ static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
 	int32_t *order = collect_order(t);
 	PathBuffer p = {0};
 	PyObject *result = NULL;
-	if (order == NULL)
+	if (order == NULL && PyErr_Occurred())
 		return NULL;
 	op->out.nogil = 0;
 	for (int32_t k = 0; k < t->group_count; k++) {
-		const Group *g = &t->groups[order[k]];
+		const Group *g = group_at(t, order, k);
 		const Node *d = &t->nodes[g->data];
 		Record *first = written_file(op, d);
 		if (first == NULL)
@@ -1201,11 +1220,11 @@ static int same_bytes(Str a, const uint8_t *b, uint32_t len)
 static PyObject *unproven_files(Tree *t, onepass_t *op, PathBuffer *p)
 {
 	int32_t *order = collect_order(t);
-	if (order == NULL)
+	if (order == NULL && PyErr_Occurred())
 		return NULL;
 	PyObject *reason = NULL;
 	for (int32_t k = 0; k < t->group_count && reason == NULL; k++) {
-		const Group *g = &t->groups[order[k]];
+		const Group *g = group_at(t, order, k);
 		const Node *d = &t->nodes[g->data];
 		Record *file = written_file(op, d);
 		Str name;
