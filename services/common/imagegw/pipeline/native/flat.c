@@ -12,8 +12,8 @@
  * are not copied: they point into the compact index bytes, which the tree keeps alive
  * (the indexes are its name arena). No Python object per node; cost linear in layers and
  * members (each member resolves its parent once, through the hash table). The hash table
- * is freed once the merge is done, and the link groups are sorted for write() only, in
- * place: the one pass's verify holds neither beside tar2sqfs (issue 21).
+ * is freed once the merge is done, a link group is one int, and write() sorts a copy of
+ * the groups: the one pass's verify holds none of these beside tar2sqfs (issue 21).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -71,11 +71,11 @@ typedef struct {
 	} u;
 } Node;
 
-/* A link group of _collect: a FileData and its surviving names, in order. */
+/* A link group of _collect: a FileData and its surviving names, in order. Its first
+   name's `data` is the FileData, and the other names follow `next_name` (4 bytes a file:
+   the one pass's verify holds the groups beside tar2sqfs, issue 21). */
 typedef struct {
-	int32_t data, first_name, last_name;
-	uint32_t names;
-	int32_t seen; /* its place in _collect's order (FlatTree.files) */
+	int32_t first_name;
 } Group;
 
 typedef struct {
@@ -88,9 +88,8 @@ typedef struct {
 	uint32_t bucket_mask;
 	/* _collect's result: node ids (directories, symlinks) and link groups (files) */
 	int32_t *dirs, *symlinks;
-	Group *groups; /* _collect's order until write() sorts them by layer and member */
+	Group *groups; /* in _collect's order (FlatTree.files) */
 	int32_t dir_count, symlink_count, group_count;
-	int sorted;    /* groups are in write()'s order (each keeps its place in `seen`) */
 	uint64_t dropped, data_bytes, hardlinks;
 } Tree;
 
@@ -715,14 +714,14 @@ static int collect(Tree *t)
 	int32_t stack_count = 0, stack_cap = 0, child_cap = 0;
 	int32_t dir_cap = 0, symlink_cap = 0, group_cap = 0;
 	int result = -1;
-	/* groups.setdefault(id(node.data), ...): the group of each FileData, once seen */
-	int32_t *group_of = PyMem_RawMalloc(((size_t)t->node_count + 1) * sizeof(int32_t));
-	if (group_of == NULL) {
+	/* groups.setdefault(id(node.data), ...): the last name of each FileData, once seen */
+	int32_t *last_name = PyMem_RawMalloc(((size_t)t->node_count + 1) * sizeof(int32_t));
+	if (last_name == NULL) {
 		PyErr_NoMemory();
 		goto done;
 	}
 	for (int32_t id = 0; id < t->node_count; id++)
-		group_of[id] = NONE;
+		last_name[id] = NONE;
 	if (append(&stack, &stack_count, &stack_cap, ROOT) < 0)
 		goto done;
 	while (stack_count > 0) {
@@ -744,19 +743,16 @@ static int collect(Tree *t)
 			} else if (n->kind == K_SYMLINK) {
 				if (append(&t->symlinks, &t->symlink_count, &symlink_cap, id) < 0)
 					goto done;
-			} else if (group_of[n->data] == NONE) {
+			} else if (last_name[n->data] == NONE) {
 				if (grow((void **)&t->groups, &group_cap, t->group_count + 1,
 					 sizeof(Group)) < 0)
 					goto done;
-				group_of[n->data] = t->group_count;
-				t->groups[t->group_count] = (Group){n->data, id, id, 1, t->group_count};
-				t->group_count++;
+				last_name[n->data] = id;
+				t->groups[t->group_count++] = (Group){id};
 				t->data_bytes += t->nodes[n->data].u.file.size;
 			} else {
-				Group *g = &t->groups[group_of[n->data]];
-				t->nodes[g->last_name].next_name = id;
-				g->last_name = id;
-				g->names++;
+				t->nodes[last_name[n->data]].next_name = id;
+				last_name[n->data] = id;
 				t->hardlinks++;
 			}
 		}
@@ -766,7 +762,7 @@ static int collect(Tree *t)
 	}
 	result = 0;
 done:
-	PyMem_RawFree(group_of);
+	PyMem_RawFree(last_name);
 	PyMem_RawFree(stack);
 	PyMem_RawFree(children);
 	return result;
@@ -954,16 +950,22 @@ static int copy_member(Layer *l, PyObject *layer, const Node *d, Out *o)
 	return out_zeros(o, (BLOCK - d->u.file.size % BLOCK) % BLOCK);
 }
 
+/* The node holding a group's data (FileData). */
+static const Node *data_of(const Tree *t, const Group *g)
+{
+	return &t->nodes[t->nodes[g->first_name].data];
+}
+
 /* A file's header and data, then a hardlink header for each other name (_write_layer_files). */
 static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 {
 	Str first, other;
-	const Node *d = &t->nodes[g->data];
+	const Node *d = data_of(t, g);
 	if (path_of(t, g->first_name, p, &first) < 0 ||
 	    put_header(o, first, '0', d->mode, d->mtime, d->u.file.size, (Str){"", 0}) < 0 ||
 	    copy_member(l, PyTuple_GET_ITEM(t->layers, d->u.file.layer), d, o) < 0)
 		return -1;
-	if (g->names == 1)
+	if (t->nodes[g->first_name].next_name == NONE)
 		return 0;
 	/* the first name is kept aside: path_of reuses the buffer */
 	char *kept = PyMem_RawMalloc(first.len + 1);
@@ -986,7 +988,7 @@ static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 static int by_layer_and_offset(const void *a, const void *b, void *context)
 {
 	const Tree *t = context;
-	const Node *x = &t->nodes[((const Group *)a)->data], *y = &t->nodes[((const Group *)b)->data];
+	const Node *x = data_of(t, a), *y = data_of(t, b);
 	if (x->u.file.layer != y->u.file.layer)
 		return x->u.file.layer < y->u.file.layer ? -1 : 1;
 	return x->u.file.offset < y->u.file.offset ? -1 : x->u.file.offset > y->u.file.offset;
@@ -994,7 +996,7 @@ static int by_layer_and_offset(const void *a, const void *b, void *context)
 
 static int32_t layer_of(const Tree *t, const Group *g)
 {
-	return t->nodes[g->data].u.file.layer;
+	return data_of(t, g)->u.file.layer;
 }
 
 /* The exception being raised, kept aside while the layer stream is closed (PyErr_Fetch
@@ -1071,12 +1073,17 @@ static int write_tar(Tree *t, PyObject *open_layer, Out *o, Layer *l, PathBuffer
 			       (Str){n->u.link.ptr, n->u.link.len}) < 0)
 			return -1;
 	}
-	/* By layer and member. Sorted here, not in merge(): the one pass's verify reads the
-	   groups in _collect's order and the sort's scratch copy would add to its peak. */
-	if (!t->sorted && t->group_count > 1)
-		qsort_r(t->groups, t->group_count, sizeof(Group), by_layer_and_offset, t);
-	t->sorted = 1;
-	const Group *order = t->groups;
+	/* By layer and member: a sorted copy, made here, not in merge() (the one pass's verify
+	   reads the groups in _collect's order, and holds no copy beside tar2sqfs). */
+	Group *order = PyMem_RawMalloc(((size_t)t->group_count + 1) * sizeof(Group));
+	if (order == NULL) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	if (t->group_count > 0)
+		memcpy(order, t->groups, (size_t)t->group_count * sizeof(Group));
+	if (t->group_count > 1)
+		qsort_r(order, t->group_count, sizeof(Group), by_layer_and_offset, t);
 	int result = 0;
 	for (int32_t start = 0, end; start < t->group_count && result == 0; start = end) {
 		int32_t number = layer_of(t, &order[start]);
@@ -1084,6 +1091,7 @@ static int write_tar(Tree *t, PyObject *open_layer, Out *o, Layer *l, PathBuffer
 			;
 		result = write_layer(t, open_layer, number, order + start, end - start, l, o, p);
 	}
+	PyMem_RawFree(order);
 	if (result < 0 || report(l, 0, 1) < 0 || out_zeros(o, 2 * BLOCK) < 0)
 		return -1;
 	return out_flush(o);
@@ -1127,28 +1135,6 @@ static onepass_t *state_of(PyObject *capsule)
 	return PyCapsule_GetPointer(capsule, ONEPASS_CAPSULE);
 }
 
-/* The groups in FlatTree.files' order, when write() has sorted them by layer and member;
-   NULL without an exception while they are still in it (group_at: the identity). */
-static int32_t *collect_order(Tree *t)
-{
-	if (!t->sorted)
-		return NULL;
-	int32_t *order = PyMem_RawMalloc(((size_t)t->group_count + 1) * sizeof(int32_t));
-	if (order == NULL) {
-		PyErr_NoMemory();
-		return NULL;
-	}
-	for (int32_t k = 0; k < t->group_count; k++)
-		order[t->groups[k].seen] = k;
-	return order;
-}
-
-/* The k-th group in FlatTree.files' order (`order`: collect_order's). */
-static const Group *group_at(const Tree *t, const int32_t *order, int32_t k)
-{
-	return &t->groups[order != NULL ? order[k] : k];
-}
-
 /* emitter.written.get((data.layer, data.ordinal)): the record of the file written from
    the member of `d` (under the member's own path), or NULL. */
 static Record *written_file(onepass_t *op, const Node *d)
@@ -1172,15 +1158,12 @@ static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
 	onepass_t *op = state_of(capsule);
 	if (op == NULL)
 		return NULL;
-	int32_t *order = collect_order(t);
 	PathBuffer p = {0};
 	PyObject *result = NULL;
-	if (order == NULL && PyErr_Occurred())
-		return NULL;
 	op->out.nogil = 0;
 	for (int32_t k = 0; k < t->group_count; k++) {
-		const Group *g = group_at(t, order, k);
-		const Node *d = &t->nodes[g->data];
+		const Group *g = &t->groups[k];
+		const Node *d = data_of(t, g);
 		Record *first = written_file(op, d);
 		if (first == NULL)
 			continue;
@@ -1204,7 +1187,6 @@ static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
 	result = Py_None;
 	Py_INCREF(result);
 done:
-	PyMem_RawFree(order);
 	PyMem_RawFree(p.buf);
 	PyMem_RawFree(p.chain);
 	return result;
@@ -1219,13 +1201,10 @@ static int same_bytes(Str a, const uint8_t *b, uint32_t len)
    its names, the other names linked to it. NULL (no exception): they hold. */
 static PyObject *unproven_files(Tree *t, onepass_t *op, PathBuffer *p)
 {
-	int32_t *order = collect_order(t);
-	if (order == NULL && PyErr_Occurred())
-		return NULL;
 	PyObject *reason = NULL;
 	for (int32_t k = 0; k < t->group_count && reason == NULL; k++) {
-		const Group *g = group_at(t, order, k);
-		const Node *d = &t->nodes[g->data];
+		const Group *g = &t->groups[k];
+		const Node *d = data_of(t, g);
 		Record *file = written_file(op, d);
 		Str name;
 		int found = 0;
@@ -1265,10 +1244,8 @@ static PyObject *unproven_files(Tree *t, onepass_t *op, PathBuffer *p)
 			break;
 		}
 	}
-	PyMem_RawFree(order);
 	return reason;
 failed:
-	PyMem_RawFree(order);
 	return NULL;
 }
 
