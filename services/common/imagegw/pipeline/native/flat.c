@@ -43,7 +43,7 @@ static const unsigned char MAGIC[8] = {'I', 'G', 'W', 'I', 'D', 'X', '1', 0};
 
 static PyObject *ContentRejected; /* imagegw.domain.errors.ContentRejected */
 
-/* flatten.Node: one entry of the merged tree (72 bytes). A file node made from a member
+/* flatten.Node: one entry of the merged tree (64 bytes). A file node made from a member
    also stands for flatten.FileData, its bytes: the names of a link group point at it
    (`data`), and it keeps them even once its own name is replaced or removed. */
 typedef struct {
@@ -53,10 +53,11 @@ typedef struct {
 	int32_t data;      /* files: the node holding their data (FileData) */
 	int32_t next_name; /* _collect: the next name of the same data */
 	uint16_t name_len;
-	uint16_t mode;   /* permission bits (members.py keeps 0o7777 at most) */
-	uint8_t kind;    /* K_FILE, K_DIR or K_SYMLINK */
-	uint8_t in_hash; /* found by child_of (not removed) */
+	uint16_t mode : 12;   /* permission bits (members.py keeps 0o7777 at most) */
+	uint16_t kind : 2;    /* K_FILE, K_DIR or K_SYMLINK */
+	uint16_t in_hash : 1; /* found by child_of (not removed) */
 	uint16_t member_prefix; /* data: the member's path is name - member_prefix */
+	uint16_t layer;         /* data: the layer holding it (merge() takes 65535 at most) */
 	union {
 		int32_t first_child; /* directories */
 		struct {
@@ -66,10 +67,12 @@ typedef struct {
 		struct {
 			int64_t offset; /* in the decompressed layer */
 			uint64_t size;
-			int32_t layer;
 		} file; /* data (files made from a member) */
 	} u;
 } Node;
+
+/* The merge's peak is a node per path: the one pass's verify holds them beside tar2sqfs. */
+_Static_assert(sizeof(Node) == 64, "a node is 64 bytes");
 
 /* A link group of _collect: a FileData and its surviving names, in order. Its first
    name's `data` is the FileData, and the other names follow `next_name` (4 bytes a file:
@@ -241,6 +244,8 @@ static int next_entry(Cursor *c, IndexEntry *e)
 		return damaged("an entry of unknown kind, or without a path");
 	if (e->path.len > UINT16_MAX || e->link.len > UINT16_MAX) /* members.py: 4096 at most */
 		return damaged("an entry's path is too long");
+	if (e->mode > 07777) /* members.sanitize_mode */
+		return damaged("an entry's mode has more than permission bits");
 	return 0;
 }
 
@@ -599,7 +604,7 @@ static int apply_entry(Merge *m, const IndexEntry *e)
 			n->member_prefix = (uint16_t)(e->path.len - name.len);
 			n->u.file.offset = e->offset;
 			n->u.file.size = e->size;
-			n->u.file.layer = m->number;
+			n->layer = m->number;
 		}
 		break;
 	case K_SYMLINK:
@@ -785,6 +790,10 @@ static PyObject *merge(PyObject *module, PyObject *arg)
 	if (t->indexes == NULL)
 		goto fail;
 	Py_ssize_t count = PyTuple_GET_SIZE(t->indexes);
+	if (count > UINT16_MAX + 1) { /* Node.layer; Limits.max_layers is far below */
+		PyErr_SetString(PyExc_ValueError, "more than 65536 layers to merge");
+		goto fail;
+	}
 	t->layers = PyTuple_New(count);
 	if (t->layers == NULL || rehash(t, 1024) < 0 ||
 	    new_node(t, K_DIR, IMPLICIT_DIR_MODE, 0, (Str){"", 0}) != ROOT)
@@ -963,7 +972,7 @@ static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 	const Node *d = data_of(t, g);
 	if (path_of(t, g->first_name, p, &first) < 0 ||
 	    put_header(o, first, '0', d->mode, d->mtime, d->u.file.size, (Str){"", 0}) < 0 ||
-	    copy_member(l, PyTuple_GET_ITEM(t->layers, d->u.file.layer), d, o) < 0)
+	    copy_member(l, PyTuple_GET_ITEM(t->layers, d->layer), d, o) < 0)
 		return -1;
 	if (t->nodes[g->first_name].next_name == NONE)
 		return 0;
@@ -989,14 +998,14 @@ static int by_layer_and_offset(const void *a, const void *b, void *context)
 {
 	const Tree *t = context;
 	const Node *x = data_of(t, a), *y = data_of(t, b);
-	if (x->u.file.layer != y->u.file.layer)
-		return x->u.file.layer < y->u.file.layer ? -1 : 1;
+	if (x->layer != y->layer)
+		return x->layer < y->layer ? -1 : 1;
 	return x->u.file.offset < y->u.file.offset ? -1 : x->u.file.offset > y->u.file.offset;
 }
 
 static int32_t layer_of(const Tree *t, const Group *g)
 {
-	return data_of(t, g)->u.file.layer;
+	return data_of(t, g)->layer;
 }
 
 /* The exception being raised, kept aside while the layer stream is closed (PyErr_Fetch
@@ -1141,7 +1150,7 @@ static Record *written_file(onepass_t *op, const Node *d)
 {
 	Str member = {d->name - d->member_prefix, (uint32_t)d->member_prefix + d->name_len};
 	Record *r = onepass_find(op, (const uint8_t *)member.ptr, member.len);
-	if (r == NULL || r->kind != R_FILE || r->layer != (uint32_t)d->u.file.layer)
+	if (r == NULL || r->kind != R_FILE || r->layer != (uint32_t)d->layer)
 		return NULL;
 	const uint8_t *entry = record_entry(op, r);
 	int64_t offset = 0;
@@ -1220,7 +1229,7 @@ static PyObject *unproven_files(Tree *t, onepass_t *op, PathBuffer *p)
 			if (first == NULL)
 				goto failed;
 			reason = PyUnicode_FromFormat("%R is not the file written from layer %d", first,
-						      (int)d->u.file.layer + 1);
+						      (int)d->layer + 1);
 			Py_DECREF(first);
 			if (reason == NULL)
 				goto failed;
