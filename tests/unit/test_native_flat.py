@@ -259,6 +259,21 @@ def test_bytes_that_are_not_a_compact_index_are_refused() -> None:
         native_flat.merge(["text"])
 
 
+def test_an_index_entry_with_more_than_permission_bits_is_refused_as_damaged() -> None:
+    # A merged node keeps 12 bits of mode (members.sanitize_mode gives no more): an
+    # index saying otherwise was not made by the scanner, and is not truncated.
+    index = indexes_of([tar_bytes(file("a"))])[0]
+    entry = index.entries[0]
+    for mode, accepted in ((0o7777, True), (0o10644, False), (0o100644, False)):
+        changed = LayerIndex(index.layer, [entry._replace(mode=mode)], index.markers,
+                             index.dropped)
+        if accepted:
+            assert native_flat.merge([compact.encode(changed)]).files == 1
+        else:
+            with pytest.raises(ValueError, match="permission bits"):
+                native_flat.merge([compact.encode(changed)])
+
+
 # -- a 400k-file image ----------------------------------------------------------------
 
 _HEADER = struct.Struct("<8sIIQI")

@@ -9,6 +9,7 @@ test_streaming_flatten.py runs each of its cases over the compiled path as well
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import random
@@ -226,3 +227,74 @@ def test_the_oracle_compares_bytes_not_only_verdicts() -> None:
     a = one_pass_outcome([tar_bytes(file("a", b"1"))], compiled=True)
     b = one_pass_outcome([tar_bytes(file("a", b"2"))], compiled=True)
     assert a[0] == b[0] == "tree" and a != b
+
+
+def test_a_released_stream_refuses_use_and_keeps_its_indexes_and_tree() -> None:
+    assert native_onepass is not None
+    layers = [tar_bytes(dir("d"), file("d/a", b"1"), file("d/b", b"2")),
+              tar_bytes(file("d/b", b"3"), hardlink("d/c", "d/b"), whiteout("d/a"))]
+    with tempfile.TemporaryFile() as out:
+        streamed = native_onepass.stream_flat_tar(
+            ["l0", "l1"], lambda number: io.BytesIO(layers[number]), out, policy=POLICY,
+            max_data_bytes=1 << 40)
+        tree = streamed.verify()
+        indexes = list(streamed.indexes)
+        streamed.release()
+        streamed.release()  # twice is harmless
+        for use in (streamed.verify, streamed.exact_tree, streamed.write_deferred_links):
+            with pytest.raises(RuntimeError, match="released"):
+                use()
+    # The verdict taken before the release stands; the tree and the indexes stay usable.
+    assert (tree.files, tree.hardlinks, tree.dirs) == (1, 1, 1)
+    assert streamed.indexes == indexes
+    gc.collect()
+    assert tree.nodes > 0
+
+
+def test_a_tree_outlives_the_released_stream_on_generated_stacks() -> None:
+    # squashfs.py keeps the counts of the tree verify() gave, then releases the stream:
+    # the tree reads nothing of the freed path table (its names are in the indexes).
+    from tests.unit.test_streaming_flatten import random_stack
+
+    assert native_onepass is not None
+    rng = random.Random(21)
+    trees = 0
+    for _ in range(200):
+        opened = [io.BytesIO(data) for data in random_stack(rng)]
+        with tempfile.TemporaryFile() as out:
+            try:
+                streamed = native_onepass.stream_flat_tar(
+                    [f"l{n}" for n in range(len(opened))], opened.__getitem__, out,
+                    policy=POLICY, max_data_bytes=1 << 40)
+                tree = streamed.verify()
+            except (native_onepass.SpeculationFailed, ContentRejected):
+                continue
+            counts = (tree.files, tree.dirs, tree.symlinks, tree.hardlinks, tree.data_bytes)
+            streamed.release()
+            gc.collect()
+            assert (tree.files, tree.dirs, tree.symlinks, tree.hardlinks,
+                    tree.data_bytes) == counts
+            assert tree.data_layers() == sorted(tree.data_layers())
+            trees += 1
+    assert trees > 30
+
+
+def test_verify_after_the_tree_was_written_gives_the_same_verdict() -> None:
+    # write() sorts the link groups by layer and member; verify and the deferred links
+    # read them in the merge's order (native/flat.c: collect_order), sorted or not.
+    assert native_onepass is not None
+    layers = [tar_bytes(file("z", b"0"), file("a/b", b"1"), file("m", b"2")),
+              tar_bytes(file("b", b"3"), hardlink("c", "z"), file("a/a", b"4")),
+              tar_bytes(file("y", b"5"), file("m", b"6"))]
+    verdicts = []
+    for write_first in (False, True):
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as copy:
+            streamed = native_onepass.stream_flat_tar(
+                ["l0", "l1", "l2"], lambda number: io.BytesIO(layers[number]), out,
+                policy=POLICY, max_data_bytes=1 << 40)
+            if write_first:
+                streamed.exact_tree().write(lambda number: io.BytesIO(layers[number]),
+                                            copy.fileno())
+            tree = streamed.verify()
+            verdicts.append((tree.files, tree.hardlinks, tree.dirs))
+    assert verdicts == [(6, 1, 1)] * 2

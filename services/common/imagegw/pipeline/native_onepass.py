@@ -77,13 +77,14 @@ class CompiledStream:
     """A tar written in one pass, and what proves it (or not) equal to the exact merge."""
 
     def __init__(self, emitter: _scan.Emitter, indexes: list[bytes]) -> None:
-        self._emitter = emitter
+        self._emitter: _scan.Emitter | None = emitter
         #: Every layer's compact index, oldest first.
         self.indexes = indexes
         self._tree: native_flat.Tree | None = None
 
     def exact_tree(self) -> native_flat.Tree:
         """The exact merge (raises ContentRejected for a refused image)."""
+        self._state()  # a released stream has no tree either
         if self._tree is None:
             self._tree = native_flat.merge(self.indexes)
         return self._tree
@@ -91,9 +92,9 @@ class CompiledStream:
     def write_deferred_links(self) -> None:
         """Hardlinks whose target was not written before them, as the exact tree says
         (the merge runs here only when there are some)."""
-        if not self._emitter.deferred:
+        if not self._state().deferred:
             return
-        reason = self.exact_tree().write_deferred(self._emitter.state)
+        reason = self.exact_tree().write_deferred(self._state().state)
         if reason is not None:
             raise SpeculationFailed(reason, dict(enumerate(self.indexes)))
 
@@ -101,7 +102,21 @@ class CompiledStream:
         """The exact tree, once the tar written is proven to hold exactly it. Raises
         SpeculationFailed when it does not, ContentRejected for a refused image."""
         tree = self.exact_tree()
-        reason = tree.verify(self._emitter.state)
+        reason = tree.verify(self._state().state)
         if reason is not None:
             raise SpeculationFailed(reason, dict(enumerate(self.indexes)))
         return tree
+
+    def release(self) -> None:
+        """Frees the one pass's state (its path table and records) and the exact tree,
+        which only `write_deferred_links` and `verify` need: a verdict taken, nothing
+        else reads them. `indexes` stay. Using the stream afterwards raises RuntimeError
+        (a tree returned earlier is the caller's until it drops it)."""
+        self._emitter = None
+        self._tree = None
+
+    def _state(self) -> _scan.Emitter:
+        if self._emitter is None:
+            raise RuntimeError("this one-pass stream was released: its path table and "
+                               "exact tree are gone; verify before release()")
+        return self._emitter

@@ -34,7 +34,7 @@ from typing import IO, Any, BinaryIO, cast
 from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
 
-from . import compact
+from . import compact, heap
 from .decompress import open_layer_stream
 from .flatten import FlatTree, LayerIndex, index_layer, merge_layers, write_flat_tar
 from .gzip_engine import tar2sqfs_environment
@@ -365,12 +365,17 @@ class _Flatten:
         """Each layer decompressed once, newest first, its visible entries written as it
         is indexed, then proven exact while tar2sqfs finishes (native_onepass.py); when
         that fails, the partial image is dropped and the compiled two-pass flatten runs
-        with the indexes made."""
+        with the indexes made.
+
+        The proof is when tar2sqfs holds its whole tree: freed memory goes back to the
+        kernel before the exact tree is built (heap.py), and the tree and the one pass's
+        path table are freed as soon as the verdict is taken (docs/performance.md,
+        "Memory of the service process")."""
         assert native_onepass is not None
         layer_bytes = sum(layer.size for layer in self.layers)
         progress = _Progress(layer_bytes, self.on_progress)
         streamed: list[native_onepass.CompiledStream] = []
-        trees: list[native_flat.Tree] = []
+        built: list[FlattenStats] = []
 
         def write_tar(out: BinaryIO) -> None:
             assert native_onepass is not None
@@ -380,7 +385,15 @@ class _Flatten:
             progress.finish()
 
         def check() -> None:
-            trees.append(streamed[0].verify())
+            heap.trim()  # the one pass's read buffers, before the exact tree is built
+            tree = streamed[0].verify()
+            built.append(FlattenStats(
+                files=tree.files, dirs=tree.dirs, symlinks=tree.symlinks,
+                hardlinks=tree.hardlinks, dropped=tree.dropped, data_bytes=tree.data_bytes,
+                one_pass=True, indexes=tuple(streamed[0].indexes), compiled=True))
+            del tree
+            streamed[0].release()
+            heap.trim()
 
         try:
             # The image is about as large as the compressed layers; the data is unknown.
@@ -389,15 +402,15 @@ class _Flatten:
         except native_onepass.SpeculationFailed as failed:
             log.info("one-pass flatten of %s not exact (%s); flattening in two passes",
                      output.name, failed.reason)
+            if streamed:  # the two passes need none of it
+                streamed[0].release()
             known = [failed.indexes.get(number) for number in range(len(self.layers))]
             return self.compiled(known, output, progress)
-        tree = trees[0]
-        stats = FlattenStats(files=tree.files, dirs=tree.dirs, symlinks=tree.symlinks,
-                             hardlinks=tree.hardlinks, dropped=tree.dropped,
-                             data_bytes=tree.data_bytes, one_pass=True,
-                             indexes=tuple(streamed[0].indexes), compiled=True)
-        log.info("built an image: %s", stats)
-        return stats
+        finally:
+            if streamed:  # an error's traceback keeps this frame, not the state
+                streamed[0].release()
+        log.info("built an image: %s", built[0])
+        return built[0]
 
     def compiled(self, known: list[bytes | None], output: Path,
                  progress: _Progress | None = None) -> FlattenStats:

@@ -11,7 +11,9 @@
  * found by a hash table keyed by (parent, name); names, symlink targets and member paths
  * are not copied: they point into the compact index bytes, which the tree keeps alive
  * (the indexes are its name arena). No Python object per node; cost linear in layers and
- * members (each member resolves its parent once, through the hash table).
+ * members (each member resolves its parent once, through the hash table). The hash table
+ * is freed once the merge is done, a link group is one int, and write() sorts a copy of
+ * the groups: the one pass's verify holds none of these beside tar2sqfs (issue 21).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,7 +43,7 @@ static const unsigned char MAGIC[8] = {'I', 'G', 'W', 'I', 'D', 'X', '1', 0};
 
 static PyObject *ContentRejected; /* imagegw.domain.errors.ContentRejected */
 
-/* flatten.Node: one entry of the merged tree (72 bytes). A file node made from a member
+/* flatten.Node: one entry of the merged tree (64 bytes). A file node made from a member
    also stands for flatten.FileData, its bytes: the names of a link group point at it
    (`data`), and it keeps them even once its own name is replaced or removed. */
 typedef struct {
@@ -51,10 +53,11 @@ typedef struct {
 	int32_t data;      /* files: the node holding their data (FileData) */
 	int32_t next_name; /* _collect: the next name of the same data */
 	uint16_t name_len;
-	uint16_t mode;   /* permission bits (members.py keeps 0o7777 at most) */
-	uint8_t kind;    /* K_FILE, K_DIR or K_SYMLINK */
-	uint8_t in_hash; /* found by child_of (not removed) */
+	uint16_t mode : 12;   /* permission bits (members.py keeps 0o7777 at most) */
+	uint16_t kind : 2;    /* K_FILE, K_DIR or K_SYMLINK */
+	uint16_t in_hash : 1; /* found by child_of (not removed) */
 	uint16_t member_prefix; /* data: the member's path is name - member_prefix */
+	uint16_t layer;         /* data: the layer holding it (merge() takes 65535 at most) */
 	union {
 		int32_t first_child; /* directories */
 		struct {
@@ -64,16 +67,18 @@ typedef struct {
 		struct {
 			int64_t offset; /* in the decompressed layer */
 			uint64_t size;
-			int32_t layer;
 		} file; /* data (files made from a member) */
 	} u;
 } Node;
 
-/* A link group of _collect: a FileData and its surviving names, in order. */
+/* The merge's peak is a node per path: the one pass's verify holds them beside tar2sqfs. */
+_Static_assert(sizeof(Node) == 64, "a node is 64 bytes");
+
+/* A link group of _collect: a FileData and its surviving names, in order. Its first
+   name's `data` is the FileData, and the other names follow `next_name` (4 bytes a file:
+   the one pass's verify holds the groups beside tar2sqfs, issue 21). */
 typedef struct {
-	int32_t data, first_name, last_name;
-	uint32_t names;
-	int32_t seen; /* its place in _collect's order (FlatTree.files) */
+	int32_t first_name;
 } Group;
 
 typedef struct {
@@ -86,7 +91,7 @@ typedef struct {
 	uint32_t bucket_mask;
 	/* _collect's result: node ids (directories, symlinks) and link groups (files) */
 	int32_t *dirs, *symlinks;
-	Group *groups;
+	Group *groups; /* in _collect's order (FlatTree.files) */
 	int32_t dir_count, symlink_count, group_count;
 	uint64_t dropped, data_bytes, hardlinks;
 } Tree;
@@ -239,6 +244,8 @@ static int next_entry(Cursor *c, IndexEntry *e)
 		return damaged("an entry of unknown kind, or without a path");
 	if (e->path.len > UINT16_MAX || e->link.len > UINT16_MAX) /* members.py: 4096 at most */
 		return damaged("an entry's path is too long");
+	if (e->mode > 07777) /* members.sanitize_mode */
+		return damaged("an entry's mode has more than permission bits");
 	return 0;
 }
 
@@ -597,7 +604,7 @@ static int apply_entry(Merge *m, const IndexEntry *e)
 			n->member_prefix = (uint16_t)(e->path.len - name.len);
 			n->u.file.offset = e->offset;
 			n->u.file.size = e->size;
-			n->u.file.layer = m->number;
+			n->layer = m->number;
 		}
 		break;
 	case K_SYMLINK:
@@ -712,14 +719,14 @@ static int collect(Tree *t)
 	int32_t stack_count = 0, stack_cap = 0, child_cap = 0;
 	int32_t dir_cap = 0, symlink_cap = 0, group_cap = 0;
 	int result = -1;
-	/* groups.setdefault(id(node.data), ...): the group of each FileData, once seen */
-	int32_t *group_of = PyMem_RawMalloc(((size_t)t->node_count + 1) * sizeof(int32_t));
-	if (group_of == NULL) {
+	/* groups.setdefault(id(node.data), ...): the last name of each FileData, once seen */
+	int32_t *last_name = PyMem_RawMalloc(((size_t)t->node_count + 1) * sizeof(int32_t));
+	if (last_name == NULL) {
 		PyErr_NoMemory();
 		goto done;
 	}
 	for (int32_t id = 0; id < t->node_count; id++)
-		group_of[id] = NONE;
+		last_name[id] = NONE;
 	if (append(&stack, &stack_count, &stack_cap, ROOT) < 0)
 		goto done;
 	while (stack_count > 0) {
@@ -741,19 +748,16 @@ static int collect(Tree *t)
 			} else if (n->kind == K_SYMLINK) {
 				if (append(&t->symlinks, &t->symlink_count, &symlink_cap, id) < 0)
 					goto done;
-			} else if (group_of[n->data] == NONE) {
+			} else if (last_name[n->data] == NONE) {
 				if (grow((void **)&t->groups, &group_cap, t->group_count + 1,
 					 sizeof(Group)) < 0)
 					goto done;
-				group_of[n->data] = t->group_count;
-				t->groups[t->group_count] = (Group){n->data, id, id, 1, t->group_count};
-				t->group_count++;
+				last_name[n->data] = id;
+				t->groups[t->group_count++] = (Group){id};
 				t->data_bytes += t->nodes[n->data].u.file.size;
 			} else {
-				Group *g = &t->groups[group_of[n->data]];
-				t->nodes[g->last_name].next_name = id;
-				g->last_name = id;
-				g->names++;
+				t->nodes[last_name[n->data]].next_name = id;
+				last_name[n->data] = id;
 				t->hardlinks++;
 			}
 		}
@@ -763,7 +767,7 @@ static int collect(Tree *t)
 	}
 	result = 0;
 done:
-	PyMem_RawFree(group_of);
+	PyMem_RawFree(last_name);
 	PyMem_RawFree(stack);
 	PyMem_RawFree(children);
 	return result;
@@ -786,6 +790,10 @@ static PyObject *merge(PyObject *module, PyObject *arg)
 	if (t->indexes == NULL)
 		goto fail;
 	Py_ssize_t count = PyTuple_GET_SIZE(t->indexes);
+	if (count > UINT16_MAX + 1) { /* Node.layer; Limits.max_layers is far below */
+		PyErr_SetString(PyExc_ValueError, "more than 65536 layers to merge");
+		goto fail;
+	}
 	t->layers = PyTuple_New(count);
 	if (t->layers == NULL || rehash(t, 1024) < 0 ||
 	    new_node(t, K_DIR, IMPLICIT_DIR_MODE, 0, (Str){"", 0}) != ROOT)
@@ -809,8 +817,10 @@ static PyObject *merge(PyObject *module, PyObject *arg)
 	}
 	if (collect(t) < 0)
 		goto fail;
-	if (t->group_count > 1)
-		qsort_r(t->groups, t->group_count, sizeof(Group), by_layer_and_offset, t);
+	/* The names are all resolved: the (parent, name) table is not read again. Freed now
+	   since the one pass's verify runs while tar2sqfs holds its whole tree (issue 21). */
+	PyMem_RawFree(t->buckets);
+	t->buckets = NULL;
 	PyMem_RawFree(m.pending);
 	PyMem_RawFree(m.stack);
 	return (PyObject *)t;
@@ -949,16 +959,22 @@ static int copy_member(Layer *l, PyObject *layer, const Node *d, Out *o)
 	return out_zeros(o, (BLOCK - d->u.file.size % BLOCK) % BLOCK);
 }
 
+/* The node holding a group's data (FileData). */
+static const Node *data_of(const Tree *t, const Group *g)
+{
+	return &t->nodes[t->nodes[g->first_name].data];
+}
+
 /* A file's header and data, then a hardlink header for each other name (_write_layer_files). */
 static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 {
 	Str first, other;
-	const Node *d = &t->nodes[g->data];
+	const Node *d = data_of(t, g);
 	if (path_of(t, g->first_name, p, &first) < 0 ||
 	    put_header(o, first, '0', d->mode, d->mtime, d->u.file.size, (Str){"", 0}) < 0 ||
-	    copy_member(l, PyTuple_GET_ITEM(t->layers, d->u.file.layer), d, o) < 0)
+	    copy_member(l, PyTuple_GET_ITEM(t->layers, d->layer), d, o) < 0)
 		return -1;
-	if (g->names == 1)
+	if (t->nodes[g->first_name].next_name == NONE)
 		return 0;
 	/* the first name is kept aside: path_of reuses the buffer */
 	char *kept = PyMem_RawMalloc(first.len + 1);
@@ -981,15 +997,15 @@ static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 static int by_layer_and_offset(const void *a, const void *b, void *context)
 {
 	const Tree *t = context;
-	const Node *x = &t->nodes[((const Group *)a)->data], *y = &t->nodes[((const Group *)b)->data];
-	if (x->u.file.layer != y->u.file.layer)
-		return x->u.file.layer < y->u.file.layer ? -1 : 1;
+	const Node *x = data_of(t, a), *y = data_of(t, b);
+	if (x->layer != y->layer)
+		return x->layer < y->layer ? -1 : 1;
 	return x->u.file.offset < y->u.file.offset ? -1 : x->u.file.offset > y->u.file.offset;
 }
 
 static int32_t layer_of(const Tree *t, const Group *g)
 {
-	return t->nodes[g->data].u.file.layer;
+	return data_of(t, g)->layer;
 }
 
 /* The exception being raised, kept aside while the layer stream is closed (PyErr_Fetch
@@ -1066,7 +1082,17 @@ static int write_tar(Tree *t, PyObject *open_layer, Out *o, Layer *l, PathBuffer
 			       (Str){n->u.link.ptr, n->u.link.len}) < 0)
 			return -1;
 	}
-	const Group *order = t->groups; /* by layer and member since merge() */
+	/* By layer and member: a sorted copy, made here, not in merge() (the one pass's verify
+	   reads the groups in _collect's order, and holds no copy beside tar2sqfs). */
+	Group *order = PyMem_RawMalloc(((size_t)t->group_count + 1) * sizeof(Group));
+	if (order == NULL) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	if (t->group_count > 0)
+		memcpy(order, t->groups, (size_t)t->group_count * sizeof(Group));
+	if (t->group_count > 1)
+		qsort_r(order, t->group_count, sizeof(Group), by_layer_and_offset, t);
 	int result = 0;
 	for (int32_t start = 0, end; start < t->group_count && result == 0; start = end) {
 		int32_t number = layer_of(t, &order[start]);
@@ -1074,6 +1100,7 @@ static int write_tar(Tree *t, PyObject *open_layer, Out *o, Layer *l, PathBuffer
 			;
 		result = write_layer(t, open_layer, number, order + start, end - start, l, o, p);
 	}
+	PyMem_RawFree(order);
 	if (result < 0 || report(l, 0, 1) < 0 || out_zeros(o, 2 * BLOCK) < 0)
 		return -1;
 	return out_flush(o);
@@ -1117,26 +1144,13 @@ static onepass_t *state_of(PyObject *capsule)
 	return PyCapsule_GetPointer(capsule, ONEPASS_CAPSULE);
 }
 
-/* The groups in FlatTree.files' order (merge() sorted them by layer and member). */
-static int32_t *collect_order(Tree *t)
-{
-	int32_t *order = PyMem_RawMalloc(((size_t)t->group_count + 1) * sizeof(int32_t));
-	if (order == NULL) {
-		PyErr_NoMemory();
-		return NULL;
-	}
-	for (int32_t k = 0; k < t->group_count; k++)
-		order[t->groups[k].seen] = k;
-	return order;
-}
-
 /* emitter.written.get((data.layer, data.ordinal)): the record of the file written from
    the member of `d` (under the member's own path), or NULL. */
 static Record *written_file(onepass_t *op, const Node *d)
 {
 	Str member = {d->name - d->member_prefix, (uint32_t)d->member_prefix + d->name_len};
 	Record *r = onepass_find(op, (const uint8_t *)member.ptr, member.len);
-	if (r == NULL || r->kind != R_FILE || r->layer != (uint32_t)d->u.file.layer)
+	if (r == NULL || r->kind != R_FILE || r->layer != (uint32_t)d->layer)
 		return NULL;
 	const uint8_t *entry = record_entry(op, r);
 	int64_t offset = 0;
@@ -1153,15 +1167,12 @@ static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
 	onepass_t *op = state_of(capsule);
 	if (op == NULL)
 		return NULL;
-	int32_t *order = collect_order(t);
 	PathBuffer p = {0};
 	PyObject *result = NULL;
-	if (order == NULL)
-		return NULL;
 	op->out.nogil = 0;
 	for (int32_t k = 0; k < t->group_count; k++) {
-		const Group *g = &t->groups[order[k]];
-		const Node *d = &t->nodes[g->data];
+		const Group *g = &t->groups[k];
+		const Node *d = data_of(t, g);
 		Record *first = written_file(op, d);
 		if (first == NULL)
 			continue;
@@ -1185,7 +1196,6 @@ static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
 	result = Py_None;
 	Py_INCREF(result);
 done:
-	PyMem_RawFree(order);
 	PyMem_RawFree(p.buf);
 	PyMem_RawFree(p.chain);
 	return result;
@@ -1200,13 +1210,10 @@ static int same_bytes(Str a, const uint8_t *b, uint32_t len)
    its names, the other names linked to it. NULL (no exception): they hold. */
 static PyObject *unproven_files(Tree *t, onepass_t *op, PathBuffer *p)
 {
-	int32_t *order = collect_order(t);
-	if (order == NULL)
-		return NULL;
 	PyObject *reason = NULL;
 	for (int32_t k = 0; k < t->group_count && reason == NULL; k++) {
-		const Group *g = &t->groups[order[k]];
-		const Node *d = &t->nodes[g->data];
+		const Group *g = &t->groups[k];
+		const Node *d = data_of(t, g);
 		Record *file = written_file(op, d);
 		Str name;
 		int found = 0;
@@ -1222,7 +1229,7 @@ static PyObject *unproven_files(Tree *t, onepass_t *op, PathBuffer *p)
 			if (first == NULL)
 				goto failed;
 			reason = PyUnicode_FromFormat("%R is not the file written from layer %d", first,
-						      (int)d->u.file.layer + 1);
+						      (int)d->layer + 1);
 			Py_DECREF(first);
 			if (reason == NULL)
 				goto failed;
@@ -1246,10 +1253,8 @@ static PyObject *unproven_files(Tree *t, onepass_t *op, PathBuffer *p)
 			break;
 		}
 	}
-	PyMem_RawFree(order);
 	return reason;
 failed:
-	PyMem_RawFree(order);
 	return NULL;
 }
 
