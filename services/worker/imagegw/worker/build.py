@@ -7,6 +7,7 @@ details itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from imagegw.cache import WorkerCaches
 from imagegw.cache.layout import WorkerPaths
 from imagegw.domain.acl import acl_file_suffix
 from imagegw.domain.config import Config
+from imagegw.domain.errors import ConfigError
 from imagegw.domain.model import BuildJob, BuildResult, Progress, Stage
 from imagegw.domain.reference import parse_reference
 from imagegw.domain.runtimes import added_files, sif_file, wants_sif
@@ -88,6 +90,10 @@ class Builder:
         self.cache = self.caches.blobs
         self.shared = shared_conversions_for(config)
         self.trust = load_site_trust(config)
+        if any(platform.access_type == "remote" for platform in config.platforms.values()):
+            # The SSH publishers (paramiko: 0.05-0.3 s to import) load beside the start-up,
+            # not in the way of the first remote pull's conversion.
+            threading.Thread(target=_load_ssh_publishers, name="ssh-import", daemon=True).start()
         for warning in self.trust.warnings:
             log.warning("signature policy: %s", warning)
         for system, judged in sorted(self.trust.systems.items()):
@@ -391,6 +397,12 @@ def _download_error(blobs: Sequence[GrowingBlob], futures: dict[int, Future[Path
                 if not isinstance(error, _DownloadStopped):
                     return error
     return None
+
+
+def _load_ssh_publishers() -> None:
+    """Imports the SSH publishers; one that cannot load says why when a pull uses it."""
+    with contextlib.suppress(ConfigError):
+        following_publish()
 
 
 class _Lookup:
