@@ -227,8 +227,9 @@ def measure_remote_pull(workdir: Path, registry, image_name: str, reference: str
                 finally:
                     ours.stop()
                 sample.idle = idle_after - idle_before  # type: ignore[attr-defined]
-                sample.remote_cpu = None if remote_before is None or remote_after is None \
-                    else remote_after - remote_before  # type: ignore[attr-defined]
+                remote_cpu = None if remote_before is None or remote_after is None \
+                    else remote_after - remote_before
+                sample.remote_cpu = remote_cpu  # type: ignore[attr-defined]
                 rounds["local" if system == "default" else "remote"].append(sample)
                 for entry in server.image_dir.iterdir():
                     entry.unlink()
