@@ -6,6 +6,12 @@ copy checked against the local file by `cksum` on both ends, fsync, rename) and 
 paramiko publisher it replaces. Each runs as its own process (a Python process importing
 imagegw takes ~0.2 s of its wall time; scp's start is in its row too).
 
+The remote pull rows also say what the copy costs: the CPU seconds of everything on the
+sshd side (a cpuacct cgroup holding the sshd and its sessions, where the machine lets
+us make one), the service tree's CPU over the local pull's (ssh and cksum are its
+children), and the machine's idle core-seconds during each pull (on loopback both ends
+share the cores the conversion uses).
+
 scp never waits for the disk; a publish does (the image is on disk before it is named),
 so where the disk writes slower than the link the two differ by the disk, not the copy.
 A fourth row says how much: scp, then `sync` of the copy on the remote host (a second ssh
@@ -141,6 +147,45 @@ def measure_remote_publish(workdir: Path, size: int, repeat: int) -> tuple[list[
     return rows, summary
 
 
+class CpuGroup:
+    """A cgroup-v1 cpuacct group counting the CPU of a process and all it starts; `usage`
+    is None where no group can be made (no cgroup v1 cpuacct, not root)."""
+
+    ROOT = Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.path: Path | None = self.ROOT / f"{name}-{os.getpid()}"
+        try:
+            self.path.mkdir()
+            (self.path / "cgroup.procs").write_text(f"{pid}\n")
+        except OSError:
+            self.close()
+            self.path = None
+
+    def usage(self) -> float | None:
+        """CPU seconds used so far by the processes in the group (those that ended too)."""
+        if self.path is None:
+            return None
+        return int((self.path / "cpuacct.usage").read_text()) / 1e9
+
+    def close(self) -> None:
+        if self.path is None:
+            return
+        try:
+            for pid in (self.path / "cgroup.procs").read_text().split():
+                (self.ROOT / "cgroup.procs").write_text(f"{pid}\n")
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+def idle_core_seconds() -> float:
+    """Core-seconds the whole machine has been idle (or waiting for I/O) since boot."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    return (fields[3] + fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def _median(samples: list[Sample]) -> Sample:
     """The run with the median wall time (the lower one of the middle two)."""
     ordered = sorted(samples, key=lambda sample: (not sample.ok, sample.wall))
@@ -166,6 +211,7 @@ def measure_remote_pull(workdir: Path, registry, image_name: str, reference: str
               "ssh": {"username": server.user, "key": str(server.ed25519_key),
                       "imageDir": str(server.image_dir), "knownHosts": str(server.known_hosts)}}
     rounds: dict[str, list[Sample]] = {"local": [], "remote": []}
+    group = CpuGroup("imagegw-bench-sshd", server.process.pid)
     try:
         for _ in range(repeat):
             for system, label in (("default", "imagegw: cold pull → local system "
@@ -175,22 +221,45 @@ def measure_remote_pull(workdir: Path, registry, image_name: str, reference: str
                 ours = Ours(workdir, registry, f"{image_name}-{system}", jobs, engine,
                             platforms={"remote": remote})
                 try:
-                    rounds["local" if system == "default" else "remote"].append(
-                        ours.measured_pull(label, reference, system))
+                    remote_before, idle_before = group.usage(), idle_core_seconds()
+                    sample = ours.measured_pull(label, reference, system)
+                    remote_after, idle_after = group.usage(), idle_core_seconds()
                 finally:
                     ours.stop()
+                sample.idle = idle_after - idle_before  # type: ignore[attr-defined]
+                remote_cpu = None if remote_before is None or remote_after is None \
+                    else remote_after - remote_before
+                sample.remote_cpu = remote_cpu  # type: ignore[attr-defined]
+                rounds["local" if system == "default" else "remote"].append(sample)
                 for entry in server.image_dir.iterdir():
                     entry.unlink()
     finally:
         server.stop()
+        group.close()
         shutil.rmtree(server_dir, ignore_errors=True)
     local, far = (_median(samples) for samples in rounds.values())
+    for row in (local, far):
+        sshd = getattr(row, "remote_cpu", None)
+        row.note += (f"; machine idle {getattr(row, 'idle', 0.0):.2f} core-s"
+                     + (f"; sshd side {sshd:.2f} CPU-s" if sshd else ""))
     ratio = far.wall / local.wall if local.ok and far.ok and local.wall else float("nan")
     turns = "; ".join(f"{name} " + ", ".join(f"{s.wall:.1f}" for s in samples)
                       for name, samples in rounds.items())
     pairs = sorted(there.wall / here.wall for here, there in
                    zip(rounds["local"], rounds["remote"], strict=True) if here.ok and there.ok)
+    def cpu_s(samples: list[Sample], kind: str) -> str:
+        return ", ".join("–" if getattr(s, kind, None) is None else f"{getattr(s, kind):.2f}"
+                         for s in samples)
+
+    copy = [there.cpu - here.cpu + (getattr(there, "remote_cpu", None) or 0.0)
+            for here, there in zip(rounds["local"], rounds["remote"], strict=True)
+            if here.ok and there.ok]
     summary = (f"{image_name}: remote pull {far.wall:.1f}s = {ratio:.2f}× the same cold pull "
                f"to a local system ({local.wall:.1f}s) [target ≤ 1.1] ({turns} s; remote over "
-               f"local run by run, sorted: {', '.join(f'{pair:.2f}' for pair in pairs)})")
+               f"local run by run, sorted: {', '.join(f'{pair:.2f}' for pair in pairs)}). "
+               f"What the copy costs, run by run: the service tree's CPU over the local "
+               f"pull's plus the sshd side's "
+               f"{', '.join(f'{cost:.2f}' for cost in copy)} CPU-s (sshd side "
+               f"{cpu_s(rounds['remote'], 'remote_cpu')}); machine idle core-s: local "
+               f"{cpu_s(rounds['local'], 'idle')}, remote {cpu_s(rounds['remote'], 'idle')}")
     return [local, far], summary

@@ -5,7 +5,10 @@ and the settings of `python -m bench`) and prints, on one clock from the PullIma
 the service's log lines and the progress stream, when tar2sqfs starts and ends, then the
 CPU seconds of each thread of the service, of tar2sqfs and of the registry, and every
 half second how many cores the service, tar2sqfs and the whole machine used (a phase in
-which the machine is not busy is a serial phase). The per-thread figures read
+which the machine is not busy is a serial phase). `--remote` pulls for a system published
+over SSH to a loopback sshd instead (publish/follow.py streams the image while it is
+built) and adds the CPU seconds of each process on the sshd side (sshd, the remote
+script's `dd`, `cksum`...). The per-thread figures read
 /proc/<pid>/task; `--py-spy FILE` also records the service's stacks (py-spy installed in
 the virtualenv; not a dependency). Timings on a shared machine drift: look at the
 machine's column before trusting a run.
@@ -59,15 +62,22 @@ def _machine_busy() -> float:
 class Watcher(threading.Thread):
     """Samples the service's threads, its children and the machine every SAMPLE s."""
 
-    def __init__(self, pid: int, start: float) -> None:
+    def __init__(self, pid: int, start: float, remote_pid: int | None = None) -> None:
         super().__init__(daemon=True)
         self.pid, self.start_time = pid, start
+        self.remote_pid = remote_pid
+        self.remote: dict[int, list] = {}  # pid -> [name, cpu], the sshd listener's tree
         self.events: list[tuple[float, str]] = []
         self.children: dict[int, list] = {}  # pid -> [name, started, cpu]
         self.threads: dict[str, float] = {}
         self.samples: list[tuple[float, float, float, float]] = []
         self.stopped = threading.Event()
         self._base = self._thread_cpu()
+        self._remote_base: dict[int, float] = {}
+        if remote_pid is not None:  # the listener itself and any session already open
+            self._sample_remote()
+            self._remote_base = {pid: cpu for pid, (_, cpu) in self.remote.items()}
+            self.remote.clear()
 
     def _thread_cpu(self) -> dict[str, float]:
         found = {}
@@ -96,12 +106,41 @@ class Watcher(threading.Thread):
                 name, _, cpu = self.children[kid]
                 self.events.append((now, f"child {name} ({kid}) ended, {cpu:.2f} s CPU"))
             running = kids
+            if self.remote_pid is not None:
+                self._sample_remote()
             for tid, cpu in self._thread_cpu().items():
                 self.threads[tid] = max(self.threads.get(tid, 0.0), cpu - self._base.get(tid, 0.0))
             self.samples.append((now, _cpu(self.pid),
                                  sum(cpu for _, _, cpu in self.children.values()),
                                  _machine_busy()))
             time.sleep(SAMPLE)
+
+
+    def _sample_remote(self) -> None:
+        """The CPU of every process under the sshd listener (sessions, their scripts)."""
+        parents = [self.remote_pid]
+        while parents:
+            parent = parents.pop()
+            try:
+                found = [int(kid) for kid in
+                         Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+            except OSError:
+                continue
+            parents += found
+            for kid in found:
+                try:
+                    name = Path(f"/proc/{kid}/comm").read_text().strip()
+                except OSError:
+                    continue
+                entry = self.remote.setdefault(kid, [name, 0.0])
+                entry[0] = name  # sshd forks, then the script execs dd, cksum...
+                entry[1] = max(entry[1], _cpu(kid) - self._remote_base.get(kid, 0.0))
+
+    def remote_by_name(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for name, cpu in self.remote.values():
+            totals[name] = totals.get(name, 0.0) + cpu
+        return totals
 
 
 def _log_events(log: str, since: float) -> list[tuple[float, str]]:
@@ -131,7 +170,7 @@ def _utilisation(samples: list[tuple[float, float, float, float]]) -> list[str]:
     return rows
 
 
-def pull_once(registry, image, workdir: Path, spy: Path | None) -> float:
+def pull_once(registry, image, workdir: Path, spy: Path | None, sshd=None) -> float:
     from imagegw.v1 import gateway_service_pb2 as pb
     from imagegw.v1 import gateway_service_pb2_grpc as pb_grpc
     from imagegw.v1 import image_pb2
@@ -139,6 +178,14 @@ def pull_once(registry, image, workdir: Path, spy: Path | None) -> float:
 
     shutil.rmtree(workdir, ignore_errors=True)
     config = embedded_config(workdir, registry_url=registry.url)
+    system = "default"
+    if sshd is not None:
+        system = "remote"
+        config["Platforms"]["remote"] = {
+            "accesstype": "remote", "host": [f"127.0.0.1:{sshd.port}"],
+            "mungeSocketPath": "/nonexistent/munge.socket", "allowAnonymousPull": True,
+            "ssh": {"username": sshd.user, "key": str(sshd.ed25519_key),
+                    "imageDir": str(sshd.image_dir), "knownHosts": str(sshd.known_hosts)}}
     config["ConverterOptions"] = {"compressor": "gzip", "level": LEVEL, "blockSize": BLOCK,
                                   "jobs": os.cpu_count() or 1}
     service = start_service("serve", config, workdir)
@@ -153,13 +200,13 @@ def pull_once(registry, image, workdir: Path, spy: Path | None) -> float:
     registry_cpu = _cpu(registry.process.pid)
     service_cpu = _cpu(pid)
     start, since = time.perf_counter(), time.time()
-    watcher = Watcher(pid, start)
+    watcher = Watcher(pid, start, sshd.process.pid if sshd is not None else None)
     watcher.start()
     events: list[tuple[float, str]] = []
     try:
         with service.channel() as channel:
             stub = pb_grpc.GatewayServiceStub(channel)
-            request = pb.PullImageRequest(system="default",
+            request = pb.PullImageRequest(system=system,
                                           reference=f"testreg/bench/{image.name}:1")
             for response in stub.PullImage(request, timeout=3600):
                 progress = response.progress
@@ -185,6 +232,14 @@ def pull_once(registry, image, workdir: Path, spy: Path | None) -> float:
     busy = sorted(((cpu, tid) for tid, cpu in watcher.threads.items() if cpu >= 0.05),
                   reverse=True)
     print("threads (CPU s):", ", ".join(f"{tid} {cpu:.2f}" for cpu, tid in busy))
+    print("children of the service (CPU s):", ", ".join(
+        f"{name} {cpu:.2f}" for name, _, cpu in watcher.children.values() if cpu >= 0.01))
+    if sshd is not None:
+        remote = watcher.remote_by_name()
+        print(f"sshd side (CPU s): {sum(remote.values()):.2f}:", ", ".join(
+            f"{name} {cpu:.2f}" for name, cpu in sorted(remote.items(), key=lambda x: -x[1])))
+        for entry in sshd.image_dir.iterdir():
+            entry.unlink()
     print("cores used:")
     for row in _utilisation(watcher.samples):
         print("  " + row)
@@ -200,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/imagegw-bench"))
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--py-spy", type=Path, help="also record the service's stacks here")
+    parser.add_argument("--remote", action="store_true",
+                        help="pull for a system published over SSH to a loopback sshd")
     args = parser.parse_args(argv)
     from testbed.registry import start_registry
 
@@ -215,12 +272,22 @@ def main(argv: list[str] | None = None) -> int:
     registry_dir = workdir / "registry-timeline"
     shutil.rmtree(registry_dir, ignore_errors=True)
     registry = start_registry(registry_dir)
+    sshd, sshd_dir = None, workdir / "sshd-timeline"
     try:
+        if args.remote:
+            from testbed.sshd import start_sshd
+
+            shutil.rmtree(sshd_dir, ignore_errors=True)
+            sshd_dir.mkdir(parents=True)
+            sshd = start_sshd(sshd_dir)
         bench_images.push(registry.url, f"bench/{image.name}", "1", image)
-        walls = [pull_once(registry, image, workdir / "ours-timeline", args.py_spy)
+        walls = [pull_once(registry, image, workdir / "ours-timeline", args.py_spy, sshd)
                  for _ in range(args.runs)]
     finally:
         registry.stop()
+        if sshd is not None:
+            sshd.stop()
+            shutil.rmtree(sshd_dir, ignore_errors=True)
     print("cold pulls (s):", " ".join(f"{wall:.2f}" for wall in walls))
     return 0
 

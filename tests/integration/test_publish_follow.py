@@ -276,6 +276,64 @@ def test_a_worker_pull_streams_the_image_and_a_failed_one_leaves_nothing(
     assert _eventually_empty_but(image_dir, {result.image_file, result.meta_file})
 
 
+def test_a_pull_whose_image_is_already_on_the_remote_system_commits_no_second_copy(
+    tmp_path: Path, registry, sshd_target: SshdServer, image_dir: Path
+) -> None:
+    """The remote lookup runs beside the conversion streamed to that system; the stream is
+    committed only when the lookup says the image is not there."""
+    contents = files(4, 64 * 1024)
+    push_image(registry.url, "stream/there", "1",
+               [L.layer(*(L.file(name, data) for name, data in contents.items()))])
+    job = BuildJob(job_id="first", system="cluster", reference="testreg/stream/there:1")
+    first = remote_builder(tmp_path / "first", registry.url, sshd_target).build(
+        job, lambda event: None)
+    published = image_dir / first.image_file
+    inode = published.stat().st_ino
+
+    # Another worker (no conversion cached): it converts, finds the image there, and
+    # leaves the published copy as it was.
+    events: list = []
+    again = remote_builder(tmp_path / "second", registry.url, sshd_target).build(
+        BuildJob(job_id="second", system="cluster", reference="testreg/stream/there:1"),
+        events.append)
+
+    assert again.reused and again.image_file == first.image_file
+    assert again.size_bytes == published.stat().st_size
+    assert published.stat().st_ino == inode
+    assert _eventually_empty_but(image_dir, {first.image_file, first.meta_file})
+    assert not any("streamed while converting" in (event.message or "") for event in events)
+
+
+def test_a_pull_streamed_to_a_remote_system_converts_without_waiting_for_the_lookup(
+    tmp_path: Path, registry, sshd_target: SshdServer, image_dir: Path, monkeypatch
+) -> None:
+    """The lookup there (an SSH login) is answered while tar2sqfs already writes the
+    image: here it answers only once the image being built exists, which would never
+    happen (until its deadline) if the conversion waited for it."""
+    contents = files(4, 64 * 1024)
+    push_image(registry.url, "stream/lookup", "1",
+               [L.layer(*(L.file(name, data) for name, data in contents.items()))])
+    builder = remote_builder(tmp_path, registry.url, sshd_target)
+    seen_building: list[bool] = []
+    has_image = OpenSshPublisher.has_image
+
+    def after_the_conversion_started(self, image_file, meta_file, size=None):
+        deadline = time.monotonic() + 60
+        while not any((tmp_path / "expand").rglob(f".{image_file}.partial")) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen_building.append(time.monotonic() < deadline)
+        return has_image(self, image_file, meta_file, size)
+
+    monkeypatch.setattr(OpenSshPublisher, "has_image", after_the_conversion_started)
+    result = builder.build(BuildJob(job_id="lookup", system="cluster",
+                                    reference="testreg/stream/lookup:1"), lambda event: None)
+
+    assert seen_building == [True]
+    assert not result.reused
+    assert sorted(os.listdir(image_dir)) == sorted([result.image_file, result.meta_file])
+
+
 def _eventually_empty_but(directory: Path, kept: set[str]) -> bool:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

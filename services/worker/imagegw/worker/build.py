@@ -7,6 +7,7 @@ details itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from imagegw.cache import WorkerCaches
 from imagegw.cache.layout import WorkerPaths
 from imagegw.domain.acl import acl_file_suffix
 from imagegw.domain.config import Config
+from imagegw.domain.errors import ConfigError
 from imagegw.domain.model import BuildJob, BuildResult, Progress, Stage
 from imagegw.domain.reference import parse_reference
 from imagegw.domain.runtimes import added_files, sif_file, wants_sif
@@ -88,6 +90,10 @@ class Builder:
         self.cache = self.caches.blobs
         self.shared = shared_conversions_for(config)
         self.trust = load_site_trust(config)
+        if any(platform.access_type == "remote" for platform in config.platforms.values()):
+            # The SSH publishers (paramiko: 0.05-0.3 s to import) load beside the start-up,
+            # not in the way of the first remote pull's conversion.
+            threading.Thread(target=_load_ssh_publishers, name="ssh-import", daemon=True).start()
         for warning in self.trust.warnings:
             log.warning("signature policy: %s", warning)
         for system, judged in sorted(self.trust.systems.items()):
@@ -145,8 +151,14 @@ class Builder:
             log.info("job %s: %s unchanged (%s)", job.job_id, reference, image.manifest_digest)
             return result(publisher.image_size(image_file), unchanged=True)
 
+        # A conversion streamed to a remote system need not wait for its lookup there (an
+        # SSH login, 0.1-0.2 s): the lookup runs beside the conversion's start, and its
+        # answer is waited for before anything is published (a remote copy is committed).
+        overlapped = image_format == "squashfs" and sif_name is None and readers is None \
+            and streams_while_written(publisher)
         with self.paths.image_lock(image.image_id):
-            if published():
+            lookup = _Lookup(published) if overlapped else None
+            if lookup is None and published():
                 log.info("job %s: image %s already published", job.job_id, image.image_id)
                 return result(publisher.image_size(image_file), reused=True)
             key = ConversionKey(image.manifest_digest, image_format, self.config.converter,
@@ -174,11 +186,15 @@ class Builder:
                         else:
                             output, streamed = self._convert_and_stream(
                                 client, image, output, emit, publisher,
-                                (image_file, meta, meta_file, private), added=added)
+                                (image_file, meta, meta_file, private), added=added,
+                                lookup=lookup)
                     built = output
                     output = self.caches.conversions.store(key.digest, image_format, output)
                     if built.parent != scratch:  # converted in the image directory
                         built.unlink(missing_ok=True)
+                if lookup is not None and lookup.result():
+                    log.info("job %s: image %s already published", job.job_id, image.image_id)
+                    return result(publisher.image_size(image_file), reused=True)
                 if sif_name is not None:
                     sif = self._sif(key, output, scratch / sif_name, image, platform.architecture)
                     emit(Progress(Stage.PUBLISHING, message=f"publishing {sif_name}"), force=True)
@@ -224,12 +240,15 @@ class Builder:
     def _convert_and_stream(self, client: RegistryClient, image: ResolvedImage, output: Path,
                             emit: Throttle, publisher: Publisher,
                             published: tuple[str, bytes, str, bool], *,
-                            added: AddedLayers | None = None) -> tuple[Path, bool]:
+                            added: AddedLayers | None = None,
+                            lookup: _Lookup | None = None) -> tuple[Path, bool]:
         """Converts, and where it can publishes as the image is produced: a remote system
         gets the squashfs streamed while tar2sqfs writes it (publish/follow.py); a local
         image directory on another file system than `output` gets it written there, under
         a temporary name, then linked into place. Returns where the image is built, and
-        whether it is published (else: publish it whole)."""
+        whether it is published (else: publish it whole). A stream is committed only once
+        `lookup` (the remote lookup, when it runs beside the conversion) says the image is
+        not there yet."""
         image_file, meta, meta_file, private = published
         if isinstance(publisher, LocalPublisher) and not private:
             in_place = publisher.temporary_beside(image_file, other_than=output.parent)
@@ -255,6 +274,9 @@ class Builder:
         follower.start()
         try:
             self._download_and_convert(client, image, output, emit, added=added)
+            if lookup is not None and lookup.result():
+                follower.close()  # it is there already: the caller publishes nothing
+                return output, False
         except BaseException:
             follower.close()  # no commit: the remote side drops its temporary
             raise
@@ -375,6 +397,37 @@ def _download_error(blobs: Sequence[GrowingBlob], futures: dict[int, Future[Path
                 if not isinstance(error, _DownloadStopped):
                     return error
     return None
+
+
+def _load_ssh_publishers() -> None:
+    """Imports the SSH publishers; one that cannot load says why when a pull uses it."""
+    with contextlib.suppress(ConfigError):
+        following_publish()
+
+
+class _Lookup:
+    """Whether the image is published, asked in a thread of its own from now on; `result`
+    waits for the answer (or raises what the lookup raised)."""
+
+    def __init__(self, published: Callable[[], bool]) -> None:
+        self._published = published
+        self._answer: bool | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._ask, name="published-lookup",
+                                        daemon=True)
+        self._thread.start()
+
+    def _ask(self) -> None:
+        try:
+            self._answer = self._published()
+        except BaseException as exc:  # noqa: BLE001 - raised by result()
+            self._error = exc
+
+    def result(self) -> bool:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return bool(self._answer)
 
 
 class _DownloadStopped(Exception):
