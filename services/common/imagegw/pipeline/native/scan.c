@@ -258,13 +258,28 @@ static int python_int(const uint8_t *s, size_t n, int base, number_t *out)
 #undef AT
 }
 
+/* python_int(s, n, 8) of a text of octal digits only (every header's fields, as tar
+ * writes them), without its general rules; 0 when the text is anything else. n <= 11. */
+static int octal_digits(const uint8_t *s, size_t n, number_t *out)
+{
+    uint64_t value = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '7')
+            return 0;
+        value = value << 3 | (uint64_t)(s[i] - '0');
+    }
+    out->value = (int64_t)value;
+    out->overflow = 0;
+    return 1;
+}
+
 /* tarstream._number: the usual zero-padded octal, GNU base-256 (0x80 unsigned, 0xFF
  * signed), or Python's int() of the text before a NUL without surrounding spaces.
  * -1 for a bad number. */
 static int tar_number(const uint8_t *f, size_t n, number_t *out)
 {
     if ((f[n - 1] == 0 || f[n - 1] == ' ') && f[0] >= '0' && f[0] <= '7') {
-        if (python_int(f, n - 1, 8, out) == 0)
+        if (octal_digits(f, n - 1, out) || python_int(f, n - 1, 8, out) == 0)
             return 0;
     }
     if (f[0] == 0x80) { /* int.from_bytes(field[1:], "big") */

@@ -176,8 +176,10 @@ int put_header(Out *o, Str name, char kind, uint32_t mode, int64_t mtime, uint64
 	int pax_link = link.len > 100 || !is_ascii(link);
 	int pax_size = size > (uint64_t)USTAR_MAX_NUMBER;
 	char size_text[24];
-	Str size_value = {size_text, (uint32_t)snprintf(size_text, sizeof(size_text), "%llu",
-							(unsigned long long)size)};
+	Str size_value = {size_text, 0};
+	if (pax_size) /* (formatting every header's size cost ~1 % of the one pass) */
+		size_value.len = (uint32_t)snprintf(size_text, sizeof(size_text), "%llu",
+						    (unsigned long long)size);
 	mtime = mtime < 0 ? 0 : mtime > USTAR_MAX_NUMBER ? USTAR_MAX_NUMBER : mtime;
 	Str short_link = {link.ptr, link.len < 100 ? link.len : 100};
 	unsigned char block[TAR_BLOCK];
