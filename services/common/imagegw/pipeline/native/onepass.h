@@ -11,10 +11,11 @@
  * so references stay valid). One table maps each path to its record: what went out
  * under it (_NewestFirst.emitted, implicit_dirs, deferred_links) and whether the newer
  * layers hide it (hidden, hidden_below: two flag bits), so an entry costs one lookup
- * while its layer is read (its ancestors: one more, for a directory not met yet in the
- * layer), none when its layer hides it. Memory: a 16-byte record
+ * while its layer is read (and one per ancestor when its directory is not settled in
+ * this layer yet: onepass.c), none when its layer hides it. Memory: a 16-byte record
  * and an 8-byte slot (the table at most 70 % full) per path written or hidden; a path
- * hidden only (overwritten, whited out) is the only cost the hidden sets add.
+ * hidden only (overwritten, whited out) is the only cost the hidden sets add; plus 4
+ * bytes per entry of the layer being read (entry_ids) and the 64 KiB settled cache.
  */
 #ifndef IMAGEGW_ONEPASS_H
 #define IMAGEGW_ONEPASS_H
