@@ -222,6 +222,46 @@ def test_a_400k_file_image_over_40_layers() -> None:
     assert_same_one_pass([layer for layer in layers[:4]])
 
 
+def interleaved_layer(number: int, dirs: int, per_dir: int, *, skip: int = 0,
+                      extra: list[bytes] = ()) -> bytes:
+    """Files k of directories t/d0..t/d{dirs-1} in turn (k = 0..per_dir-1, every
+    `skip`-th directory left out when skip), so no two entries in a row share a parent:
+    the entries below a directory meet its ancestors once per layer (onepass.c's settled
+    directories), not once per run of siblings."""
+    data = b"%02d" % number + bytes(510)
+    parts = []
+    for k in range(per_dir):
+        for d in range(dirs):
+            if skip and d % skip == 0:
+                continue
+            parts.append(_header(f"t/d{d}/f{k}", REGULAR, mode=0o644, mtime=number, size=2))
+            parts.append(data)
+    return b"".join(parts) + b"".join(extra) + bytes(1024)
+
+
+def test_interleaved_directories_past_the_settled_cache_get_the_python_bytes() -> None:
+    # 9000 directories (more than the cache's 8192 slots: slots are shared and evicted),
+    # two or three files each, in turns. The newer layer makes directories opaque, whites them out
+    # or replaces one by a file: what it hides below them is decided afresh in the older
+    # layer, whatever the newer layer settled.
+    def wh(path: str, opaque_dir: bool = False) -> bytes:
+        parent, _, base = path.rpartition("/")
+        name = f"{path}/.wh..wh..opq" if opaque_dir else f"{parent}/.wh.{base}"
+        return _header(name, REGULAR, mode=0o644, mtime=0)
+
+    # (the newer layer has no entries below t/d0, t/d5, t/d10...)
+    hide = [wh(f"t/d{d}", opaque_dir=True) for d in range(1, 9000, 7) if d % 5]
+    hide += [wh(f"t/d{d}") for d in range(10, 9000, 15)]
+    hide += [_header("t/d5", REGULAR, mode=0o644, mtime=1)]
+    older = interleaved_layer(0, 9000, 3)  # t/d*/f2: only in the older layer
+    newer = interleaved_layer(1, 9000, 2, skip=5, extra=hide)
+    outcome = assert_same_one_pass([older, newer])
+    assert outcome[0] == "tree", outcome
+    # A settled directory written as a file later in the same layer is the same clash.
+    clash = interleaved_layer(0, 50, 2, extra=[_header("t/d7", REGULAR, mode=0o644, mtime=0)])
+    assert assert_same_one_pass([clash]) == ("fallback", "'t/d7' is a directory and something else")
+
+
 def test_the_oracle_compares_bytes_not_only_verdicts() -> None:
     # The oracle itself: a wrong tar is noticed (it compares bytes, not just verdicts).
     a = one_pass_outcome([tar_bytes(file("a", b"1"))], compiled=True)

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "onepass.h"
 
@@ -69,12 +70,29 @@ static Slot *slot_of(const onepass_t *op, const Table *t, const uint8_t *path, u
 	}
 }
 
+/* Asks for huge pages under a large table (its lookups land anywhere in it: with 4 KiB
+   pages, most of them also miss the TLB). A hint: nothing changes where it is refused. */
+static void huge_pages(void *memory, size_t bytes)
+{
+#ifdef MADV_HUGEPAGE
+	const uintptr_t huge = (uintptr_t)2 << 20;
+	uintptr_t start = ((uintptr_t)memory + huge - 1) & ~(huge - 1);
+	uintptr_t end = ((uintptr_t)memory + bytes) & ~(huge - 1);
+	if (end > start)
+		madvise((void *)start, end - start, MADV_HUGEPAGE);
+#else
+	(void)memory;
+	(void)bytes;
+#endif
+}
+
 static int table_grow(Table *t)
 {
 	uint32_t size = t->slots ? (t->mask + 1) * 2 : 1024;
 	Slot *slots = PyMem_RawCalloc(size, sizeof(Slot));
 	if (slots == NULL)
 		return -1;
+	huge_pages(slots, (size_t)size * sizeof(Slot));
 	for (uint32_t i = 0; t->slots && i <= t->mask; i++) {
 		Slot s = t->slots[i];
 		if (s.id == 0)
@@ -98,22 +116,33 @@ static int table_room(Table *t)
 	return table_grow(t);
 }
 
-Record *onepass_find(const onepass_t *op, const uint8_t *path, uint32_t len)
+void onepass_prefetch(const onepass_t *op, const uint8_t *path, uint32_t len)
+{
+	if (op->paths.slots != NULL)
+		__builtin_prefetch(&op->paths.slots[hash_bytes(path, len) & op->paths.mask]);
+}
+
+/* The record of a path whose hash_bytes is `hash`; NULL when it has none. */
+static Record *find_hashed(const onepass_t *op, const uint8_t *path, uint32_t len,
+			   uint32_t hash)
 {
 	if (op->paths.slots == NULL)
 		return NULL;
-	Slot *s = slot_of(op, &op->paths, path, len, hash_bytes(path, len));
+	Slot *s = slot_of(op, &op->paths, path, len, hash);
 	return s->id ? &op->records[s->id - 1] : NULL;
 }
 
-/* The id (1 + number) of the record of the path at `ref`, made (kind R_NONE, no flags)
-   when missing; 0 when out of memory. */
-static uint32_t record_at(onepass_t *op, Ref ref)
+Record *onepass_find(const onepass_t *op, const uint8_t *path, uint32_t len)
+{
+	return find_hashed(op, path, len, hash_bytes(path, len));
+}
+
+/* record_at for a path whose hash_bytes is `hash`. */
+static uint32_t record_at_hashed(onepass_t *op, Ref ref, uint32_t hash)
 {
 	const uint8_t *path = onepass_bytes(op, ref);
 	if (table_room(&op->paths) < 0)
 		return 0;
-	uint32_t hash = hash_bytes(path, ref.len);
 	Slot *s = slot_of(op, &op->paths, path, ref.len, hash);
 	if (s->id != 0)
 		return s->id;
@@ -129,6 +158,47 @@ static uint32_t record_at(onepass_t *op, Ref ref)
 	*s = (Slot){hash, op->record_count};
 	op->paths.count++;
 	return op->record_count;
+}
+
+/* The id (1 + number) of the record of the path at `ref`, made (kind R_NONE, no flags)
+   when missing; 0 when out of memory. */
+static uint32_t record_at(onepass_t *op, Ref ref)
+{
+	return record_at_hashed(op, ref, hash_bytes(onepass_bytes(op, ref), ref.len));
+}
+
+static uint32_t record_id(const onepass_t *op, const Record *r)
+{
+	return r != NULL ? (uint32_t)(r - op->records) + 1 : 0;
+}
+
+/* -- settled directories: ancestors checked once per layer ------------------------- */
+
+/* A directory P is settled in the layer being scanned once an entry below it passed
+   visible's ancestor checks in this layer and claim marked P and its ancestors
+   (implicit_dirs, or written as directories). For the rest of the layer the checks hold
+   for every entry below P: hidden_below changes only between layers (onepass_hide), and
+   none of P's ancestors can be written as a non-directory any more (visible refuses an
+   implicit dir as "a directory and something else", a written one as "twice", and one
+   written by a newer layer is hidden). So visible and claim skip P's ancestors. */
+
+static Settled *settled_slot(onepass_t *op, uint32_t hash)
+{
+	return &op->settled[hash & (SETTLED_SLOTS - 1)];
+}
+
+static int settled(onepass_t *op, const uint8_t *dir, uint32_t len, uint32_t hash)
+{
+	const Settled *s = settled_slot(op, hash);
+	if (s->layer != op->current + 1)
+		return 0;
+	const Record *r = &op->records[s->id - 1];
+	return r->path_len == len && memcmp(op->base[r->layer] + r->path, dir, len) == 0;
+}
+
+static void settle(onepass_t *op, uint32_t id, uint32_t hash)
+{
+	*settled_slot(op, hash) = (Settled){id, op->current + 1};
 }
 
 /* Makes the record of `ref` stand for the entry whose path it is. */
@@ -237,17 +307,34 @@ static uint32_t parent_length(const uint8_t *path, uint32_t len)
 	return len > 0 ? len - 1 : 0;
 }
 
-/* _NewestFirst.visible: 1 visible, 0 hidden by a newer layer (`newer`), -1 a clash. */
-static int visible(onepass_t *op, Ref ref, int kind, int newer)
+/* What visible learnt of an entry's parent directory, for claim. */
+typedef struct {
+	int hashed;      /* `hash` is hash_bytes of the parent's path */
+	uint32_t hash;
+	int settled;     /* settled in this layer: claim need not mark its ancestors */
+} Parent;
+
+/* _NewestFirst.visible for the path at `ref` whose record is `r` (NULL: none): 1 visible,
+   0 hidden by a newer layer (`newer`), -1 a clash. With `newer`, `p` gets what claim
+   needs of the parent. */
+static int visible(onepass_t *op, Ref ref, int kind, int newer, const Record *r, Parent *p)
 {
 	const uint8_t *path = onepass_bytes(op, ref);
 	uint32_t len = ref.len;
-	const Record *r = onepass_find(op, path, len); /* (no record is added below) */
 	if (newer && has_flag(r, F_HIDDEN))
 		return 0;
 	uint32_t parent = parent_length(path, len);
 	int same = newer && op->has_clear && op->clear.len == parent &&
 		   memcmp(onepass_bytes(op, op->clear), path, parent) == 0;
+	if (!same && newer && parent > 0) {
+		p->hashed = 1;
+		p->hash = hash_bytes(path, parent);
+		p->settled = same = settled(op, path, parent, p->hash);
+		if (same) {
+			op->has_clear = 1;
+			op->clear = (Ref){ref.layer, ref.off, parent};
+		}
+	}
 	if (!same) {
 		for (uint32_t slash = 0; slash < len; slash++) {
 			if (path[slash] != '/')
@@ -271,11 +358,13 @@ static int visible(onepass_t *op, Ref ref, int kind, int newer)
 	return 1;
 }
 
-/* _NewestFirst.claim: the entry whose path is `ref` goes out as `rkind`; the record's
-   id, or 0 when out of memory. */
-static uint32_t claim(onepass_t *op, Ref ref, int rkind, uint32_t target)
+/* _NewestFirst.claim: the entry whose path is `ref` (hash_bytes: `hash`) goes out as
+   `rkind`; the record's id, or 0 when out of memory. `p`: what visible (newer) learnt
+   of the parent, NULL after the last layer. */
+static uint32_t claim(onepass_t *op, Ref ref, uint32_t hash, int rkind, uint32_t target,
+		      const Parent *p)
 {
-	uint32_t id = record_at(op, ref);
+	uint32_t id = record_at_hashed(op, ref, hash);
 	if (id == 0)
 		return 0;
 	record_entry_set(&op->records[id - 1], ref, rkind, target);
@@ -287,21 +376,26 @@ static uint32_t claim(onepass_t *op, Ref ref, int rkind, uint32_t target)
 		    memcmp(clear, path, ref.len) == 0)
 			op->has_clear = 0; /* a non-directory now lies on that parent's path */
 	}
+	if (p != NULL && p->settled)
+		return id; /* its ancestors are marked already */
 	if (op->has_claimed && op->claimed.len == parent &&
 	    memcmp(onepass_bytes(op, op->claimed), path, parent) == 0)
 		return id; /* its ancestors are known already */
 	op->has_claimed = 1;
 	op->claimed = (Ref){ref.layer, ref.off, parent};
+	uint32_t at = 0;
 	for (uint32_t slash = 0; slash < ref.len; slash++) {
 		if (path[slash] != '/')
 			continue;
-		uint32_t at = record_at(op, (Ref){ref.layer, ref.off, slash});
+		at = record_at(op, (Ref){ref.layer, ref.off, slash});
 		if (at == 0)
 			return 0;
 		Record *ancestor = &op->records[at - 1];
 		if (!emitted_kind(ancestor))
 			ancestor->flags |= F_IMPLICIT;
 	}
+	if (p != NULL && parent > 0) /* `at`: the parent's record */
+		settle(op, at, p->hashed ? p->hash : hash_bytes(path, parent));
 	return id;
 }
 
@@ -338,18 +432,32 @@ static int output_failed(onepass_t *op)
 	return -1;
 }
 
-/* _NewestFirst.read_layer's body for one admitted entry. */
-int onepass_entry(onepass_t *op, size_t entry, int member_type, int *data)
+/* The record of the layer's next entry (0: none), for onepass_hide. */
+static int note_entry(onepass_t *op, uint32_t id)
 {
-	*data = 0;
-	if (entry > UINT32_MAX - 2 * (size_t)UINT16_MAX - ENTRY_HEAD)
-		return fail(op, FAIL_TOO_LARGE, NULL, 0, NULL, 0);
-	EntryView v = view_entry(op, op->current, (uint32_t)entry);
-	int shown = visible(op, v.path, v.kind, 1);
+	if (op->entry_id_count == op->entry_id_cap) {
+		uint32_t cap = op->entry_id_cap ? op->entry_id_cap * 2 : 4096;
+		uint32_t *ids = PyMem_RawRealloc(op->entry_ids, (size_t)cap * sizeof(*ids));
+		if (ids == NULL)
+			return -1;
+		op->entry_ids = ids;
+		op->entry_id_cap = cap;
+	}
+	op->entry_ids[op->entry_id_count++] = id;
+	return 0;
+}
+
+/* _NewestFirst.read_layer's body for the entry `v` whose record is `r` (NULL: none):
+   0, or -1 when it failed (op->fail). *id: the entry's record afterwards (0: none). */
+static int read_entry(onepass_t *op, EntryView v, uint32_t hash, Record *r, int member_type,
+		      int *data, uint32_t *id)
+{
+	Parent parent = {0, 0, 0};
+	*id = record_id(op, r);
+	int shown = visible(op, v.path, v.kind, 1, r, &parent);
 	if (shown <= 0)
 		return shown;
 	Str path = str_of(op, v.path), none = {"", 0};
-	uint32_t id;
 	switch (v.kind) {
 	case EK_FILE:
 		if (member_type != '0')
@@ -359,39 +467,54 @@ int onepass_entry(onepass_t *op, size_t entry, int member_type, int *data)
 			return fail(op, FAIL_LIMIT, NULL, 0, NULL, 0);
 		if (put_header(&op->out, path, '0', v.mode, v.mtime, v.size, none) < 0)
 			return output_failed(op);
-		id = claim(op, v.path, R_FILE, 0);
+		*id = claim(op, v.path, hash, R_FILE, 0, &parent);
 		op->files++;
 		*data = 1;
 		break;
 	case EK_DIR:
 		if (put_header(&op->out, path, '5', v.mode, v.mtime, 0, none) < 0)
 			return output_failed(op);
-		id = claim(op, v.path, R_DIR, 0);
+		*id = claim(op, v.path, hash, R_DIR, 0, &parent);
 		break;
 	case EK_SYMLINK:
 		if (put_header(&op->out, path, '2', 0777, v.mtime, 0, str_of(op, v.link)) < 0)
 			return output_failed(op);
-		id = claim(op, v.path, R_SYMLINK, 0);
+		*id = claim(op, v.path, hash, R_SYMLINK, 0, &parent);
 		break;
 	default: {
 		/* a hardlink to a file written before it in this layer, else left for the end */
 		const Record *target = onepass_find(op, onepass_bytes(op, v.link), v.link.len);
 		if (target == NULL || target->kind != R_FILE || target->layer != op->current) {
-			id = record_at(op, v.path);
-			if (id != 0)
-				record_entry_set(&op->records[id - 1], v.path, R_DEFERRED, 0);
+			*id = record_at_hashed(op, v.path, hash);
+			if (*id != 0)
+				record_entry_set(&op->records[*id - 1], v.path, R_DEFERRED, 0);
 			op->deferred++;
 			break;
 		}
-		uint32_t target_id = (uint32_t)(target - op->records) + 1;
+		uint32_t target_id = record_id(op, target);
 		EntryView file = view_entry(op, target->layer, target->path - ENTRY_HEAD);
 		if (put_header(&op->out, path, '1', file.mode, file.mtime, 0, str_of(op, v.link)) < 0)
 			return output_failed(op);
-		id = claim(op, v.path, R_HARDLINK, target_id);
+		*id = claim(op, v.path, hash, R_HARDLINK, target_id, &parent);
 		op->links++;
 	}
 	}
-	return id == 0 ? out_of_memory(op) : 0;
+	return *id == 0 ? out_of_memory(op) : 0;
+}
+
+/* One admitted entry of the layer being scanned (onepass.h). */
+int onepass_entry(onepass_t *op, size_t entry, int member_type, int *data)
+{
+	*data = 0;
+	if (entry > UINT32_MAX - 2 * (size_t)UINT16_MAX - ENTRY_HEAD)
+		return fail(op, FAIL_TOO_LARGE, NULL, 0, NULL, 0);
+	EntryView v = view_entry(op, op->current, (uint32_t)entry);
+	const uint8_t *path = onepass_bytes(op, v.path);
+	uint32_t hash = hash_bytes(path, v.path.len), id;
+	Record *r = find_hashed(op, path, v.path.len, hash);
+	if (read_entry(op, v, hash, r, member_type, data, &id) < 0)
+		return -1;
+	return note_entry(op, id) < 0 ? out_of_memory(op) : 0;
 }
 
 /* write_deferred_links' step for one name of a link group whose file went out. */
@@ -405,11 +528,11 @@ int onepass_deferred(onepass_t *op, const uint8_t *name, uint32_t name_len, Reco
 	Ref first_path = record_path(first);
 	r->kind = R_NONE; /* deferred_links.discard(name) */
 	Ref ref = record_path(r);
-	if (visible(op, ref, EK_HARDLINK, 0) < 0)
+	if (visible(op, ref, EK_HARDLINK, 0, r, NULL) < 0)
 		return -1;
 	if (put_header(&op->out, str_of(op, ref), '1', mode, mtime, 0, str_of(op, first_path)) < 0)
 		return output_failed(op);
-	if (claim(op, ref, R_HARDLINK, first_id) == 0)
+	if (claim(op, ref, hash_bytes(name, name_len), R_HARDLINK, first_id, NULL) == 0)
 		return out_of_memory(op);
 	op->links++;
 	return 0;
@@ -436,9 +559,15 @@ int onepass_hide(onepass_t *op, const uint8_t *index)
 	uint32_t layer = op->current, at = 0;
 	op->base[layer] = section;
 	op->has_clear = 0;
+	/* each entry's record, noted as it was read (a record the entry did not find or make
+	   is looked up: an entry below a path a newer layer hides) */
+	const uint32_t *ids = op->entry_id_count == entries ? op->entry_ids : NULL;
 	for (uint32_t i = 0; i < entries; i++) {
 		EntryView v = view_entry(op, layer, at);
-		if (hide(op, v.path, v.kind == EK_DIR ? F_HIDDEN : F_HIDDEN | F_HIDDEN_BELOW) < 0)
+		int flags = v.kind == EK_DIR ? F_HIDDEN : F_HIDDEN | F_HIDDEN_BELOW;
+		if (ids != NULL && ids[i] != 0)
+			op->records[ids[i] - 1].flags |= (uint8_t)flags;
+		else if (hide(op, v.path, flags) < 0)
 			return -1;
 		at = v.link.off + v.link.len;
 	}
@@ -451,6 +580,12 @@ int onepass_hide(onepass_t *op, const uint8_t *index)
 		at = path.off + path.len;
 	}
 	return 0;
+}
+
+void onepass_begin_layer(onepass_t *op, uint32_t layer)
+{
+	op->current = layer;
+	op->entry_id_count = 0;
 }
 
 onepass_t *onepass_new(int fd, uint64_t max_data_bytes, uint32_t layers)
@@ -478,6 +613,7 @@ void onepass_free(onepass_t *op)
 	PyMem_RawFree(op->base);
 	PyMem_RawFree(op->records);
 	PyMem_RawFree(op->paths.slots);
+	PyMem_RawFree(op->entry_ids);
 	PyMem_RawFree(op->fail_path);
 	PyMem_RawFree(op->fail_other);
 	PyMem_RawFree(op);

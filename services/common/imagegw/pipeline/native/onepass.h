@@ -11,9 +11,11 @@
  * so references stay valid). One table maps each path to its record: what went out
  * under it (_NewestFirst.emitted, implicit_dirs, deferred_links) and whether the newer
  * layers hide it (hidden, hidden_below: two flag bits), so an entry costs one lookup
- * while its layer is read and one when its layer hides it. Memory: a 16-byte record
+ * while its layer is read (and one per ancestor when its directory is not settled in
+ * this layer yet: onepass.c), none when its layer hides it. Memory: a 16-byte record
  * and an 8-byte slot (the table at most 70 % full) per path written or hidden; a path
- * hidden only (overwritten, whited out) is the only cost the hidden sets add.
+ * hidden only (overwritten, whited out) is the only cost the hidden sets add; plus 4
+ * bytes per entry of the layer being read (entry_ids) and the 64 KiB settled cache.
  */
 #ifndef IMAGEGW_ONEPASS_H
 #define IMAGEGW_ONEPASS_H
@@ -67,6 +69,14 @@ typedef struct {
 	uint32_t mask, count;
 } Table;
 
+/* Directories whose ancestors this layer's entries need not check again (onepass.c's
+   settled_*): direct-mapped by the directory's hash, valid for one layer. */
+#define SETTLED_SLOTS 8192
+typedef struct {
+	uint32_t id;    /* the directory's record id */
+	uint32_t layer; /* 1 + the layer it holds for; 0: empty */
+} Settled;
+
 /* Why the speculation failed (the messages of streaming.py). */
 enum {
 	FAIL_NONE = 0,
@@ -91,6 +101,11 @@ typedef struct {
 	uint32_t files, links; /* R_FILE and R_HARDLINK records (len(written), len(links)) */
 	uint32_t deferred;     /* hardlinks left for the end (deferred_links was not empty) */
 	int root_hidden_below; /* "" in hidden_below (an opaque marker at the root) */
+	/* the record id of each entry of the layer being scanned, in order (0: none), so
+	   the layer hides its entries' paths without looking them up again */
+	uint32_t *entry_ids;
+	uint32_t entry_id_count, entry_id_cap;
+	Settled settled[SETTLED_SLOTS];
 	/* _clear_parent and _claimed_parent (has_*: not None) */
 	int has_clear, has_claimed;
 	Ref clear, claimed;
@@ -102,9 +117,14 @@ typedef struct {
 
 ONEPASS_HIDDEN onepass_t *onepass_new(int fd, uint64_t max_data_bytes, uint32_t layers);
 ONEPASS_HIDDEN void onepass_free(onepass_t *op);
+/* Layer `layer` is scanned next (its entries go to onepass_entry, then onepass_hide). */
+ONEPASS_HIDDEN void onepass_begin_layer(onepass_t *op, uint32_t layer);
 ONEPASS_HIDDEN const uint8_t *onepass_bytes(const onepass_t *op, Ref ref);
 ONEPASS_HIDDEN Ref record_path(const Record *r);
 ONEPASS_HIDDEN const uint8_t *record_entry(const onepass_t *op, const Record *r);
+/* Starts loading the table slot where the lookup of `path` begins (a hint: the scanner
+   gives the next member's name while it parses the header, hiding the cache miss). */
+ONEPASS_HIDDEN void onepass_prefetch(const onepass_t *op, const uint8_t *path, uint32_t len);
 /* The record of a path; NULL when it has none. */
 ONEPASS_HIDDEN Record *onepass_find(const onepass_t *op, const uint8_t *path, uint32_t len);
 

@@ -258,13 +258,28 @@ static int python_int(const uint8_t *s, size_t n, int base, number_t *out)
 #undef AT
 }
 
+/* python_int(s, n, 8) of a text of octal digits only (every header's fields, as tar
+ * writes them), without its general rules; 0 when the text is anything else. n <= 11. */
+static int octal_digits(const uint8_t *s, size_t n, number_t *out)
+{
+    uint64_t value = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '7')
+            return 0;
+        value = value << 3 | (uint64_t)(s[i] - '0');
+    }
+    out->value = (int64_t)value;
+    out->overflow = 0;
+    return 1;
+}
+
 /* tarstream._number: the usual zero-padded octal, GNU base-256 (0x80 unsigned, 0xFF
  * signed), or Python's int() of the text before a NUL without surrounding spaces.
  * -1 for a bad number. */
 static int tar_number(const uint8_t *f, size_t n, number_t *out)
 {
     if ((f[n - 1] == 0 || f[n - 1] == ' ') && f[0] >= '0' && f[0] <= '7') {
-        if (python_int(f, n - 1, 8, out) == 0)
+        if (octal_digits(f, n - 1, out) || python_int(f, n - 1, 8, out) == 0)
             return 0;
     }
     if (f[0] == 0x80) { /* int.from_bytes(field[1:], "big") */
@@ -1067,6 +1082,24 @@ static int general_step(scanner_t *sc)
     return 1;
 }
 
+/* The emitter will look up the path of the member whose header is `block`: its table
+   slot is fetched while the header is parsed. A plain ustar name only (no prefix field),
+   normalised as plain_name does; any other name is a wrong guess, which costs nothing. */
+static void prefetch_path(const scanner_t *sc, const uint8_t *block)
+{
+    if (block[345] != 0)
+        return;
+    const uint8_t *name = block;
+    size_t len = cstring_length(block, 100);
+    if (len >= 2 && name[0] == '.' && name[1] == '/') {
+        name += 2;
+        len -= 2;
+    }
+    if (len && name[len - 1] == '/')
+        len--;
+    onepass_prefetch(sc->op, name, (uint32_t)len);
+}
+
 /* Members the scan does with the GIL held before it releases it for the rest of a buffer:
  * a layer of slow members (PAX headers, whiteouts) never trades the GIL per member. */
 #define FAST_PROBE 32
@@ -1089,6 +1122,8 @@ static long fast_run(scanner_t *sc, long limit)
         member_t m;
         fast_t f;
         uint32_t mode;
+        if (sc->op)
+            prefetch_path(sc, block);
         if (zero_block(block) || parse_header(block, &h) != HEADER_OK || extension_type(h.type))
             break;
         member_of_header(&h, &m);
@@ -1389,7 +1424,7 @@ static PyObject *scan(PyObject *module, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "a layer number out of range, or read twice");
             return NULL;
         }
-        em->op->current = number;
+        onepass_begin_layer(em->op, number);
     }
     scanner_t *sc = PyMem_RawCalloc(1, sizeof(scanner_t));
     if (!sc)
