@@ -390,9 +390,15 @@ class _Flatten:
         def write_tar(out: BinaryIO) -> None:
             assert native_onepass is not None
             with self.open_ahead(progress.add) as ahead:
+
+                def layer_read(number: int, index: bytes) -> None:
+                    ahead.layer_read(number, index)  # what it hides is not held ahead
+                    if self.on_index is not None:
+                        self.on_index(number, index)
+
                 streamed.append(native_onepass.stream_flat_tar(
                     self.layer_names, ahead.open, out, policy=self.policy,
-                    max_data_bytes=self.cap, on_layer_index=self.on_index))
+                    max_data_bytes=self.cap, on_layer_index=layer_read))
             progress.finish()
 
         def check() -> None:
