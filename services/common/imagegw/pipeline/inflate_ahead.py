@@ -41,7 +41,7 @@ from .tarstream import BLOCK, REGULAR, ZERO_BLOCK, _parse_header
 __all__ = ["AHEAD_BYTES", "READ_SIZE", "HiddenPaths", "InflateAhead", "LayersAhead"]
 
 #: Decompressed bytes one layer read ahead may hold (two layers are in flight at a time).
-AHEAD_BYTES = 16 << 20
+AHEAD_BYTES = 4 << 20
 #: Bytes asked of the layer stream per read (its reads return at most its own cap).
 READ_SIZE = 1 << 20
 #: Hidden file data smaller than this is handed out as it is (not worth a piece of its own).
