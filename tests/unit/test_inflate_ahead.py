@@ -33,6 +33,7 @@ from tests.support.layers import (
     hardlink,
     opaque,
     overlapping_layers,
+    raw_member,
     symlink,
     tar_bytes,
     whiteout,
@@ -379,3 +380,19 @@ def test_a_layer_hidden_whole_is_zeroed_and_the_image_is_exact(tmp_path: Path) -
     tree = read_squashfs(output)
     assert tree["data/kept"].sha256 == tree["data/mid"].sha256 == sha256(BIG_SHOWN)
     assert tree["data/old/readme"].sha256 == sha256(b"r") and "data/old/a" not in tree
+
+
+def test_a_pass_refused_mid_layer_leaves_no_read_ahead_running(tmp_path: Path) -> None:
+    # The newest layer is refused after some of its data went out; the older layers were
+    # being read ahead (more than they may hold): their threads end, and the error is the
+    # one the pass gives.
+    hostile = gzip.compress(tar_bytes(file("x", BIG_SHOWN), raw_member("../escape", data=b"x")), 1)
+    older = [gzip.compress(tar_bytes(file(f"o{number}", PAYLOAD * 3)), 1) for number in range(2)]
+    blobs = [*older, hostile]
+    layers = [FileLayer.of(write_blob(tmp_path, blob), digest(blob)) for blob in blobs]
+    with pytest.raises(ContentRejected, match="'..'"):
+        flatten_to_squashfs(layers, tmp_path / "image.squashfs",
+                            options=ConverterOptions(jobs=2), limits=Limits())
+    wait_for(lambda: not [thread for thread in threading.enumerate()
+                          if thread.name.startswith("inflate-")])
+    assert not (tmp_path / "image.squashfs").exists()
