@@ -30,7 +30,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 from imagegw.domain.errors import ContentRejected
 
@@ -286,7 +286,7 @@ class InflateAhead:
     def closed(self) -> bool:
         return self._stopped
 
-    def __enter__(self) -> InflateAhead:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -302,7 +302,8 @@ class InflateAhead:
             while self._wait_for_room():
                 data = stream.read(self._read_size)
                 chunk = memoryview(data)
-                pieces = [chunk] if hidden is None or not data else hidden.pieces(chunk)
+                pieces: list[memoryview | int] = \
+                    [chunk] if hidden is None or not data else hidden.pieces(chunk)
                 with self._changed:
                     if self._stopped:
                         return
@@ -402,7 +403,7 @@ class LayersAhead:
         for stream in started:
             stream.close()
 
-    def __enter__(self) -> LayersAhead:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
