@@ -38,6 +38,7 @@ from . import compact, heap
 from .decompress import open_layer_stream
 from .flatten import FlatTree, LayerIndex, index_layer, merge_layers, write_flat_tar
 from .gzip_engine import tar2sqfs_environment
+from .inflate_ahead import LayersAhead
 from .layer import Layer
 from .members import MemberPolicy
 from .runtime_files import BASE_LAYER, TOP_LAYER, AddedLayers
@@ -354,6 +355,20 @@ class _Flatten:
             raw.close()
             raise
 
+    def open_ahead(self, on_raw_bytes: Callable[[int], None]) -> LayersAhead:
+        """The layers as the one pass reads them (newest first), each decompressed ahead
+        in a thread of its own (inflate_ahead.py); nothing is counted once it is closed
+        (a fallback's progress goes on from the count it had)."""
+        layers = LayersAhead(lambda number: self.open(number, counted),
+                             reversed(range(len(self.layers))),
+                             name=lambda number: self.layer_names[number])
+
+        def counted(count: int) -> None:
+            if not layers.closed:
+                on_raw_bytes(count)
+
+        return layers
+
     def index(self, number: int) -> LayerIndex:
         with self.open(number) as stream:
             index = index_layer(stream, layer=self.layer_names[number], policy=self.policy)
@@ -379,9 +394,16 @@ class _Flatten:
 
         def write_tar(out: BinaryIO) -> None:
             assert native_onepass is not None
-            streamed.append(native_onepass.stream_flat_tar(
-                self.layer_names, lambda number: self.open(number, progress.add), out,
-                policy=self.policy, max_data_bytes=self.cap, on_layer_index=self.on_index))
+            with self.open_ahead(progress.add) as ahead:
+
+                def layer_read(number: int, index: bytes) -> None:
+                    ahead.layer_read(number, index)  # what it hides is not held ahead
+                    if self.on_index is not None:
+                        self.on_index(number, index)
+
+                streamed.append(native_onepass.stream_flat_tar(
+                    self.layer_names, ahead.open, out, policy=self.policy,
+                    max_data_bytes=self.cap, on_layer_index=layer_read))
             progress.finish()
 
         def check() -> None:
