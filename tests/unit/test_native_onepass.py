@@ -223,7 +223,7 @@ def test_a_400k_file_image_over_40_layers() -> None:
 
 
 def interleaved_layer(number: int, dirs: int, per_dir: int, *, skip: int = 0,
-                      extra: list[bytes] = ()) -> bytes:
+                      extra: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
     """Files k of directories t/d0..t/d{dirs-1} in turn (k = 0..per_dir-1, every
     `skip`-th directory left out when skip), so no two entries in a row share a parent:
     the entries below a directory meet its ancestors once per layer (onepass.c's settled
