@@ -157,7 +157,7 @@ class Builder:
         overlapped = image_format == "squashfs" and sif_name is None and readers is None \
             and streams_while_written(publisher)
         with self.paths.image_lock(image.image_id):
-            lookup = _Lookup(published) if overlapped else None
+            lookup = _in_thread(published) if overlapped else None
             if lookup is None and published():
                 log.info("job %s: image %s already published", job.job_id, image.image_id)
                 return result(publisher.image_size(image_file), reused=True)
@@ -241,7 +241,7 @@ class Builder:
                             emit: Throttle, publisher: Publisher,
                             published: tuple[str, bytes, str, bool], *,
                             added: AddedLayers | None = None,
-                            lookup: _Lookup | None = None) -> tuple[Path, bool]:
+                            lookup: Future[bool] | None = None) -> tuple[Path, bool]:
         """Converts, and where it can publishes as the image is produced: a remote system
         gets the squashfs streamed while tar2sqfs writes it (publish/follow.py); a local
         image directory on another file system than `output` gets it written there, under
@@ -419,29 +419,14 @@ def _load_ssh_publishers() -> None:
         following_publish()
 
 
-class _Lookup:
-    """Whether the image is published, asked in a thread of its own from now on; `result`
-    waits for the answer (or raises what the lookup raised)."""
-
-    def __init__(self, published: Callable[[], bool]) -> None:
-        self._published = published
-        self._answer: bool | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._ask, name="published-lookup",
-                                        daemon=True)
-        self._thread.start()
-
-    def _ask(self) -> None:
-        try:
-            self._answer = self._published()
-        except BaseException as exc:  # noqa: BLE001 - raised by result()
-            self._error = exc
-
-    def result(self) -> bool:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return bool(self._answer)
+def _in_thread(ask: Callable[[], bool]) -> Future[bool]:
+    """`ask()` answered in a thread of its own from now on (the remote lookup); the
+    future's result waits for the answer, or raises what `ask` raised."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="published-lookup")
+    try:
+        return pool.submit(ask)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one call
 
 
 class _DownloadStopped(Exception):
