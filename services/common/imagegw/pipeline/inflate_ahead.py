@@ -114,6 +114,8 @@ class _HiddenData:
         self._members = 0
         self._data = 0
         self.following = True
+        #: The stream offsets of the data handed out as zeros, one per member.
+        self.zeroed_at: list[int] = []
 
     def pieces(self, chunk: memoryview) -> list[memoryview | int]:
         """`chunk` (the next bytes of the layer) as pieces: bytes to hand out, or a count
@@ -168,6 +170,7 @@ class _HiddenData:
         self.following = True
         if member.size >= ZERO_MIN and self._hides_path(member.name):
             self._zero = (data, data + member.size)
+            self.zeroed_at.append(data)
 
     def _hides_path(self, name: str) -> bool:
         if not self._hides_made:
@@ -197,7 +200,7 @@ class InflateAhead:
         self._name = name
         self._limit = limit
         self._read_size = read_size
-        self._hides = hides
+        self._hidden_data = None if hides is None else _HiddenData(hides, name)
         #: Bytes to hand out (memoryview) and runs of hidden data (int: that many zeros).
         self._pieces: deque[memoryview | int] = deque()
         #: Bytes held in _pieces (never more than max(limit, read_size)).
@@ -212,6 +215,12 @@ class InflateAhead:
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=f"inflate-{name[:20]}",
                                         daemon=True)
+
+    @property
+    def zeroed_at(self) -> list[int]:
+        """Where the data handed out as zeros starts, one offset in the decompressed
+        layer per member (read it once the layer was read to its end)."""
+        return [] if self._hidden_data is None else list(self._hidden_data.zeroed_at)
 
     def start(self) -> InflateAhead:
         self._thread.start()
@@ -296,7 +305,7 @@ class InflateAhead:
 
     def _run(self) -> None:
         stream: BinaryIO | None = None
-        hidden = None if self._hides is None else _HiddenData(self._hides, self._name)
+        hidden = self._hidden_data
         try:
             stream = self._open()
             while self._wait_for_room():
@@ -358,6 +367,7 @@ class LayersAhead:
         self._limit = AHEAD_BYTES if limit is None else limit
         self._name = name
         self._started: dict[int, InflateAhead] = {}
+        self._every: dict[int, InflateAhead] = {}
         self._read: list[bytes] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -389,8 +399,20 @@ class LayersAhead:
                 return None
             return HiddenPaths(newer).hides
 
-        return InflateAhead(lambda: self._open_layer(number), name=self._name(number),
-                            limit=self._limit, hides=hides).start()
+        stream = InflateAhead(lambda: self._open_layer(number), name=self._name(number),
+                              limit=self._limit, hides=hides)
+        self._every[number] = stream
+        return stream.start()
+
+    def zeroed(self) -> dict[int, list[int]]:
+        """The layers some of whose data was handed out as zeros: the offsets of that
+        data (`InflateAhead.zeroed_at`). The one pass must have written none of it, which
+        its caller checks against the exact tree (squashfs.py): the hiding rules here are
+        a copy of onepass.c's, and a difference must cost a second pass, never data."""
+        with self._lock:
+            every = list(self._every.items())
+        return {number: offsets for number, stream in every
+                if (offsets := stream.zeroed_at)}
 
     @property
     def closed(self) -> bool:

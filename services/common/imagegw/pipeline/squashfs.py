@@ -391,6 +391,7 @@ class _Flatten:
         progress = _Progress(layer_bytes, self.on_progress)
         streamed: list[native_onepass.CompiledStream] = []
         built: list[FlattenStats] = []
+        zeroed: dict[int, list[int]] = {}
 
         def write_tar(out: BinaryIO) -> None:
             assert native_onepass is not None
@@ -404,11 +405,13 @@ class _Flatten:
                 streamed.append(native_onepass.stream_flat_tar(
                     self.layer_names, ahead.open, out, policy=self.policy,
                     max_data_bytes=self.cap, on_layer_index=layer_read))
+                zeroed.update(ahead.zeroed())
             progress.finish()
 
         def check() -> None:
             heap.trim()  # the one pass's read buffers, before the exact tree is built
             tree = streamed[0].verify()
+            _check_zeroed(tree, zeroed, streamed[0].indexes)
             built.append(FlattenStats(
                 files=tree.files, dirs=tree.dirs, symlinks=tree.symlinks,
                 hardlinks=tree.hardlinks, dropped=tree.dropped, data_bytes=tree.data_bytes,
@@ -541,6 +544,20 @@ class _Flatten:
 
         build_squashfs(write_tar, output, self.options, expected_bytes=total)
         return _stats(tree, indexes, one_pass=False)
+
+
+def _check_zeroed(tree: native_flat.Tree, zeroed: dict[int, list[int]],
+                  indexes: list[bytes]) -> None:
+    """Raises SpeculationFailed when the one pass wrote data the read-ahead handed out
+    as zeros (`LayersAhead.zeroed`): its hiding rules and onepass.c's disagreed, and the
+    two passes, which read every layer afresh, make the image instead."""
+    for number, offsets in zeroed.items():
+        kept = set(tree.data_offsets(number)).intersection(offsets)
+        if kept:
+            assert native_onepass is not None
+            raise native_onepass.SpeculationFailed(
+                f"the read-ahead skipped data the image keeps (layer {number}, "
+                f"{len(kept)} file(s))", dict(enumerate(indexes)))
 
 
 def _stats(tree: FlatTree, indexes: list[LayerIndex], *, one_pass: bool) -> FlattenStats:

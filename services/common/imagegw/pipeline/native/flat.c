@@ -1375,6 +1375,26 @@ static PyObject *tree_data_layers(Tree *t, PyObject *unused)
 	return list;
 }
 
+/* The offsets of layer `layer`'s members whose data the tree keeps (the read-ahead's
+   check: none of them may have been handed out as zeros, inflate_ahead.py). */
+static PyObject *tree_data_offsets(Tree *t, PyObject *arg)
+{
+	long layer = PyLong_AsLong(arg);
+	if (layer == -1 && PyErr_Occurred())
+		return NULL;
+	PyObject *list = PyList_New(0);
+	for (int32_t k = 0; list != NULL && k < t->group_count; k++) {
+		const Node *d = data_of(t, &t->groups[k]);
+		if (d->layer != layer)
+			continue;
+		PyObject *offset = PyLong_FromLongLong(d->u.file.offset);
+		if (offset == NULL || PyList_Append(list, offset) < 0)
+			Py_CLEAR(list);
+		Py_XDECREF(offset);
+	}
+	return list;
+}
+
 static void tree_dealloc(Tree *t)
 {
 	Py_XDECREF(t->indexes);
@@ -1413,6 +1433,8 @@ static PyMethodDef tree_methods[] = {
 	 "write(open_layer, out_fd, on_bytes=None): the canonical tar into the fd"},
 	{"data_layers", (PyCFunction)tree_data_layers, METH_NOARGS,
 	 "the layers holding surviving file data"},
+	{"data_offsets", (PyCFunction)tree_data_offsets, METH_O,
+	 "data_offsets(layer): the offsets of that layer's members whose data the tree keeps"},
 	{"write_deferred", (PyCFunction)tree_write_deferred, METH_O,
 	 "write_deferred(state): the one-pass flatten's deferred hardlinks; None, or why not"},
 	{"verify", (PyCFunction)tree_verify, METH_O,
