@@ -157,7 +157,20 @@ class AsyncGatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
 
     async def LookupImage(self, request: pb.LookupImageRequest,  # noqa: N802
                           context: grpc.aio.ServicerContext) -> pb.LookupImageResponse:
-        return await self._answer(self.blocking.fast, self.servicer.LookupImage, request, context)
+        """Answered on the loop when the lookup cache has it for an anonymous caller (the
+        lookups of every job submission), else on the fast pool; charged either way."""
+        call: _Call | None = None
+        try:
+            call = _open(self.share, context, Kind.CALL)
+            answer = self.servicer.cached_lookup(request, call.context)
+            if answer is not None:
+                return answer
+            return await call.run(self.blocking.fast, self.servicer.LookupImage, request)
+        except Exception as exc:  # translated in one place
+            await _abort(context, exc)
+        finally:
+            if call is not None:
+                call.end()
 
     async def ListImages(self, request: pb.ListImagesRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> pb.ListImagesResponse:
