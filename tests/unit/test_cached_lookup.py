@@ -14,11 +14,10 @@ import pytest
 
 from imagegw.domain.errors import ImageNotFound, InvalidRequest
 from imagegw.domain.model import ImageState
-from imagegw.gateway.api.servicer import CallContext, GatewayServicer
+from imagegw.gateway.api.servicer import GatewayServicer
 from imagegw.gateway.core import pulls as pulls_module
 from imagegw.gateway.core.access import ANONYMOUS_CALLER
 from imagegw.gateway.core.expiry import Expirer
-from imagegw.gateway.core.fairshare import Admission, FairShare, Kind, ShareLimits
 from imagegw.gateway.core.pulls import PullManager
 from imagegw.gateway.queue import MemoryJobQueue, MemoryProgressHub
 from imagegw.gateway.store import SqliteImageStore
@@ -50,11 +49,6 @@ def world(tmp_path: Path) -> Iterator[tuple[PullManager, SqliteImageStore, Clock
 def ready(world, tmp_path: Path, reference: str, image_id: str, users=()) -> None:
     pulls, store, clock = world
     publish(tmp_path, finish(store, pull(pulls, ALICE, reference, users), image_id, clock.now))
-
-
-def call_context(metadata=()) -> CallContext:
-    admission = Admission(FairShare(ShareLimits()), Kind.CALL, "127.0.0.1")
-    return CallContext(tuple(metadata), "ipv4:127.0.0.1:4000", {}, admission)
 
 
 def servicer_of(pulls: PullManager) -> GatewayServicer:
@@ -111,20 +105,20 @@ def test_only_calls_without_a_credential_are_answered_from_the_cache(world, tmp_
     ready(world, tmp_path, "app:2", "e" * 64)
     servicer = servicer_of(pulls)
     request = pb.LookupImageRequest(system=SYSTEM, reference="app:2")
-    assert servicer.cached_lookup(request, call_context()) is None  # not looked up yet
+    assert servicer.cached_lookup(request, ()) is None  # not looked up yet
     pulls.lookup(SYSTEM, "docker", "app:2", ANONYMOUS_CALLER)
-    answer = servicer.cached_lookup(request, call_context())
+    answer = servicer.cached_lookup(request, ())
     assert answer is not None and answer.image.state == image_pb2.IMAGE_STATE_READY
     assert answer.image.reference.endswith("app:2")
     # A credential names a user: munged must check it, on a pool thread, never the loop.
-    assert servicer.cached_lookup(request, call_context([("authentication", "MUNGE:x")])) is None
-    assert servicer.cached_lookup(request, call_context([("Authentication", "MUNGE:x")])) is None
+    assert servicer.cached_lookup(request, [("authentication", "MUNGE:x")]) is None
+    assert servicer.cached_lookup(request, [("Authentication", "MUNGE:x")]) is None
 
 
 def test_a_bad_request_is_refused_before_the_cache_is_read(world) -> None:
     servicer = servicer_of(world[0])
     with pytest.raises(InvalidRequest, match="system is required"):
-        servicer.cached_lookup(pb.LookupImageRequest(reference="app:1"), call_context())
+        servicer.cached_lookup(pb.LookupImageRequest(reference="app:1"), ())
     with pytest.raises(InvalidRequest, match="longer than"):
         servicer.cached_lookup(pb.LookupImageRequest(system=SYSTEM, reference="x" * 2000),
-                               call_context())
+                               ())

@@ -172,13 +172,13 @@ class GatewayServicer:
                                    caller)
         return self._lookup_answer(status)
 
-    def cached_lookup(self, request: pb.LookupImageRequest, context: CallContext
-                      ) -> pb.LookupImageResponse | None:
+    def cached_lookup(self, request: pb.LookupImageRequest,
+                      metadata: Sequence[tuple[str, Any]]) -> pb.LookupImageResponse | None:
         """LookupImage's answer when the lookup cache holds it and the call carries no
         credential (its caller is anonymous without asking munged), else None: dictionary
         reads only, so the asynchronous edge answers it on its loop, with no thread hop.
         A call with a credential, or a miss, is LookupImage's, on a pool thread."""
-        if _carries_credential(context.invocation_metadata()):
+        if _carries_credential(metadata):
             return None
         _check_fields(system=request.system, reference=request.reference, type=request.type)
         _require_system(request.system)
