@@ -2,27 +2,34 @@
 
 `PullManager.cached_lookup` hands the asynchronous edge what `lookup` would answer from
 its cache, for that caller only; `GatewayServicer.cached_lookup` answers from it only
-calls that carry no credential. On a real SQLite store and in-process queue."""
+calls that carry no credential. On a real SQLite store and in-process queue; the edge's
+test serves it on a real grpc.aio server on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import grpc
 import pytest
 
 from imagegw.domain.errors import ImageNotFound, InvalidRequest
 from imagegw.domain.model import ImageState
+from imagegw.gateway.aio import Blocking
+from imagegw.gateway.api.edge import AsyncGatewayServicer
 from imagegw.gateway.api.servicer import GatewayServicer
 from imagegw.gateway.core import pulls as pulls_module
 from imagegw.gateway.core.access import ANONYMOUS_CALLER
 from imagegw.gateway.core.expiry import Expirer
+from imagegw.gateway.core.fairshare import FairShare, Kind, ShareLimits
 from imagegw.gateway.core.pulls import PullManager
 from imagegw.gateway.queue import MemoryJobQueue, MemoryProgressHub
 from imagegw.gateway.store import SqliteImageStore
+from imagegw.rpc.server import bind, create_aio_server
 from imagegw.v1 import gateway_service_pb2 as pb
-from imagegw.v1 import image_pb2
+from imagegw.v1 import gateway_service_pb2_grpc, image_pb2
 from tests.unit.test_trust_core import (
     ADMIN,
     ALICE,
@@ -122,3 +129,41 @@ def test_a_bad_request_is_refused_before_the_cache_is_read(world) -> None:
     with pytest.raises(InvalidRequest, match="longer than"):
         servicer.cached_lookup(pb.LookupImageRequest(system=SYSTEM, reference="x" * 2000),
                                ())
+
+
+def test_the_edge_charges_a_lookup_answered_from_the_cache_and_refuses_one_too_many(
+        world, tmp_path) -> None:
+    pulls, _store, _clock = world
+    ready(world, tmp_path, "app:3", "f" * 64)
+    share = FairShare(ShareLimits(max_calls_per_caller=1))
+    blocking = Blocking(2)
+    edge = AsyncGatewayServicer(servicer_of(pulls), share, blocking)
+    request = pb.LookupImageRequest(system=SYSTEM, reference="app:3")
+
+    async def lookups() -> None:
+        server = create_aio_server()
+        gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(edge, server)
+        address = bind(server, "127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+                first = await stub.LookupImage(request, timeout=30)  # a miss: on the pool
+                assert first.image.state == image_pb2.IMAGE_STATE_READY
+                assert pulls.cached_lookup(SYSTEM, "docker", "app:3", ANONYMOUS_CALLER)
+                assert await stub.LookupImage(request, timeout=30) == first  # on the loop
+                assert share.total(Kind.CALL) == 0  # each charge given back
+                held = share.admit("peer:127.0.0.1", Kind.CALL)  # a call of this host's
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.LookupImage(request, timeout=30)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "Limits.maxCallsPerCaller (1)" in (refused.value.details() or "")
+                held.release()
+                assert await stub.LookupImage(request, timeout=30) == first
+        finally:
+            await server.stop(None)
+
+    try:
+        asyncio.run(lookups())
+    finally:
+        blocking.shutdown()
