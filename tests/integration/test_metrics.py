@@ -144,3 +144,22 @@ def test_a_second_image_sharing_a_layer_counts_a_cache_hit(services, registry):
     downloaded = (value(after, "imagegw_downloaded_bytes_total")
                   - value(before, "imagegw_downloaded_bytes_total"))
     assert downloaded == len(second[1])
+
+
+def test_lookups_answered_from_the_cache_are_counted_like_any_other(services, registry):
+    """Repeated lookups of a READY image are answered from the gateway's lookup cache on
+    its event loop (issue 21); each still counts, with its status code."""
+    gateway, _worker, _workdir = services
+    gateway_url = metrics_url(gateway, "MetricsListen")
+    layers = [L.layer(L.file("etc/looked-up", b"l"))]
+    push_image(registry.url, "metrics/looked", "1", layers, default_config(layers))
+    final = pull(gateway, "testreg/metrics/looked:1")
+    labels = {"service": "imagegw.v1.GatewayService", "method": "LookupImage", "code": "OK"}
+    before = value(scrape(gateway_url), "imagegw_grpc_requests_total", **labels)
+    with gateway.channel() as channel:
+        stub = pb_stub(channel)
+        answers = [stub.LookupImage(pb.LookupImageRequest(
+            system=SYSTEM, reference="testreg/metrics/looked:1"), timeout=30) for _ in range(5)]
+    assert [a.image.state for a in answers] == [image_pb2.IMAGE_STATE_READY] * 5
+    assert {a.image.id for a in answers} == {final.image.id}
+    assert value(scrape(gateway_url), "imagegw_grpc_requests_total", **labels) == before + 5

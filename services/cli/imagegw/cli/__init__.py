@@ -218,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # grpc's asyncio server logs a line at DEBUG on every call ("Loaded running loop"):
+    # noise that would cost each lookup a formatted log line when we run at DEBUG.
+    logging.getLogger("grpc._cython.cygrpc").setLevel(max(logging.INFO,
+                                                          logging.getLogger().level))
     if args.command in ("serve", "gateway", "worker"):
         malloc.limit_arenas(os.environ)  # before any thread starts (cli/malloc.py)
     handlers = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check-config": _check,

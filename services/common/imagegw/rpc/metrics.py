@@ -51,9 +51,20 @@ class _RequestMetrics(grpc.ServerInterceptor):
         return handler
 
 
+#: Most (method, code) pairs whose metric children `_record` keeps (methods x codes).
+MAX_CACHED_LABELS = 4096
+_children: dict[tuple[tuple[str, str], str], tuple[Any, Any]] = {}
+
+
 def _record(labels: tuple[str, str], code: str, started: float) -> None:
-    GRPC_REQUESTS.labels(*labels, code).inc()
-    GRPC_SECONDS.labels(*labels).observe(time.monotonic() - started)
+    # The labelled children are looked up once per (method, code), not on every call.
+    children = _children.get((labels, code))
+    if children is None:
+        children = (GRPC_REQUESTS.labels(*labels, code), GRPC_SECONDS.labels(*labels))
+        if len(_children) < MAX_CACHED_LABELS:
+            _children[labels, code] = children
+    children[0].inc()
+    children[1].observe(time.monotonic() - started)
 
 
 def _single(behavior: Callable[..., Any], labels: tuple[str, str]) -> Callable[..., Any]:
@@ -88,12 +99,28 @@ class _AioRequestMetrics(grpc.aio.ServerInterceptor):
     """The same for the asyncio server, whose handlers are coroutines (unary, and
     streaming handlers that write with `context.write`) or async generators."""
 
+    def __init__(self) -> None:
+        #: method -> (its handler, that handler wrapped): a method's handler is the same
+        #: object on every call, so it is wrapped once, not per call.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        name = handler_call_details.method
+        cached = self._wrapped.get(name)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, name)
+        if len(self._wrapped) < MAX_CACHED_LABELS:
+            self._wrapped[name] = (handler, wrapped)
+        return wrapped
+
+    @staticmethod
+    def _wrap(handler: Any, name: str) -> Any:
+        service, _, method = name.lstrip("/").rpartition("/")
         labels = (service, method)
         for kind, make in (("unary_unary", grpc.unary_unary_rpc_method_handler),
                            ("stream_unary", grpc.stream_unary_rpc_method_handler),

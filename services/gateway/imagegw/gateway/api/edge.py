@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor, Future
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+@functools.lru_cache(maxsize=4096)  # every call of a connection has the same peer
 def peer_host(peer: str) -> str:
     """The host of a gRPC peer (`ipv4:127.0.0.1:5000` -> `127.0.0.1`, `ipv6:[::1]:5000`
     -> `::1`); the transport name for others (`unix`)."""
@@ -55,13 +57,26 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoRet
 
 
 class _Call:
-    """One call's admission and context. `end()` gives the charge back once the call is
+    """One call's admission and metadata. `end()` gives the charge back once the call is
     over and no thread still works for it (a caller who cancels cannot pile up work)."""
 
-    def __init__(self, admission: Admission, context: CallContext) -> None:
+    def __init__(self, admission: Admission, metadata: tuple[tuple[str, Any], ...],
+                 peer: str, call: grpc.aio.ServicerContext) -> None:
         self.admission = admission
-        self.context = context
+        self.metadata = metadata
+        self._peer = peer
+        self._call = call
+        self._context: CallContext | None = None
         self._busy: Future[Any] | None = None
+
+    @property
+    def context(self) -> CallContext:
+        """The `CallContext` for the pool, read from the call on the loop when first
+        needed (a lookup answered on the loop never reads its transport security)."""
+        if self._context is None:
+            self._context = CallContext(self.metadata, self._peer, self._call.auth_context(),
+                                        self.admission)
+        return self._context
 
     async def run(self, pool: Executor, function: Callable[..., T], *args: Any) -> T:
         """`function(*args, context)` on `pool`."""
@@ -80,13 +95,13 @@ class _Call:
 
 
 def _open(share: FairShare, context: grpc.aio.ServicerContext, kind: Kind) -> _Call:
-    """The call's context, charged at once when it carries no credential."""
+    """The call, charged at once when it carries no credential."""
     metadata = tuple(context.invocation_metadata() or ())
     peer = context.peer()
     admission = Admission(share, kind, peer_host(peer))
     if not any(key.lower() == METADATA_KEY for key, _ in metadata):
         admission.charge(None)
-    return _Call(admission, CallContext(metadata, peer, context.auth_context(), admission))
+    return _Call(admission, metadata, peer, context)
 
 
 #: Seconds an import may wait for its next chunk before it is given up.
@@ -157,7 +172,20 @@ class AsyncGatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
 
     async def LookupImage(self, request: pb.LookupImageRequest,  # noqa: N802
                           context: grpc.aio.ServicerContext) -> pb.LookupImageResponse:
-        return await self._answer(self.blocking.fast, self.servicer.LookupImage, request, context)
+        """Answered on the loop when the lookup cache has it for an anonymous caller (the
+        lookups of every job submission), else on the fast pool; charged either way."""
+        call: _Call | None = None
+        try:
+            call = _open(self.share, context, Kind.CALL)
+            answer = self.servicer.cached_lookup(request, call.metadata)
+            if answer is not None:
+                return answer
+            return await call.run(self.blocking.fast, self.servicer.LookupImage, request)
+        except Exception as exc:  # translated in one place
+            await _abort(context, exc)
+        finally:
+            if call is not None:
+                call.end()
 
     async def ListImages(self, request: pb.ListImagesRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> pb.ListImagesResponse:

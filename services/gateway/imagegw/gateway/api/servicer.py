@@ -21,7 +21,7 @@ from imagegw.domain.config import Config
 from imagegw.domain.errors import InvalidRequest, Unauthenticated
 from imagegw.domain.model import ImageState
 from imagegw.gateway.api.convert import pull_to_job, status_to_image
-from imagegw.gateway.auth import MungeDecoder
+from imagegw.gateway.auth import METADATA_KEY, MungeDecoder
 from imagegw.gateway.core import audit
 from imagegw.gateway.core.access import ANONYMOUS_CALLER, Caller
 from imagegw.gateway.core.callers import authenticate_caller
@@ -59,6 +59,10 @@ def _check_acl(user_acl: Any, group_acl: Any) -> None:
 def _require_system(system: str) -> None:
     if not system:
         raise InvalidRequest("system is required", hint="pass the cluster name, e.g. --system")
+
+
+def _carries_credential(metadata: Sequence[tuple[str, Any]]) -> bool:
+    return any(key.lower() == METADATA_KEY for key, _ in metadata)
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,20 @@ class GatewayServicer:
         status = self.pulls.lookup(request.system, request.type or "docker", request.reference,
                                    caller)
         return self._lookup_answer(status)
+
+    def cached_lookup(self, request: pb.LookupImageRequest,
+                      metadata: Sequence[tuple[str, Any]]) -> pb.LookupImageResponse | None:
+        """LookupImage's answer when the lookup cache holds it and the call carries no
+        credential (its caller is anonymous without asking munged), else None: dictionary
+        reads only, so the asynchronous edge answers it on its loop, with no thread hop.
+        A call with a credential, or a miss, is LookupImage's, on a pool thread."""
+        if _carries_credential(metadata):
+            return None
+        _check_fields(system=request.system, reference=request.reference, type=request.type)
+        _require_system(request.system)
+        status = self.pulls.cached_lookup(request.system, request.type or "docker",
+                                          request.reference, ANONYMOUS_CALLER)
+        return None if status is None else self._lookup_answer(status)
 
     def _lookup_answer(self, status: ImageStatus) -> pb.LookupImageResponse:
         """The answer for `status`. A READY status comes from the gateway's lookup cache, the

@@ -297,15 +297,28 @@ class PullManager:
         naming them (never one they may not use, not even for admins)."""
         if image_type == "id":
             return self.lookup_id(system, reference, caller)
+        cached = self.cached_lookup(system, image_type, reference, caller)
+        if cached is not None:
+            return cached
         normalized = self.normalize(system, image_type, reference)
         cache_key = (system, normalized, caller.viewer)
-        cached = self._ready_lookups.get(cache_key)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
         status = self._lookup(system, normalized, reference, caller)
         if status.state == ImageState.READY:
             self._remember(cache_key, status)
         return status
+
+    def cached_lookup(self, system: str, image_type: str, reference: str,
+                      caller: Caller = ANONYMOUS_CALLER) -> ImageStatus | None:
+        """The READY status `lookup` would answer from its cache for this caller (the
+        same object, for up to LOOKUP_CACHE_SECONDS), or None when it would have to
+        look: dictionary reads only, no I/O and no lock, so an event loop may call it."""
+        normalized = self._normalized.get((system, image_type, reference))
+        if normalized is None:
+            return None
+        cached = self._ready_lookups.get((system, normalized, caller.viewer))
+        if cached is None or cached[0] <= time.monotonic():
+            return None
+        return cached[1]
 
     def forget(self, system: str, reference: str) -> None:
         """Drops cached lookups of a reference whose image changed here (expired)."""
