@@ -12,8 +12,10 @@
  * are not copied: they point into the compact index bytes, which the tree keeps alive
  * (the indexes are its name arena). No Python object per node; cost linear in layers and
  * members (each member resolves its parent once, through the hash table). The hash table
- * is freed once the merge is done, a link group is one int, and write() sorts a copy of
- * the groups: the one pass's verify holds none of these beside tar2sqfs (issue 21).
+ * is kept for the one pass's verify (it resolves the paths written in it, so the one
+ * pass's own path table is freed before this tree is built) and freed by it and by
+ * write(); a link group is one int, and write() sorts a copy of the groups: the one
+ * pass's verify holds no copy beside tar2sqfs (issue 21).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -778,6 +780,27 @@ done:
 static PyTypeObject TreeType;
 static int by_layer_and_offset(const void *a, const void *b, void *context);
 
+/* Room for a node per entry and some implicit directories, in one allocation: the
+   array doubling from small would leave its old copies in the heap as free holes that
+   RSS still counts (glibc serves them below its mmap threshold, which the one pass's
+   freed tables raise), at the verify's peak beside tar2sqfs (issue 21). The pages
+   are touched only as nodes are made; more nodes than this grow the array as before. */
+static int reserve_nodes(Tree *t)
+{
+	int64_t entries = 1024;
+	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t->indexes); i++) {
+		PyObject *index = PyTuple_GET_ITEM(t->indexes, i);
+		if (!PyBytes_Check(index) || PyBytes_GET_SIZE(index) < 28)
+			continue; /* read_header says what is wrong */
+		int64_t claimed = (int64_t)le((const unsigned char *)PyBytes_AS_STRING(index) + 8, 4);
+		int64_t room = PyBytes_GET_SIZE(index) / ENTRY_HEAD; /* a damaged count: no more */
+		entries += claimed < room ? claimed : room;
+	}
+	entries += entries / 8;
+	return grow((void **)&t->nodes, &t->node_cap,
+		    entries > INT32_MAX / 2 ? INT32_MAX / 2 : (int32_t)entries, sizeof(Node));
+}
+
 static PyObject *merge(PyObject *module, PyObject *arg)
 {
 	(void)module;
@@ -795,7 +818,7 @@ static PyObject *merge(PyObject *module, PyObject *arg)
 		goto fail;
 	}
 	t->layers = PyTuple_New(count);
-	if (t->layers == NULL || rehash(t, 1024) < 0 ||
+	if (t->layers == NULL || reserve_nodes(t) < 0 || rehash(t, 1024) < 0 ||
 	    new_node(t, K_DIR, IMPLICIT_DIR_MODE, 0, (Str){"", 0}) != ROOT)
 		goto fail;
 	m.t = t;
@@ -817,10 +840,9 @@ static PyObject *merge(PyObject *module, PyObject *arg)
 	}
 	if (collect(t) < 0)
 		goto fail;
-	/* The names are all resolved: the (parent, name) table is not read again. Freed now
-	   since the one pass's verify runs while tar2sqfs holds its whole tree (issue 21). */
-	PyMem_RawFree(t->buckets);
-	t->buckets = NULL;
+	/* The (parent, name) table stays for the one pass's verify, which resolves the paths
+	   written in it (it is part of the merge's peak anyway); write() and the verify free
+	   it (issue 21). */
 	PyMem_RawFree(m.pending);
 	PyMem_RawFree(m.stack);
 	return (PyObject *)t;
@@ -1116,6 +1138,8 @@ static PyObject *tree_write(Tree *t, PyObject *args, PyObject *kwargs)
 	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oi|O", names, &open_layer, &o.fd,
 					 &on_bytes))
 		return NULL;
+	PyMem_RawFree(t->buckets); /* no name is resolved again (a verify builds it again) */
+	t->buckets = NULL;
 	l.on_bytes = on_bytes;
 	o.buf = PyMem_RawMalloc(OUT_BUFFER);
 	l.buf = PyMem_RawMalloc(READ_CHUNK);
@@ -1167,6 +1191,11 @@ static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
 	onepass_t *op = state_of(capsule);
 	if (op == NULL)
 		return NULL;
+	if (op->paths_forgotten) {
+		PyErr_SetString(PyExc_RuntimeError, "the one pass's path table was freed "
+				"(forget_paths): write the deferred links before");
+		return NULL;
+	}
 	PathBuffer p = {0};
 	PyObject *result = NULL;
 	op->out.nogil = 0;
@@ -1319,8 +1348,119 @@ static int same_directories(Tree *t, onepass_t *op, PathBuffer *p)
 	return 1;
 }
 
+/* -- the same verify, from the records: each path written resolved in this tree ----- */
+
+/* The (parent, name) table again, when write() or a verify freed it. */
+static int ensure_buckets(Tree *t)
+{
+	if (t->buckets != NULL)
+		return 0;
+	uint32_t buckets = 1024;
+	while (buckets <= (uint32_t)t->node_count)
+		buckets *= 2;
+	return rehash(t, buckets);
+}
+
+/* The node at `path` (components joined by "/"; never the root), or NONE. */
+static int32_t resolve_path(Tree *t, const uint8_t *path, uint32_t len)
+{
+	int32_t id = ROOT;
+	uint32_t start = 0;
+	if (len == 0)
+		return NONE;
+	while (start <= len && id != NONE) {
+		uint32_t end = start;
+		while (end < len && path[end] != '/')
+			end++;
+		id = child_of(t, id, (Str){(const char *)path + start, end - start});
+		start = end + 1;
+	}
+	return id;
+}
+
+static int64_t entry_int(const uint8_t *e, int at, int bytes)
+{
+	uint64_t value = 0;
+	for (int i = bytes - 1; i >= 0; i--)
+		value = value << 8 | e[at + i];
+	return (int64_t)value;
+}
+
+/* The file record `r` (R_FILE) was written from the member of `d`. */
+static int written_from(const onepass_t *op, const Record *r, const Node *d)
+{
+	return r->kind == R_FILE && r->layer == (uint32_t)d->layer &&
+	       entry_int(record_entry(op, r), 29, 8) == d->u.file.offset;
+}
+
+/* Every record written resolved in the tree, as the node it must be: 1 when each is,
+   0 when one is not. With the counts checked first, it proves what the table's checks
+   (unproven_files, same_symlinks, same_directories) prove: distinct paths resolve to
+   distinct nodes, so the records of each kind are as many as the tree's names of it,
+   each matched once (tests/unit/test_native_onepass.py compares both verdicts). */
+static int records_resolve(Tree *t, const onepass_t *op)
+{
+	uint32_t symlinks = 0, dirs = 0, files = 0, links = 0;
+	for (uint32_t k = 0; k < op->record_count; k++) {
+		const Record *r = &op->records[k];
+		int as_dir = r->kind == R_DIR || (r->flags & F_IMPLICIT);
+		if ((r->kind == R_NONE || r->kind == R_DEFERRED) && !as_dir)
+			continue; /* hidden only, or a link never written: nothing went out */
+		const uint8_t *path = onepass_bytes(op, record_path(r));
+		int32_t id = resolve_path(t, path, r->path_len);
+		if (id == NONE || id == ROOT)
+			return 0;
+		const Node *n = &t->nodes[id];
+		if (as_dir) {
+			dirs++;
+			uint32_t mode = IMPLICIT_DIR_MODE;
+			int64_t mtime = 0;
+			if (r->kind == R_DIR) {
+				const uint8_t *e = record_entry(op, r);
+				mode = (uint32_t)entry_int(e, 1, 4);
+				mtime = entry_int(e, 5, 8);
+			}
+			if (n->kind != K_DIR || n->mode != mode || n->mtime != mtime)
+				return 0;
+			if (r->kind == R_DIR || r->kind == R_NONE || r->kind == R_DEFERRED)
+				continue;
+		}
+		if (r->kind == R_SYMLINK) {
+			symlinks++;
+			const uint8_t *e = record_entry(op, r);
+			uint32_t path_len = (uint32_t)entry_int(e, 37, 4);
+			uint32_t link_len = (uint32_t)entry_int(e, 41, 4);
+			if (n->kind != K_SYMLINK || n->mtime != entry_int(e, 5, 8) ||
+			    !same_bytes((Str){n->u.link.ptr, n->u.link.len}, e + ENTRY_HEAD + path_len,
+					link_len))
+				return 0;
+		} else if (r->kind == R_FILE || r->kind == R_HARDLINK) {
+			if (n->kind != K_FILE)
+				return 0;
+			files += r->kind == R_FILE;
+			links += r->kind == R_HARDLINK;
+			const Record *file = r;
+			if (r->kind == R_HARDLINK) {
+				if (r->target == 0 || r->target > op->record_count)
+					return 0;
+				file = &op->records[r->target - 1];
+			}
+			if (!written_from(op, file, &t->nodes[n->data]))
+				return 0;
+		} else {
+			return 0; /* no other kind */
+		}
+	}
+	return symlinks == (uint32_t)t->symlink_count && dirs == (uint32_t)t->dir_count &&
+	       files == (uint32_t)t->group_count && links == t->hardlinks;
+}
+
+static PyObject *table_checks(Tree *t, onepass_t *op);
+
 /* StreamedFlatten.verify: None when the tar written holds exactly this tree, else why
-   not (the reason of a SpeculationFailed). */
+   not (the reason of a SpeculationFailed). Without the one pass's path table
+   (forget_paths), from its records, through this tree's (parent, name) table; the
+   reason of a failure is then the table's, built again for it (a rare path). */
 static PyObject *tree_verify(Tree *t, PyObject *capsule)
 {
 	onepass_t *op = state_of(capsule);
@@ -1330,6 +1470,31 @@ static PyObject *tree_verify(Tree *t, PyObject *capsule)
 		return PyUnicode_FromFormat("%u files and %u hardlinks were written; the image has "
 					    "%d and %llu", op->files, op->links, (int)t->group_count,
 					    (unsigned long long)t->hardlinks);
+	if (!op->paths_forgotten)
+		return table_checks(t, op);
+	if (ensure_buckets(t) < 0)
+		return NULL;
+	int same = records_resolve(t, op);
+	PyMem_RawFree(t->buckets);
+	t->buckets = NULL;
+	if (same)
+		Py_RETURN_NONE;
+	if (onepass_remember_paths(op) < 0) {
+		onepass_forget_paths(op);
+		return PyErr_NoMemory();
+	}
+	PyObject *reason = table_checks(t, op);
+	onepass_forget_paths(op);
+	if (reason == Py_None) { /* cannot be (see records_resolve): fail safe all the same */
+		Py_DECREF(reason);
+		reason = PyUnicode_FromString("the paths written do not resolve to the image's");
+	}
+	return reason;
+}
+
+/* The checks over the path table: each path of the tree looked up in it. */
+static PyObject *table_checks(Tree *t, onepass_t *op)
+{
 	PathBuffer p = {0};
 	PyObject *result = unproven_files(t, op, &p);
 	int same = 1;
