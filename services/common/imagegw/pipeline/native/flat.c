@@ -7,7 +7,7 @@
  * tests/unit/test_native_flat.py checks that both give the same bytes and the same
  * refusals. The input format is pipeline/compact.py's.
  *
- * Memory: nodes live in one array (72 bytes each; a file's node is also its FileData),
+ * Memory: nodes live in one array (56 bytes each; a file's node is also its FileData),
  * found by a hash table keyed by (parent, name); names, symlink targets and member paths
  * are not copied: they point into the compact index bytes, which the tree keeps alive
  * (the indexes are its name arena). No Python object per node; cost linear in layers and
@@ -45,9 +45,11 @@ static const unsigned char MAGIC[8] = {'I', 'G', 'W', 'I', 'D', 'X', '1', 0};
 
 static PyObject *ContentRejected; /* imagegw.domain.errors.ContentRejected */
 
-/* flatten.Node: one entry of the merged tree (64 bytes). A file node made from a member
+/* flatten.Node: one entry of the merged tree (56 bytes). A file node made from a member
    also stands for flatten.FileData, its bytes: the names of a link group point at it
-   (`data`), and it keeps them even once its own name is replaced or removed. */
+   (`data`), and it keeps them even once its own name is replaced or removed. Its data's
+   offset and size, and a symlink's target, are read from the member's entry in the
+   index (`entry`), not copied into the node (issue 21: the tree is at the verify's peak). */
 typedef struct {
 	const char *name; /* into the index bytes */
 	int64_t mtime;
@@ -61,20 +63,33 @@ typedef struct {
 	uint16_t member_prefix; /* data: the member's path is name - member_prefix */
 	uint16_t layer;         /* data: the layer holding it (merge() takes 65535 at most) */
 	union {
-		int32_t first_child; /* directories */
-		struct {
-			const char *ptr;
-			uint32_t len;
-		} link; /* symlinks */
-		struct {
-			int64_t offset; /* in the decompressed layer */
-			uint64_t size;
-		} file; /* data (files made from a member) */
+		int32_t first_child;  /* directories */
+		const uint8_t *entry; /* data and symlinks: the member's entry (compact.py) */
 	} u;
 } Node;
 
 /* The merge's peak is a node per path: the one pass's verify holds them beside tar2sqfs. */
-_Static_assert(sizeof(Node) == 64, "a node is 64 bytes");
+_Static_assert(sizeof(Node) == 56, "a node is 56 bytes");
+
+static uint64_t entry_field(const uint8_t *entry, int at, int bytes)
+{
+	uint64_t value = 0;
+	for (int i = bytes - 1; i >= 0; i--)
+		value = value << 8 | entry[at + i];
+	return value;
+}
+
+/* The data of a file node made from a member: where it is in the layer, and its size. */
+static int64_t data_offset(const Node *d) { return (int64_t)entry_field(d->u.entry, 29, 8); }
+static uint64_t data_size(const Node *d) { return entry_field(d->u.entry, 13, 8); }
+
+/* A symlink's target (its entry's link). */
+static Str link_of(const Node *n)
+{
+	uint32_t path_len = (uint32_t)entry_field(n->u.entry, 37, 4);
+	return (Str){(const char *)n->u.entry + ENTRY_HEAD + path_len,
+		     (uint32_t)entry_field(n->u.entry, 41, 4)};
+}
 
 /* A link group of _collect: a FileData and its surviving names, in order. Its first
    name's `data` is the FileData, and the other names follow `next_name` (4 bytes a file:
@@ -489,7 +504,7 @@ static int resolve_dir(Merge *m, Str path, Str member, int create, int32_t *foun
 					      "(a symlink loop)", NULL);
 				return -1;
 			}
-			Str link = {t->nodes[child].u.link.ptr, t->nodes[child].u.link.len};
+			Str link = link_of(&t->nodes[child]);
 			if (link.len > 0 && link.ptr[0] == '/')
 				m->stack_count = 1;
 			if (push_components(m, link) < 0)
@@ -570,7 +585,7 @@ static int32_t hardlink(Merge *m, const IndexEntry *e, Str name)
 	if (copy.kind == K_SYMLINK) {
 		int32_t id = new_node(t, K_SYMLINK, 0777, copy.mtime, name);
 		if (id != NONE)
-			t->nodes[id].u.link = copy.u.link;
+			t->nodes[id].u.entry = copy.u.entry;
 		return id;
 	}
 	int32_t id = new_node(t, K_FILE, copy.mode, copy.mtime, name);
@@ -604,17 +619,14 @@ static int apply_entry(Merge *m, const IndexEntry *e)
 			Node *n = &t->nodes[id];
 			n->data = id;
 			n->member_prefix = (uint16_t)(e->path.len - name.len);
-			n->u.file.offset = e->offset;
-			n->u.file.size = e->size;
+			n->u.entry = (const uint8_t *)e->path.ptr - ENTRY_HEAD;
 			n->layer = m->number;
 		}
 		break;
 	case K_SYMLINK:
 		id = new_node(t, K_SYMLINK, 0777, e->mtime, name);
-		if (id != NONE) {
-			t->nodes[id].u.link.ptr = e->link.ptr;
-			t->nodes[id].u.link.len = e->link.len;
-		}
+		if (id != NONE)
+			t->nodes[id].u.entry = (const uint8_t *)e->path.ptr - ENTRY_HEAD;
 		break;
 	default:
 		id = hardlink(m, e, name);
@@ -756,7 +768,7 @@ static int collect(Tree *t)
 					goto done;
 				last_name[n->data] = id;
 				t->groups[t->group_count++] = (Group){id};
-				t->data_bytes += t->nodes[n->data].u.file.size;
+				t->data_bytes += data_size(&t->nodes[n->data]);
 			} else {
 				t->nodes[last_name[n->data]].next_name = id;
 				last_name[n->data] = id;
@@ -937,7 +949,7 @@ static void truncated(PyObject *layer, const char *message, Str *member, const c
 /* Skips to the data of `d` (the layer read forward only), then copies it to `o`. */
 static int copy_member(Layer *l, PyObject *layer, const Node *d, Out *o)
 {
-	int64_t offset = d->u.file.offset;
+	int64_t offset = data_offset(d);
 	Str member = {d->name - d->member_prefix, (uint32_t)d->member_prefix + d->name_len};
 	if (offset < 0 || (uint64_t)offset < l->at) {
 		PyErr_SetString(PyExc_ValueError, "a compact layer index without data offsets");
@@ -959,7 +971,8 @@ static int copy_member(Layer *l, PyObject *layer, const Node *d, Out *o)
 		l->pos += n;
 		l->at += n;
 	}
-	for (uint64_t left = d->u.file.size; left > 0;) {
+	uint64_t size = data_size(d);
+	for (uint64_t left = size; left > 0;) {
 		if (l->pos == l->len) {
 			int64_t n = refill(l);
 			if (n < 0)
@@ -978,7 +991,7 @@ static int copy_member(Layer *l, PyObject *layer, const Node *d, Out *o)
 		l->at += n;
 		left -= n;
 	}
-	return out_zeros(o, (BLOCK - d->u.file.size % BLOCK) % BLOCK);
+	return out_zeros(o, (BLOCK - size % BLOCK) % BLOCK);
 }
 
 /* The node holding a group's data (FileData). */
@@ -993,7 +1006,7 @@ static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 	Str first, other;
 	const Node *d = data_of(t, g);
 	if (path_of(t, g->first_name, p, &first) < 0 ||
-	    put_header(o, first, '0', d->mode, d->mtime, d->u.file.size, (Str){"", 0}) < 0 ||
+	    put_header(o, first, '0', d->mode, d->mtime, data_size(d), (Str){"", 0}) < 0 ||
 	    copy_member(l, PyTuple_GET_ITEM(t->layers, d->layer), d, o) < 0)
 		return -1;
 	if (t->nodes[g->first_name].next_name == NONE)
@@ -1015,14 +1028,15 @@ static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 	return result;
 }
 
-/* write_flat_tar's order: by layer, then by member (offsets grow with the ordinal). */
+/* write_flat_tar's order: by layer, then by member (offsets grow with the ordinal, and
+   so do the entries' places in the index: compared without reading them). */
 static int by_layer_and_offset(const void *a, const void *b, void *context)
 {
 	const Tree *t = context;
 	const Node *x = data_of(t, a), *y = data_of(t, b);
 	if (x->layer != y->layer)
 		return x->layer < y->layer ? -1 : 1;
-	return x->u.file.offset < y->u.file.offset ? -1 : x->u.file.offset > y->u.file.offset;
+	return x->u.entry < y->u.entry ? -1 : x->u.entry > y->u.entry;
 }
 
 static int32_t layer_of(const Tree *t, const Group *g)
@@ -1101,7 +1115,7 @@ static int write_tar(Tree *t, PyObject *open_layer, Out *o, Layer *l, PathBuffer
 		Node *n = &t->nodes[t->symlinks[k]];
 		if (path_of(t, t->symlinks[k], p, &path) < 0 ||
 		    put_header(o, path, '2', 0777, n->mtime, 0,
-			       (Str){n->u.link.ptr, n->u.link.len}) < 0)
+			       link_of(n)) < 0)
 			return -1;
 	}
 	/* By layer and member: a sorted copy, made here, not in merge() (the one pass's verify
@@ -1180,7 +1194,7 @@ static Record *written_file(onepass_t *op, const Node *d)
 	int64_t offset = 0;
 	for (int i = 7; i >= 0; i--)
 		offset = (int64_t)((uint64_t)offset << 8 | entry[29 + i]);
-	return offset == d->u.file.offset ? r : NULL;
+	return offset == data_offset(d) ? r : NULL;
 }
 
 /* StreamedFlatten.write_deferred_links: hardlinks whose target was not written before
@@ -1310,7 +1324,7 @@ static int same_symlinks(Tree *t, onepass_t *op, PathBuffer *p)
 		for (int i = 7; i >= 0; i--)
 			mtime = (int64_t)((uint64_t)mtime << 8 | e[5 + i]);
 		if (mtime != n->mtime ||
-		    !same_bytes((Str){n->u.link.ptr, n->u.link.len}, e + ENTRY_HEAD + path_len, link_len))
+		    !same_bytes(link_of(n), e + ENTRY_HEAD + path_len, link_len))
 			return 0;
 	}
 	return 1;
@@ -1378,19 +1392,11 @@ static int32_t resolve_path(Tree *t, const uint8_t *path, uint32_t len)
 	return id;
 }
 
-static int64_t entry_int(const uint8_t *e, int at, int bytes)
-{
-	uint64_t value = 0;
-	for (int i = bytes - 1; i >= 0; i--)
-		value = value << 8 | e[at + i];
-	return (int64_t)value;
-}
-
 /* The file record `r` (R_FILE) was written from the member of `d`. */
 static int written_from(const onepass_t *op, const Record *r, const Node *d)
 {
 	return r->kind == R_FILE && r->layer == (uint32_t)d->layer &&
-	       entry_int(record_entry(op, r), 29, 8) == d->u.file.offset;
+	       (int64_t)entry_field(record_entry(op, r), 29, 8) == data_offset(d);
 }
 
 /* Every record written resolved in the tree, as the node it must be: 1 when each is,
@@ -1417,8 +1423,8 @@ static int records_resolve(Tree *t, const onepass_t *op)
 			int64_t mtime = 0;
 			if (r->kind == R_DIR) {
 				const uint8_t *e = record_entry(op, r);
-				mode = (uint32_t)entry_int(e, 1, 4);
-				mtime = entry_int(e, 5, 8);
+				mode = (uint32_t)entry_field(e, 1, 4);
+				mtime = (int64_t)entry_field(e, 5, 8);
 			}
 			if (n->kind != K_DIR || n->mode != mode || n->mtime != mtime)
 				return 0;
@@ -1428,10 +1434,10 @@ static int records_resolve(Tree *t, const onepass_t *op)
 		if (r->kind == R_SYMLINK) {
 			symlinks++;
 			const uint8_t *e = record_entry(op, r);
-			uint32_t path_len = (uint32_t)entry_int(e, 37, 4);
-			uint32_t link_len = (uint32_t)entry_int(e, 41, 4);
-			if (n->kind != K_SYMLINK || n->mtime != entry_int(e, 5, 8) ||
-			    !same_bytes((Str){n->u.link.ptr, n->u.link.len}, e + ENTRY_HEAD + path_len,
+			uint32_t path_len = (uint32_t)entry_field(e, 37, 4);
+			uint32_t link_len = (uint32_t)entry_field(e, 41, 4);
+			if (n->kind != K_SYMLINK || n->mtime != (int64_t)entry_field(e, 5, 8) ||
+			    !same_bytes(link_of(n), e + ENTRY_HEAD + path_len,
 					link_len))
 				return 0;
 		} else if (r->kind == R_FILE || r->kind == R_HARDLINK) {
