@@ -741,7 +741,9 @@ static int collect(Tree *t)
 	}
 	for (int32_t id = 0; id < t->node_count; id++)
 		last_name[id] = NONE;
-	if (append(&stack, &stack_count, &stack_cap, ROOT) < 0)
+	/* a group per file at most, reserved at once (as the nodes: no holes left behind) */
+	if (grow((void **)&t->groups, &group_cap, t->node_count, sizeof(Group)) < 0 ||
+	    append(&stack, &stack_count, &stack_cap, ROOT) < 0)
 		goto done;
 	while (stack_count > 0) {
 		int32_t dir = stack[--stack_count];
