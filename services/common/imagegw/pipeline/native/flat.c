@@ -7,7 +7,7 @@
  * tests/unit/test_native_flat.py checks that both give the same bytes and the same
  * refusals. The input format is pipeline/compact.py's.
  *
- * Memory: nodes live in one array (56 bytes each; a file's node is also its FileData),
+ * Memory: nodes live in one array (48 bytes each; a file's node is also its FileData),
  * found by a hash table keyed by (parent, name); names, symlink targets and member paths
  * are not copied: they point into the compact index bytes, which the tree keeps alive
  * (the indexes are its name arena). No Python object per node; cost linear in layers and
@@ -45,17 +45,22 @@ static const unsigned char MAGIC[8] = {'I', 'G', 'W', 'I', 'D', 'X', '1', 0};
 
 static PyObject *ContentRejected; /* imagegw.domain.errors.ContentRejected */
 
-/* flatten.Node: one entry of the merged tree (56 bytes). A file node made from a member
+/* flatten.Node: one entry of the merged tree (48 bytes). A file node made from a member
    also stands for flatten.FileData, its bytes: the names of a link group point at it
    (`data`), and it keeps them even once its own name is replaced or removed. Its data's
-   offset and size, and a symlink's target, are read from the member's entry in the
-   index (`entry`), not copied into the node (issue 21: the tree is at the verify's peak). */
+   offset, size and mtime, and a symlink's target and mtime, are read from the member's
+   entry in the index (`entry`), not copied into the node (issue 21: the tree is at the
+   verify's peak). */
 typedef struct {
 	const char *name; /* into the index bytes */
-	int64_t mtime;
 	int32_t parent, next_sibling, prev_sibling, hash_next;
-	int32_t data;      /* files: the node holding their data (FileData) */
-	int32_t next_name; /* _collect: the next name of the same data */
+	union {
+		struct {
+			int32_t data;      /* files: the node holding their data (FileData) */
+			int32_t next_name; /* _collect: the next name of the same data */
+		};
+		int64_t dir_mtime; /* directories (files and symlinks: mtime_of, from the entry) */
+	};
 	uint16_t name_len;
 	uint16_t mode : 12;   /* permission bits (members.py keeps 0o7777 at most) */
 	uint16_t kind : 2;    /* K_FILE, K_DIR or K_SYMLINK */
@@ -69,7 +74,7 @@ typedef struct {
 } Node;
 
 /* The merge's peak is a node per path: the one pass's verify holds them beside tar2sqfs. */
-_Static_assert(sizeof(Node) == 56, "a node is 56 bytes");
+_Static_assert(sizeof(Node) == 48, "a node is 48 bytes");
 
 static uint64_t entry_field(const uint8_t *entry, int at, int bytes)
 {
@@ -82,6 +87,16 @@ static uint64_t entry_field(const uint8_t *entry, int at, int bytes)
 /* The data of a file node made from a member: where it is in the layer, and its size. */
 static int64_t data_offset(const Node *d) { return (int64_t)entry_field(d->u.entry, 29, 8); }
 static uint64_t data_size(const Node *d) { return entry_field(d->u.entry, 13, 8); }
+
+/* A node's mtime: a directory's own; a symlink's, and a file's data's, from its entry. */
+static int64_t mtime_of(const Node *nodes, const Node *n)
+{
+	if (n->kind == K_DIR)
+		return n->dir_mtime;
+	if (n->kind == K_FILE)
+		n = &nodes[n->data];
+	return (int64_t)entry_field(n->u.entry, 5, 8);
+}
 
 /* A symlink's target (its entry's link). */
 static Str link_of(const Node *n)
@@ -365,7 +380,8 @@ static int32_t child_of(Tree *t, int32_t parent, Str name)
 	return NONE;
 }
 
-/* A new node, detached; NONE with an exception set when out of memory. */
+/* A new node, detached; NONE with an exception set when out of memory. `mtime` is a
+   directory's (a file's or symlink's is read from its entry: mtime_of). */
 static int32_t new_node(Tree *t, uint8_t kind, uint32_t mode, int64_t mtime, Str name)
 {
 	if (name.len > UINT16_MAX) {
@@ -382,13 +398,14 @@ static int32_t new_node(Tree *t, uint8_t kind, uint32_t mode, int64_t mtime, Str
 	memset(n, 0, sizeof(*n));
 	n->kind = kind;
 	n->mode = (uint16_t)mode;
-	n->mtime = mtime;
 	n->name = name.ptr;
 	n->name_len = (uint16_t)name.len;
 	n->parent = n->next_sibling = n->prev_sibling = NONE;
 	n->hash_next = n->data = n->next_name = NONE;
-	if (kind == K_DIR)
+	if (kind == K_DIR) {
 		n->u.first_child = NONE;
+		n->dir_mtime = mtime;
+	}
 	return id;
 }
 
@@ -583,12 +600,12 @@ static int32_t hardlink(Merge *m, const IndexEntry *e, Str name)
 	}
 	Node copy = t->nodes[target];
 	if (copy.kind == K_SYMLINK) {
-		int32_t id = new_node(t, K_SYMLINK, 0777, copy.mtime, name);
+		int32_t id = new_node(t, K_SYMLINK, 0777, 0, name);
 		if (id != NONE)
 			t->nodes[id].u.entry = copy.u.entry;
 		return id;
 	}
-	int32_t id = new_node(t, K_FILE, copy.mode, copy.mtime, name);
+	int32_t id = new_node(t, K_FILE, copy.mode, 0, name);
 	if (id != NONE)
 		t->nodes[id].data = copy.data;
 	return id;
@@ -608,13 +625,13 @@ static int apply_entry(Merge *m, const IndexEntry *e)
 	case K_DIR:
 		if (existing != NONE && t->nodes[existing].kind == K_DIR) {
 			t->nodes[existing].mode = e->mode;
-			t->nodes[existing].mtime = e->mtime;
+			t->nodes[existing].dir_mtime = e->mtime;
 			return 0;
 		}
 		id = new_node(t, K_DIR, e->mode, e->mtime, name);
 		break;
 	case K_FILE:
-		id = new_node(t, K_FILE, e->mode, e->mtime, name);
+		id = new_node(t, K_FILE, e->mode, 0, name);
 		if (id != NONE) {
 			Node *n = &t->nodes[id];
 			n->data = id;
@@ -624,7 +641,7 @@ static int apply_entry(Merge *m, const IndexEntry *e)
 		}
 		break;
 	case K_SYMLINK:
-		id = new_node(t, K_SYMLINK, 0777, e->mtime, name);
+		id = new_node(t, K_SYMLINK, 0777, 0, name);
 		if (id != NONE)
 			t->nodes[id].u.entry = (const uint8_t *)e->path.ptr - ENTRY_HEAD;
 		break;
@@ -1008,7 +1025,7 @@ static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 	Str first, other;
 	const Node *d = data_of(t, g);
 	if (path_of(t, g->first_name, p, &first) < 0 ||
-	    put_header(o, first, '0', d->mode, d->mtime, data_size(d), (Str){"", 0}) < 0 ||
+	    put_header(o, first, '0', d->mode, mtime_of(t->nodes, d), data_size(d), (Str){"", 0}) < 0 ||
 	    copy_member(l, PyTuple_GET_ITEM(t->layers, d->layer), d, o) < 0)
 		return -1;
 	if (t->nodes[g->first_name].next_name == NONE)
@@ -1025,7 +1042,7 @@ static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 	for (int32_t id = t->nodes[g->first_name].next_name; id != NONE && result == 0;
 	     id = t->nodes[id].next_name)
 		result = path_of(t, id, p, &other) < 0 ? -1
-			 : put_header(o, other, '1', d->mode, d->mtime, 0, target);
+			 : put_header(o, other, '1', d->mode, mtime_of(t->nodes, d), 0, target);
 	PyMem_RawFree(kept);
 	return result;
 }
@@ -1110,13 +1127,13 @@ static int write_tar(Tree *t, PyObject *open_layer, Out *o, Layer *l, PathBuffer
 	for (int32_t k = 0; k < t->dir_count; k++) {
 		Node *n = &t->nodes[t->dirs[k]];
 		if (path_of(t, t->dirs[k], p, &path) < 0 ||
-		    put_header(o, path, '5', n->mode, n->mtime, 0, (Str){"", 0}) < 0)
+		    put_header(o, path, '5', n->mode, n->dir_mtime, 0, (Str){"", 0}) < 0)
 			return -1;
 	}
 	for (int32_t k = 0; k < t->symlink_count; k++) {
 		Node *n = &t->nodes[t->symlinks[k]];
 		if (path_of(t, t->symlinks[k], p, &path) < 0 ||
-		    put_header(o, path, '2', 0777, n->mtime, 0,
+		    put_header(o, path, '2', 0777, mtime_of(t->nodes, n), 0,
 			       link_of(n)) < 0)
 			return -1;
 	}
@@ -1232,7 +1249,7 @@ static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
 				continue;
 			/* records move as they are added: the first is found by its number */
 			if (onepass_deferred(op, (const uint8_t *)name.ptr, name.len,
-					     &op->records[first_id], d->mode, d->mtime) < 0) {
+					     &op->records[first_id], d->mode, mtime_of(t->nodes, d)) < 0) {
 				result = onepass_reason(op);
 				goto done;
 			}
@@ -1325,7 +1342,7 @@ static int same_symlinks(Tree *t, onepass_t *op, PathBuffer *p)
 		int64_t mtime = 0;
 		for (int i = 7; i >= 0; i--)
 			mtime = (int64_t)((uint64_t)mtime << 8 | e[5 + i]);
-		if (mtime != n->mtime ||
+		if (mtime != mtime_of(t->nodes, n) ||
 		    !same_bytes(link_of(n), e + ENTRY_HEAD + path_len, link_len))
 			return 0;
 	}
@@ -1358,7 +1375,7 @@ static int same_directories(Tree *t, onepass_t *op, PathBuffer *p)
 		} else {
 			return 0;
 		}
-		if (mode != n->mode || mtime != n->mtime)
+		if (mode != n->mode || mtime != n->dir_mtime)
 			return 0;
 	}
 	return 1;
@@ -1428,7 +1445,7 @@ static int records_resolve(Tree *t, const onepass_t *op)
 				mode = (uint32_t)entry_field(e, 1, 4);
 				mtime = (int64_t)entry_field(e, 5, 8);
 			}
-			if (n->kind != K_DIR || n->mode != mode || n->mtime != mtime)
+			if (n->kind != K_DIR || n->mode != mode || n->dir_mtime != mtime)
 				return 0;
 			if (r->kind == R_DIR || r->kind == R_NONE || r->kind == R_DEFERRED)
 				continue;
@@ -1438,7 +1455,7 @@ static int records_resolve(Tree *t, const onepass_t *op)
 			const uint8_t *e = record_entry(op, r);
 			uint32_t path_len = (uint32_t)entry_field(e, 37, 4);
 			uint32_t link_len = (uint32_t)entry_field(e, 41, 4);
-			if (n->kind != K_SYMLINK || n->mtime != (int64_t)entry_field(e, 5, 8) ||
+			if (n->kind != K_SYMLINK || mtime_of(t->nodes, n) != (int64_t)entry_field(e, 5, 8) ||
 			    !same_bytes(link_of(n), e + ENTRY_HEAD + path_len,
 					link_len))
 				return 0;
