@@ -338,3 +338,149 @@ def test_verify_after_the_tree_was_written_gives_the_same_verdict() -> None:
             tree = streamed.verify()
             verdicts.append((tree.files, tree.hardlinks, tree.dirs))
     assert verdicts == [(6, 1, 1)] * 2
+
+
+# -- the verify without the path table (issue 21: freed before the exact tree) -----------
+
+def _spec_stack(rng: random.Random) -> list[list[tuple]]:
+    """Layers as member specs over a small name space (so they collide), to be mutated."""
+    from tests.unit.test_streaming_flatten import NAMES, PARENTS
+
+    layers: list[list[tuple]] = []
+    files: list[str] = []
+    for _ in range(rng.randint(1, 4)):
+        members: list[tuple] = []
+        for _ in range(rng.randint(1, 8)):
+            depth = rng.choices([1, 2, 3], weights=[1, 3, 2])[0]
+            path = "/".join(rng.choice(PARENTS if level < depth - 1 else NAMES)
+                            for level in range(depth))
+            kind = rng.choices(["file", "dir", "symlink", "hardlink", "whiteout"],
+                               weights=[8, 4, 2, 2, 1])[0]
+            if kind == "file":
+                files.append(path)
+                members.append(("file", path, b"x" * rng.randint(0, 3), rng.randint(0, 2)))
+            elif kind == "dir":
+                members.append(("dir", path, rng.choice([0o755, 0o700]), rng.randint(0, 2)))
+            elif kind == "symlink":
+                members.append(("symlink", path, rng.choice(["d", "e/d", "a"]), rng.randint(0, 2)))
+            elif kind == "hardlink":
+                members.append(("hardlink", path, rng.choice(files or NAMES), 0))
+            else:
+                members.append(("whiteout", path, None, 0))
+        layers.append(members)
+    return layers
+
+
+def _mutated(layers: list[list[tuple]], rng: random.Random) -> list[list[tuple]]:
+    """The same stack with one member changed in what the verify compares: a file's data
+    (the offsets after it move), a directory's mode or time, a symlink's target or time,
+    a hardlink's target, or a member renamed."""
+    copy = [list(members) for members in layers]
+    members = rng.choice(copy)
+    at = rng.randrange(len(members))
+    kind, path, extra, mtime = members[at]
+    change = rng.choice(["extra", "mtime", "rename"])
+    if change == "rename":
+        path = path[:-1] + ("b" if path.endswith("a") else "a")
+    elif change == "mtime":
+        mtime += 1
+    elif kind == "file":
+        extra += b"y"
+    elif kind == "dir":
+        extra ^= 0o055
+    elif kind in ("symlink", "hardlink"):
+        extra = "c" if extra != "c" else "b"
+    members[at] = (kind, path, extra, mtime)
+    return copy
+
+
+def _render(layers: list[list[tuple]]) -> list[bytes]:
+    made = {"file": lambda p, x, t: file(p, x, mtime=t), "dir": lambda p, x, t: dir(p, x, mtime=t),
+            "symlink": lambda p, x, t: symlink(p, x, mtime=t),
+            "hardlink": lambda p, x, t: hardlink(p, x), "whiteout": lambda p, x, t: whiteout(p)}
+    return [tar_bytes(*(made[kind](path, extra, mtime) for kind, path, extra, mtime in members))
+            for members in layers]
+
+
+def _both_verdicts(written: list[bytes], image: list[bytes]) -> tuple | None:
+    """The verdicts on the one pass over `written` against the exact tree of `image`:
+    with the path table (each path of the tree looked up), then without it (each record
+    resolved in the tree); None when either stack cannot get that far."""
+    assert native_onepass is not None
+    from imagegw.pipeline import native_flat
+
+    names = [f"l{n}" for n in range(len(written))]
+    with tempfile.TemporaryFile() as out:
+        try:
+            streamed = native_onepass.stream_flat_tar(
+                names, lambda number: io.BytesIO(written[number]), out, policy=POLICY,
+                max_data_bytes=1 << 40)
+            indexes = [compact.scan_layer(io.BytesIO(data), layer=f"l{n}", policy=POLICY)
+                       for n, data in enumerate(image)]
+            by_table = native_flat.merge(indexes).verify(streamed._state().state)
+        except (native_onepass.SpeculationFailed, ContentRejected):
+            return None
+        emitter = streamed._state()
+        emitter.forget_paths()
+        by_records = native_flat.merge(indexes).verify(emitter.state)
+        again = native_flat.merge(indexes).verify(emitter.state)  # the table freed again
+    return by_table, by_records, again
+
+
+def test_the_verify_from_the_records_gives_every_verdict_the_path_table_gave() -> None:
+    rng = random.Random(2112)
+    outcomes: dict[str, int] = {"exact": 0, "counts": 0, "caught": 0}
+    for _ in range(1500):
+        layers = _spec_stack(rng)
+        written = _render(layers)
+        image = written if rng.random() < 0.3 else _render(_mutated(layers, rng))
+        verdicts = _both_verdicts(written, image)
+        if verdicts is None:
+            continue
+        by_table, by_records, again = verdicts
+        assert by_records == by_table == again, (layers, image is written)
+        if by_table is None:
+            outcomes["exact"] += 1
+        elif "were written; the image has" in by_table:
+            outcomes["counts"] += 1
+        else:  # same counts, different paths, kinds, modes, times, targets or data
+            outcomes["caught"] += 1
+    assert outcomes["exact"] > 100 and outcomes["caught"] > 100, outcomes
+
+
+def test_a_mismatch_with_the_same_counts_is_caught_without_the_path_table() -> None:
+    written = _render([[("dir", "d", 0o755, 1), ("file", "d/a", b"1", 0),
+                        ("symlink", "s", "d", 0)]])
+    for image, reason in [
+        ([[("dir", "d", 0o700, 1), ("file", "d/a", b"1", 0), ("symlink", "s", "d", 0)]],
+         "the directories written are not the image's"),
+        ([[("dir", "d", 0o755, 1), ("file", "d/a", b"1", 0), ("symlink", "s", "e", 0)]],
+         "the symlinks written are not the image's"),
+        ([[("dir", "d", 0o755, 1), ("file", "d/b", b"1", 0), ("symlink", "s", "d", 0)]],
+         "'d/b' is not the file written from layer 1"),
+    ]:
+        assert _both_verdicts(written, _render(image)) == (reason, reason, reason)
+
+
+def test_a_stream_whose_path_table_was_freed_refuses_more_writing() -> None:
+    assert native_onepass is not None
+    from imagegw.pipeline import native_scan
+
+    # "c" links to "b" of the older layer, read after it: deferred to the end.
+    layers = [tar_bytes(file("a", b"1"), file("b", b"2")), tar_bytes(hardlink("c", "b"))]
+    with tempfile.TemporaryFile() as out:
+        streamed = native_onepass.stream_flat_tar(
+            ["l0", "l1"], lambda number: io.BytesIO(layers[number]), out, policy=POLICY,
+            max_data_bytes=1 << 40)
+        tree = streamed.verify()
+        assert (tree.files, tree.hardlinks) == (2, 1)
+        emitter = streamed._state()
+        assert emitter.deferred == 1
+        with pytest.raises(RuntimeError, match="path table was freed"):
+            streamed.write_deferred_links()
+        with pytest.raises(RuntimeError, match="path table was freed"):
+            tree.write_deferred(emitter.state)
+        with pytest.raises(RuntimeError, match="path table was freed"):
+            native_scan.scan_layer(io.BytesIO(layers[0]), layer="l0", policy=POLICY,
+                                   emitter=emitter, number=0)
+        streamed.release()

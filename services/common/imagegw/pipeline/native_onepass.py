@@ -100,9 +100,15 @@ class CompiledStream:
 
     def verify(self) -> native_flat.Tree:
         """The exact tree, once the tar written is proven to hold exactly it. Raises
-        SpeculationFailed when it does not, ContentRejected for a refused image."""
+        SpeculationFailed when it does not, ContentRejected for a refused image.
+
+        The path table is freed before the exact tree is built (the tree resolves the
+        records written instead: native/flat.c, records_resolve), so the two are never
+        held at once; `write_deferred_links` cannot run afterwards."""
+        emitter = self._state()
+        emitter.forget_paths()
         tree = self.exact_tree()
-        reason = tree.verify(self._state().state)
+        reason = tree.verify(emitter.state)
         if reason is not None:
             raise SpeculationFailed(reason, dict(enumerate(self.indexes)))
         return tree

@@ -7,13 +7,15 @@
  * tests/unit/test_native_flat.py checks that both give the same bytes and the same
  * refusals. The input format is pipeline/compact.py's.
  *
- * Memory: nodes live in one array (72 bytes each; a file's node is also its FileData),
+ * Memory: nodes live in one array (48 bytes each; a file's node is also its FileData),
  * found by a hash table keyed by (parent, name); names, symlink targets and member paths
  * are not copied: they point into the compact index bytes, which the tree keeps alive
  * (the indexes are its name arena). No Python object per node; cost linear in layers and
  * members (each member resolves its parent once, through the hash table). The hash table
- * is freed once the merge is done, a link group is one int, and write() sorts a copy of
- * the groups: the one pass's verify holds none of these beside tar2sqfs (issue 21).
+ * is kept for the one pass's verify (it resolves the paths written in it, so the one
+ * pass's own path table is freed before this tree is built) and freed by it and by
+ * write(); a link group is one int, and write() sorts a copy of the groups: the one
+ * pass's verify holds no copy beside tar2sqfs (issue 21).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -43,15 +45,22 @@ static const unsigned char MAGIC[8] = {'I', 'G', 'W', 'I', 'D', 'X', '1', 0};
 
 static PyObject *ContentRejected; /* imagegw.domain.errors.ContentRejected */
 
-/* flatten.Node: one entry of the merged tree (64 bytes). A file node made from a member
+/* flatten.Node: one entry of the merged tree (48 bytes). A file node made from a member
    also stands for flatten.FileData, its bytes: the names of a link group point at it
-   (`data`), and it keeps them even once its own name is replaced or removed. */
+   (`data`), and it keeps them even once its own name is replaced or removed. Its data's
+   offset, size and mtime, and a symlink's target and mtime, are read from the member's
+   entry in the index (`entry`), not copied into the node (issue 21: the tree is at the
+   verify's peak). */
 typedef struct {
 	const char *name; /* into the index bytes */
-	int64_t mtime;
 	int32_t parent, next_sibling, prev_sibling, hash_next;
-	int32_t data;      /* files: the node holding their data (FileData) */
-	int32_t next_name; /* _collect: the next name of the same data */
+	union {
+		struct {
+			int32_t data;      /* files: the node holding their data (FileData) */
+			int32_t next_name; /* _collect: the next name of the same data */
+		};
+		int64_t dir_mtime; /* directories (files and symlinks: mtime_of, from the entry) */
+	};
 	uint16_t name_len;
 	uint16_t mode : 12;   /* permission bits (members.py keeps 0o7777 at most) */
 	uint16_t kind : 2;    /* K_FILE, K_DIR or K_SYMLINK */
@@ -59,20 +68,43 @@ typedef struct {
 	uint16_t member_prefix; /* data: the member's path is name - member_prefix */
 	uint16_t layer;         /* data: the layer holding it (merge() takes 65535 at most) */
 	union {
-		int32_t first_child; /* directories */
-		struct {
-			const char *ptr;
-			uint32_t len;
-		} link; /* symlinks */
-		struct {
-			int64_t offset; /* in the decompressed layer */
-			uint64_t size;
-		} file; /* data (files made from a member) */
+		int32_t first_child;  /* directories */
+		const uint8_t *entry; /* data and symlinks: the member's entry (compact.py) */
 	} u;
 } Node;
 
 /* The merge's peak is a node per path: the one pass's verify holds them beside tar2sqfs. */
-_Static_assert(sizeof(Node) == 64, "a node is 64 bytes");
+_Static_assert(sizeof(Node) == 48, "a node is 48 bytes");
+
+static uint64_t entry_field(const uint8_t *entry, int at, int bytes)
+{
+	uint64_t value = 0;
+	for (int i = bytes - 1; i >= 0; i--)
+		value = value << 8 | entry[at + i];
+	return value;
+}
+
+/* The data of a file node made from a member: where it is in the layer, and its size. */
+static int64_t data_offset(const Node *d) { return (int64_t)entry_field(d->u.entry, 29, 8); }
+static uint64_t data_size(const Node *d) { return entry_field(d->u.entry, 13, 8); }
+
+/* A node's mtime: a directory's own; a symlink's, and a file's data's, from its entry. */
+static int64_t mtime_of(const Node *nodes, const Node *n)
+{
+	if (n->kind == K_DIR)
+		return n->dir_mtime;
+	if (n->kind == K_FILE)
+		n = &nodes[n->data];
+	return (int64_t)entry_field(n->u.entry, 5, 8);
+}
+
+/* A symlink's target (its entry's link). */
+static Str link_of(const Node *n)
+{
+	uint32_t path_len = (uint32_t)entry_field(n->u.entry, 37, 4);
+	return (Str){(const char *)n->u.entry + ENTRY_HEAD + path_len,
+		     (uint32_t)entry_field(n->u.entry, 41, 4)};
+}
 
 /* A link group of _collect: a FileData and its surviving names, in order. Its first
    name's `data` is the FileData, and the other names follow `next_name` (4 bytes a file:
@@ -348,7 +380,8 @@ static int32_t child_of(Tree *t, int32_t parent, Str name)
 	return NONE;
 }
 
-/* A new node, detached; NONE with an exception set when out of memory. */
+/* A new node, detached; NONE with an exception set when out of memory. `mtime` is a
+   directory's (a file's or symlink's is read from its entry: mtime_of). */
 static int32_t new_node(Tree *t, uint8_t kind, uint32_t mode, int64_t mtime, Str name)
 {
 	if (name.len > UINT16_MAX) {
@@ -365,13 +398,14 @@ static int32_t new_node(Tree *t, uint8_t kind, uint32_t mode, int64_t mtime, Str
 	memset(n, 0, sizeof(*n));
 	n->kind = kind;
 	n->mode = (uint16_t)mode;
-	n->mtime = mtime;
 	n->name = name.ptr;
 	n->name_len = (uint16_t)name.len;
 	n->parent = n->next_sibling = n->prev_sibling = NONE;
 	n->hash_next = n->data = n->next_name = NONE;
-	if (kind == K_DIR)
+	if (kind == K_DIR) {
 		n->u.first_child = NONE;
+		n->dir_mtime = mtime;
+	}
 	return id;
 }
 
@@ -487,7 +521,7 @@ static int resolve_dir(Merge *m, Str path, Str member, int create, int32_t *foun
 					      "(a symlink loop)", NULL);
 				return -1;
 			}
-			Str link = {t->nodes[child].u.link.ptr, t->nodes[child].u.link.len};
+			Str link = link_of(&t->nodes[child]);
 			if (link.len > 0 && link.ptr[0] == '/')
 				m->stack_count = 1;
 			if (push_components(m, link) < 0)
@@ -566,12 +600,12 @@ static int32_t hardlink(Merge *m, const IndexEntry *e, Str name)
 	}
 	Node copy = t->nodes[target];
 	if (copy.kind == K_SYMLINK) {
-		int32_t id = new_node(t, K_SYMLINK, 0777, copy.mtime, name);
+		int32_t id = new_node(t, K_SYMLINK, 0777, 0, name);
 		if (id != NONE)
-			t->nodes[id].u.link = copy.u.link;
+			t->nodes[id].u.entry = copy.u.entry;
 		return id;
 	}
-	int32_t id = new_node(t, K_FILE, copy.mode, copy.mtime, name);
+	int32_t id = new_node(t, K_FILE, copy.mode, 0, name);
 	if (id != NONE)
 		t->nodes[id].data = copy.data;
 	return id;
@@ -591,28 +625,25 @@ static int apply_entry(Merge *m, const IndexEntry *e)
 	case K_DIR:
 		if (existing != NONE && t->nodes[existing].kind == K_DIR) {
 			t->nodes[existing].mode = e->mode;
-			t->nodes[existing].mtime = e->mtime;
+			t->nodes[existing].dir_mtime = e->mtime;
 			return 0;
 		}
 		id = new_node(t, K_DIR, e->mode, e->mtime, name);
 		break;
 	case K_FILE:
-		id = new_node(t, K_FILE, e->mode, e->mtime, name);
+		id = new_node(t, K_FILE, e->mode, 0, name);
 		if (id != NONE) {
 			Node *n = &t->nodes[id];
 			n->data = id;
 			n->member_prefix = (uint16_t)(e->path.len - name.len);
-			n->u.file.offset = e->offset;
-			n->u.file.size = e->size;
+			n->u.entry = (const uint8_t *)e->path.ptr - ENTRY_HEAD;
 			n->layer = m->number;
 		}
 		break;
 	case K_SYMLINK:
-		id = new_node(t, K_SYMLINK, 0777, e->mtime, name);
-		if (id != NONE) {
-			t->nodes[id].u.link.ptr = e->link.ptr;
-			t->nodes[id].u.link.len = e->link.len;
-		}
+		id = new_node(t, K_SYMLINK, 0777, 0, name);
+		if (id != NONE)
+			t->nodes[id].u.entry = (const uint8_t *)e->path.ptr - ENTRY_HEAD;
 		break;
 	default:
 		id = hardlink(m, e, name);
@@ -727,7 +758,9 @@ static int collect(Tree *t)
 	}
 	for (int32_t id = 0; id < t->node_count; id++)
 		last_name[id] = NONE;
-	if (append(&stack, &stack_count, &stack_cap, ROOT) < 0)
+	/* a group per file at most, reserved at once (as the nodes: no holes left behind) */
+	if (grow((void **)&t->groups, &group_cap, t->node_count, sizeof(Group)) < 0 ||
+	    append(&stack, &stack_count, &stack_cap, ROOT) < 0)
 		goto done;
 	while (stack_count > 0) {
 		int32_t dir = stack[--stack_count];
@@ -754,7 +787,7 @@ static int collect(Tree *t)
 					goto done;
 				last_name[n->data] = id;
 				t->groups[t->group_count++] = (Group){id};
-				t->data_bytes += t->nodes[n->data].u.file.size;
+				t->data_bytes += data_size(&t->nodes[n->data]);
 			} else {
 				t->nodes[last_name[n->data]].next_name = id;
 				last_name[n->data] = id;
@@ -778,6 +811,27 @@ done:
 static PyTypeObject TreeType;
 static int by_layer_and_offset(const void *a, const void *b, void *context);
 
+/* Room for a node per entry and some implicit directories, in one allocation: the
+   array doubling from small would leave its old copies in the heap as free holes that
+   RSS still counts (glibc serves them below its mmap threshold, which the one pass's
+   freed tables raise), at the verify's peak beside tar2sqfs (issue 21). The pages
+   are touched only as nodes are made; more nodes than this grow the array as before. */
+static int reserve_nodes(Tree *t)
+{
+	int64_t entries = 1024;
+	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t->indexes); i++) {
+		PyObject *index = PyTuple_GET_ITEM(t->indexes, i);
+		if (!PyBytes_Check(index) || PyBytes_GET_SIZE(index) < 28)
+			continue; /* read_header says what is wrong */
+		int64_t claimed = (int64_t)le((const unsigned char *)PyBytes_AS_STRING(index) + 8, 4);
+		int64_t room = PyBytes_GET_SIZE(index) / ENTRY_HEAD; /* a damaged count: no more */
+		entries += claimed < room ? claimed : room;
+	}
+	entries += entries / 8;
+	return grow((void **)&t->nodes, &t->node_cap,
+		    entries > INT32_MAX / 2 ? INT32_MAX / 2 : (int32_t)entries, sizeof(Node));
+}
+
 static PyObject *merge(PyObject *module, PyObject *arg)
 {
 	(void)module;
@@ -795,7 +849,7 @@ static PyObject *merge(PyObject *module, PyObject *arg)
 		goto fail;
 	}
 	t->layers = PyTuple_New(count);
-	if (t->layers == NULL || rehash(t, 1024) < 0 ||
+	if (t->layers == NULL || reserve_nodes(t) < 0 || rehash(t, 1024) < 0 ||
 	    new_node(t, K_DIR, IMPLICIT_DIR_MODE, 0, (Str){"", 0}) != ROOT)
 		goto fail;
 	m.t = t;
@@ -817,10 +871,9 @@ static PyObject *merge(PyObject *module, PyObject *arg)
 	}
 	if (collect(t) < 0)
 		goto fail;
-	/* The names are all resolved: the (parent, name) table is not read again. Freed now
-	   since the one pass's verify runs while tar2sqfs holds its whole tree (issue 21). */
-	PyMem_RawFree(t->buckets);
-	t->buckets = NULL;
+	/* The (parent, name) table stays for the one pass's verify, which resolves the paths
+	   written in it (it is part of the merge's peak anyway); write() and the verify free
+	   it (issue 21). */
 	PyMem_RawFree(m.pending);
 	PyMem_RawFree(m.stack);
 	return (PyObject *)t;
@@ -915,7 +968,7 @@ static void truncated(PyObject *layer, const char *message, Str *member, const c
 /* Skips to the data of `d` (the layer read forward only), then copies it to `o`. */
 static int copy_member(Layer *l, PyObject *layer, const Node *d, Out *o)
 {
-	int64_t offset = d->u.file.offset;
+	int64_t offset = data_offset(d);
 	Str member = {d->name - d->member_prefix, (uint32_t)d->member_prefix + d->name_len};
 	if (offset < 0 || (uint64_t)offset < l->at) {
 		PyErr_SetString(PyExc_ValueError, "a compact layer index without data offsets");
@@ -937,7 +990,8 @@ static int copy_member(Layer *l, PyObject *layer, const Node *d, Out *o)
 		l->pos += n;
 		l->at += n;
 	}
-	for (uint64_t left = d->u.file.size; left > 0;) {
+	uint64_t size = data_size(d);
+	for (uint64_t left = size; left > 0;) {
 		if (l->pos == l->len) {
 			int64_t n = refill(l);
 			if (n < 0)
@@ -956,7 +1010,7 @@ static int copy_member(Layer *l, PyObject *layer, const Node *d, Out *o)
 		l->at += n;
 		left -= n;
 	}
-	return out_zeros(o, (BLOCK - d->u.file.size % BLOCK) % BLOCK);
+	return out_zeros(o, (BLOCK - size % BLOCK) % BLOCK);
 }
 
 /* The node holding a group's data (FileData). */
@@ -971,7 +1025,7 @@ static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 	Str first, other;
 	const Node *d = data_of(t, g);
 	if (path_of(t, g->first_name, p, &first) < 0 ||
-	    put_header(o, first, '0', d->mode, d->mtime, d->u.file.size, (Str){"", 0}) < 0 ||
+	    put_header(o, first, '0', d->mode, mtime_of(t->nodes, d), data_size(d), (Str){"", 0}) < 0 ||
 	    copy_member(l, PyTuple_GET_ITEM(t->layers, d->layer), d, o) < 0)
 		return -1;
 	if (t->nodes[g->first_name].next_name == NONE)
@@ -988,19 +1042,20 @@ static int write_group(Tree *t, Layer *l, const Group *g, Out *o, PathBuffer *p)
 	for (int32_t id = t->nodes[g->first_name].next_name; id != NONE && result == 0;
 	     id = t->nodes[id].next_name)
 		result = path_of(t, id, p, &other) < 0 ? -1
-			 : put_header(o, other, '1', d->mode, d->mtime, 0, target);
+			 : put_header(o, other, '1', d->mode, mtime_of(t->nodes, d), 0, target);
 	PyMem_RawFree(kept);
 	return result;
 }
 
-/* write_flat_tar's order: by layer, then by member (offsets grow with the ordinal). */
+/* write_flat_tar's order: by layer, then by member (offsets grow with the ordinal, and
+   so do the entries' places in the index: compared without reading them). */
 static int by_layer_and_offset(const void *a, const void *b, void *context)
 {
 	const Tree *t = context;
 	const Node *x = data_of(t, a), *y = data_of(t, b);
 	if (x->layer != y->layer)
 		return x->layer < y->layer ? -1 : 1;
-	return x->u.file.offset < y->u.file.offset ? -1 : x->u.file.offset > y->u.file.offset;
+	return x->u.entry < y->u.entry ? -1 : x->u.entry > y->u.entry;
 }
 
 static int32_t layer_of(const Tree *t, const Group *g)
@@ -1072,14 +1127,14 @@ static int write_tar(Tree *t, PyObject *open_layer, Out *o, Layer *l, PathBuffer
 	for (int32_t k = 0; k < t->dir_count; k++) {
 		Node *n = &t->nodes[t->dirs[k]];
 		if (path_of(t, t->dirs[k], p, &path) < 0 ||
-		    put_header(o, path, '5', n->mode, n->mtime, 0, (Str){"", 0}) < 0)
+		    put_header(o, path, '5', n->mode, n->dir_mtime, 0, (Str){"", 0}) < 0)
 			return -1;
 	}
 	for (int32_t k = 0; k < t->symlink_count; k++) {
 		Node *n = &t->nodes[t->symlinks[k]];
 		if (path_of(t, t->symlinks[k], p, &path) < 0 ||
-		    put_header(o, path, '2', 0777, n->mtime, 0,
-			       (Str){n->u.link.ptr, n->u.link.len}) < 0)
+		    put_header(o, path, '2', 0777, mtime_of(t->nodes, n), 0,
+			       link_of(n)) < 0)
 			return -1;
 	}
 	/* By layer and member: a sorted copy, made here, not in merge() (the one pass's verify
@@ -1116,6 +1171,8 @@ static PyObject *tree_write(Tree *t, PyObject *args, PyObject *kwargs)
 	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oi|O", names, &open_layer, &o.fd,
 					 &on_bytes))
 		return NULL;
+	PyMem_RawFree(t->buckets); /* no name is resolved again (a verify builds it again) */
+	t->buckets = NULL;
 	l.on_bytes = on_bytes;
 	o.buf = PyMem_RawMalloc(OUT_BUFFER);
 	l.buf = PyMem_RawMalloc(READ_CHUNK);
@@ -1156,7 +1213,7 @@ static Record *written_file(onepass_t *op, const Node *d)
 	int64_t offset = 0;
 	for (int i = 7; i >= 0; i--)
 		offset = (int64_t)((uint64_t)offset << 8 | entry[29 + i]);
-	return offset == d->u.file.offset ? r : NULL;
+	return offset == data_offset(d) ? r : NULL;
 }
 
 /* StreamedFlatten.write_deferred_links: hardlinks whose target was not written before
@@ -1167,6 +1224,11 @@ static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
 	onepass_t *op = state_of(capsule);
 	if (op == NULL)
 		return NULL;
+	if (op->paths_forgotten) {
+		PyErr_SetString(PyExc_RuntimeError, "the one pass's path table was freed "
+				"(forget_paths): write the deferred links before");
+		return NULL;
+	}
 	PathBuffer p = {0};
 	PyObject *result = NULL;
 	op->out.nogil = 0;
@@ -1187,7 +1249,7 @@ static PyObject *tree_write_deferred(Tree *t, PyObject *capsule)
 				continue;
 			/* records move as they are added: the first is found by its number */
 			if (onepass_deferred(op, (const uint8_t *)name.ptr, name.len,
-					     &op->records[first_id], d->mode, d->mtime) < 0) {
+					     &op->records[first_id], d->mode, mtime_of(t->nodes, d)) < 0) {
 				result = onepass_reason(op);
 				goto done;
 			}
@@ -1280,8 +1342,8 @@ static int same_symlinks(Tree *t, onepass_t *op, PathBuffer *p)
 		int64_t mtime = 0;
 		for (int i = 7; i >= 0; i--)
 			mtime = (int64_t)((uint64_t)mtime << 8 | e[5 + i]);
-		if (mtime != n->mtime ||
-		    !same_bytes((Str){n->u.link.ptr, n->u.link.len}, e + ENTRY_HEAD + path_len, link_len))
+		if (mtime != mtime_of(t->nodes, n) ||
+		    !same_bytes(link_of(n), e + ENTRY_HEAD + path_len, link_len))
 			return 0;
 	}
 	return 1;
@@ -1313,14 +1375,117 @@ static int same_directories(Tree *t, onepass_t *op, PathBuffer *p)
 		} else {
 			return 0;
 		}
-		if (mode != n->mode || mtime != n->mtime)
+		if (mode != n->mode || mtime != n->dir_mtime)
 			return 0;
 	}
 	return 1;
 }
 
+/* -- the same verify, from the records: each path written resolved in this tree ----- */
+
+/* The (parent, name) table again, when write() or a verify freed it. */
+static int ensure_buckets(Tree *t)
+{
+	if (t->buckets != NULL)
+		return 0;
+	uint32_t buckets = 1024;
+	while (buckets <= (uint32_t)t->node_count)
+		buckets *= 2;
+	return rehash(t, buckets);
+}
+
+/* The node at `path` (components joined by "/"; never the root), or NONE. */
+static int32_t resolve_path(Tree *t, const uint8_t *path, uint32_t len)
+{
+	int32_t id = ROOT;
+	uint32_t start = 0;
+	if (len == 0)
+		return NONE;
+	while (start <= len && id != NONE) {
+		uint32_t end = start;
+		while (end < len && path[end] != '/')
+			end++;
+		id = child_of(t, id, (Str){(const char *)path + start, end - start});
+		start = end + 1;
+	}
+	return id;
+}
+
+/* The file record `r` (R_FILE) was written from the member of `d`. */
+static int written_from(const onepass_t *op, const Record *r, const Node *d)
+{
+	return r->kind == R_FILE && r->layer == (uint32_t)d->layer &&
+	       (int64_t)entry_field(record_entry(op, r), 29, 8) == data_offset(d);
+}
+
+/* Every record written resolved in the tree, as the node it must be: 1 when each is,
+   0 when one is not. With the counts checked first, it proves what the table's checks
+   (unproven_files, same_symlinks, same_directories) prove: distinct paths resolve to
+   distinct nodes, so the records of each kind are as many as the tree's names of it,
+   each matched once (tests/unit/test_native_onepass.py compares both verdicts). */
+static int records_resolve(Tree *t, const onepass_t *op)
+{
+	uint32_t symlinks = 0, dirs = 0, files = 0, links = 0;
+	for (uint32_t k = 0; k < op->record_count; k++) {
+		const Record *r = &op->records[k];
+		int as_dir = r->kind == R_DIR || (r->flags & F_IMPLICIT);
+		if ((r->kind == R_NONE || r->kind == R_DEFERRED) && !as_dir)
+			continue; /* hidden only, or a link never written: nothing went out */
+		const uint8_t *path = onepass_bytes(op, record_path(r));
+		int32_t id = resolve_path(t, path, r->path_len);
+		if (id == NONE || id == ROOT)
+			return 0;
+		const Node *n = &t->nodes[id];
+		if (as_dir) {
+			dirs++;
+			uint32_t mode = IMPLICIT_DIR_MODE;
+			int64_t mtime = 0;
+			if (r->kind == R_DIR) {
+				const uint8_t *e = record_entry(op, r);
+				mode = (uint32_t)entry_field(e, 1, 4);
+				mtime = (int64_t)entry_field(e, 5, 8);
+			}
+			if (n->kind != K_DIR || n->mode != mode || n->dir_mtime != mtime)
+				return 0;
+			if (r->kind == R_DIR || r->kind == R_NONE || r->kind == R_DEFERRED)
+				continue;
+		}
+		if (r->kind == R_SYMLINK) {
+			symlinks++;
+			const uint8_t *e = record_entry(op, r);
+			uint32_t path_len = (uint32_t)entry_field(e, 37, 4);
+			uint32_t link_len = (uint32_t)entry_field(e, 41, 4);
+			if (n->kind != K_SYMLINK || mtime_of(t->nodes, n) != (int64_t)entry_field(e, 5, 8) ||
+			    !same_bytes(link_of(n), e + ENTRY_HEAD + path_len,
+					link_len))
+				return 0;
+		} else if (r->kind == R_FILE || r->kind == R_HARDLINK) {
+			if (n->kind != K_FILE)
+				return 0;
+			files += r->kind == R_FILE;
+			links += r->kind == R_HARDLINK;
+			const Record *file = r;
+			if (r->kind == R_HARDLINK) {
+				if (r->target == 0 || r->target > op->record_count)
+					return 0;
+				file = &op->records[r->target - 1];
+			}
+			if (!written_from(op, file, &t->nodes[n->data]))
+				return 0;
+		} else {
+			return 0; /* no other kind */
+		}
+	}
+	return symlinks == (uint32_t)t->symlink_count && dirs == (uint32_t)t->dir_count &&
+	       files == (uint32_t)t->group_count && links == t->hardlinks;
+}
+
+static PyObject *table_checks(Tree *t, onepass_t *op);
+
 /* StreamedFlatten.verify: None when the tar written holds exactly this tree, else why
-   not (the reason of a SpeculationFailed). */
+   not (the reason of a SpeculationFailed). Without the one pass's path table
+   (forget_paths), from its records, through this tree's (parent, name) table; the
+   reason of a failure is then the table's, built again for it (a rare path). */
 static PyObject *tree_verify(Tree *t, PyObject *capsule)
 {
 	onepass_t *op = state_of(capsule);
@@ -1330,6 +1495,31 @@ static PyObject *tree_verify(Tree *t, PyObject *capsule)
 		return PyUnicode_FromFormat("%u files and %u hardlinks were written; the image has "
 					    "%d and %llu", op->files, op->links, (int)t->group_count,
 					    (unsigned long long)t->hardlinks);
+	if (!op->paths_forgotten)
+		return table_checks(t, op);
+	if (ensure_buckets(t) < 0)
+		return NULL;
+	int same = records_resolve(t, op);
+	PyMem_RawFree(t->buckets);
+	t->buckets = NULL;
+	if (same)
+		Py_RETURN_NONE;
+	if (onepass_remember_paths(op) < 0) {
+		onepass_forget_paths(op);
+		return PyErr_NoMemory();
+	}
+	PyObject *reason = table_checks(t, op);
+	onepass_forget_paths(op);
+	if (reason == Py_None) { /* cannot be (see records_resolve): fail safe all the same */
+		Py_DECREF(reason);
+		reason = PyUnicode_FromString("the paths written do not resolve to the image's");
+	}
+	return reason;
+}
+
+/* The checks over the path table: each path of the tree looked up in it. */
+static PyObject *table_checks(Tree *t, onepass_t *op)
+{
 	PathBuffer p = {0};
 	PyObject *result = unproven_files(t, op, &p);
 	int same = 1;

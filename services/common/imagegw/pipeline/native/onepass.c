@@ -605,6 +605,33 @@ onepass_t *onepass_new(int fd, uint64_t max_data_bytes, uint32_t layers)
 	return op;
 }
 
+void onepass_forget_paths(onepass_t *op)
+{
+	PyMem_RawFree(op->paths.slots);
+	op->paths = (Table){NULL, 0, 0};
+	PyMem_RawFree(op->entry_ids);
+	op->entry_ids = NULL;
+	op->entry_id_count = op->entry_id_cap = 0;
+	op->paths_forgotten = 1;
+}
+
+int onepass_remember_paths(onepass_t *op)
+{
+	if (!op->paths_forgotten)
+		return 0;
+	for (uint32_t id = 1; id <= op->record_count; id++) {
+		const Record *r = &op->records[id - 1];
+		const uint8_t *path = onepass_bytes(op, record_path(r));
+		uint32_t hash = hash_bytes(path, r->path_len);
+		if (table_room(&op->paths) < 0)
+			return -1;
+		*slot_of(op, &op->paths, path, r->path_len, hash) = (Slot){hash, id};
+		op->paths.count++;
+	}
+	op->paths_forgotten = 0;
+	return 0;
+}
+
 void onepass_free(onepass_t *op)
 {
 	if (op == NULL)

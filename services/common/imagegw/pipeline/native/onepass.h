@@ -98,6 +98,7 @@ typedef struct {
 	Record *records;
 	uint32_t record_count, record_cap;
 	Table paths;
+	int paths_forgotten; /* onepass_forget_paths: no path can be looked up or added */
 	uint32_t files, links; /* R_FILE and R_HARDLINK records (len(written), len(links)) */
 	uint32_t deferred;     /* hardlinks left for the end (deferred_links was not empty) */
 	int root_hidden_below; /* "" in hidden_below (an opaque marker at the root) */
@@ -139,6 +140,14 @@ ONEPASS_HIDDEN int onepass_hide(onepass_t *op, const uint8_t *index);
    it is still deferred. -1 when it failed (op->fail). GIL held. */
 ONEPASS_HIDDEN int onepass_deferred(onepass_t *op, const uint8_t *name, uint32_t name_len,
 				    Record *first, uint32_t mode, int64_t mtime);
+/* Frees the path table (and the layer's entry ids): the records stay, for a verify
+   that resolves them in its exact tree instead (flat.c), so the table's slots are gone
+   before that tree is built (issue 21). Lookups find nothing and adding is refused
+   afterwards, until onepass_remember_paths. */
+ONEPASS_HIDDEN void onepass_forget_paths(onepass_t *op);
+/* Builds the path table again from the records (the rare path: a verify that failed
+   says why in the words of the table's checks). -1: out of memory (no exception). */
+ONEPASS_HIDDEN int onepass_remember_paths(onepass_t *op);
 /* The reason of op->fail as a str (GIL held); NULL with an exception for FAIL_OUTPUT. */
 ONEPASS_HIDDEN PyObject *onepass_reason(const onepass_t *op);
 

@@ -1346,9 +1346,21 @@ static PyObject *emitter_data_bytes(Emitter *self, void *unused)
     return PyLong_FromUnsignedLongLong(self->op ? self->op->data_bytes : 0);
 }
 
+/* The path table, freed before the exact tree is built (onepass_forget_paths). */
+static PyObject *emitter_forget_paths(Emitter *self, PyObject *unused)
+{
+    (void)unused;
+    if (!emitter_usable(self))
+        return NULL;
+    onepass_forget_paths(self->op);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef emitter_methods[] = {
     {"close", (PyCFunction)emitter_close, METH_NOARGS,
      "ends the tar (two zero blocks) and writes out what is buffered"},
+    {"forget_paths", (PyCFunction)emitter_forget_paths, METH_NOARGS,
+     "frees the path table: the records stay for Tree.verify, nothing more is written"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1420,6 +1432,11 @@ static PyObject *scan(PyObject *module, PyObject *args)
         em = (Emitter *)emitter;
         if (!emitter_usable(em))
             return NULL;
+        if (em->op->paths_forgotten) {
+            PyErr_SetString(PyExc_RuntimeError, "the emitter's path table was freed "
+                            "(forget_paths): it writes no more layers");
+            return NULL;
+        }
         if (number >= em->op->layers || em->op->base[number] != NULL) {
             PyErr_SetString(PyExc_ValueError, "a layer number out of range, or read twice");
             return NULL;
