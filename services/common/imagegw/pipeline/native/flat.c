@@ -1577,7 +1577,7 @@ static PyObject *tree_data_offsets(Tree *t, PyObject *arg)
 		const Node *d = data_of(t, &t->groups[k]);
 		if (d->layer != layer)
 			continue;
-		PyObject *offset = PyLong_FromLongLong(d->u.file.offset);
+		PyObject *offset = PyLong_FromLongLong(data_offset(d));
 		if (offset == NULL || PyList_Append(list, offset) < 0)
 			Py_CLEAR(list);
 		Py_XDECREF(offset);
