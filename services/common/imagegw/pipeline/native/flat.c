@@ -76,17 +76,18 @@ typedef struct {
 /* The merge's peak is a node per path: the one pass's verify holds them beside tar2sqfs. */
 _Static_assert(sizeof(Node) == 48, "a node is 48 bytes");
 
-static uint64_t entry_field(const uint8_t *entry, int at, int bytes)
+/* A little-endian unsigned field of `bytes` bytes (compact.py's layout). */
+static uint64_t le(const unsigned char *p, int bytes)
 {
 	uint64_t value = 0;
 	for (int i = bytes - 1; i >= 0; i--)
-		value = value << 8 | entry[at + i];
+		value = value << 8 | p[i];
 	return value;
 }
 
 /* The data of a file node made from a member: where it is in the layer, and its size. */
-static int64_t data_offset(const Node *d) { return (int64_t)entry_field(d->u.entry, 29, 8); }
-static uint64_t data_size(const Node *d) { return entry_field(d->u.entry, 13, 8); }
+static int64_t data_offset(const Node *d) { return (int64_t)le(d->u.entry + 29, 8); }
+static uint64_t data_size(const Node *d) { return le(d->u.entry + 13, 8); }
 
 /* A node's mtime: a directory's own; a symlink's, and a file's data's, from its entry. */
 static int64_t mtime_of(const Node *nodes, const Node *n)
@@ -95,15 +96,15 @@ static int64_t mtime_of(const Node *nodes, const Node *n)
 		return n->dir_mtime;
 	if (n->kind == K_FILE)
 		n = &nodes[n->data];
-	return (int64_t)entry_field(n->u.entry, 5, 8);
+	return (int64_t)le(n->u.entry + 5, 8);
 }
 
 /* A symlink's target (its entry's link). */
 static Str link_of(const Node *n)
 {
-	uint32_t path_len = (uint32_t)entry_field(n->u.entry, 37, 4);
+	uint32_t path_len = (uint32_t)le(n->u.entry + 37, 4);
 	return (Str){(const char *)n->u.entry + ENTRY_HEAD + path_len,
-		     (uint32_t)entry_field(n->u.entry, 41, 4)};
+		     (uint32_t)le(n->u.entry + 41, 4)};
 }
 
 /* A link group of _collect: a FileData and its surviving names, in order. Its first
@@ -213,14 +214,6 @@ static void reject_member(PyObject *layer, Str member, const char *problem, Str 
 typedef struct {
 	const unsigned char *at, *end;
 } Cursor;
-
-static uint64_t le(const unsigned char *p, int bytes)
-{
-	uint64_t value = 0;
-	for (int i = bytes - 1; i >= 0; i--)
-		value = value << 8 | p[i];
-	return value;
-}
 
 static const unsigned char *take(Cursor *c, uint64_t count)
 {
@@ -1201,19 +1194,20 @@ static onepass_t *state_of(PyObject *capsule)
 	return PyCapsule_GetPointer(capsule, ONEPASS_CAPSULE);
 }
 
+/* The file record `r` (R_FILE) was written from the member of `d`. */
+static int written_from(const onepass_t *op, const Record *r, const Node *d)
+{
+	return r->kind == R_FILE && r->layer == (uint32_t)d->layer &&
+	       (int64_t)le(record_entry(op, r) + 29, 8) == data_offset(d);
+}
+
 /* emitter.written.get((data.layer, data.ordinal)): the record of the file written from
    the member of `d` (under the member's own path), or NULL. */
 static Record *written_file(onepass_t *op, const Node *d)
 {
 	Str member = {d->name - d->member_prefix, (uint32_t)d->member_prefix + d->name_len};
 	Record *r = onepass_find(op, (const uint8_t *)member.ptr, member.len);
-	if (r == NULL || r->kind != R_FILE || r->layer != (uint32_t)d->layer)
-		return NULL;
-	const uint8_t *entry = record_entry(op, r);
-	int64_t offset = 0;
-	for (int i = 7; i >= 0; i--)
-		offset = (int64_t)((uint64_t)offset << 8 | entry[29 + i]);
-	return offset == data_offset(d) ? r : NULL;
+	return r != NULL && written_from(op, r, d) ? r : NULL;
 }
 
 /* StreamedFlatten.write_deferred_links: hardlinks whose target was not written before
@@ -1337,11 +1331,8 @@ static int same_symlinks(Tree *t, onepass_t *op, PathBuffer *p)
 		if (r == NULL || r->kind != R_SYMLINK)
 			return 0;
 		const uint8_t *e = record_entry(op, r);
-		uint32_t path_len = (uint32_t)(e[37] | e[38] << 8 | e[39] << 16 | (uint32_t)e[40] << 24);
-		uint32_t link_len = (uint32_t)(e[41] | e[42] << 8 | e[43] << 16 | (uint32_t)e[44] << 24);
-		int64_t mtime = 0;
-		for (int i = 7; i >= 0; i--)
-			mtime = (int64_t)((uint64_t)mtime << 8 | e[5 + i]);
+		uint32_t path_len = (uint32_t)le(e + 37, 4), link_len = (uint32_t)le(e + 41, 4);
+		int64_t mtime = (int64_t)le(e + 5, 8);
 		if (mtime != mtime_of(t->nodes, n) ||
 		    !same_bytes(link_of(n), e + ENTRY_HEAD + path_len, link_len))
 			return 0;
@@ -1367,9 +1358,8 @@ static int same_directories(Tree *t, onepass_t *op, PathBuffer *p)
 		int64_t mtime = 0;
 		if (r != NULL && r->kind == R_DIR) {
 			const uint8_t *e = record_entry(op, r);
-			mode = (uint32_t)(e[1] | e[2] << 8 | e[3] << 16 | (uint32_t)e[4] << 24);
-			for (int i = 7; i >= 0; i--)
-				mtime = (int64_t)((uint64_t)mtime << 8 | e[5 + i]);
+			mode = (uint32_t)le(e + 1, 4);
+			mtime = (int64_t)le(e + 5, 8);
 		} else if (r != NULL && (r->flags & F_IMPLICIT)) {
 			mode = IMPLICIT_DIR_MODE;
 		} else {
@@ -1411,13 +1401,6 @@ static int32_t resolve_path(Tree *t, const uint8_t *path, uint32_t len)
 	return id;
 }
 
-/* The file record `r` (R_FILE) was written from the member of `d`. */
-static int written_from(const onepass_t *op, const Record *r, const Node *d)
-{
-	return r->kind == R_FILE && r->layer == (uint32_t)d->layer &&
-	       (int64_t)entry_field(record_entry(op, r), 29, 8) == data_offset(d);
-}
-
 /* Every record written resolved in the tree, as the node it must be: 1 when each is,
    0 when one is not. With the counts checked first, it proves what the table's checks
    (unproven_files, same_symlinks, same_directories) prove: distinct paths resolve to
@@ -1442,8 +1425,8 @@ static int records_resolve(Tree *t, const onepass_t *op)
 			int64_t mtime = 0;
 			if (r->kind == R_DIR) {
 				const uint8_t *e = record_entry(op, r);
-				mode = (uint32_t)entry_field(e, 1, 4);
-				mtime = (int64_t)entry_field(e, 5, 8);
+				mode = (uint32_t)le(e + 1, 4);
+				mtime = (int64_t)le(e + 5, 8);
 			}
 			if (n->kind != K_DIR || n->mode != mode || n->dir_mtime != mtime)
 				return 0;
@@ -1453,9 +1436,9 @@ static int records_resolve(Tree *t, const onepass_t *op)
 		if (r->kind == R_SYMLINK) {
 			symlinks++;
 			const uint8_t *e = record_entry(op, r);
-			uint32_t path_len = (uint32_t)entry_field(e, 37, 4);
-			uint32_t link_len = (uint32_t)entry_field(e, 41, 4);
-			if (n->kind != K_SYMLINK || mtime_of(t->nodes, n) != (int64_t)entry_field(e, 5, 8) ||
+			uint32_t path_len = (uint32_t)le(e + 37, 4);
+			uint32_t link_len = (uint32_t)le(e + 41, 4);
+			if (n->kind != K_SYMLINK || mtime_of(t->nodes, n) != (int64_t)le(e + 5, 8) ||
 			    !same_bytes(link_of(n), e + ENTRY_HEAD + path_len,
 					link_len))
 				return 0;
