@@ -25,10 +25,10 @@ from .members import MemberPolicy
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the index format or the member rules change what an index holds
-#: (3: compact indexes instead of JSON).
-INDEX_VERSION = 3
+#: (3: compact indexes instead of JSON; 4: their entries' numbers as varints, IGWIDX2).
+INDEX_VERSION = 4
 #: zlib level of the sidecars: most of what a small-file image writes besides the blobs
-#: and the image is their indexes (~75 bytes a member); level 1 keeps a fifth of it.
+#: and the image is their indexes (~50 bytes a member); level 1 keeps a fraction of it.
 _LEVEL = 1
 
 __all__ = ["index_name", "load_index", "store_index"]
