@@ -12,6 +12,7 @@ from imagegw.pipeline.compact import (
     encode,
     encode_entry,
     encode_header,
+    paths,
     scan_layer_python,
 )
 from imagegw.pipeline.flatten import index_layer
@@ -72,6 +73,16 @@ def test_an_entry_with_a_damaged_number_is_refused() -> None:
         with pytest.raises(ValueError, match="a number"):
             decode(encode_header(b"l", 1, 0, 0) + entry)
     assert decode(encode_header(b"l", 1, 0, 0) + good).entries[0].mtime == 1_700_000_000
+
+
+def test_paths_are_decodes_kinds_and_paths() -> None:
+    data = encode(index_layer(io.BytesIO(sample_layer()), layer="l", policy=POLICY))
+    index = decode(data)
+    assert paths(data) == ([(entry.kind, entry.path) for entry in index.entries],
+                           index.markers)
+    for damaged in (data[:40], data[:-1]):
+        with pytest.raises(ValueError):
+            paths(damaged)
 
 
 def test_each_file_entry_knows_where_its_data_starts() -> None:
