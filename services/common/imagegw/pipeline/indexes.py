@@ -3,7 +3,7 @@
 A layer is not decompressed while it downloads (the cache's `ensure_verified` stores
 it, hash-checked): the conversion reads each layer once, newest first, indexing it as
 it goes. Its index is kept here as a sidecar, in the compact form (compact.py: bytes,
-not Python objects; zlib level 1 on disk, ~5x smaller for ~5 ms of CPU per MB), so a layer
+not Python objects; zlib level 1 on disk, ~4x smaller for ~5 ms of CPU per MB), so a layer
 converted before is never indexed again and its next conversion can merge before
 reading data.
 """
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 #: (3: compact indexes instead of JSON; 4: their entries' numbers as varints, IGWIDX2).
 INDEX_VERSION = 4
 #: zlib level of the sidecars: most of what a small-file image writes besides the blobs
-#: and the image is their indexes (~50 bytes a member); level 1 keeps a fraction of it.
+#: and the image is their indexes (~48 bytes a member); level 1 keeps a quarter of it.
 _LEVEL = 1
 
 __all__ = ["index_name", "load_index", "store_index"]
