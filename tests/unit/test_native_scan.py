@@ -675,11 +675,6 @@ class ManyMembers(io.RawIOBase):
         return bytes(header) + bytes(-(-size // BLOCK) * BLOCK)
 
 
-def entries_of(index: bytes) -> Iterator[tuple[Any, ...]]:
-    """(kind, mode, mtime, size, ordinal, offset, path, link) of each entry."""
-    return compact.raw_entries(index)
-
-
 def test_a_400k_member_layer() -> None:
     count = 400_000
     native = native_scan.scan_layer(cast(BinaryIO, ManyMembers(count)), layer="many",
@@ -688,7 +683,7 @@ def test_a_400k_member_layer() -> None:
     whiteouts = sum(1 for n in range(count) if n % 1000 and n % 97 and n % 89 and n % 83 == 0)
     assert (magic, entries + markers, markers, dropped) == (compact.MAGIC, count, whiteouts, 0)
     wanted = {0, 1, 89, 97, 83, 398_802}
-    sample = {entry[4]: entry for entry in entries_of(native) if entry[4] in wanted}
+    sample = {entry[4]: entry for entry in compact.raw_entries(native) if entry[4] in wanted}
     assert sample.pop(0) == (1, 0o644, 0, 0, 0, 512, b"pkgs/p0000", b"")
     assert sample.pop(1) == (0, 0o644, 0, 300, 1, 1024, b"pkgs/p0000/f000001.py", b"")
     assert sample.pop(89)[::7] == (3, b"pkgs/p0000/f000088.py")
