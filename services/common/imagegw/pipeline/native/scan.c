@@ -1239,7 +1239,8 @@ static int read_limits(scanner_t *sc)
     if (!ok)
         return -1;
     if (chunk < BLOCK || chunk > (1ull << 30) || max_extension > (1ull << 30) ||
-        max_name > UINT16_MAX || whiteout_len < 1 || whiteout_len > (Py_ssize_t)sizeof(sc->whiteout)) {
+        max_name > UINT16_MAX || /* an entry's path and link lengths are 16-bit */
+        whiteout_len < 1 || whiteout_len > (Py_ssize_t)sizeof(sc->whiteout)) {
         PyErr_SetString(PyExc_ValueError, "native_scan limits out of range");
         return -1;
     }
