@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 import zlib
 from pathlib import Path
 from typing import BinaryIO
@@ -138,6 +139,22 @@ def test_an_unreadable_or_foreign_index_is_not_used(tmp_path: Path) -> None:
     # An index claiming another layer (a copied or mixed-up file) is not trusted either.
     sidecar.write_bytes(zlib.compress(index_of(path, other_digest)))
     assert load_index(cache, digest, POLICY) is None
+
+
+def test_an_index_in_the_previous_layout_is_made_again(tmp_path: Path) -> None:
+    # IGWIDX1 (fixed-width entry fields) read as IGWIDX2 would misplace every field: a
+    # sidecar that kept it under the current name reads as missing, and is redone.
+    data, digest = blob_of(*MEMBERS)
+    cache = CacheLayout(tmp_path).blob_cache()
+    path = cache.ensure_verified(digest, len(data), verifying_fetch(data, digest, []))[0]
+    name = digest.encode()
+    old = struct.pack("<8sIIQI", b"IGWIDX1\0", 0, 0, 0, len(name)) + name
+    sidecar = cache.sidecar_path(digest, index_name(POLICY))
+    sidecar.write_bytes(zlib.compress(old))
+    assert load_index(cache, digest, POLICY) is None
+    assert "-v4-" in sidecar.name  # not the name the previous layout was kept under
+    store_index(cache, digest, index_of(path, digest), POLICY)
+    assert compact.decode(load_index(cache, digest, POLICY) or b"").layer == digest
 
 
 def test_ensure_verified_trusts_the_fetchers_hash_but_still_checks_the_size(tmp_path: Path

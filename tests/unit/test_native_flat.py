@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import struct
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -259,6 +258,66 @@ def test_bytes_that_are_not_a_compact_index_are_refused() -> None:
         native_flat.merge(["text"])
 
 
+def one_entry_index(tail: bytes, *, path_length: int = 1, link_length: int = 0,
+                    entries: int = 1) -> bytes:
+    """An index whose one entry is a file "a" with these length fields, then `tail`
+    (its link and varints, as they are or damaged)."""
+    head = bytes([0]) + path_length.to_bytes(2, "little") + link_length.to_bytes(2, "little")
+    return compact.encode_header(b"l", entries, 0, 0) + head + b"a" + tail
+
+
+# mode 0o644, mtime 0, size 2, ordinal 0, offset 512 (+ 1): the good entry's varints
+GOOD_VARINTS = b"\xa4\x03" + b"\x00" + b"\x02" + b"\x00" + b"\x81\x04"
+
+
+@pytest.mark.parametrize("damaged", [
+    one_entry_index(GOOD_VARINTS[:-1]),  # the last varint cut short
+    one_entry_index(GOOD_VARINTS[:-2]),  # a varint missing
+    one_entry_index(GOOD_VARINTS[:-1] + b"\x84"),  # runs past the end of the index
+    one_entry_index(b"\x80" * 10 + b"\x00" + GOOD_VARINTS[2:]),  # more than 10 bytes
+    one_entry_index(b"\xff" * 9 + b"\x02" + GOOD_VARINTS[2:]),  # beyond 64 bits
+    one_entry_index(GOOD_VARINTS[:-2] + b"\x81" + b"\x80" * 8 + b"\x01"),  # offset > 2**63 - 1
+    one_entry_index(GOOD_VARINTS, path_length=2000),  # the path runs past the end
+    one_entry_index(GOOD_VARINTS, link_length=12),  # the link runs past the end
+    one_entry_index(GOOD_VARINTS, entries=2),  # an entry missing
+    one_entry_index(GOOD_VARINTS, path_length=0),  # no path
+], ids=["cut-varint", "missing-varint", "varint-past-end", "11-byte-varint",
+        "varint-over-64-bits", "offset-out-of-range", "path-past-end", "link-past-end",
+        "entry-missing", "no-path"])
+def test_a_damaged_entry_is_refused_by_both_parsers(damaged: bytes) -> None:
+    assert native_flat.merge([one_entry_index(GOOD_VARINTS)]).data_offsets(0) == [512]
+    with pytest.raises(ValueError, match="compact layer index"):
+        native_flat.merge([damaged])
+    if damaged != one_entry_index(GOOD_VARINTS, path_length=0):  # decode keeps "" paths
+        with pytest.raises(ValueError, match="compact layer index"):
+            compact.decode(damaged)
+
+
+def test_the_largest_numbers_read_the_same_in_c_and_in_python() -> None:
+    # 10-byte varints at the edges of their range: the offset 2**63 - 1, the size
+    # 2**64 - 1, mtimes at both ends of int64 (zigzag).
+    entries = [Entry("a", Kind.FILE, 0o7777, -(2**63), 2**64 - 1, "", 2**64 - 1, 2**63 - 1),
+               Entry("b", Kind.FILE, 0, 2**63 - 1, 0, "", 0, -1),
+               Entry("c", Kind.DIR, 0o755, -1, 0, "", 1, 0)]
+    data = compact.encode(LayerIndex("l", entries=entries))
+    assert compact.decode(data).entries == entries
+    assert list(compact.raw_entries(data))[0][1:6] == (0o7777, -(2**63), 2**64 - 1,
+                                                       2**64 - 1, 2**63 - 1)
+    assert sorted(native_flat.merge([data]).data_offsets(0)) == [-1, 2**63 - 1]
+
+
+def test_negative_and_huge_mtimes_give_the_same_tar_in_c_and_in_python() -> None:
+    # The scanner clamps what it reads from a tar; an index made elsewhere need not (the
+    # writer clamps negative mtimes to 0: a wrong zigzag decode would not be 0).
+    layer = tar_bytes(dir("d"), symlink("d/s", "/t"), file("d/f", b"x"))
+    index = indexes_of([layer])[0]
+    mtimes = {"d": -7, "d/s": 1_700_000_001, "d/f": 2**62 + 3}
+    index = LayerIndex(index.layer, [entry._replace(mtime=mtimes[entry.path])
+                                     for entry in index.entries])
+    assert compiled_tar([compact.encode(index)], lambda number: io.BytesIO(layer)) == \
+        python_tar([index], [layer])
+
+
 def test_an_index_entry_with_more_than_permission_bits_is_refused_as_damaged() -> None:
     # A merged node keeps 12 bits of mode (members.sanitize_mode gives no more): an
     # index saying otherwise was not made by the scanner, and is not truncated.
@@ -276,27 +335,20 @@ def test_an_index_entry_with_more_than_permission_bits_is_refused_as_damaged() -
 
 # -- a 400k-file image ----------------------------------------------------------------
 
-_HEADER = struct.Struct("<8sIIQI")
-_ENTRY = struct.Struct("<BIqQQqII")
-_MARKER = struct.Struct("<BI")
-
-
 def synthetic_layer(number: int, names: list[bytes], whiteouts: list[bytes]
                     ) -> tuple[bytes, bytes]:
     """A compact index of `names` (2-byte files; one directory per 1000) and layer bytes
     holding each file's data at its offset (the writer reads nothing else)."""
-    layer_name = f"layer{number}".encode()
-    parts = [b"", layer_name]
     dirs = sorted({name.rpartition(b"/")[0] for name in names})
+    parts = [compact.encode_header(f"layer{number}".encode(), len(dirs) + len(names),
+                                   len(whiteouts), 0)]
     for ordinal, path in enumerate(dirs):
-        parts.append(_ENTRY.pack(1, 0o755, 0, 0, ordinal, 512, len(path), 0) + path)
+        parts.append(compact.encode_entry(1, 0o755, 0, 0, ordinal, 512, path, b""))
     for ordinal, path in enumerate(names, start=len(dirs)):
         offset = 512 * (1 + 2 * ordinal)
-        parts.append(_ENTRY.pack(0, 0o644, number, 2, ordinal, offset, len(path), 0) + path)
+        parts.append(compact.encode_entry(0, 0o644, number, 2, ordinal, offset, path, b""))
     for path in whiteouts:
-        parts.append(_MARKER.pack(0, len(path)) + path)
-    parts[0] = _HEADER.pack(compact.MAGIC, len(dirs) + len(names), len(whiteouts), 0,
-                            len(layer_name))
+        parts.append(compact.encode_marker(0, path))
     blob = bytearray(512 * (2 + 2 * (len(dirs) + len(names))))
     for ordinal in range(len(dirs), len(dirs) + len(names)):
         offset = 512 * (1 + 2 * ordinal)

@@ -675,20 +675,6 @@ class ManyMembers(io.RawIOBase):
         return bytes(header) + bytes(-(-size // BLOCK) * BLOCK)
 
 
-def entries_of(index: bytes, layer: str) -> Iterator[tuple[Any, ...]]:
-    """(kind, mode, mtime, size, ordinal, offset, path, link) of each entry, read in place."""
-    entry = struct.Struct("<BIqQQqII")
-    count = struct.unpack_from("<I", index, 8)[0]
-    offset = 28 + len(layer)
-    for _ in range(count):
-        *fields, path_length, link_length = entry.unpack_from(index, offset)
-        offset += entry.size
-        path = index[offset:offset + path_length]
-        link = index[offset + path_length:offset + path_length + link_length]
-        offset += path_length + link_length
-        yield (*fields, path, link)
-
-
 def test_a_400k_member_layer() -> None:
     count = 400_000
     native = native_scan.scan_layer(cast(BinaryIO, ManyMembers(count)), layer="many",
@@ -697,7 +683,7 @@ def test_a_400k_member_layer() -> None:
     whiteouts = sum(1 for n in range(count) if n % 1000 and n % 97 and n % 89 and n % 83 == 0)
     assert (magic, entries + markers, markers, dropped) == (compact.MAGIC, count, whiteouts, 0)
     wanted = {0, 1, 89, 97, 83, 398_802}
-    sample = {entry[4]: entry for entry in entries_of(native, "many") if entry[4] in wanted}
+    sample = {entry[4]: entry for entry in compact.raw_entries(native) if entry[4] in wanted}
     assert sample.pop(0) == (1, 0o644, 0, 0, 0, 512, b"pkgs/p0000", b"")
     assert sample.pop(1) == (0, 0o644, 0, 300, 1, 1024, b"pkgs/p0000/f000001.py", b"")
     assert sample.pop(89)[::7] == (3, b"pkgs/p0000/f000088.py")
@@ -707,3 +693,14 @@ def test_a_400k_member_layer() -> None:
     python = compact.scan_layer_python(cast(BinaryIO, ManyMembers(count)), layer="many",
                                        policy=POLICIES[0])
     assert hashlib.sha256(native).digest() == hashlib.sha256(python).digest()
+
+
+def test_a_name_limit_past_what_an_index_holds_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # An entry keeps its path and link lengths in 16 bits: the scanner refuses to start
+    # with a longer name limit rather than cut a name short.
+    chunk, extension, _, component, whiteout = native_scan._Hooks.limits
+    monkeypatch.setattr(native_scan._Hooks, "limits",
+                        (chunk, extension, 65_536, component, whiteout))
+    with pytest.raises(ValueError, match="limits out of range"):
+        native_scan.scan_layer(io.BytesIO(bytes(1024)), layer="l", policy=POLICIES[0])

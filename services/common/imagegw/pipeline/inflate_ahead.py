@@ -67,12 +67,12 @@ class HiddenPaths:
         self._at: set[str] = set()
         self._below: set[str] = set()
         for data in indexes:
-            index = compact.decode(data)
-            for entry in index.entries:
-                self._at.add(entry.path)
-                if entry.kind is not Kind.DIR:
-                    self._below.add(entry.path)
-            for kind, path in index.markers:
+            entries, markers = compact.paths(data)
+            for entry_kind, path in entries:
+                self._at.add(path)
+                if entry_kind is not Kind.DIR:
+                    self._below.add(path)
+            for kind, path in markers:
                 self._below.add(path)
                 if kind is MarkerKind.WHITEOUT:
                     self._at.add(path)

@@ -41,7 +41,7 @@ enum { M_WHITEOUT = 0, M_OPAQUE = 1 };
 #define PROGRESS_STEP (1 << 20)
 
 static const char HOSTILE_HINT[] = "the layer is hostile or corrupt; this image cannot be converted";
-static const unsigned char MAGIC[8] = {'I', 'G', 'W', 'I', 'D', 'X', '1', 0};
+static const unsigned char MAGIC[8] = {'I', 'G', 'W', 'I', 'D', 'X', '2', 0};
 
 static PyObject *ContentRejected; /* imagegw.domain.errors.ContentRejected */
 
@@ -76,7 +76,8 @@ typedef struct {
 /* The merge's peak is a node per path: the one pass's verify holds them beside tar2sqfs. */
 _Static_assert(sizeof(Node) == 48, "a node is 48 bytes");
 
-/* A little-endian unsigned field of `bytes` bytes (compact.py's layout). */
+/* A little-endian unsigned field of `bytes` bytes (the header of compact.py's layout;
+   an entry's fields are read by entry_fields, onepass.h). */
 static uint64_t le(const unsigned char *p, int bytes)
 {
 	uint64_t value = 0;
@@ -85,9 +86,24 @@ static uint64_t le(const unsigned char *p, int bytes)
 	return value;
 }
 
+/* The numeric fields of a node's entry (data and symlinks). */
+static EntryFields fields_of(const Node *n)
+{
+	EntryFields f;
+	entry_fields(n->u.entry, &f);
+	return f;
+}
+
+static int64_t entry_offset(const uint8_t *entry)
+{
+	EntryFields f;
+	entry_fields(entry, &f);
+	return f.offset;
+}
+
 /* The data of a file node made from a member: where it is in the layer, and its size. */
-static int64_t data_offset(const Node *d) { return (int64_t)le(d->u.entry + 29, 8); }
-static uint64_t data_size(const Node *d) { return le(d->u.entry + 13, 8); }
+static int64_t data_offset(const Node *d) { return entry_offset(d->u.entry); }
+static uint64_t data_size(const Node *d) { return fields_of(d).size; }
 
 /* A node's mtime: a directory's own; a symlink's, and a file's data's, from its entry. */
 static int64_t mtime_of(const Node *nodes, const Node *n)
@@ -96,15 +112,13 @@ static int64_t mtime_of(const Node *nodes, const Node *n)
 		return n->dir_mtime;
 	if (n->kind == K_FILE)
 		n = &nodes[n->data];
-	return (int64_t)le(n->u.entry + 5, 8);
+	return fields_of(n).mtime;
 }
 
 /* A symlink's target (its entry's link). */
 static Str link_of(const Node *n)
 {
-	uint32_t path_len = (uint32_t)le(n->u.entry + 37, 4);
-	return (Str){(const char *)n->u.entry + ENTRY_HEAD + path_len,
-		     (uint32_t)le(n->u.entry + 41, 4)};
+	return (Str){(const char *)entry_link(n->u.entry), entry_link_len(n->u.entry)};
 }
 
 /* A link group of _collect: a FileData and its surviving names, in order. Its first
@@ -246,31 +260,54 @@ static int damaged(const char *what)
 	return -1;
 }
 
-/* One entry: u8 kind, u32 mode, i64 mtime, u64 size, u64 ordinal, i64 offset,
-   u32 path length, u32 link length, path, link. */
+/* A LEB128 varint inside the index: at most VARINT_MAX bytes, its value within 64 bits
+   (what entry_fields reads afterwards without checking). -1 when it is not. */
+static int take_varint(Cursor *c, uint64_t *value)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < VARINT_MAX && c->at < c->end; i++) {
+		unsigned char b = *c->at++;
+		if (i == VARINT_MAX - 1 && b > 1)
+			return -1;
+		v |= (uint64_t)(b & 0x7f) << (7 * i);
+		if (!(b & 0x80)) {
+			*value = v;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* One entry: u8 kind, u16 path length, u16 link length, path, link, then varints:
+   mode, zigzag mtime, size, ordinal, offset + 1 (onepass.h). */
 static int next_entry(Cursor *c, IndexEntry *e)
 {
-	const unsigned char *p = take(c, 45);
+	const unsigned char *p = take(c, ENTRY_HEAD);
 	if (p == NULL)
 		return damaged("an entry is cut short");
 	e->kind = p[0];
-	e->mode = (uint32_t)le(p + 1, 4);
-	e->mtime = (int64_t)le(p + 5, 8);
-	e->size = le(p + 13, 8);
-	e->ordinal = le(p + 21, 8);
-	e->offset = (int64_t)le(p + 29, 8);
-	e->path.len = (uint32_t)le(p + 37, 4);
-	e->link.len = (uint32_t)le(p + 41, 4);
+	e->path.len = entry_path_len(p);
+	e->link.len = entry_link_len(p);
 	e->path.ptr = (const char *)take(c, e->path.len);
 	e->link.ptr = (const char *)take(c, e->link.len);
 	if (e->path.ptr == NULL || e->link.ptr == NULL)
 		return damaged("an entry's path is cut short");
+	uint64_t mode, mtime, offset;
+	if (take_varint(c, &mode) < 0 || take_varint(c, &mtime) < 0 ||
+	    take_varint(c, &e->size) < 0 || take_varint(c, &e->ordinal) < 0 ||
+	    take_varint(c, &offset) < 0)
+		return damaged("an entry's numbers are cut short or too long");
 	if (e->kind > K_HARDLINK || e->path.len == 0)
 		return damaged("an entry of unknown kind, or without a path");
-	if (e->path.len > UINT16_MAX || e->link.len > UINT16_MAX) /* members.py: 4096 at most */
-		return damaged("an entry's path is too long");
-	if (e->mode > 07777) /* members.sanitize_mode */
+	if (mode > 07777) /* members.sanitize_mode */
 		return damaged("an entry's mode has more than permission bits");
+	if (offset > (uint64_t)INT64_MAX + 1)
+		return damaged("an entry's data offset is out of range");
+	EntryFields f;
+	entry_fields(p, &f); /* the same numbers, as every later reader decodes them */
+	e->mode = f.mode;
+	e->mtime = f.mtime;
+	e->offset = f.offset;
 	return 0;
 }
 
@@ -817,7 +854,7 @@ static int reserve_nodes(Tree *t)
 		if (!PyBytes_Check(index) || PyBytes_GET_SIZE(index) < 28)
 			continue; /* read_header says what is wrong */
 		int64_t claimed = (int64_t)le((const unsigned char *)PyBytes_AS_STRING(index) + 8, 4);
-		int64_t room = PyBytes_GET_SIZE(index) / ENTRY_HEAD; /* a damaged count: no more */
+		int64_t room = PyBytes_GET_SIZE(index) / ENTRY_MIN; /* a damaged count: no more */
 		entries += claimed < room ? claimed : room;
 	}
 	entries += entries / 8;
@@ -1198,7 +1235,7 @@ static onepass_t *state_of(PyObject *capsule)
 static int written_from(const onepass_t *op, const Record *r, const Node *d)
 {
 	return r->kind == R_FILE && r->layer == (uint32_t)d->layer &&
-	       (int64_t)le(record_entry(op, r) + 29, 8) == data_offset(d);
+	       entry_offset(record_entry(op, r)) == data_offset(d);
 }
 
 /* emitter.written.get((data.layer, data.ordinal)): the record of the file written from
@@ -1331,10 +1368,10 @@ static int same_symlinks(Tree *t, onepass_t *op, PathBuffer *p)
 		if (r == NULL || r->kind != R_SYMLINK)
 			return 0;
 		const uint8_t *e = record_entry(op, r);
-		uint32_t path_len = (uint32_t)le(e + 37, 4), link_len = (uint32_t)le(e + 41, 4);
-		int64_t mtime = (int64_t)le(e + 5, 8);
-		if (mtime != mtime_of(t->nodes, n) ||
-		    !same_bytes(link_of(n), e + ENTRY_HEAD + path_len, link_len))
+		EntryFields f;
+		entry_fields(e, &f);
+		if (f.mtime != mtime_of(t->nodes, n) ||
+		    !same_bytes(link_of(n), entry_link(e), entry_link_len(e)))
 			return 0;
 	}
 	return 1;
@@ -1357,9 +1394,10 @@ static int same_directories(Tree *t, onepass_t *op, PathBuffer *p)
 		uint32_t mode;
 		int64_t mtime = 0;
 		if (r != NULL && r->kind == R_DIR) {
-			const uint8_t *e = record_entry(op, r);
-			mode = (uint32_t)le(e + 1, 4);
-			mtime = (int64_t)le(e + 5, 8);
+			EntryFields f;
+			entry_fields(record_entry(op, r), &f);
+			mode = f.mode;
+			mtime = f.mtime;
 		} else if (r != NULL && (r->flags & F_IMPLICIT)) {
 			mode = IMPLICIT_DIR_MODE;
 		} else {
@@ -1424,9 +1462,10 @@ static int records_resolve(Tree *t, const onepass_t *op)
 			uint32_t mode = IMPLICIT_DIR_MODE;
 			int64_t mtime = 0;
 			if (r->kind == R_DIR) {
-				const uint8_t *e = record_entry(op, r);
-				mode = (uint32_t)le(e + 1, 4);
-				mtime = (int64_t)le(e + 5, 8);
+				EntryFields f;
+				entry_fields(record_entry(op, r), &f);
+				mode = f.mode;
+				mtime = f.mtime;
 			}
 			if (n->kind != K_DIR || n->mode != mode || n->dir_mtime != mtime)
 				return 0;
@@ -1436,11 +1475,10 @@ static int records_resolve(Tree *t, const onepass_t *op)
 		if (r->kind == R_SYMLINK) {
 			symlinks++;
 			const uint8_t *e = record_entry(op, r);
-			uint32_t path_len = (uint32_t)le(e + 37, 4);
-			uint32_t link_len = (uint32_t)le(e + 41, 4);
-			if (n->kind != K_SYMLINK || mtime_of(t->nodes, n) != (int64_t)le(e + 5, 8) ||
-			    !same_bytes(link_of(n), e + ENTRY_HEAD + path_len,
-					link_len))
+			EntryFields f;
+			entry_fields(e, &f);
+			if (n->kind != K_SYMLINK || mtime_of(t->nodes, n) != f.mtime ||
+			    !same_bytes(link_of(n), entry_link(e), entry_link_len(e)))
 				return 0;
 		} else if (r->kind == R_FILE || r->kind == R_HARDLINK) {
 			if (n->kind != K_FILE)

@@ -405,18 +405,21 @@ typedef struct {
 	int64_t mtime;
 	uint64_t size;
 	Ref path, link;
+	uint32_t next; /* where the next entry starts */
 } EntryView;
 
 static EntryView view_entry(const onepass_t *op, uint32_t layer, uint32_t entry)
 {
 	const uint8_t *e = op->base[layer] + entry;
+	EntryFields f;
 	EntryView v;
+	v.next = entry + (uint32_t)(entry_fields(e, &f) - e);
 	v.kind = e[0];
-	v.mode = (uint32_t)le(e + 1, 4);
-	v.mtime = (int64_t)le(e + 5, 8);
-	v.size = le(e + 13, 8);
-	v.path = (Ref){layer, entry + ENTRY_HEAD, (uint32_t)le(e + 37, 4)};
-	v.link = (Ref){layer, v.path.off + v.path.len, (uint32_t)le(e + 41, 4)};
+	v.mode = f.mode;
+	v.mtime = f.mtime;
+	v.size = f.size;
+	v.path = (Ref){layer, entry + ENTRY_HEAD, entry_path_len(e)};
+	v.link = (Ref){layer, v.path.off + v.path.len, entry_link_len(e)};
 	return v;
 }
 
@@ -506,7 +509,7 @@ static int read_entry(onepass_t *op, EntryView v, uint32_t hash, Record *r, int 
 int onepass_entry(onepass_t *op, size_t entry, int member_type, int *data)
 {
 	*data = 0;
-	if (entry > UINT32_MAX - 2 * (size_t)UINT16_MAX - ENTRY_HEAD)
+	if (entry > UINT32_MAX - 2 * (size_t)UINT16_MAX - ENTRY_HEAD - 5 * VARINT_MAX)
 		return fail(op, FAIL_TOO_LARGE, NULL, 0, NULL, 0);
 	EntryView v = view_entry(op, op->current, (uint32_t)entry);
 	const uint8_t *path = onepass_bytes(op, v.path);
@@ -569,7 +572,7 @@ int onepass_hide(onepass_t *op, const uint8_t *index)
 			op->records[ids[i] - 1].flags |= (uint8_t)flags;
 		else if (hide(op, v.path, flags) < 0)
 			return -1;
-		at = v.link.off + v.link.len;
+		at = v.next;
 	}
 	for (uint32_t i = 0; i < markers; i++) {
 		const uint8_t *m = section + at;

@@ -32,9 +32,68 @@
 #define ONEPASS_HIDDEN __attribute__((visibility("hidden")))
 #define ONEPASS_CAPSULE "imagegw.pipeline.native.onepass"
 
-/* The compact entry layout (compact.py): the fixed part, then path and link. */
-#define ENTRY_HEAD 45
+/* The compact entry layout (compact.py): u8 kind, u16 path length, u16 link length, path,
+   link, then LEB128 varints: mode, zigzag mtime, size, ordinal, offset + 1. The path is
+   ENTRY_HEAD bytes from the entry's start, so a reference to it also finds its entry. */
+#define ENTRY_HEAD 5
+#define VARINT_MAX 10 /* bytes of a 64-bit varint */
+/* The fewest bytes an entry takes: its head, a 1-byte path and five 1-byte varints. */
+#define ENTRY_MIN (ENTRY_HEAD + 1 + 5)
 enum { EK_FILE = 0, EK_DIR = 1, EK_SYMLINK = 2, EK_HARDLINK = 3 };
+
+/* An entry's numeric fields (entry_fields). */
+typedef struct {
+	uint32_t mode;
+	int64_t mtime;
+	uint64_t size, ordinal;
+	int64_t offset; /* of the member's data in the decompressed layer; -1: unknown */
+} EntryFields;
+
+static inline uint32_t entry_path_len(const uint8_t *e)
+{
+	return (uint32_t)e[1] | (uint32_t)e[2] << 8;
+}
+
+static inline uint32_t entry_link_len(const uint8_t *e)
+{
+	return (uint32_t)e[3] | (uint32_t)e[4] << 8;
+}
+
+static inline const uint8_t *entry_link(const uint8_t *e)
+{
+	return e + ENTRY_HEAD + entry_path_len(e);
+}
+
+/* A varint of an entry already checked (by flat.c's parser, or written by the scanner):
+   the loop stops at 10 bytes whatever it reads. Returns the byte after it. */
+static inline const uint8_t *varint_at(const uint8_t *p, uint64_t *value)
+{
+	uint64_t v = 0;
+	for (int shift = 0; shift < 64; shift += 7) {
+		uint8_t b = *p++;
+		v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80))
+			break;
+	}
+	*value = v;
+	return p;
+}
+
+/* The numeric fields of the checked entry at `e`; returns where the next entry starts. */
+static inline const uint8_t *entry_fields(const uint8_t *e, EntryFields *f)
+{
+	uint64_t mode, mtime, offset;
+	const uint8_t *p = entry_link(e) + entry_link_len(e);
+	p = varint_at(p, &mode);
+	p = varint_at(p, &mtime);
+	p = varint_at(p, &f->size);
+	p = varint_at(p, &f->ordinal);
+	p = varint_at(p, &offset);
+	f->mode = (uint32_t)mode;
+	f->mtime = (int64_t)((mtime >> 1) ^ (0 - (mtime & 1)));
+	f->offset = (int64_t)(offset - 1);
+	return p;
+}
 enum { MK_WHITEOUT = 0, MK_OPAQUE = 1 };
 
 /* A byte string in an index: the entries section of layer `layer`, from `off`. */

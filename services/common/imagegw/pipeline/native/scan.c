@@ -26,7 +26,7 @@
 /* Compact index entry and marker codes (compact.ENTRY_KINDS, compact.MARKER_KINDS). */
 enum { KIND_FILE = 0, KIND_DIR = 1, KIND_SYMLINK = 2, KIND_HARDLINK = 3 };
 
-static const uint8_t MAGIC[8] = {'I', 'G', 'W', 'I', 'D', 'X', '1', 0};
+static const uint8_t MAGIC[8] = {'I', 'G', 'W', 'I', 'D', 'X', '2', 0};
 
 /* A tar number as Python holds it: exact in `value`, or beyond int64 (`overflow` +1/-1,
  * `value` saturated). */
@@ -139,27 +139,40 @@ static void put_le(uint8_t *out, uint64_t value, int bytes)
         out[i] = (uint8_t)(value >> (8 * i));
 }
 
-/* One entry in compact.encode's layout ("<BIqQQqII", path, link). No GIL needed. */
+static uint8_t *put_varint(uint8_t *out, uint64_t value)
+{
+    while (value >= 0x80) {
+        *out++ = (uint8_t)(value | 0x80);
+        value >>= 7;
+    }
+    *out++ = (uint8_t)value;
+    return out;
+}
+
+/* One entry in compact.encode's layout (onepass.h): u8 kind, u16 path length, u16 link
+ * length, path, link, varints. Path and link are at most max_name bytes, which
+ * read_limits holds to 65535 (and admit_in_python checks what Python admits). No GIL
+ * needed. */
 static int emit_entry(scanner_t *sc, int kind, uint32_t mode, int64_t mtime, uint64_t size,
                       uint64_t ordinal, int64_t offset, const uint8_t *path, size_t path_len,
                       const uint8_t *link, size_t link_len)
 {
     text_t *t = &sc->entries;
-    if (reserve(t, 45 + path_len + link_len) < 0)
+    if (reserve(t, ENTRY_HEAD + path_len + link_len + 5 * VARINT_MAX) < 0)
         return -1;
-    uint8_t *out = t->data + t->len;
+    uint8_t *out = t->data + t->len, *at;
     out[0] = (uint8_t)kind;
-    put_le(out + 1, mode, 4);
-    put_le(out + 5, (uint64_t)mtime, 8);
-    put_le(out + 13, size, 8);
-    put_le(out + 21, ordinal, 8);
-    put_le(out + 29, (uint64_t)offset, 8);
-    put_le(out + 37, path_len, 4);
-    put_le(out + 41, link_len, 4);
-    memcpy(out + 45, path, path_len);
+    put_le(out + 1, path_len, 2);
+    put_le(out + 3, link_len, 2);
+    memcpy(out + ENTRY_HEAD, path, path_len);
     if (link_len)
-        memcpy(out + 45 + path_len, link, link_len);
-    t->len += 45 + path_len + link_len;
+        memcpy(out + ENTRY_HEAD + path_len, link, link_len);
+    at = put_varint(out + ENTRY_HEAD + path_len + link_len, mode);
+    at = put_varint(at, (uint64_t)mtime << 1 ^ (uint64_t)(mtime >> 63));
+    at = put_varint(at, size);
+    at = put_varint(at, ordinal);
+    at = put_varint(at, (uint64_t)offset + 1);
+    t->len += (size_t)(at - out);
     sc->entry_count++;
     return 0;
 }
@@ -922,7 +935,11 @@ static int admit_in_python(scanner_t *sc, const member_t *m, uint64_t ordinal, u
         if (!PyArg_ParseTuple(result, "iiILKy#y#", &status, &code, &mode, &mtime, &size,
                               &path, &path_len, &link, &link_len))
             status = -1;
-        else if (emit_entry(sc, code, mode, mtime, size, ordinal, (int64_t)offset,
+        else if (path_len > UINT16_MAX || link_len > UINT16_MAX) {
+            PyErr_SetString(PyExc_ValueError, "an admitted name passes the 65535 bytes a "
+                            "compact index holds");
+            status = -1;
+        } else if (emit_entry(sc, code, mode, mtime, size, ordinal, (int64_t)offset,
                             (const uint8_t *)path, (size_t)path_len, (const uint8_t *)link,
                             (size_t)link_len) < 0)
             status = -2;
@@ -1222,6 +1239,7 @@ static int read_limits(scanner_t *sc)
     if (!ok)
         return -1;
     if (chunk < BLOCK || chunk > (1ull << 30) || max_extension > (1ull << 30) ||
+        max_name > UINT16_MAX || /* an entry's path and link lengths are 16-bit */
         whiteout_len < 1 || whiteout_len > (Py_ssize_t)sizeof(sc->whiteout)) {
         PyErr_SetString(PyExc_ValueError, "native_scan limits out of range");
         return -1;
