@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 from bench import images as bench_images  # noqa: E402
 from bench.measure import Sample, TreeSampler, cpu_seconds, hwm, read_io, run  # noqa: E402
 from imagegw.domain.config import ConverterOptions  # noqa: E402
-from imagegw.pipeline import gzip_engine  # noqa: E402
+from imagegw.pipeline import gzip_engine, writer_malloc  # noqa: E402
 
 LEVEL = 6
 BLOCK = 131072
@@ -114,12 +114,17 @@ FLOOR_NAMES = {"zlib": "floor: tar2sqfs over a flat tar in page cache",
 
 
 def floor_command(flat: Path, out: Path, jobs: int, engine: str = "zlib") -> str:
-    """tar2sqfs over the flattened tar, with our settings (the floors, and the bound's writer)."""
+    """tar2sqfs over the flattened tar, with our settings (the floors, and the bound's
+    writer): as Debian builds it ("zlib"), or as imagegw runs it ("libdeflate": the shim,
+    and the allocator imagegw's tar2sqfs runs on, writer_malloc.py)."""
     preload = ""
     if engine == "libdeflate":
-        env = gzip_engine.tar2sqfs_environment(ConverterOptions(gzip_engine="libdeflate"))
+        options = writer_malloc.resolve(ConverterOptions(gzip_engine="libdeflate"))
+        env = writer_malloc.preload(gzip_engine.tar2sqfs_environment(options), options)
         assert env is not None
         preload = f"LD_PRELOAD='{env['LD_PRELOAD']}' "
+        if options.writer_allocator == "jemalloc":
+            preload += f"MALLOC_CONF='{env['MALLOC_CONF']}' "
     return (f"{preload}tar2sqfs -q -f --no-skip -c gzip -X level={LEVEL} -b {BLOCK} -j {jobs} "
             f"-Q {queued_blocks(jobs)} --no-xattr --defaults uid=0,gid=0,mode=0755 "
             f"{out} < {flat}")
@@ -413,7 +418,11 @@ def machine() -> list[str]:
         f"kernel {platform.release()}; Python {platform.python_version()}; "
         f"gzip decoding in the worker: {GZIP_BACKEND}; gzip blocks in imagegw's tar2sqfs: "
         f"{gzip_engine.resolve(ConverterOptions()).gzip_engine} "
-        f"({out(['dpkg-query', '-W', '-f', 'libdeflate ${Version}', 'libdeflate0'])}, {shim})",
+        f"({out(['dpkg-query', '-W', '-f', 'libdeflate ${Version}', 'libdeflate0'])}, {shim}); "
+        f"imagegw's tar2sqfs allocates with "
+        f"{writer_malloc.resolve(ConverterOptions()).writer_allocator} "
+        f"({out(['dpkg-query', '-W', '-f', 'jemalloc ${Version}', 'libjemalloc2'])}, "
+        f"MALLOC_CONF {writer_malloc.MALLOC_CONF})",
         f"{out(['tar2sqfs', '--version']).splitlines()[0] if shutil.which('tar2sqfs') else ''}; "
         f"{out(['mksquashfs', '-version']).splitlines()[0] if shutil.which('mksquashfs') else ''}",
         f"{out(['skopeo', '--version'])}; {out(['umoci', '--version'])}; "
@@ -488,8 +497,9 @@ def main(argv: list[str] | None = None) -> int:
                f"{queued_blocks(jobs)} blocks for them "
                f"(ch-convert: its fixed settings, see its row). imagegw's tar2sqfs compresses "
                f"gzip blocks with {engine}; \"× floor\" is against tar2sqfs as Debian builds it "
-               "(zlib), the floor the issue defines; the libdeflate floor is the same writer "
-               "as imagegw's. The peers' mksquashfs uses zlib.", ""]
+               "(zlib, glibc's malloc), the floor the issue defines; the libdeflate floor is the "
+               "same writer as imagegw's (libdeflate, and imagegw's allocator, see Machine). "
+               "The peers' mksquashfs uses zlib.", ""]
     summary: list[str] = []
     try:
         for image in images:

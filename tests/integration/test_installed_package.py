@@ -288,4 +288,5 @@ def test_installed_doctor_finds_the_installed_shim(
     checked = server.run(server.bin("imagegw"), "doctor", "--config", str(site.gateway.config_path))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"OK   gzip engine: libdeflate: {server.root / 'lib'}/" in checked.stdout
+    assert "OK   tar2sqfs allocator: jemalloc: /" in checked.stdout
     assert f"OK   MUNGE {site.munge_socket} (systems default): munged answers" in checked.stdout

@@ -72,6 +72,8 @@ def test_unknown_keys_are_warnings_naming_the_key():
     ({"ConverterOptions": {"queueBacklog": 10**9}}, "ConverterOptions.queueBacklog"),
     ({"ConverterOptions": {"gzipEngine": "igzip"}}, "ConverterOptions.gzipEngine"),
     ({"ConverterOptions": {"gzipEngine": 1}}, "ConverterOptions.gzipEngine"),
+    ({"ConverterOptions": {"writerAllocator": "tcmalloc"}}, "ConverterOptions.writerAllocator"),
+    ({"ConverterOptions": {"writerAllocator": True}}, "ConverterOptions.writerAllocator"),
 ])
 def test_wrong_types_and_values_are_errors_naming_the_key(data, key):
     with pytest.raises(ConfigError) as info:
@@ -122,6 +124,13 @@ def test_compressor_queue_defaults_to_a_fixed_amount_of_data_and_takes_the_sites
     assert parse_config({"ConverterOptions": {"blockSize": 1 << 20}}).converter.blocks_queued(8) == 80
     chosen = parse_config({"ConverterOptions": {"queueBacklog": 40}}).converter
     assert chosen.blocks_queued(2) == 40
+
+
+def test_writer_allocator_defaults_to_auto_and_takes_the_sites_choice():
+    assert parse_config({}).converter.writer_allocator == "auto"
+    for allocator in ("auto", "jemalloc", "glibc"):
+        options = parse_config({"ConverterOptions": {"writerAllocator": allocator}}).converter
+        assert options.writer_allocator == allocator
 
 
 def test_gzip_engine_defaults_to_auto_and_takes_the_sites_choice():

@@ -160,6 +160,24 @@ def check_shim(config: Config) -> Iterator[Finding]:
                   gzip_engine.BUILD_HINT)
 
 
+def check_allocator(config: Config) -> Iterator[Finding]:
+    from imagegw.pipeline import writer_malloc
+
+    if config.converter.writer_allocator == "glibc":
+        yield Finding(OK, "tar2sqfs allocator", "glibc, as ConverterOptions.writerAllocator says")
+        return
+    library, problem = writer_malloc.usable_library()
+    if problem is None:
+        yield Finding(OK, "tar2sqfs allocator", f"jemalloc: {library} passes the probe")
+        return
+    status = FAIL if config.converter.writer_allocator == "jemalloc" else WARN
+    yield Finding(status, "tar2sqfs allocator",
+                  f"jemalloc is not usable ({problem}); "
+                  + ("ConverterOptions.writerAllocator is \"jemalloc\"" if status == FAIL
+                     else "tar2sqfs runs on glibc's malloc, with ~10 % more memory and CPU"),
+                  writer_malloc.INSTALL_HINT)
+
+
 def directories(config: Config, role: str) -> dict[Path, list[str]]:
     """The directories the services of `role` write, each with the keys that name it."""
     named: list[tuple[str, str]] = []
@@ -362,6 +380,7 @@ def diagnose(config: Config, *, role: str = "all", account: Account | None = Non
         ("tools", lambda: check_tools(role))]
     if worker:
         checks.append(("gzip engine", lambda: check_shim(config)))
+        checks.append(("tar2sqfs allocator", lambda: check_allocator(config)))
     if gateway:
         checks.append(("ListenAddress", lambda: check_listen(config)))
     checks.append(("directories", lambda: check_directories(config, role, account)))

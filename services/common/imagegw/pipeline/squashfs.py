@@ -34,7 +34,7 @@ from typing import IO, Any, BinaryIO, cast
 from imagegw.domain.config import ConverterOptions, Limits
 from imagegw.domain.errors import ContentRejected, ConversionFailed
 
-from . import compact, heap
+from . import compact, heap, writer_malloc
 from .decompress import open_layer_stream
 from .flatten import FlatTree, LayerIndex, index_layer, merge_layers, write_flat_tar
 from .gzip_engine import tar2sqfs_environment
@@ -137,8 +137,9 @@ def build_squashfs(
         return _space_hint(output.parent, free_before, expected_bytes, expected_what)
 
     command = tar2sqfs_command(partial, options)
-    environment = tar2sqfs_environment(options)
-    log.debug("running %s%s", command, " with libdeflate" if environment else "")
+    environment = writer_malloc.preload(tar2sqfs_environment(options), options)
+    log.debug("running %s (LD_PRELOAD %s)", command,
+              (environment or {}).get("LD_PRELOAD") or "none")
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, bufsize=PIPE_BUFFER,
                                    stdout=subprocess.DEVNULL, stderr=stderr, env=environment)

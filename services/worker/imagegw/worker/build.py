@@ -28,7 +28,7 @@ from imagegw.domain.errors import ConfigError
 from imagegw.domain.model import BuildJob, BuildResult, Progress, Stage
 from imagegw.domain.reference import parse_reference
 from imagegw.domain.runtimes import added_files, sif_file, wants_sif
-from imagegw.pipeline import gzip_engine
+from imagegw.pipeline import gzip_engine, writer_malloc
 from imagegw.pipeline.indexes import load_index, store_index
 from imagegw.pipeline.layer import WaitedLayer
 from imagegw.pipeline.members import MemberPolicy
@@ -84,7 +84,9 @@ class Throttle:
 class Builder:
     def __init__(self, config: Config, paths: WorkerPaths) -> None:
         # The gzip engine is settled once, here: conversion keys name the one really used.
-        self.config = replace(config, converter=gzip_engine.resolve(config.converter))
+        # So is tar2sqfs's allocator (the same image either way, so not in the key).
+        converter = writer_malloc.resolve(gzip_engine.resolve(config.converter))
+        self.config = replace(config, converter=converter)
         self.paths = paths
         self.caches = WorkerCaches(paths.layout, max_bytes=config.cache_max_bytes)
         self.cache = self.caches.blobs
