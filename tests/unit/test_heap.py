@@ -38,3 +38,19 @@ def test_trim_returns_the_pages_a_phase_freed() -> None:
     after = rss_anon_kib()
     libc.free(blocks[-1])
     assert before - after > 32 << 10  # KiB: most of the 64 MiB went back
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_the_first_trim_starts_no_process(monkeypatch) -> None:
+    """The first trim runs at the serve tree's peak (the one pass's verify): finding libc
+    must not start `ldconfig` there (ctypes.util.find_library does), a child whose
+    fork shares, and is counted with, the whole service's memory."""
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args}")
+
+    heap._malloc_trim.cache_clear()
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    assert heap._malloc_trim() is not None
+    heap.trim()

@@ -11,7 +11,6 @@ Python threads mostly allocate under the GIL, so two arenas lose no measurable s
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Mapping
 
@@ -30,9 +29,8 @@ def limit_arenas(environ: Mapping[str, str], arenas: int = ARENAS) -> bool:
     another C library (no mallopt) is left alone. Returns whether the cap was set."""
     if "MALLOC_ARENA_MAX" in environ:
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
         return False

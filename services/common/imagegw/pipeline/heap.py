@@ -11,7 +11,6 @@ another C library (no malloc_trim) it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 from collections.abc import Callable
 
@@ -21,7 +20,7 @@ __all__ = ["trim"]
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+        function = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError, TypeError):
         return None
     function.argtypes = [ctypes.c_size_t]

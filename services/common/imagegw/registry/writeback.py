@@ -11,7 +11,6 @@ while a blob downloads (blobcache.py); the image tar2sqfs writes, from a thread
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 __all__ = ["AVAILABLE", "start_writeback"]
 
@@ -20,7 +19,7 @@ SYNC_FILE_RANGE_WRITE = 2
 
 def _sync_file_range() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         function = libc.sync_file_range
     except (OSError, AttributeError, TypeError):
         return None
