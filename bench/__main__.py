@@ -329,11 +329,11 @@ def lookup_load(address: str, reference: str, seconds: float, clients: int = 200
             "errors": sum(r["errors"] for r in results), "count": count}
 
 
-def noop_lookup_load(workdir: Path, reference: str, seconds: float) -> dict:
+def noop_lookup_load(workdir: Path, reference: str, seconds: float, *, aio: bool = False) -> dict:
     address_file = workdir / "noop.address"
     address_file.unlink(missing_ok=True)
-    server = subprocess.Popen([PYTHON, "-m", "bench.load", "noop", str(address_file)],
-                              cwd=ROOT)
+    server = subprocess.Popen([PYTHON, "-m", "bench.load", "noop", *(["--aio"] if aio else []),
+                               str(address_file)], cwd=ROOT)
     try:
         deadline = time.monotonic() + 30
         while not address_file.exists() and time.monotonic() < deadline:
@@ -604,15 +604,22 @@ def main(argv: list[str] | None = None) -> int:
             log("lookups: 200 concurrent clients, gateway vs no-op servicer")
             gateways: list[dict] = []
             noops: list[dict] = []
+            aio_noops: list[dict] = []
             for _ in range(args.repeat):  # taking turns, as the cold pulls and floors do
                 gateways.append(lookup_load(ours_first.service.address, lookup_reference,
                                             args.lookup_seconds))
                 noops.append(noop_lookup_load(workdir, lookup_reference, args.lookup_seconds))
+                aio_noops.append(noop_lookup_load(workdir, lookup_reference, args.lookup_seconds,
+                                                  aio=True))
             gateway, noop = median_load(gateways), median_load(noops)
+            aio_noop = median_load(aio_noops)
             ratio = gateway["rps"] / noop["rps"] if noop["rps"] else float("nan")
+            aio_ratio = gateway["rps"] / aio_noop["rps"] if aio_noop["rps"] else float("nan")
             report += ["## Lookups from 200 concurrent clients", "",
                        "| server | lookups/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|"]
-            for label, r in (("imagegw gateway (SQLite)", gateway), ("no-op servicer, same stack", noop)):
+            for label, r in (("imagegw gateway (SQLite; asyncio server)", gateway),
+                             ("no-op servicer, threaded server (imagegw.rpc.server)", noop),
+                             ("no-op servicer, asyncio server (the gateway's)", aio_noop)):
                 report.append(f"| {label} | {r['rps']:.0f} | {r['p50_ms']:.1f} | "
                               f"{r['p99_ms']:.1f} | {r['errors']} |")
             if args.repeat > 1:
@@ -622,12 +629,14 @@ def main(argv: list[str] | None = None) -> int:
                 report += [
                     "", f"- {args.repeat} rounds of {args.lookup_seconds:g} s each, taking turns; the "
                     f"table shows the median round. Gateway: "
-                    f"{rates(gateways)}/s; no-op: {rates(noops)}/s"]
+                    f"{rates(gateways)}/s; no-op: {rates(noops)}/s; asyncio no-op: "
+                    f"{rates(aio_noops)}/s"]
             report.append("")
             summary.append(f"lookups: {gateway['rps']:.0f}/s vs no-op {noop['rps']:.0f}/s = "
                            f"{ratio:.2f}× [target ≥ 0.8]; p50/p99 {gateway['p50_ms']:.1f}/"
                            f"{gateway['p99_ms']:.1f} ms (no-op {noop['p50_ms']:.1f}/"
-                           f"{noop['p99_ms']:.1f} ms)")
+                           f"{noop['p99_ms']:.1f} ms); vs a no-op on the gateway's asyncio "
+                           f"server {aio_noop['rps']:.0f}/s = {aio_ratio:.2f}×")
         if ours_first is not None:
             ours_first.stop()
         if "remote" not in args.skip:

@@ -1,7 +1,8 @@
 """Lookup load: `python -m bench.load client ...` drives LookupImage from N concurrent
 clients for a fixed time and prints one JSON line (count, latencies); `python -m
-bench.load noop ADDRESS_FILE` serves a GatewayService whose LookupImage does nothing,
-on the project's own server stack (imagegw.rpc.server), for comparison."""
+bench.load noop [--aio] ADDRESS_FILE` serves a GatewayService whose LookupImage does
+nothing, on the project's threaded server stack (imagegw.rpc.server.create_server), or with
+--aio on the asyncio one the gateway runs (create_aio_server), for comparison."""
 
 from __future__ import annotations
 
@@ -79,6 +80,30 @@ def _serve_noop(address_file: str) -> None:
     server.stop(1).wait()
 
 
+class _AioNoopGateway(pb_grpc.GatewayServiceServicer):
+    async def LookupImage(self, request, context):  # noqa: N802 - gRPC's naming
+        return pb.LookupImageResponse(image=image_pb2.Image(id="0" * 64))
+
+
+async def _serve_aio_noop(address_file: str) -> None:
+    """The no-op on the gateway's own stack: the asyncio server, its interceptors, health
+    and reflection (imagegw.rpc.server.create_aio_server)."""
+    from imagegw.rpc.server import add_aio_health_and_reflection, bind, create_aio_server
+
+    server = create_aio_server()
+    pb_grpc.add_GatewayServiceServicer_to_server(_AioNoopGateway(), server)  # type: ignore[abstract]
+    await add_aio_health_and_reflection(server, [pb.DESCRIPTOR.services_by_name["GatewayService"]
+                                                 .full_name])
+    address = bind(server, "127.0.0.1:0")
+    await server.start()
+    with open(address_file, "w") as out:
+        out.write(address)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.load")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,9 +115,13 @@ def main(argv: list[str]) -> None:
     client.add_argument("--duration", type=float, default=5.0)
     noop = sub.add_parser("noop")
     noop.add_argument("address_file")
+    noop.add_argument("--aio", action="store_true", help="on the asyncio server (the gateway's)")
     args = parser.parse_args(argv)
     if args.command == "noop":
-        _serve_noop(args.address_file)
+        if args.aio:
+            asyncio.run(_serve_aio_noop(args.address_file))
+        else:
+            _serve_noop(args.address_file)
         return
     result = asyncio.run(_drive(args.address, args.system, args.reference, args.clients,
                                 args.duration))
