@@ -110,7 +110,8 @@ class ConverterOptions:
     #: libdeflate when the worker's shim for it is installed and works, else zlib. The
     #: worker resolves "auto" once at start-up (`imagegw.pipeline.gzip_engine`).
     gzip_engine: str = "auto"
-    #: The malloc tar2sqfs runs on: "jemalloc" (~10 % less memory and CPU, the same image),
+    #: The malloc tar2sqfs runs on: "jemalloc" (the same image; up to ~10 % less CPU and
+    #: memory on images of many small files),
     #: "glibc" (tar2sqfs as it is), or "auto": jemalloc when it is installed and passes its
     #: probe, else glibc. Settled once at start-up (`imagegw.pipeline.writer_malloc`).
     writer_allocator: str = "auto"
