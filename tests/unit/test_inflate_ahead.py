@@ -426,3 +426,118 @@ def test_data_zeroed_ahead_that_the_one_pass_wrote_costs_a_second_pass_never_the
     tree = read_squashfs(output)
     assert tree["kept"].sha256 == sha256(BIG_SHOWN)
     assert tree["mid"].sha256 == sha256(b"m") and tree["new"].sha256 == sha256(b"n")
+
+
+# -- file data lent to the compiled one pass (InflateAhead.borrow) ----------------------
+
+#: native/tarout.h's OUT_DIRECT: the compiled one pass borrows the rest of a file's data
+#: that its read buffer does not hold, when at least this much is left.
+LENT_FROM = 64 << 10
+
+
+def test_borrowed_and_read_bytes_are_the_layer_streams_bytes_in_order() -> None:
+    stream = ahead(Tracked(gzip.compress(PAYLOAD, 6)))
+    out = bytearray()
+    rng = random.Random(7)
+    while True:
+        if rng.random() < 0.5:
+            lent = stream.borrow(rng.choice([1, 4096, 100_000, 1 << 22]))
+            if not lent:
+                break
+            out += lent
+        else:
+            buffer = bytearray(rng.choice([512, 70_000]))
+            count = stream.readinto(buffer)
+            if not count:
+                break
+            out += buffer[:count]
+    assert out == PAYLOAD
+    assert stream.held == 0 and not stream.borrow(10)
+
+
+def test_hidden_data_is_lent_as_zeros() -> None:
+    older = tar_bytes(file("hidden", BIG_HIDDEN), file("shown", BIG_SHOWN))
+    stream = InflateAhead(opener(io.BytesIO(older)), name="older", limit=LIMIT,
+                          read_size=READ_SIZE, hides=lambda: {"hidden"}.__contains__).start()
+    out = bytearray()
+    while lent := stream.borrow(1 << 20):
+        out += lent
+    assert out == older.replace(BIG_HIDDEN, bytes(len(BIG_HIDDEN)))
+
+
+def _lent_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    lent: list[int] = []
+    original = InflateAhead.borrow
+
+    def counting(self, size):
+        view = original(self, size)
+        lent.append(len(view))
+        return view
+
+    monkeypatch.setattr(InflateAhead, "borrow", counting)
+    return lent
+
+
+def _big(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def test_file_data_lent_ahead_makes_the_same_tar_as_the_plain_compiled_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if native_onepass is None:
+        pytest.skip("the compiled one pass is not built (scripts/setup)")
+    sizes = [LENT_FROM - 1, LENT_FROM, LENT_FROM + 1, 200_001, (1 << 20) + 3, 3 << 20]
+    layers = [
+        tar_bytes(dir("a"), *(file(f"a/f{size}", _big(size, size)) for size in sizes),
+                  file("a/replaced", _big(1, 500_000)), file("a/gone", _big(2, 700_000))),
+        tar_bytes(file("a/replaced", _big(3, 300_000)), whiteout("a/gone"),
+                  file("small", b"s"), file("b/new", _big(4, 2 << 20))),
+    ]
+    lent = _lent_bytes(monkeypatch)
+    got, _ = ahead_outcome(layers)
+    assert got[0] == "tree" and got == one_pass_outcome(layers, compiled=True)
+    assert sum(lent) > 2 << 20, "hardly any data was lent: the test checks nothing"
+
+
+def test_a_layer_cut_inside_lent_data_gets_the_plain_passs_refusal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if native_onepass is None:
+        pytest.skip("the compiled one pass is not built (scripts/setup)")
+    whole = tar_bytes(file("head", b"h"), file("big", _big(5, 8 << 20)))
+    layers = [tar_bytes(file("old", b"o")), whole[:len(whole) // 2]]
+    lent = _lent_bytes(monkeypatch)
+    got, _ = ahead_outcome(layers)
+    assert got[0] == "refused" and got == one_pass_outcome(layers, compiled=True)
+    assert sum(lent) > LENT_FROM
+
+
+def test_a_corrupt_gzip_stream_inside_lent_data_is_refused_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if native_onepass is None:
+        pytest.skip("the compiled one pass is not built (scripts/setup)")
+    blob = bytearray(gzip.compress(tar_bytes(file("big", _big(6, 3 << 20))), 6))
+    blob[len(blob) // 2:len(blob) // 2 + 64] = bytes(64)  # inside the file's data
+    lent = _lent_bytes(monkeypatch)
+    with tempfile.TemporaryFile() as out, LayersAhead(
+            lambda number: open_layer_stream(io.BytesIO(bytes(blob)), max_uncompressed=1 << 40,
+                                             layer="sha256:corrupt"),
+            [0], limit=LIMIT) as layers, pytest.raises(ContentRejected, match="not valid gzip"):
+        native_onepass.stream_flat_tar(["layer0"], layers.open, out, policy=POLICY,
+                                       max_data_bytes=1 << 40)
+    assert sum(lent) > LENT_FROM
+
+
+class _Overlending(io.BytesIO):
+    """A layer stream that lends more than it is asked for."""
+
+    def borrow(self, size: int) -> bytes:
+        return self.read(size + 1)
+
+
+def test_a_stream_lending_more_than_asked_is_an_error_not_bytes_out_of_place() -> None:
+    if native_onepass is None:
+        pytest.skip("the compiled one pass is not built (scripts/setup)")
+    layer = tar_bytes(file("big", _big(7, 4 << 20)), file("next", b"n"))
+    with tempfile.TemporaryFile() as out, pytest.raises(OSError, match="lent"):
+        native_onepass.stream_flat_tar(["layer0"], lambda number: _Overlending(layer), out,
+                                       policy=POLICY, max_data_bytes=1 << 40)

@@ -243,14 +243,8 @@ class InflateAhead:
         """Fills `buffer` with what is held (waiting for at least one byte); 0 at the end."""
         out = memoryview(buffer).cast("B")
         with self._changed:
-            while not self._pieces:
-                if self._stopped:
-                    raise ValueError("read from a closed layer stream")
-                if self._error is not None:
-                    raise self._error
-                if self._ended:
-                    return 0
-                self._changed.wait()
+            if not self._wait_for_pieces():
+                return 0
             filled = 0
             while self._pieces and filled < len(out):
                 piece = self._pieces[0]
@@ -270,6 +264,43 @@ class InflateAhead:
                     self._pieces.popleft()
             self._changed.notify_all()
             return filled
+
+    def borrow(self, size: int) -> memoryview:
+        """Up to `size` of the next bytes, lent as they are held instead of copied (the
+        compiled one pass writes a file's data from them: native/scan.c); waits for at
+        least one byte; empty at the end. The bytes are the consumer's from then on."""
+        with self._changed:
+            if not self._wait_for_pieces():
+                return memoryview(b"")
+            piece = self._pieces[0]
+            if isinstance(piece, int):
+                count = min(piece, size, len(_ZEROS))
+                lent = _ZEROS[:count]
+                left: memoryview | int = piece - count
+            else:
+                count = min(len(piece), size)
+                lent = piece[:count]
+                left = piece[count:]
+                self.held -= count
+            if len(left) if isinstance(left, memoryview) else left:
+                self._pieces[0] = left
+            else:
+                self._pieces.popleft()
+            self._changed.notify_all()
+            return lent
+
+    def _wait_for_pieces(self) -> bool:
+        """Waits (lock held) until a piece is held: True, or False at the end; raises
+        the stream's error in order, or ValueError once closed."""
+        while not self._pieces:
+            if self._stopped:
+                raise ValueError("read from a closed layer stream")
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return False
+            self._changed.wait()
+        return True
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:

@@ -83,6 +83,7 @@ typedef struct {
 
 typedef struct {
     PyObject *stream, *hooks, *readinto, *read;
+    PyObject *borrow; /* stream.borrow, when it lends what it holds (inflate_ahead) */
     /* Limits, from the Python modules that own them (native_scan._Hooks.limits). */
     size_t chunk, max_extension, max_name, max_component;
     uint8_t whiteout[16];
@@ -995,6 +996,31 @@ static int emitter_failed(scanner_t *sc)
     return -1;
 }
 
+/* A file's data, at most `left` bytes, lent by stream.borrow(size) and written out from
+   where it lies (no copy into the read buffer, nor into the output's); the read buffer
+   is empty. The bytes written, 0 at the end of the stream, -1 with an exception set. */
+static Py_ssize_t emit_borrowed(scanner_t *sc, uint64_t left)
+{
+    Py_ssize_t want = left > (uint64_t)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)left;
+    PyObject *lent = PyObject_CallFunction(sc->borrow, "n", want);
+    if (!lent)
+        return -1;
+    Py_buffer data;
+    if (PyObject_GetBuffer(lent, &data, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(lent);
+        return -1;
+    }
+    Py_ssize_t got = data.len;
+    int bad = got > want;
+    if (bad)
+        PyErr_Format(PyExc_OSError, "the layer stream lent %zd bytes for %zd", got, want);
+    else if (got > 0 && out_put(&sc->op->out, data.buf, (size_t)got) < 0)
+        bad = 1;
+    PyBuffer_Release(&data);
+    Py_DECREF(lent);
+    return bad ? -1 : got;
+}
+
 /* The emitter's part for a member general_step indexed (GIL held): a file's data may
    need reads (TarReader.copy_data). */
 static int emit_general(scanner_t *sc, size_t entry, int type, uint64_t size)
@@ -1005,6 +1031,17 @@ static int emit_general(scanner_t *sc, size_t entry, int type, uint64_t size)
     if (onepass_entry(op, entry, type, &data) < 0)
         return emitter_failed(sc);
     for (uint64_t left = data ? size : 0; left > 0;) {
+        if (sc->pos == sc->len && sc->borrow && left >= OUT_DIRECT) {
+            Py_ssize_t got = emit_borrowed(sc, left);
+            if (got < 0)
+                return -1;
+            if (got == 0)
+                return refuse(sc, "truncated_member", "()");
+            sc->offset += (uint64_t)got;
+            sc->pending -= (uint64_t)got;
+            left -= (uint64_t)got;
+            continue;
+        }
         if (sc->pos == sc->len) {
             Py_ssize_t got = read_into(sc, 0, sc->chunk);
             if (got < 0)
@@ -1265,6 +1302,7 @@ static void scanner_free(scanner_t *sc)
     for (int k = 0; k < PAX_KEYS; k++)
         PyMem_RawFree(sc->ext.pax[k].data);
     Py_XDECREF(sc->readinto);
+    Py_XDECREF(sc->borrow);
     Py_XDECREF(sc->read);
     PyMem_RawFree(sc);
 }
@@ -1476,6 +1514,8 @@ static PyObject *scan(PyObject *module, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
+    if (sc->op && PyObject_HasAttrString(stream, "borrow"))
+        sc->borrow = PyObject_GetAttrString(stream, "borrow");
     if (PyObject_HasAttrString(stream, "readinto"))
         sc->readinto = PyObject_GetAttrString(stream, "readinto");
     else

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "tarout.h"
@@ -50,9 +51,44 @@ int out_flush(Out *o)
 	return error ? failed(o, error) : 0;
 }
 
+/* What is buffered, then `count` bytes at `data`, in one writev (without the GIL): a
+ * file's data goes to the fd from where it lies instead of through the buffer. */
+static int out_write_through(Out *o, const char *data, size_t count)
+{
+	struct iovec parts[2] = {{o->buf, o->len}, {(void *)data, count}};
+	struct iovec *part = o->len ? parts : parts + 1;
+	int left = o->len ? 2 : 1;
+	int error = 0;
+	PyThreadState *saved = o->nogil ? NULL : PyEval_SaveThread();
+	while (left > 0) {
+		ssize_t n = writev(o->fd, part, left);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			error = errno;
+			break;
+		}
+		while (left > 0 && (size_t)n >= part->iov_len) {
+			n -= (ssize_t)part->iov_len;
+			part++;
+			left--;
+		}
+		if (left > 0) {
+			part->iov_base = (char *)part->iov_base + n;
+			part->iov_len -= (size_t)n;
+		}
+	}
+	if (saved != NULL)
+		PyEval_RestoreThread(saved);
+	o->len = 0;
+	return error ? failed(o, error) : 0;
+}
+
 int out_put(Out *o, const void *data, size_t count)
 {
 	const char *p = data;
+	if (count >= OUT_DIRECT)
+		return out_write_through(o, p, count);
 	while (count > 0) {
 		if (o->len == OUT_BUFFER && out_flush(o) < 0)
 			return -1;

@@ -16,6 +16,8 @@
 #define TAROUT_HIDDEN __attribute__((visibility("hidden")))
 #define TAR_BLOCK 512
 #define OUT_BUFFER (1 << 20)
+/* out_put writes this many bytes or more from where they lie, not through the buffer. */
+#define OUT_DIRECT (64 << 10)
 #define USTAR_MAX_NUMBER 8589934591LL /* 8**11 - 1 */
 
 /* A byte string that points into memory owned elsewhere (an index's bytes). */
