@@ -193,10 +193,11 @@ def _median(samples: list[Sample]) -> Sample:
 
 
 def measure_remote_pull(workdir: Path, registry, image_name: str, reference: str, jobs: int,
-                        engine: str, repeat: int) -> tuple[list[Sample], str]:
+                        engine: str, repeat: int,
+                        warm: Callable[[], None] = lambda: None) -> tuple[list[Sample], str]:
     """Cold pulls of one image by fresh `imagegw serve`s, taking turns: to a local system
     (the conversion alone) and to a remote one over a loopback sshd (the copy overlapped
-    with the conversion: publish/follow.py)."""
+    with the conversion: publish/follow.py); `warm` is called before each."""
     from bench.__main__ import Ours
     from testbed.sshd import start_sshd
 
@@ -221,6 +222,7 @@ def measure_remote_pull(workdir: Path, registry, image_name: str, reference: str
                 ours = Ours(workdir, registry, f"{image_name}-{system}", jobs, engine,
                             platforms={"remote": remote})
                 try:
+                    warm()
                     remote_before, idle_before = group.usage(), idle_core_seconds()
                     sample = ours.measured_pull(label, reference, system)
                     remote_after, idle_after = group.usage(), idle_core_seconds()
