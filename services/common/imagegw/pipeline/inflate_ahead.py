@@ -247,21 +247,9 @@ class InflateAhead:
                 return 0
             filled = 0
             while self._pieces and filled < len(out):
-                piece = self._pieces[0]
-                if isinstance(piece, int):
-                    count = min(piece, len(out) - filled, len(_ZEROS))
-                    out[filled:filled + count] = _ZEROS[:count]
-                    left: memoryview | int = piece - count
-                else:
-                    count = min(len(piece), len(out) - filled)
-                    out[filled:filled + count] = piece[:count]
-                    left = piece[count:]
-                    self.held -= count
-                filled += count
-                if len(left) if isinstance(left, memoryview) else left:
-                    self._pieces[0] = left
-                else:
-                    self._pieces.popleft()
+                taken = self._take(len(out) - filled)
+                out[filled:filled + len(taken)] = taken
+                filled += len(taken)
             self._changed.notify_all()
             return filled
 
@@ -272,22 +260,27 @@ class InflateAhead:
         with self._changed:
             if not self._wait_for_pieces():
                 return memoryview(b"")
-            piece = self._pieces[0]
-            if isinstance(piece, int):
-                count = min(piece, size, len(_ZEROS))
-                lent = _ZEROS[:count]
-                left: memoryview | int = piece - count
-            else:
-                count = min(len(piece), size)
-                lent = piece[:count]
-                left = piece[count:]
-                self.held -= count
-            if len(left) if isinstance(left, memoryview) else left:
-                self._pieces[0] = left
-            else:
-                self._pieces.popleft()
+            lent = self._take(size)
             self._changed.notify_all()
             return lent
+
+    def _take(self, size: int) -> memoryview:
+        """Up to `size` bytes of the first piece (lock held; a piece is held): its bytes,
+        or zeros for hidden data."""
+        piece = self._pieces[0]
+        if isinstance(piece, int):
+            count = min(piece, size, len(_ZEROS))
+            taken = _ZEROS[:count]
+            left: memoryview | int = piece - count
+        else:
+            taken = piece[:size]
+            left = piece[len(taken):]
+            self.held -= len(taken)
+        if len(left) if isinstance(left, memoryview) else left:
+            self._pieces[0] = left
+        else:
+            self._pieces.popleft()
+        return taken
 
     def _wait_for_pieces(self) -> bool:
         """Waits (lock held) until a piece is held: True, or False at the end; raises
