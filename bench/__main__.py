@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -515,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_first: Ours | None = None
         for image in images:
             reference = f"testreg/bench/{image.name}:1"
+            warm_blobs = partial(bench_images.warm_registry_blobs, registry_dir / "storage", image)
             floors: list[Sample] = []
             fast_floors: list[Sample] = []
             bounds: list[Sample] = []
@@ -532,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                 if ours is not None:
                     ours.stop()  # each cold pull starts with empty caches
                 ours = Ours(workdir, registry, image.name, jobs, engine)
-                bench_images.warm_registry_blobs(registry_dir / "storage", image)
+                warm_blobs()
                 colds.append(ours.measured_pull("imagegw: cold pull → published image",
                                                 reference))
             assert ours is not None
@@ -549,11 +551,11 @@ def main(argv: list[str] | None = None) -> int:
             peers: list[Sample] = []
             if "skopeo" not in args.skip:
                 log(f"{image.name}: skopeo + umoci + mksquashfs")
-                bench_images.warm_registry_blobs(registry_dir / "storage", image)
+                warm_blobs()
                 peers.append(measure_skopeo(image, registry, workdir, jobs))
             if "charliecloud" not in args.skip:
                 log(f"{image.name}: Charliecloud")
-                bench_images.warm_registry_blobs(registry_dir / "storage", image)
+                warm_blobs()
                 peers += measure_charliecloud(image, tls_host, workdir, jobs)
             ran = [p for p in peers if p.ok]
             best = min(ran, key=lambda p: p.wall) if ran else None
@@ -658,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             rows, line = measure_remote_pull(
                 workdir, registry, image.name, f"testreg/bench/{image.name}:1", jobs, engine,
                 args.repeat,
-                warm=lambda: bench_images.warm_registry_blobs(registry_dir / "storage", image))
+                warm=partial(bench_images.warm_registry_blobs, registry_dir / "storage", image))
             report += [f"## Remote pull of {image.name}: the copy overlapped with the "
                        "conversion", "", *table(rows, rows[0], None), ""]
             summary.append(line)

@@ -29,35 +29,19 @@ static int failed(Out *o, int error)
 	return -1;
 }
 
-/* Writes everything buffered to the fd (without the GIL). */
-int out_flush(Out *o)
-{
-	size_t done = 0;
-	int error = 0;
-	PyThreadState *saved = o->nogil ? NULL : PyEval_SaveThread();
-	while (done < o->len) {
-		ssize_t n = write(o->fd, o->buf + done, o->len - done);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			error = errno;
-			break;
-		}
-		done += (size_t)n;
-	}
-	if (saved != NULL)
-		PyEval_RestoreThread(saved);
-	o->len = 0;
-	return error ? failed(o, error) : 0;
-}
-
-/* What is buffered, then `count` bytes at `data`, in one writev (without the GIL): a
- * file's data goes to the fd from where it lies instead of through the buffer. */
+/* What is buffered, then `count` bytes at `data` (none: a flush), in one writev without
+ * the GIL: a file's data goes to the fd from where it lies instead of through the buffer. */
 static int out_write_through(Out *o, const char *data, size_t count)
 {
-	struct iovec parts[2] = {{o->buf, o->len}, {(void *)data, count}};
-	struct iovec *part = o->len ? parts : parts + 1;
-	int left = o->len ? 2 : 1;
+	struct iovec parts[2];
+	int left = 0;
+	if (o->len)
+		parts[left++] = (struct iovec){o->buf, o->len};
+	if (count)
+		parts[left++] = (struct iovec){(void *)data, count};
+	if (left == 0)
+		return 0;
+	struct iovec *part = parts;
 	int error = 0;
 	PyThreadState *saved = o->nogil ? NULL : PyEval_SaveThread();
 	while (left > 0) {
@@ -82,6 +66,12 @@ static int out_write_through(Out *o, const char *data, size_t count)
 		PyEval_RestoreThread(saved);
 	o->len = 0;
 	return error ? failed(o, error) : 0;
+}
+
+/* Writes everything buffered to the fd (without the GIL). */
+int out_flush(Out *o)
+{
+	return out_write_through(o, NULL, 0);
 }
 
 int out_put(Out *o, const void *data, size_t count)
